@@ -1,0 +1,102 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/wicket-sh/wicket/internal/agent"
+	"github.com/wicket-sh/wicket/internal/config"
+)
+
+type agentFlags struct {
+	config      string
+	checkConfig string
+	apiSocket   string
+	adminSocket string
+	logLevel    string
+	logFormat   string
+}
+
+// overrides turns flags into config overrides, used at startup and on
+// every reload alike.
+func (f *agentFlags) overrides() []config.Override {
+	var o []config.Override
+	if f.apiSocket != "" {
+		p := f.apiSocket
+		o = append(o, func(c *config.Agent) { c.API.Path = p })
+	}
+	if f.adminSocket != "" {
+		p := f.adminSocket
+		o = append(o, func(c *config.Agent) { c.Admin.Path = p })
+	}
+	if f.logLevel != "" {
+		l := f.logLevel
+		o = append(o, func(c *config.Agent) { c.Log.Level = l })
+	}
+	return o
+}
+
+func newAgentCmd() *cobra.Command {
+	f := &agentFlags{}
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the in-machine agent (guest API and admin sockets)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if f.checkConfig != "" {
+				if _, err := config.LoadAgent(f.checkConfig, f.overrides()...); err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "config invalid: %v\n", err)
+					return exitError{1}
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "config ok: %s\n", f.checkConfig)
+				return nil
+			}
+			return runAgent(cmd.Context(), f)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.config, "config", "", "agent config file (TOML); built-in defaults when empty")
+	fl.StringVar(&f.checkConfig, "check-config", "", "validate this config file and exit 0 (valid) or 1")
+	fl.StringVar(&f.apiSocket, "api-socket", "", "override api.socket_path")
+	fl.StringVar(&f.adminSocket, "admin-socket", "", "override admin.socket_path")
+	fl.StringVar(&f.logLevel, "log-level", "", "override log.level (debug, info, warn, error)")
+	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
+	return cmd
+}
+
+func runAgent(parent context.Context, f *agentFlags) error {
+	logger, level, err := newLogger(os.Stderr, f.logFormat)
+	if err != nil {
+		return err
+	}
+	a, err := agent.New(agent.Options{ConfigPath: f.config, Overrides: f.overrides(), Logger: logger, LogLevel: level})
+	if err != nil {
+		return err
+	}
+	if parent == nil {
+		parent = context.Background()
+	}
+	ctx, stop := signal.NotifyContext(parent, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				if _, err := a.Reload(ctx); err != nil {
+					logger.Error("reload on SIGHUP failed; keeping running config", "err", err)
+				}
+			}
+		}
+	}()
+	return a.Run(ctx)
+}

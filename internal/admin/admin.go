@@ -1,0 +1,241 @@
+// Package admin serves a service's admin socket: health, status, reload and
+// metrics for every wicket service, plus whatever commands the service
+// registers (the issuer adds machine and key management). Every request is
+// authorized by peer credentials and, when configured, an admin token, and
+// every request is audited with the peer's uid, gid and pid (S-audit).
+package admin
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/wicket-sh/wicket/internal/apierror"
+	"github.com/wicket-sh/wicket/internal/metrics"
+	"github.com/wicket-sh/wicket/internal/peer"
+	"github.com/wicket-sh/wicket/internal/unixsock"
+)
+
+// Auth is the admin socket's current access rule; a reload swaps it.
+type Auth struct {
+	Allow peer.Allowlist
+	// Token, when non-empty, must also be presented as "Authorization: Bearer <token>".
+	Token []byte
+}
+
+// ReloadResult is the reply to a successful reload.
+type ReloadResult struct {
+	Status          string   `json:"status"`
+	Generation      uint64   `json:"generation"`
+	RestartRequired []string `json:"restart_required"`
+}
+
+// Service is what the admin socket administers.
+type Service interface {
+	// Status returns the service's status document (JSON-encodable).
+	Status() any
+	// Reload re-reads and applies the configuration. The error is for the
+	// log only; the caller gets a generic reply.
+	Reload(ctx context.Context) (ReloadResult, error)
+	// Metrics returns the service's metric samples.
+	Metrics() []metrics.Sample
+}
+
+// Server is the admin HTTP handler.
+type Server struct {
+	svc     Service
+	auth    func() Auth
+	selfUID uint32
+	log     *slog.Logger
+	mux     *http.ServeMux
+
+	denied atomic.Uint64
+}
+
+// New returns the admin handler for svc. auth is called on every request so
+// reloads take effect at once.
+func New(svc Service, auth func() Auth, selfUID uint32, logger *slog.Logger) *Server {
+	s := &Server{svc: svc, auth: auth, selfUID: selfUID, log: logger, mux: http.NewServeMux()}
+	s.mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
+		WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	s.mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		WriteJSON(w, http.StatusOK, s.svc.Status())
+	})
+	s.mux.HandleFunc("POST /v1/reload", s.reload)
+	s.mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		samples := append(s.svc.Metrics(), metrics.Sample{
+			Name: "wicket_admin_denied_total", Help: "Admin requests refused (peer or token).",
+			Type: metrics.Counter, Value: float64(s.denied.Load()),
+		})
+		metrics.Write(w, samples)
+	})
+	return s
+}
+
+// Handle registers a further admin command.
+func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+
+// Denied returns how many admin requests were refused.
+func (s *Server) Denied() uint64 { return s.denied.Load() }
+
+func (s *Server) reload(w http.ResponseWriter, r *http.Request) {
+	res, err := s.svc.Reload(r.Context())
+	if err != nil {
+		// The full reason (file path, parse error) is for the operator's
+		// log; the client only learns that it failed.
+		LogFrom(r.Context()).Error("reload failed", "err", err)
+		apierror.Write(w, http.StatusInternalServerError, apierror.CodeReloadFailed, "reload failed")
+		return
+	}
+	if res.RestartRequired == nil {
+		res.RestartRequired = []string{}
+	}
+	WriteJSON(w, http.StatusOK, res)
+}
+
+// ServeHTTP authorizes, audits and dispatches one admin request.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	p, ok := unixsock.PeerFromContext(r.Context())
+	lw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+	// The request path is logged quoted and cut short: it is caller input.
+	logger := s.log.With("peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID,
+		"command", r.Method+" "+truncate(r.URL.Path, 128))
+	r = r.WithContext(context.WithValue(r.Context(), logKey{}, logger))
+	outcome := "ok"
+	defer func() {
+		logger.Info("admin request", "outcome", outcome, "status", lw.status,
+			"duration_ms", time.Since(start).Milliseconds())
+	}()
+
+	auth := s.auth()
+	switch {
+	case !ok:
+		// Not from a unixsock listener: no peer, no access.
+		outcome = "denied_no_peer"
+	case !auth.Allow.Allows(p, s.selfUID):
+		outcome = "denied_peer"
+	case len(auth.Token) > 0 && !tokenOK(r.Header.Get("Authorization"), auth.Token):
+		outcome = "denied_token"
+	}
+	if outcome != "ok" {
+		s.denied.Add(1)
+		apierror.Forbidden(lw)
+		return
+	}
+	if !apierror.CanonicalPath(r.URL.Path) {
+		outcome = "bad_path"
+		apierror.BadRequest(lw)
+		return
+	}
+	h, pattern := s.mux.Handler(r)
+	if pattern == "" {
+		outcome = "unknown_command"
+		if allow := allowedMethods(s.mux, r); allow != "" {
+			apierror.MethodNotAllowed(lw, allow)
+			return
+		}
+		apierror.NotFound(lw)
+		return
+	}
+	h.ServeHTTP(lw, r)
+	if lw.status >= 400 {
+		outcome = "error"
+	}
+}
+
+// allowedMethods lists the methods the path is registered under, for a 405.
+func allowedMethods(mux *http.ServeMux, r *http.Request) string {
+	var allow []string
+	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+		r2 := r.Clone(r.Context())
+		r2.Method = m
+		if _, pat := mux.Handler(r2); pat != "" {
+			allow = append(allow, m)
+		}
+	}
+	return strings.Join(allow, ", ")
+}
+
+// tokenOK compares the presented bearer token with want in constant time
+// (S-token). Hashing first makes the comparison independent of lengths too.
+func tokenOK(header string, want []byte) bool {
+	scheme, tok, ok := strings.Cut(header, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		tok = ""
+	}
+	a := sha256.Sum256([]byte(tok))
+	b := sha256.Sum256(want)
+	return subtle.ConstantTimeCompare(a[:], b[:]) == 1 && tok != ""
+}
+
+type logKey struct{}
+
+// LogFrom returns the request's audit logger (with the peer's identity).
+func LogFrom(ctx context.Context) *slog.Logger {
+	if l, ok := ctx.Value(logKey{}).(*slog.Logger); ok {
+		return l
+	}
+	return slog.Default()
+}
+
+// WriteJSON writes v as JSON with status.
+func WriteJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+// ReadJSON decodes a request body into v, refusing unknown fields and
+// trailing data. Errors are for the log only.
+func ReadJSON(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status      int
+	wroteHeader bool
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if !w.wroteHeader {
+		w.status, w.wroteHeader = code, true
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	w.wroteHeader = true
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

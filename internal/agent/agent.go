@@ -1,0 +1,312 @@
+// Package agent is the in-machine service: the guest API on its Unix
+// socket, the admin socket, and the hot-reloadable configuration behind them.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/wicket-sh/wicket/internal/admin"
+	"github.com/wicket-sh/wicket/internal/config"
+	"github.com/wicket-sh/wicket/internal/metrics"
+	"github.com/wicket-sh/wicket/internal/peer"
+	"github.com/wicket-sh/wicket/internal/unixsock"
+	"github.com/wicket-sh/wicket/internal/version"
+)
+
+// Options configure an Agent.
+type Options struct {
+	// ConfigPath is the TOML file; empty means built-in defaults.
+	ConfigPath string
+	// Overrides come from command-line flags; they are applied at startup
+	// and on every reload.
+	Overrides []config.Override
+	Logger    *slog.Logger
+	// LogLevel, when set, is adjusted to the config's log.level on reload.
+	LogLevel *slog.LevelVar
+}
+
+// runtime is everything a reload swaps in one step.
+type runtime struct {
+	cfg        *config.Agent
+	policy     *peer.Policy
+	adminAuth  admin.Auth
+	generation uint64
+}
+
+// Agent is a running (or ready to run) agent.
+type Agent struct {
+	opts    Options
+	log     *slog.Logger
+	selfUID uint32
+	started time.Time
+
+	rt       atomic.Pointer[runtime]
+	reloadMu sync.Mutex // reloads are serialized (S-reload)
+
+	api, adm  *unixsock.Listener
+	admin     *admin.Server
+	denied    atomic.Uint64
+	reloadsOK atomic.Uint64
+	reloadsKO atomic.Uint64
+
+	readyOnce sync.Once
+	ready     chan struct{}
+}
+
+// New loads and validates the configuration; it opens no socket yet.
+func New(opts Options) (*Agent, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	a := &Agent{
+		opts:    opts,
+		log:     opts.Logger,
+		selfUID: uint32(os.Geteuid()),
+		ready:   make(chan struct{}),
+		started: time.Now(),
+	}
+	rt, err := a.load()
+	if err != nil {
+		return nil, err
+	}
+	rt.generation = 1
+	a.rt.Store(rt)
+	a.applyLogLevel(rt.cfg)
+	return a, nil
+}
+
+// load reads and validates the config and everything derived from it.
+func (a *Agent) load() (*runtime, error) {
+	cfg, err := config.LoadAgent(a.opts.ConfigPath, a.opts.Overrides...)
+	if err != nil {
+		return nil, err
+	}
+	tok, err := loadAdminToken(cfg.Admin)
+	if err != nil {
+		return nil, err
+	}
+	return &runtime{
+		cfg:    cfg,
+		policy: cfg.CompiledPolicy(a.selfUID),
+		adminAuth: admin.Auth{
+			Allow: peer.Allowlist{UIDs: cfg.Admin.AllowUIDs, GIDs: cfg.Admin.AllowGIDs},
+			Token: tok,
+		},
+	}, nil
+}
+
+func loadAdminToken(c config.Admin) ([]byte, error) {
+	switch {
+	case c.TokenFile != "":
+		data, err := config.ReadFile(c.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("admin token: %w", err)
+		}
+		fi, err := os.Stat(c.TokenFile)
+		if err == nil && fi.Mode().Perm()&0o077 != 0 {
+			return nil, fmt.Errorf("admin token file %q is readable by group or others", c.TokenFile)
+		}
+		tok := []byte(strings.TrimSpace(string(data)))
+		if len(tok) < 16 {
+			return nil, fmt.Errorf("admin token in %q is shorter than 16 bytes", c.TokenFile)
+		}
+		return tok, nil
+	case c.TokenEnv != "":
+		v := strings.TrimSpace(os.Getenv(c.TokenEnv))
+		if len(v) < 16 {
+			return nil, fmt.Errorf("admin token env %s is unset or shorter than 16 bytes", c.TokenEnv)
+		}
+		return []byte(v), nil
+	}
+	return nil, nil
+}
+
+func (a *Agent) applyLogLevel(cfg *config.Agent) {
+	if a.opts.LogLevel != nil {
+		if lv, err := cfg.Log.SlogLevel(); err == nil {
+			a.opts.LogLevel.Set(lv)
+		}
+	}
+}
+
+// Config returns the running configuration. Callers must not modify it.
+func (a *Agent) Config() *config.Agent { return a.rt.Load().cfg }
+
+// Ready is closed once both sockets accept connections.
+func (a *Agent) Ready() <-chan struct{} { return a.ready }
+
+// Reload re-reads the config file and swaps in the new dynamic settings if
+// the whole file is valid; otherwise the running config stays untouched.
+// Static fields that changed are reported, not applied.
+func (a *Agent) Reload(ctx context.Context) (admin.ReloadResult, error) {
+	a.reloadMu.Lock()
+	defer a.reloadMu.Unlock()
+	old := a.rt.Load()
+	next, err := a.load()
+	if err != nil {
+		a.reloadsKO.Add(1)
+		return admin.ReloadResult{}, err
+	}
+	restart := config.RestartRequired(old.cfg, next.cfg)
+	if len(restart) > 0 {
+		// Keep running on the static settings we started with; only the
+		// dynamic part takes effect until a restart.
+		keepStatic(next.cfg, old.cfg)
+	}
+	next.generation = old.generation + 1
+	a.rt.Store(next)
+	a.applyLogLevel(next.cfg)
+	a.reloadsOK.Add(1)
+	a.log.Info("config reloaded", "generation", next.generation, "restart_required", restart)
+	return admin.ReloadResult{Status: "ok", Generation: next.generation, RestartRequired: restart}, nil
+}
+
+// keepStatic copies the static sections from running into next.
+func keepStatic(next, running *config.Agent) {
+	next.API = running.API
+	next.Admin.Socket = running.Admin.Socket
+	next.HTTP = running.HTTP
+}
+
+// Run opens the sockets and serves until ctx ends, then shuts down cleanly
+// and removes its own sockets.
+func (a *Agent) Run(ctx context.Context) error {
+	cfg := a.rt.Load().cfg
+	apiCfg, err := cfg.API.UnixSock("api", 0o750)
+	if err != nil {
+		return err
+	}
+	admCfg, err := cfg.Admin.UnixSock("admin", 0o700)
+	if err != nil {
+		return err
+	}
+	a.api, err = unixsock.Listen(apiCfg)
+	if err != nil {
+		return fmt.Errorf("api socket: %w", err)
+	}
+	defer a.api.Close()
+	a.adm, err = unixsock.Listen(admCfg)
+	if err != nil {
+		return fmt.Errorf("admin socket: %w", err)
+	}
+	defer a.adm.Close()
+
+	lim := unixsock.HTTPLimits{
+		ReadHeaderTimeout: cfg.HTTP.ReadHeaderTimeout.Duration,
+		IdleTimeout:       cfg.HTTP.IdleTimeout.Duration,
+		WriteTimeout:      cfg.HTTP.WriteTimeout.Duration,
+		MaxHeaderBytes:    cfg.HTTP.MaxHeaderBytes,
+	}
+	a.admin = admin.New(a, func() admin.Auth { return a.rt.Load().adminAuth }, a.selfUID, a.log.With("socket", "admin"))
+	apiSrv := unixsock.NewHTTPServer(a.apiHandler(), lim, a.log)
+	admSrv := unixsock.NewHTTPServer(unixsock.LimitBody(a.bodyLimits, writeBodyError, a.admin), lim, a.log)
+
+	errc := make(chan error, 2)
+	go func() { errc <- serve(apiSrv, a.api) }()
+	go func() { errc <- serve(admSrv, a.adm) }()
+	a.log.Info("agent ready", "api_socket", a.api.Path(), "admin_socket", a.adm.Path())
+	a.readyOnce.Do(func() { close(a.ready) })
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	a.log.Info("agent shutting down")
+	shCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	// Shutdown waits for in-flight requests; long polls end with ctx.
+	for _, s := range []*http.Server{apiSrv, admSrv} {
+		if err := s.Shutdown(shCtx); err != nil {
+			s.Close()
+		}
+	}
+	return runErr
+}
+
+func serve(s *http.Server, l *unixsock.Listener) error {
+	if err := s.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("%s socket: %w", l.Name(), err)
+	}
+	return nil
+}
+
+func (a *Agent) bodyLimits() unixsock.BodyLimits {
+	l := a.rt.Load().cfg.Limits
+	return unixsock.BodyLimits{MaxBytes: l.MaxBodyBytes, Timeout: l.BodyTimeout.Duration}
+}
+
+// Status implements admin.Service.
+func (a *Agent) Status() any {
+	rt := a.rt.Load()
+	v, c := version.Get()
+	type sock struct {
+		Path string `json:"path"`
+		unixsock.Stats
+	}
+	socks := map[string]sock{}
+	for _, l := range []*unixsock.Listener{a.api, a.adm} {
+		if l != nil {
+			socks[l.Name()] = sock{Path: l.Path(), Stats: l.Stats()}
+		}
+	}
+	var admDenied uint64
+	if a.admin != nil {
+		admDenied = a.admin.Denied()
+	}
+	return map[string]any{
+		"service":           "agent",
+		"version":           v,
+		"commit":            c,
+		"uptime_seconds":    int64(time.Since(a.started).Seconds()),
+		"config_generation": rt.generation,
+		"sockets":           socks,
+		"counters": map[string]uint64{
+			"api_denied":     a.denied.Load(),
+			"admin_denied":   admDenied,
+			"reloads_ok":     a.reloadsOK.Load(),
+			"reloads_failed": a.reloadsKO.Load(),
+		},
+	}
+}
+
+// Metrics implements admin.Service.
+func (a *Agent) Metrics() []metrics.Sample {
+	rt := a.rt.Load()
+	s := []metrics.Sample{
+		{Name: "wicket_uptime_seconds", Help: "Seconds since start.", Type: metrics.Gauge, Value: time.Since(a.started).Seconds()},
+		{Name: "wicket_config_generation", Help: "Generation of the running config.", Type: metrics.Gauge, Value: float64(rt.generation)},
+		{Name: "wicket_reloads_total", Help: "Config reloads.", Type: metrics.Counter, Labels: map[string]string{"outcome": "ok"}, Value: float64(a.reloadsOK.Load())},
+		{Name: "wicket_reloads_total", Help: "Config reloads.", Type: metrics.Counter, Labels: map[string]string{"outcome": "failed"}, Value: float64(a.reloadsKO.Load())},
+		{Name: "wicket_api_denied_total", Help: "Guest API requests refused by policy.", Type: metrics.Counter, Value: float64(a.denied.Load())},
+	}
+	s = append(s, SocketMetrics(a.api, a.adm)...)
+	return s
+}
+
+// SocketMetrics returns connection metrics for listeners.
+func SocketMetrics(ls ...*unixsock.Listener) []metrics.Sample {
+	var s []metrics.Sample
+	for _, l := range ls {
+		if l == nil {
+			continue
+		}
+		st := l.Stats()
+		lb := map[string]string{"socket": l.Name()}
+		s = append(s,
+			metrics.Sample{Name: "wicket_connections_open", Help: "Open connections.", Type: metrics.Gauge, Labels: lb, Value: float64(st.Open)},
+			metrics.Sample{Name: "wicket_connections_accepted_total", Help: "Accepted connections.", Type: metrics.Counter, Labels: lb, Value: float64(st.Accepted)},
+			metrics.Sample{Name: "wicket_connections_rejected_total", Help: "Connections closed at once because the socket was at its cap.", Type: metrics.Counter, Labels: lb, Value: float64(st.Rejected)},
+		)
+	}
+	return s
+}

@@ -1,0 +1,91 @@
+// Package apierror writes the error responses wicket's sockets give their
+// callers (S-errors): a generic message and a stable code, never the
+// caller's input, a file path, an upstream body or an internal error. The
+// details belong in the server log, next to the peer that caused them.
+package apierror
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+)
+
+// Stable error codes. Clients may match on these; they never change meaning.
+const (
+	CodeBadRequest       = "bad_request"
+	CodeForbidden        = "forbidden"
+	CodeUnauthorized     = "unauthorized"
+	CodeNotFound         = "not_found"
+	CodeMethodNotAllowed = "method_not_allowed"
+	CodeBodyTooLarge     = "body_too_large"
+	CodeRequestTimeout   = "request_timeout"
+	CodeRateLimited      = "rate_limited"
+	CodeInternal         = "internal_error"
+	CodeUnavailable      = "upstream_unavailable"
+	CodeUpstreamTimeout  = "upstream_timeout"
+	CodeBadGateway       = "bad_gateway"
+	CodeReloadFailed     = "reload_failed"
+)
+
+// Write sends {"error":msg,"code":code} with status. msg and code must be
+// constants from the program, never derived from the request.
+func Write(w http.ResponseWriter, status int, code, msg string) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Cache-Control", "no-store")
+	body := `{"error":` + strconv.Quote(msg) + `,"code":` + strconv.Quote(code) + "}\n"
+	w.WriteHeader(status)
+	w.Write([]byte(body))
+}
+
+// Common responses.
+func NotFound(w http.ResponseWriter) { Write(w, http.StatusNotFound, CodeNotFound, "not found") }
+
+// MethodNotAllowed answers 405 with the allowed methods.
+func MethodNotAllowed(w http.ResponseWriter, allow string) {
+	w.Header().Set("Allow", allow)
+	Write(w, http.StatusMethodNotAllowed, CodeMethodNotAllowed, "method not allowed")
+}
+
+// Forbidden answers 403.
+func Forbidden(w http.ResponseWriter) { Write(w, http.StatusForbidden, CodeForbidden, "forbidden") }
+
+// BadRequest answers 400.
+func BadRequest(w http.ResponseWriter) {
+	Write(w, http.StatusBadRequest, CodeBadRequest, "bad request")
+}
+
+// Internal answers 500.
+func Internal(w http.ResponseWriter) {
+	Write(w, http.StatusInternalServerError, CodeInternal, "internal error")
+}
+
+// CanonicalPath reports whether p is an absolute, clean URL path: no dot
+// segments, no doubled slashes, no NUL. Servers refuse anything else with a
+// plain 400 instead of redirecting, because a redirect's Location would echo
+// the caller's input, and a path that cleans to something else is how
+// allowlists are walked around.
+func CanonicalPath(p string) bool {
+	if p == "" || p[0] != '/' {
+		return false
+	}
+	for i := 0; i < len(p); i++ {
+		switch p[i] {
+		case 0:
+			return false
+		case '/':
+			if i+1 < len(p) && p[i+1] == '/' {
+				return false
+			}
+		case '.':
+			if p[i-1] == '/' {
+				rest := p[i:]
+				if rest == "." || rest == ".." || strings.HasPrefix(rest, "./") || strings.HasPrefix(rest, "../") {
+					return false
+				}
+			}
+		}
+	}
+	return true
+}

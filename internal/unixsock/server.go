@@ -1,0 +1,127 @@
+package unixsock
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+)
+
+// HTTPLimits are the per-socket HTTP limits (S-limits).
+type HTTPLimits struct {
+	ReadHeaderTimeout time.Duration // default 5s
+	IdleTimeout       time.Duration // default 60s
+	// WriteTimeout bounds a whole response, long polls included; it must
+	// exceed the longest long-poll wait. Default 3m.
+	WriteTimeout   time.Duration
+	MaxHeaderBytes int // default 16 KiB
+}
+
+func (l HTTPLimits) withDefaults() HTTPLimits {
+	if l.ReadHeaderTimeout <= 0 {
+		l.ReadHeaderTimeout = 5 * time.Second
+	}
+	if l.IdleTimeout <= 0 {
+		l.IdleTimeout = 60 * time.Second
+	}
+	if l.WriteTimeout <= 0 {
+		l.WriteTimeout = 3 * time.Minute
+	}
+	if l.MaxHeaderBytes <= 0 {
+		l.MaxHeaderBytes = 16 << 10
+	}
+	return l
+}
+
+// NewHTTPServer returns an HTTP/1.1 server for a Listener: each request's
+// context carries the connection's Peer (see PeerFromContext), attached once
+// per connection rather than re-derived by handlers.
+func NewHTTPServer(h http.Handler, lim HTTPLimits, logger *slog.Logger) *http.Server {
+	lim = lim.withDefaults()
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: lim.ReadHeaderTimeout,
+		IdleTimeout:       lim.IdleTimeout,
+		WriteTimeout:      lim.WriteTimeout,
+		MaxHeaderBytes:    lim.MaxHeaderBytes,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if pc, ok := c.(*Conn); ok {
+				return WithPeer(ctx, pc.Peer())
+			}
+			return ctx
+		},
+		// net/http logs malformed requests itself; route that to slog at
+		// debug level so a hostile client cannot flood the operator's log.
+		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+		// HTTP/2 is not offered on these sockets.
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
+	}
+}
+
+// BodyLimits caps request bodies (S-limits).
+type BodyLimits struct {
+	MaxBytes int64         // default 64 KiB
+	Timeout  time.Duration // time allowed to send the whole body; default 10s
+}
+
+// ErrBodyTooLarge and ErrBodyTimeout are reported to OnError by LimitBody.
+var (
+	ErrBodyTooLarge = errors.New("request body too large")
+	ErrBodyTimeout  = errors.New("request body too slow")
+)
+
+// LimitBody reads the whole request body, up to limits().MaxBytes and within
+// limits().Timeout, before calling next, so a slow or oversized body never
+// ties up a handler. The deadline is set only while the body is read:
+// a read deadline left in place would cancel long-poll requests later.
+// On failure onError writes the response (413 or 408 by convention).
+func LimitBody(limits func() BodyLimits, onError func(http.ResponseWriter, *http.Request, error), next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Body == nil || r.Body == http.NoBody {
+			next.ServeHTTP(w, r)
+			return
+		}
+		lim := limits()
+		if lim.MaxBytes <= 0 {
+			lim.MaxBytes = 64 << 10
+		}
+		if lim.Timeout <= 0 {
+			lim.Timeout = 10 * time.Second
+		}
+		// On failure the connection is closed after the reply: otherwise
+		// net/http would try to drain the rest of the body first, which
+		// is exactly what a slow or oversized sender wants.
+		fail := func(err error) {
+			w.Header().Set("Connection", "close")
+			onError(w, r, err)
+		}
+		if r.ContentLength > lim.MaxBytes {
+			fail(ErrBodyTooLarge)
+			return
+		}
+		rc := http.NewResponseController(w)
+		_ = rc.SetReadDeadline(time.Now().Add(lim.Timeout))
+		body, err := io.ReadAll(io.LimitReader(r.Body, lim.MaxBytes+1))
+		var ne net.Error
+		switch {
+		case errors.As(err, &ne) && ne.Timeout():
+			fail(ErrBodyTimeout)
+			return
+		case err != nil:
+			fail(err)
+			return
+		case int64(len(body)) > lim.MaxBytes:
+			fail(ErrBodyTooLarge)
+			return
+		}
+		_ = rc.SetReadDeadline(time.Time{})
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		r.ContentLength = int64(len(body))
+		next.ServeHTTP(w, r)
+	})
+}

@@ -1,0 +1,79 @@
+package unixsock
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestHTTPServer_PeerInContextAndBodyLimits(t *testing.T) {
+	d := sockDir(t)
+	l := mustListen(t, Config{Path: filepath.Join(d, "h.sock")})
+	h := LimitBody(
+		func() BodyLimits { return BodyLimits{MaxBytes: 10, Timeout: 300 * time.Millisecond} },
+		func(w http.ResponseWriter, r *http.Request, err error) {
+			switch {
+			case errors.Is(err, ErrBodyTooLarge):
+				w.WriteHeader(http.StatusRequestEntityTooLarge)
+			case errors.Is(err, ErrBodyTimeout):
+				w.WriteHeader(http.StatusRequestTimeout)
+			default:
+				w.WriteHeader(http.StatusBadRequest)
+			}
+		},
+		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			p, ok := PeerFromContext(r.Context())
+			if !ok {
+				w.WriteHeader(http.StatusForbidden)
+				return
+			}
+			b, _ := io.ReadAll(r.Body)
+			io.WriteString(w, p.String()+" "+string(b))
+		}))
+	srv := NewHTTPServer(h, HTTPLimits{}, slog.New(slog.DiscardHandler))
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	c := &http.Client{Transport: &http.Transport{DialContext: func(_ context.Context, _, _ string) (net.Conn, error) {
+		return net.Dial("unix", l.Path())
+	}}}
+
+	resp, err := c.Post("http://wicket/", "text/plain", strings.NewReader("small"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.HasPrefix(string(b), "uid=") || !strings.HasSuffix(string(b), " small") {
+		t.Errorf("small body: %d %q", resp.StatusCode, b)
+	}
+
+	resp, err = c.Post("http://wicket/", "text/plain", strings.NewReader(strings.Repeat("x", 11)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("oversized body: status %d, want 413", resp.StatusCode)
+	}
+
+	// A body that never finishes arriving is cut at the body timeout.
+	conn, err := net.Dial("unix", l.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	io.WriteString(conn, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\nabc")
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 64)
+	n, _ := conn.Read(buf)
+	if !strings.HasPrefix(string(buf[:n]), "HTTP/1.1 408") {
+		t.Errorf("slow body: got %q, want 408", buf[:n])
+	}
+}
