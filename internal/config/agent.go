@@ -53,7 +53,7 @@ func (s Socket) UnixSock(name string, dirMode Mode) (unixsock.Config, error) {
 		Path:     s.Path,
 		Mode:     s.Mode.FileMode(),
 		DirMode:  dirMode.FileMode(),
-		UID:      -1,
+		SetGroup: gid >= 0,
 		GID:      gid,
 		MaxConns: s.MaxConns,
 	}, nil

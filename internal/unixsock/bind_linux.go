@@ -33,8 +33,8 @@ func bindListen(cfg Config) (*net.UnixListener, *syscall.Stat_t, error) {
 	if err := syscall.Bind(fd, &syscall.SockaddrUnix{Name: cfg.Path}); err != nil {
 		return nil, nil, fmt.Errorf("bind %q: %w", cfg.Path, err)
 	}
-	if cfg.UID >= 0 || cfg.GID >= 0 {
-		if err := syscall.Lchown(cfg.Path, cfg.UID, cfg.GID); err != nil {
+	if gid := cfg.group(); gid >= 0 {
+		if err := syscall.Lchown(cfg.Path, -1, gid); err != nil {
 			return nil, nil, fmt.Errorf("chown %q: %w", cfg.Path, err)
 		}
 	}

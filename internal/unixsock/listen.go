@@ -28,10 +28,14 @@ type Config struct {
 	Path string
 	// Mode is the socket file's permission bits (default 0600).
 	Mode fs.FileMode
-	// DirMode is used when the parent directory has to be created (default 0700).
+	// DirMode is used when the parent directory has to be created (default
+	// 0700).
 	DirMode fs.FileMode
-	// UID and GID own the socket file; -1 leaves the process's own.
-	UID, GID int
+	// SetGroup gives the socket file (and a parent directory Listen
+	// creates) the group GID; otherwise they keep the process's group. The
+	// owner is always the service's own user.
+	SetGroup bool
+	GID      int
 	// MaxConns caps concurrent connections; excess ones are closed at once.
 	// Zero means the default of 1024.
 	MaxConns int
@@ -48,6 +52,14 @@ func (c Config) withDefaults() Config {
 		c.MaxConns = 1024
 	}
 	return c
+}
+
+// group returns the gid to set, or -1 to leave it.
+func (c Config) group() int {
+	if c.SetGroup {
+		return c.GID
+	}
+	return -1
 }
 
 // Listener is a net.Listener for one hardened socket. Accepted connections
@@ -77,7 +89,7 @@ func Listen(cfg Config) (*Listener, error) {
 	if cfg.Mode&^fs.ModePerm != 0 {
 		return nil, fmt.Errorf("socket mode %v has bits other than permissions", cfg.Mode)
 	}
-	if err := prepareDir(filepath.Dir(cfg.Path), cfg.DirMode); err != nil {
+	if err := prepareDir(filepath.Dir(cfg.Path), cfg.DirMode, cfg.group()); err != nil {
 		return nil, err
 	}
 	if err := clearStale(cfg.Path); err != nil {

@@ -263,7 +263,7 @@ func TestSocketOwner_GroupApplied(t *testing.T) {
 	}
 	d := sockDir(t)
 	p := filepath.Join(d, "g.sock")
-	mustListen(t, Config{Path: p, Mode: 0o660, UID: -1, GID: 65534})
+	mustListen(t, Config{Path: p, Mode: 0o660, SetGroup: true, GID: 65534})
 	fi, err := os.Lstat(p)
 	if err != nil {
 		t.Fatal(err)

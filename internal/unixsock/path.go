@@ -44,11 +44,16 @@ func ValidatePath(path string) error {
 // this process's user or root, and not writable by group or others unless it
 // is root-owned and sticky (like /tmp): otherwise another user could swap the
 // socket for something else between our checks and our use.
-func prepareDir(dir string, dirMode fs.FileMode) error {
+func prepareDir(dir string, dirMode fs.FileMode, gid int) error {
 	fi, err := os.Lstat(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		if err := os.MkdirAll(dir, dirMode); err != nil {
 			return fmt.Errorf("create socket directory %q: %w", dir, err)
+		}
+		if gid >= 0 {
+			if err := os.Lchown(dir, -1, gid); err != nil {
+				return fmt.Errorf("set group of socket directory %q: %w", dir, err)
+			}
 		}
 		// MkdirAll is subject to the umask; set the exact mode we promised.
 		if err := os.Chmod(dir, dirMode); err != nil {
