@@ -1,0 +1,127 @@
+package machinetoken
+
+import (
+	"errors"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/superfly/macaroon"
+)
+
+// CaveatBase is the first of wicket's caveat type numbers. It sits in the
+// library's user-defined range at an arbitrary offset, away from the low
+// numbers other users of that range (and the library's own tests) pick. The
+// numbers are wire format: never renumber or reuse one.
+const CaveatBase = macaroon.CavMinUserDefined + 0x57_1C_00
+
+// Caveat type numbers. The validity window is the library's own
+// macaroon.CavValidityWindow.
+const (
+	CavOrg         = CaveatBase + iota // string: organization
+	CavApp                             // string: app
+	CavMachine                         // string: machine id
+	CavFeatures                        // []string: features granted
+	CavSourceAddrs                     // []string: CIDR prefixes the token may be used from
+)
+
+func init() {
+	macaroon.RegisterCaveatType(new(orgCaveat))
+	macaroon.RegisterCaveatType(new(appCaveat))
+	macaroon.RegisterCaveatType(new(machineCaveat))
+	macaroon.RegisterCaveatType(new(featuresCaveat))
+	macaroon.RegisterCaveatType(new(sourceAddrsCaveat))
+}
+
+// access is what a request looks like to caveats. The identity fields are
+// taken from the token's first caveat of each kind; every later caveat of
+// that kind must agree, so appending a different org, app or machine can only
+// make a token useless, never re-target it.
+type access struct {
+	now               time.Time
+	org, app, machine string
+	feature           Feature
+	remote            netip.Addr
+}
+
+func (a *access) Now() time.Time  { return a.now }
+func (a *access) Validate() error { return nil }
+
+var (
+	errOrg      = errors.New("org mismatch")
+	errApp      = errors.New("app mismatch")
+	errMachine  = errors.New("machine mismatch")
+	errFeature  = errors.New("feature not granted")
+	errNoRemote = errors.New("source address unknown")
+	errSource   = errors.New("source address not allowed")
+)
+
+// check is the shared body of Prohibits: refuse an access we did not build.
+func check(a macaroon.Access, ok func(*access) bool, fail error) error {
+	wa, isOurs := a.(*access)
+	if !isOurs {
+		return macaroon.ErrInvalidAccess
+	}
+	if !ok(wa) {
+		return fail
+	}
+	return nil
+}
+
+type orgCaveat string
+
+func (c *orgCaveat) CaveatType() macaroon.CaveatType { return CavOrg }
+func (c *orgCaveat) Name() string                    { return "wicket.Org" }
+func (c *orgCaveat) Prohibits(a macaroon.Access) error {
+	return check(a, func(a *access) bool { return string(*c) == a.org }, errOrg)
+}
+
+type appCaveat string
+
+func (c *appCaveat) CaveatType() macaroon.CaveatType { return CavApp }
+func (c *appCaveat) Name() string                    { return "wicket.App" }
+func (c *appCaveat) Prohibits(a macaroon.Access) error {
+	return check(a, func(a *access) bool { return string(*c) == a.app }, errApp)
+}
+
+type machineCaveat string
+
+func (c *machineCaveat) CaveatType() macaroon.CaveatType { return CavMachine }
+func (c *machineCaveat) Name() string                    { return "wicket.Machine" }
+func (c *machineCaveat) Prohibits(a macaroon.Access) error {
+	return check(a, func(a *access) bool { return string(*c) == a.machine }, errMachine)
+}
+
+type featuresCaveat []Feature
+
+func (c *featuresCaveat) CaveatType() macaroon.CaveatType { return CavFeatures }
+func (c *featuresCaveat) Name() string                    { return "wicket.Features" }
+func (c *featuresCaveat) Prohibits(a macaroon.Access) error {
+	// An empty or unknown requested feature is in no caveat: refused.
+	return check(a, func(a *access) bool { return slices.Contains(*c, a.feature) }, errFeature)
+}
+
+// sourceAddrsCaveat holds prefixes as strings so the wire format is plain
+// msgpack; one that does not parse matches nothing.
+type sourceAddrsCaveat []string
+
+func (c *sourceAddrsCaveat) CaveatType() macaroon.CaveatType { return CavSourceAddrs }
+func (c *sourceAddrsCaveat) Name() string                    { return "wicket.SourceAddrs" }
+func (c *sourceAddrsCaveat) Prohibits(a macaroon.Access) error {
+	wa, ok := a.(*access)
+	if !ok {
+		return macaroon.ErrInvalidAccess
+	}
+	if !wa.remote.IsValid() {
+		return errNoRemote
+	}
+	// A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d, which an
+	// IPv4 prefix does not contain.
+	ip := wa.remote.Unmap()
+	for _, s := range *c {
+		if p, err := netip.ParsePrefix(s); err == nil && p.Contains(ip) {
+			return nil
+		}
+	}
+	return errSource
+}

@@ -1,0 +1,287 @@
+// Package machinetoken mints, attenuates and verifies machine tokens:
+// macaroons (github.com/superfly/macaroon) that bind a bearer to one
+// registered machine (org, app, machine id), a set of features, a validity
+// window and optionally the machine's source addresses.
+//
+// Anyone holding a token can narrow it offline with [Attenuate]; only the
+// issuer, holding the [Key], can mint or verify one. A token is written as
+// the library writes it: "fm2_" and the standard, padded base64 of the
+// msgpack-encoded macaroon. Errors from parsing and
+// verification wrap [ErrInvalid] and never contain token bytes or key
+// material, so callers may log them.
+package machinetoken
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/superfly/macaroon"
+)
+
+// MaxTokenLen bounds the encoded tokens this package will look at. A minted
+// token is a few hundred bytes; anything near this size is an attack.
+const MaxTokenLen = 16 << 10
+
+// tokenPrefix is what macaroon.Macaroon.String puts before the base64; we
+// accept only what we mint.
+const tokenPrefix = "fm2_"
+
+// ErrInvalid is wrapped by every error about a token or an Authorization
+// header that cannot be used.
+var ErrInvalid = errors.New("machinetoken: invalid token")
+
+func invalid(reason string) error { return fmt.Errorf("%w: %s", ErrInvalid, reason) }
+
+// Feature names one thing a machine token may be used for.
+type Feature string
+
+// The features a token can grant.
+const (
+	FeatureMetadata Feature = "metadata"
+	FeatureOIDC     Feature = "oidc"
+	FeatureProxy    Feature = "proxy"
+)
+
+// allFeatures is the canonical order of features in caveats and results.
+var allFeatures = []Feature{FeatureMetadata, FeatureOIDC, FeatureProxy}
+
+// Claims is what a freshly minted token grants.
+type Claims struct {
+	Org, App, MachineID string
+	Features            []Feature // at least one
+	// NotBefore may be zero (no lower bound); NotAfter is required.
+	NotBefore, NotAfter time.Time
+	// SourceAddrs, when not empty, are the only networks the token may be
+	// used from.
+	SourceAddrs []netip.Prefix
+}
+
+// Key is an issuer signing key. ID travels in every token in the clear and
+// selects the key at verification; Secret never leaves the issuer.
+type Key struct {
+	ID     []byte
+	Secret macaroon.SigningKey
+}
+
+// keyIDLen is the length of the random ids NewKey makes.
+const keyIDLen = 16
+
+// NewKey returns a key with a random 16-byte id and a random 32-byte secret.
+func NewKey() Key {
+	id := make([]byte, keyIDLen)
+	rand.Read(id) // never fails (crypto/rand, Go ≥ 1.24)
+	return Key{ID: id, Secret: macaroon.NewSigningKey()}
+}
+
+// Format prints only the key id, whatever the verb: a Key that reaches a log
+// line or an error through fmt must not carry its secret with it. (fmt
+// cannot call it for a Key held in an unexported field: don't print those.)
+func (k Key) Format(f fmt.State, _ rune) { fmt.Fprintf(f, "machinetoken.Key{ID:%x}", k.ID) }
+
+// LogValue keeps the secret out of slog output; the JSON handler would
+// otherwise write it base64-encoded.
+func (k Key) LogValue() slog.Value { return slog.StringValue(hex.EncodeToString(k.ID)) }
+
+// Mint returns a token for the machine described by c, signed with k, and the
+// token's id: a random nonce, hex encoded, safe to log and the handle for
+// revocation. location names the issuer (normally its URL); verifiers
+// refuse tokens for another location.
+func Mint(k Key, location string, c Claims) (token, tokenID string, err error) {
+	switch {
+	case len(k.ID) == 0:
+		return "", "", errors.New("machinetoken: mint: empty key id")
+	case len(k.Secret) < sha256.Size:
+		return "", "", fmt.Errorf("machinetoken: mint: key secret shorter than %d bytes", sha256.Size)
+	case c.Org == "" || c.App == "" || c.MachineID == "":
+		// A token must be bound to its machine; Verify refuses one that isn't.
+		return "", "", errors.New("machinetoken: mint: org, app and machine id are required")
+	case len(c.Features) == 0:
+		return "", "", errors.New("machinetoken: mint: no features")
+	}
+	feats, err := canonicalFeatures(c.Features)
+	if err != nil {
+		return "", "", fmt.Errorf("machinetoken: mint: %w", err)
+	}
+	win, err := window(c.NotBefore, c.NotAfter)
+	if err != nil {
+		return "", "", fmt.Errorf("machinetoken: mint: %w", err)
+	}
+	if win == nil {
+		return "", "", errors.New("machinetoken: mint: NotAfter is required")
+	}
+	cavs := []macaroon.Caveat{
+		ptr(orgCaveat(c.Org)),
+		ptr(appCaveat(c.App)),
+		ptr(machineCaveat(c.MachineID)),
+		&feats,
+		win,
+	}
+	if len(c.SourceAddrs) > 0 {
+		addrs := make(sourceAddrsCaveat, len(c.SourceAddrs))
+		for i, p := range c.SourceAddrs {
+			if !p.IsValid() {
+				return "", "", errors.New("machinetoken: mint: invalid source prefix")
+			}
+			addrs[i] = p.Masked().String()
+		}
+		cavs = append(cavs, &addrs)
+	}
+
+	m, err := macaroon.New(k.ID, location, k.Secret)
+	if err != nil {
+		return "", "", fmt.Errorf("machinetoken: mint: %w", err)
+	}
+	if err := m.Add(cavs...); err != nil {
+		return "", "", fmt.Errorf("machinetoken: mint: %w", err)
+	}
+	if token, err = m.String(); err != nil {
+		return "", "", fmt.Errorf("machinetoken: mint: %w", err)
+	}
+	return token, hex.EncodeToString(m.Nonce.Rnd), nil
+}
+
+// Attenuate narrows a token without the key: the result is valid only inside
+// [notBefore, notAfter] (when notAfter is not zero; a zero notBefore leaves
+// the start alone) and only for features (when not empty). Caveats are only
+// ever added and all must hold, so asking for a wider window or more
+// features than the token has changes nothing.
+func Attenuate(token string, notBefore, notAfter time.Time, features []Feature) (string, error) {
+	m, err := decode(token)
+	if err != nil {
+		return "", err
+	}
+	var cavs []macaroon.Caveat
+	win, err := window(notBefore, notAfter)
+	if err != nil {
+		return "", fmt.Errorf("machinetoken: attenuate: %w", err)
+	}
+	if win != nil {
+		cavs = append(cavs, win)
+	}
+	if len(features) > 0 {
+		feats, err := canonicalFeatures(features)
+		if err != nil {
+			return "", fmt.Errorf("machinetoken: attenuate: %w", err)
+		}
+		cavs = append(cavs, &feats)
+	}
+	if err := m.Add(cavs...); err != nil {
+		return "", fmt.Errorf("machinetoken: attenuate: %w", err)
+	}
+	out, err := m.String()
+	if err != nil {
+		return "", fmt.Errorf("machinetoken: attenuate: %w", err)
+	}
+	return out, nil
+}
+
+// restrictSkew is how far before now a restricted copy becomes valid, so a
+// verifier whose clock is slightly behind ours still accepts it.
+const restrictSkew = 5 * time.Second
+
+// Restrict returns the short-lived copy of token the agent sends with one
+// request: valid from now-5s to now+ttl and only for features (all of the
+// token's features when empty). A copy captured upstream expires with ttl.
+func Restrict(token string, now time.Time, ttl time.Duration, features []Feature) (string, error) {
+	if ttl <= 0 {
+		return "", errors.New("machinetoken: restrict: ttl must be positive")
+	}
+	return Attenuate(token, now.Add(-restrictSkew), now.Add(ttl), features)
+}
+
+// ParseHeader returns the token from an Authorization header value of the
+// form "Bearer <token>" or "FlyV1 <token>" (scheme case-insensitive). It does
+// not check the token itself; Verify does.
+func ParseHeader(h string) (string, error) {
+	scheme, tok, ok := strings.Cut(strings.TrimSpace(h), " ")
+	if !ok || !(strings.EqualFold(scheme, "Bearer") || strings.EqualFold(scheme, macaroon.AuthorizationSchemeFlyV1)) {
+		return "", invalid("unsupported authorization scheme")
+	}
+	tok = strings.TrimSpace(tok)
+	switch {
+	case tok == "":
+		return "", invalid("empty token")
+	case len(tok) > MaxTokenLen:
+		return "", invalid("token too long")
+	case strings.ContainsAny(tok, " \t,"):
+		// One token only: we use no third-party caveats, hence no discharges.
+		return "", invalid("malformed token")
+	}
+	return tok, nil
+}
+
+// decode parses an encoded token without checking its signature. Library
+// errors are dropped, not wrapped: some quote the bytes they choked on.
+func decode(token string) (*macaroon.Macaroon, error) {
+	if len(token) > MaxTokenLen {
+		return nil, invalid("token too long")
+	}
+	b64, ok := strings.CutPrefix(token, tokenPrefix)
+	if !ok {
+		return nil, invalid("not a machine token")
+	}
+	raw, err := base64.StdEncoding.Strict().DecodeString(b64)
+	if err != nil || !wellFormed(raw) {
+		return nil, invalid("malformed token")
+	}
+	m, err := macaroon.Decode(raw)
+	if err != nil {
+		return nil, invalid("malformed token")
+	}
+	// The library signs the values it decoded, re-encoded, not the bytes it
+	// was given, so other encodings of the same values (a key id as str8
+	// instead of bin8, say) would verify too. Accept only the canonical one:
+	// a token then has exactly one spelling.
+	if enc, err := m.Encode(); err != nil || !bytes.Equal(enc, raw) {
+		return nil, invalid("malformed token")
+	}
+	return m, nil
+}
+
+// window returns the validity caveat for [nb, na], or nil when both are zero.
+func window(nb, na time.Time) (*macaroon.ValidityWindow, error) {
+	switch {
+	case na.IsZero() && nb.IsZero():
+		return nil, nil
+	case na.IsZero():
+		return nil, errors.New("validity window without an end")
+	case !nb.IsZero() && na.Before(nb):
+		return nil, errors.New("validity window ends before it starts")
+	}
+	w := &macaroon.ValidityWindow{NotAfter: na.Unix()}
+	if !nb.IsZero() {
+		w.NotBefore = nb.Unix()
+	}
+	return w, nil
+}
+
+// canonicalFeatures sorts and deduplicates fs, refusing unknown features so a
+// typo cannot mint a token that silently grants nothing.
+func canonicalFeatures(fs []Feature) (featuresCaveat, error) {
+	for _, f := range fs {
+		if !known(f) {
+			return nil, fmt.Errorf("unknown feature %q", f)
+		}
+	}
+	var out featuresCaveat
+	for _, f := range allFeatures {
+		if slices.Contains(fs, f) {
+			out = append(out, f)
+		}
+	}
+	return out, nil
+}
+
+func known(f Feature) bool { return slices.Contains(allFeatures, f) }
+
+func ptr[T any](v T) *T { return &v }
