@@ -1,9 +1,15 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/wicket-sh/wicket/internal/admin"
 )
 
 // newLogger returns a logger whose level can be changed at run time.
@@ -17,4 +23,22 @@ func newLogger(w io.Writer, format string) (*slog.Logger, *slog.LevelVar, error)
 		return slog.New(slog.NewJSONHandler(w, opts)), lv, nil
 	}
 	return nil, nil, fmt.Errorf("--log-format %q: want text or json", format)
+}
+
+// reloadOnHUP calls reload on every SIGHUP until ctx ends (S-reload: a
+// failed reload keeps the running config and is logged in full).
+func reloadOnHUP(ctx context.Context, reload func(context.Context) (admin.ReloadResult, error), logger *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			if _, err := reload(ctx); err != nil {
+				logger.Error("reload on SIGHUP failed; keeping running config", "err", err)
+			}
+		}
+	}
 }

@@ -36,7 +36,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newVersionCmd(), newAgentCmd(), newAdminCmd())
+	root.AddCommand(newVersionCmd(), newAgentCmd(), newAdminCmd(), newIssuerCmd())
 	return root
 }
 

@@ -137,8 +137,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		apierror.BadRequest(lw)
 		return
 	}
-	h, pattern := s.mux.Handler(r)
-	if pattern == "" {
+	if _, pattern := s.mux.Handler(r); pattern == "" {
 		outcome = "unknown_command"
 		if allow := allowedMethods(s.mux, r); allow != "" {
 			apierror.MethodNotAllowed(lw, allow)
@@ -147,7 +146,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		apierror.NotFound(lw)
 		return
 	}
-	h.ServeHTTP(lw, r)
+	// Dispatch through the mux itself: only ServeMux.ServeHTTP fills in
+	// the request's path values.
+	s.mux.ServeHTTP(lw, r)
 	if lw.status >= 400 {
 		outcome = "error"
 	}

@@ -1,0 +1,228 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/wicket-sh/wicket/internal/unixsock"
+)
+
+// IssuerServer is the issuer's public HTTP listener (static).
+type IssuerServer struct {
+	// PublicURL is the base every org's OIDC issuer URL is built from
+	// (<public_url>/<org>). It is never taken from a request's Host header.
+	PublicURL string `toml:"public_url"`
+	Listen    string `toml:"listen"`
+	TLSCert   string `toml:"tls_cert"`
+	TLSKey    string `toml:"tls_key"`
+	// AllowNonLoopback must be set to listen on a non-loopback address
+	// without TLS.
+	AllowPlaintext bool `toml:"allow_plaintext"`
+}
+
+// State selects the issuer's state backend (static).
+type State struct {
+	Backend     string `toml:"backend"` // "bolt" (default) or "etcd"
+	Dir         string `toml:"dir"`
+	SealKeyFile string `toml:"seal_key_file"` // default <dir>/seal.key
+	SealKeyEnv  string `toml:"seal_key_env"`
+}
+
+// BoltPath is the bbolt state file.
+func (s State) BoltPath() string { return filepath.Join(s.Dir, "state.db") }
+
+// KeyFile is the seal key file path.
+func (s State) KeyFile() string {
+	if s.SealKeyFile != "" {
+		return s.SealKeyFile
+	}
+	return filepath.Join(s.Dir, "seal.key")
+}
+
+// OIDC configures token signing (dynamic).
+type OIDC struct {
+	Alg        string   `toml:"alg"`        // RS256 (default) or ES256
+	TokenTTL   Duration `toml:"token_ttl"`  // default lifetime, 10m
+	MaxTTL     Duration `toml:"max_ttl"`    // longest a caller may ask for, at most 1h
+	Prepublish Duration `toml:"prepublish"` // a new key is in the JWKS this long before it signs
+	Grace      Duration `toml:"grace"`      // a retired key stays in the JWKS this long (≥ max_ttl)
+	JWKSMaxAge Duration `toml:"jwks_max_age"`
+	// RotateEvery rotates each org's signing key on a schedule; 0 = only by
+	// `wicket issuer keys rotate`.
+	RotateEvery Duration `toml:"rotate_every"`
+}
+
+// MachineTokens configures machine token minting (dynamic).
+type MachineTokens struct {
+	DefaultTTL Duration `toml:"default_ttl"`
+	MaxTTL     Duration `toml:"max_ttl"`
+}
+
+// Gateway configures the optional forwarding of /v1/apps/... (dynamic).
+type Gateway struct {
+	Upstream string   `toml:"upstream"`
+	Timeout  Duration `toml:"timeout"`
+}
+
+// Issuer is the whole issuer configuration.
+type Issuer struct {
+	Server        IssuerServer  `toml:"server" reload:"restart"`
+	Admin         Admin         `toml:"admin"`
+	State         State         `toml:"state" reload:"restart"`
+	HTTP          HTTP          `toml:"http" reload:"restart"`
+	OIDC          OIDC          `toml:"oidc"`
+	MachineTokens MachineTokens `toml:"machine_tokens"`
+	Gateway       Gateway       `toml:"gateway"`
+	Log           Log           `toml:"log"`
+}
+
+// DefaultIssuer returns the configuration used when no file is given.
+func DefaultIssuer() *Issuer {
+	return &Issuer{
+		Server: IssuerServer{PublicURL: "http://127.0.0.1:8650", Listen: "127.0.0.1:8650"},
+		Admin:  Admin{Socket: Socket{Path: "/run/wicket/issuer-admin.sock", Mode: 0o600, MaxConns: 32}},
+		State:  State{Backend: "bolt", Dir: "/var/lib/wicket"},
+		HTTP: HTTP{
+			ReadHeaderTimeout: Duration{5 * time.Second},
+			IdleTimeout:       Duration{120 * time.Second},
+			WriteTimeout:      Duration{3 * time.Minute},
+			MaxHeaderBytes:    32 << 10,
+		},
+		OIDC: OIDC{
+			Alg:        "RS256",
+			TokenTTL:   Duration{10 * time.Minute},
+			MaxTTL:     Duration{time.Hour},
+			Prepublish: Duration{15 * time.Minute},
+			Grace:      Duration{2 * time.Hour},
+			JWKSMaxAge: Duration{5 * time.Minute},
+		},
+		MachineTokens: MachineTokens{DefaultTTL: Duration{720 * time.Hour}, MaxTTL: Duration{8760 * time.Hour}},
+		Gateway:       Gateway{Timeout: Duration{30 * time.Second}},
+		Log:           Log{Level: "info"},
+	}
+}
+
+// IssuerOverride adjusts a parsed issuer config before validation, at
+// startup and on every reload alike.
+type IssuerOverride func(*Issuer)
+
+// LoadIssuer reads, parses and validates the issuer config at path
+// (defaults only when path is empty), applying overrides before validation.
+func LoadIssuer(path string, overrides ...IssuerOverride) (*Issuer, error) {
+	c := DefaultIssuer()
+	if path != "" {
+		data, err := ReadFile(path)
+		if err != nil {
+			return nil, err
+		}
+		if err := decodeStrict(data, c); err != nil {
+			return nil, fmt.Errorf("config %q: %w", path, err)
+		}
+	}
+	for _, o := range overrides {
+		o(c)
+	}
+	if err := c.Validate(); err != nil {
+		if path != "" {
+			return nil, fmt.Errorf("config %q: %w", path, err)
+		}
+		return nil, err
+	}
+	return c, nil
+}
+
+// Validate checks the whole issuer config.
+func (c *Issuer) Validate() error {
+	var errs []error
+	u, err := url.Parse(c.Server.PublicURL)
+	switch {
+	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
+		errs = append(errs, fmt.Errorf("server.public_url %q: want an http(s) URL", c.Server.PublicURL))
+	case u.RawQuery != "" || u.Fragment != "" || u.User != nil:
+		errs = append(errs, fmt.Errorf("server.public_url %q: no query, fragment or user info", c.Server.PublicURL))
+	}
+	host, _, err := net.SplitHostPort(c.Server.Listen)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("server.listen %q: want host:port", c.Server.Listen))
+	} else if (c.Server.TLSCert == "") != (c.Server.TLSKey == "") {
+		errs = append(errs, errors.New("server: set both tls_cert and tls_key, or neither"))
+	} else if c.Server.TLSCert == "" && !isLoopback(host) && !c.Server.AllowPlaintext {
+		// Machine tokens travel on this listener: never in clear text over
+		// a real network unless the operator says TLS ends in front of it.
+		errs = append(errs, fmt.Errorf("server.listen %q is not loopback: configure tls_cert/tls_key or set allow_plaintext (TLS terminated in front)", c.Server.Listen))
+	}
+	if err := unixsock.ValidatePath(c.Admin.Path); err != nil {
+		errs = append(errs, fmt.Errorf("admin.socket_path: %w", err))
+	}
+	if c.Admin.Mode&0o600 != 0o600 || c.Admin.Mode&0o007 != 0 {
+		errs = append(errs, fmt.Errorf("admin.socket_mode %04o: owner needs rw, others nothing", uint32(c.Admin.Mode)))
+	}
+	if c.Admin.MaxConns < 1 {
+		errs = append(errs, errors.New("admin.max_conns must be at least 1"))
+	}
+	if c.Admin.TokenFile != "" && c.Admin.TokenEnv != "" {
+		errs = append(errs, errors.New("admin: set token_file or token_env, not both"))
+	}
+	switch c.State.Backend {
+	case "bolt":
+		if c.State.Dir == "" || !filepath.IsAbs(c.State.Dir) {
+			errs = append(errs, fmt.Errorf("state.dir %q: want an absolute path", c.State.Dir))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("state.backend %q: want \"bolt\"", c.State.Backend))
+	}
+	if c.OIDC.Alg != "RS256" && c.OIDC.Alg != "ES256" {
+		errs = append(errs, fmt.Errorf("oidc.alg %q: want RS256 or ES256", c.OIDC.Alg))
+	}
+	if c.OIDC.MaxTTL.Duration <= 0 || c.OIDC.MaxTTL.Duration > time.Hour {
+		errs = append(errs, errors.New("oidc.max_ttl: want more than 0 and at most 1h"))
+	}
+	if c.OIDC.TokenTTL.Duration < time.Minute || c.OIDC.TokenTTL.Duration > c.OIDC.MaxTTL.Duration {
+		errs = append(errs, errors.New("oidc.token_ttl: want at least 1m and at most oidc.max_ttl"))
+	}
+	if c.OIDC.Grace.Duration < c.OIDC.MaxTTL.Duration {
+		errs = append(errs, errors.New("oidc.grace must be at least oidc.max_ttl, or tokens outlive their key in the JWKS"))
+	}
+	if c.OIDC.JWKSMaxAge.Duration >= c.OIDC.Prepublish.Duration && c.OIDC.Prepublish.Duration > 0 {
+		errs = append(errs, errors.New("oidc.jwks_max_age must be shorter than oidc.prepublish, or relying parties may not see a new key before it signs"))
+	}
+	if c.OIDC.RotateEvery.Duration != 0 && c.OIDC.RotateEvery.Duration < c.OIDC.Prepublish.Duration+c.OIDC.Grace.Duration {
+		errs = append(errs, errors.New("oidc.rotate_every must be 0 or at least prepublish + grace"))
+	}
+	if c.MachineTokens.DefaultTTL.Duration <= 0 || c.MachineTokens.DefaultTTL.Duration > c.MachineTokens.MaxTTL.Duration {
+		errs = append(errs, errors.New("machine_tokens.default_ttl: want more than 0 and at most machine_tokens.max_ttl"))
+	}
+	if c.Gateway.Upstream != "" {
+		u, err := url.Parse(c.Gateway.Upstream)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("gateway.upstream %q: want an http(s) URL", c.Gateway.Upstream))
+		}
+		if c.Gateway.Timeout.Duration <= 0 {
+			errs = append(errs, errors.New("gateway.timeout must be positive"))
+		}
+	}
+	if _, err := c.Log.SlogLevel(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(strings.Trim(host, "[]"))
+	return ip != nil && ip.IsLoopback()
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// ValidName reports whether s is a valid org, app or machine name: lowercase
+// DNS-label syntax, which is safe in URLs, OIDC subjects and log lines.
+func ValidName(s string) bool { return nameRE.MatchString(s) }

@@ -1,0 +1,457 @@
+package issuer
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"regexp"
+	"slices"
+	"time"
+	"unicode/utf8"
+
+	"github.com/wicket-sh/wicket/internal/admin"
+	"github.com/wicket-sh/wicket/internal/apierror"
+	"github.com/wicket-sh/wicket/internal/config"
+	"github.com/wicket-sh/wicket/internal/machinetoken"
+	"github.com/wicket-sh/wicket/internal/oidc"
+	"github.com/wicket-sh/wicket/internal/store"
+)
+
+// MachineSpec is the body of POST /v1/machines on the admin socket.
+type MachineSpec struct {
+	Name        string            `json:"name"`
+	Org         string            `json:"org"`
+	App         string            `json:"app"`
+	Region      string            `json:"region"`
+	Image       string            `json:"image"`
+	ImageDigest string            `json:"image_digest"`
+	PrivateIP   string            `json:"private_ip"`
+	Tags        map[string]string `json:"tags"`
+	SourceAddrs []string          `json:"source_addrs"`
+	// TokenTTL is the machine token's lifetime ("720h"); empty = default.
+	TokenTTL string `json:"token_ttl"`
+}
+
+// MachineUpdate is the body of PATCH /v1/machines/{id}: nil fields are kept.
+type MachineUpdate struct {
+	Region        *string           `json:"region"`
+	Image         *string           `json:"image"`
+	ImageDigest   *string           `json:"image_digest"`
+	PrivateIP     *string           `json:"private_ip"`
+	SetTags       map[string]string `json:"set_tags"`
+	RemoveTags    []string          `json:"remove_tags"`
+	SourceAddrs   *[]string         `json:"source_addrs"`
+	ExpectVersion uint64            `json:"expect_version"`
+}
+
+// MachineView is a machine as the admin API shows it.
+type MachineView struct {
+	Metadata
+	SourceAddrs []string  `json:"source_addrs"`
+	Version     uint64    `json:"version"`
+	CreatedAt   time.Time `json:"created_at"`
+	UpdatedAt   time.Time `json:"updated_at"`
+}
+
+func viewOf(m *store.Machine) MachineView {
+	sa := m.SourceAddrs
+	if sa == nil {
+		sa = []string{}
+	}
+	return MachineView{Metadata: metadataOf(m), SourceAddrs: sa, Version: m.Version, CreatedAt: m.CreatedAt, UpdatedAt: m.UpdatedAt}
+}
+
+// MintedToken is a machine token as returned once by the admin API.
+type MintedToken struct {
+	Token     string    `json:"token"`
+	TokenID   string    `json:"token_id"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// validationError is a user mistake in an admin request; its text is safe
+// to return because the admin socket's callers are the operators, and it
+// never contains the values themselves, only which field is wrong.
+type validationError struct{ msg string }
+
+func (e validationError) Error() string { return e.msg }
+
+func invalidf(format string, a ...any) error { return validationError{fmt.Sprintf(format, a...)} }
+
+var (
+	regionRE = regexp.MustCompile(`^[a-z0-9-]{0,32}$`)
+	tagKeyRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+	digestRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+)
+
+func printable(s string, max int) bool {
+	if len(s) > max || !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+func validateMachine(m *store.Machine) error {
+	switch {
+	case !config.ValidName(m.Org):
+		return invalidf("org: want lowercase letters, digits and '-', at most 63")
+	case !config.ValidName(m.App):
+		return invalidf("app: want lowercase letters, digits and '-', at most 63")
+	case !config.ValidName(m.Name):
+		return invalidf("name: want lowercase letters, digits and '-', at most 63")
+	case !regionRE.MatchString(m.Region):
+		return invalidf("region: want lowercase letters, digits and '-', at most 32")
+	case !printable(m.Image, 512):
+		return invalidf("image: at most 512 printable characters")
+	case m.ImageDigest != "" && !digestRE.MatchString(m.ImageDigest):
+		return invalidf("image_digest: want sha256:<64 hex>")
+	case len(m.Tags) > 64:
+		return invalidf("tags: at most 64")
+	case len(m.SourceAddrs) > 32:
+		return invalidf("source_addrs: at most 32")
+	}
+	if m.PrivateIP != "" {
+		if _, err := netip.ParseAddr(m.PrivateIP); err != nil {
+			return invalidf("private_ip: not an IP address")
+		}
+	}
+	for k, v := range m.Tags {
+		if !tagKeyRE.MatchString(k) {
+			return invalidf("tags: keys are letters, digits, '.', '_', '-', at most 63")
+		}
+		if !printable(v, 1024) {
+			return invalidf("tags: values are at most 1024 printable characters")
+		}
+	}
+	for i, c := range m.SourceAddrs {
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			return invalidf("source_addrs[%d]: not a CIDR prefix", i)
+		}
+		m.SourceAddrs[i] = p.Masked().String()
+	}
+	return nil
+}
+
+func newMachineID() string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// AddMachine registers a machine and mints its first token.
+func (s *Issuer) AddMachine(ctx context.Context, spec MachineSpec) (*store.Machine, *MintedToken, error) {
+	m := &store.Machine{ID: newMachineID(), Name: spec.Name, Org: spec.Org, App: spec.App, Region: spec.Region,
+		Image: spec.Image, ImageDigest: spec.ImageDigest, PrivateIP: spec.PrivateIP, Tags: spec.Tags, SourceAddrs: spec.SourceAddrs}
+	if err := validateMachine(m); err != nil {
+		return nil, nil, err
+	}
+	ttl, err := s.tokenTTL(spec.TokenTTL)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := s.store.CreateMachine(ctx, m); err != nil {
+		if errors.Is(err, store.ErrExists) {
+			return nil, nil, invalidf("a machine with this org, app and name already exists")
+		}
+		return nil, nil, err
+	}
+	if err := s.ensureOrgKeys(ctx, m.Org); err != nil {
+		return nil, nil, err
+	}
+	tok, err := s.mint(m, ttl)
+	if err != nil {
+		return nil, nil, err
+	}
+	return m, tok, nil
+}
+
+func (s *Issuer) tokenTTL(v string) (time.Duration, error) {
+	cfg := s.cfg().MachineTokens
+	if v == "" {
+		return cfg.DefaultTTL.Duration, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < time.Minute || d > cfg.MaxTTL.Duration {
+		return 0, invalidf("token_ttl: want a duration between 1m and %s", cfg.MaxTTL.Duration)
+	}
+	return d, nil
+}
+
+func (s *Issuer) mint(m *store.Machine, ttl time.Duration) (*MintedToken, error) {
+	var addrs []netip.Prefix
+	for _, c := range m.SourceAddrs {
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			return nil, fmt.Errorf("machine %s source address: %w", m.ID, err)
+		}
+		addrs = append(addrs, p)
+	}
+	now := s.now()
+	key := s.keys.Load().mintKey
+	tok, id, err := machinetoken.Mint(*key, tokenLocation, machinetoken.Claims{
+		Org: m.Org, App: m.App, MachineID: m.ID,
+		Features:  []machinetoken.Feature{machinetoken.FeatureMetadata, machinetoken.FeatureOIDC, machinetoken.FeatureProxy},
+		NotBefore: now.Add(-time.Minute), NotAfter: now.Add(ttl), SourceAddrs: addrs,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.machineTokensMinted.Add(1)
+	s.log.Info("machine token minted", "machine_id", m.ID, "token_id", id, "expires_at", now.Add(ttl).UTC().Format(time.RFC3339))
+	return &MintedToken{Token: tok, TokenID: id, ExpiresAt: now.Add(ttl).UTC().Truncate(time.Second)}, nil
+}
+
+// UpdateMachine changes a machine's metadata; long polls on it wake up.
+func (s *Issuer) UpdateMachine(ctx context.Context, id string, u MachineUpdate) (*store.Machine, error) {
+	var verr error
+	m, err := s.store.UpdateMachine(ctx, id, u.ExpectVersion, func(m *store.Machine) error {
+		for _, f := range []struct {
+			dst *string
+			src *string
+		}{{&m.Region, u.Region}, {&m.Image, u.Image}, {&m.ImageDigest, u.ImageDigest}, {&m.PrivateIP, u.PrivateIP}} {
+			if f.src != nil {
+				*f.dst = *f.src
+			}
+		}
+		if m.Tags == nil {
+			m.Tags = map[string]string{}
+		}
+		for k, v := range u.SetTags {
+			m.Tags[k] = v
+		}
+		for _, k := range u.RemoveTags {
+			delete(m.Tags, k)
+		}
+		if u.SourceAddrs != nil {
+			m.SourceAddrs = slices.Clone(*u.SourceAddrs)
+		}
+		verr = validateMachine(m)
+		return verr
+	})
+	if verr != nil {
+		return nil, verr
+	}
+	return m, err
+}
+
+// RemoveMachine deletes a machine: its tokens stop working at once, because
+// every verification looks the machine up.
+func (s *Issuer) RemoveMachine(ctx context.Context, id string) error {
+	return s.store.DeleteMachine(ctx, id)
+}
+
+// RevokeToken revokes a machine token (and all its attenuated copies) by id.
+func (s *Issuer) RevokeToken(ctx context.Context, tokenID, reason string) error {
+	if len(tokenID) != 32 {
+		return invalidf("token id: want the 32 hex characters printed at mint time")
+	}
+	if _, err := hex.DecodeString(tokenID); err != nil {
+		return invalidf("token id: want the 32 hex characters printed at mint time")
+	}
+	if err := s.store.Revoke(ctx, &store.Revocation{TokenID: tokenID, Reason: reason, RevokedAt: s.now()}); err != nil {
+		return err
+	}
+	// Apply now rather than when the watch fires, so the caller's next
+	// request already sees the revocation.
+	return s.refreshKeys(ctx)
+}
+
+// registerAdmin adds the issuer's commands to its admin socket.
+func (s *Issuer) registerAdmin(a *admin.Server) {
+	fail := func(w http.ResponseWriter, r *http.Request, err error) {
+		var ve validationError
+		switch {
+		case errors.As(err, &ve):
+			admin.LogFrom(r.Context()).Info("admin request invalid", "err", err)
+			apierror.Write(w, http.StatusBadRequest, apierror.CodeBadRequest, ve.msg)
+		case errors.Is(err, store.ErrNotFound), errors.Is(err, errUnknownOrg):
+			apierror.NotFound(w)
+		case errors.Is(err, store.ErrConflict):
+			apierror.Write(w, http.StatusConflict, "conflict", "version conflict")
+		default:
+			admin.LogFrom(r.Context()).Error("admin request failed", "err", err)
+			apierror.Internal(w)
+		}
+	}
+	a.Handle("POST /v1/machines", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var spec MachineSpec
+		if err := admin.ReadJSON(r, &spec); err != nil {
+			fail(w, r, invalidf("body: want a JSON machine spec"))
+			return
+		}
+		m, tok, err := s.AddMachine(r.Context(), spec)
+		if err != nil {
+			fail(w, r, err)
+			return
+		}
+		admin.LogFrom(r.Context()).Info("machine added", "machine_id", m.ID, "org", m.Org, "app", m.App, "name", m.Name, "token_id", tok.TokenID)
+		admin.WriteJSON(w, http.StatusCreated, map[string]any{"machine": viewOf(m), "token": tok})
+	}))
+	a.Handle("GET /v1/machines", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ms, err := s.store.ListMachines(r.Context())
+		if err != nil {
+			fail(w, r, err)
+			return
+		}
+		out := make([]MachineView, 0, len(ms))
+		for _, m := range ms {
+			out = append(out, viewOf(m))
+		}
+		admin.WriteJSON(w, http.StatusOK, map[string]any{"machines": out})
+	}))
+	a.Handle("GET /v1/machines/{id}", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		m, err := s.findMachine(r.Context(), r.PathValue("id"))
+		if err != nil {
+			fail(w, r, err)
+			return
+		}
+		admin.WriteJSON(w, http.StatusOK, viewOf(m))
+	}))
+	a.Handle("PATCH /v1/machines/{id}", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var u MachineUpdate
+		if err := admin.ReadJSON(r, &u); err != nil {
+			fail(w, r, invalidf("body: want a JSON machine update"))
+			return
+		}
+		m, err := s.findMachine(r.Context(), r.PathValue("id"))
+		if err != nil {
+			fail(w, r, err)
+			return
+		}
+		m, err = s.UpdateMachine(r.Context(), m.ID, u)
+		if err != nil {
+			fail(w, r, err)
+			return
+		}
+		admin.LogFrom(r.Context()).Info("machine updated", "machine_id", m.ID, "version", m.Version)
+		admin.WriteJSON(w, http.StatusOK, viewOf(m))
+	}))
+	a.Handle("DELETE /v1/machines/{id}", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		m, err := s.findMachine(r.Context(), r.PathValue("id"))
+		if err == nil {
+			err = s.RemoveMachine(r.Context(), m.ID)
+		}
+		if err != nil {
+			fail(w, r, err)
+			return
+		}
+		admin.LogFrom(r.Context()).Info("machine removed", "machine_id", m.ID)
+		admin.WriteJSON(w, http.StatusOK, map[string]string{"status": "removed", "machine_id": m.ID})
+	}))
+	a.Handle("POST /v1/machines/{id}/tokens", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body struct {
+			TTL string `json:"ttl"`
+		}
+		if err := admin.ReadJSON(r, &body); err != nil {
+			fail(w, r, invalidf("body: want {\"ttl\": \"720h\"}"))
+			return
+		}
+		m, err := s.findMachine(r.Context(), r.PathValue("id"))
+		if err != nil {
+			fail(w, r, err)
+			return
+		}
+		ttl, err := s.tokenTTL(body.TTL)
+		if err != nil {
+			fail(w, r, err)
+			return
+		}
+		tok, err := s.mint(m, ttl)
+		if err != nil {
+			fail(w, r, err)
+			return
+		}
+		admin.WriteJSON(w, http.StatusCreated, tok)
+	}))
+	a.Handle("POST /v1/revocations", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body struct {
+			TokenID string `json:"token_id"`
+			Reason  string `json:"reason"`
+		}
+		if err := admin.ReadJSON(r, &body); err != nil {
+			fail(w, r, invalidf("body: want {\"token_id\": \"…\"}"))
+			return
+		}
+		if !printable(body.Reason, 256) {
+			fail(w, r, invalidf("reason: at most 256 printable characters"))
+			return
+		}
+		if err := s.RevokeToken(r.Context(), body.TokenID, body.Reason); err != nil {
+			fail(w, r, err)
+			return
+		}
+		admin.LogFrom(r.Context()).Info("machine token revoked", "token_id", body.TokenID)
+		admin.WriteJSON(w, http.StatusOK, map[string]string{"status": "revoked", "token_id": body.TokenID})
+	}))
+	a.Handle("GET /v1/keys", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		keys := s.keys.Load().meta
+		if keys == nil {
+			keys = []KeyInfo{}
+		}
+		admin.WriteJSON(w, http.StatusOK, map[string]any{"keys": keys})
+	}))
+	a.Handle("POST /v1/keys/rotate", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body struct {
+			Kind string `json:"kind"` // "oidc" (default) or "macaroon"
+			Org  string `json:"org"`
+			Alg  string `json:"alg"`
+		}
+		if err := admin.ReadJSON(r, &body); err != nil {
+			fail(w, r, invalidf("body: want {\"org\": \"…\"}"))
+			return
+		}
+		switch body.Kind {
+		case "macaroon":
+			id, err := s.AddMacaroonKey(r.Context())
+			if err != nil {
+				fail(w, r, err)
+				return
+			}
+			admin.LogFrom(r.Context()).Info("machine token key rotated", "key_id", id)
+			admin.WriteJSON(w, http.StatusOK, map[string]string{"kind": "macaroon", "id": id})
+		case "", "oidc":
+			if body.Alg != "" && body.Alg != "RS256" && body.Alg != "ES256" {
+				fail(w, r, invalidf("alg: want RS256 or ES256"))
+				return
+			}
+			if !config.ValidName(body.Org) {
+				fail(w, r, invalidf("org: required"))
+				return
+			}
+			k, err := s.RotateOrgKey(r.Context(), body.Org, oidc.Alg(body.Alg))
+			if err != nil {
+				fail(w, r, err)
+				return
+			}
+			admin.WriteJSON(w, http.StatusOK, k)
+		default:
+			fail(w, r, invalidf("kind: want oidc or macaroon"))
+		}
+	}))
+}
+
+// findMachine accepts a machine id or "org/app/name".
+func (s *Issuer) findMachine(ctx context.Context, ref string) (*store.Machine, error) {
+	if m, err := s.store.GetMachine(ctx, ref); err == nil || !errors.Is(err, store.ErrNotFound) {
+		return m, err
+	}
+	ms, err := s.store.ListMachines(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range ms {
+		if m.Org+"/"+m.App+"/"+m.Name == ref {
+			return m, nil
+		}
+	}
+	return nil, store.ErrNotFound
+}

@@ -1,0 +1,371 @@
+// Package issuer is the platform-side service: the machine registry, machine
+// token minting and verification, per-org OIDC signing with discovery and
+// JWKS, metadata long polls, and the optional gateway to a platform API.
+package issuer
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/wicket-sh/wicket/internal/admin"
+	"github.com/wicket-sh/wicket/internal/config"
+	"github.com/wicket-sh/wicket/internal/metrics"
+	"github.com/wicket-sh/wicket/internal/peer"
+	"github.com/wicket-sh/wicket/internal/seal"
+	"github.com/wicket-sh/wicket/internal/store"
+	"github.com/wicket-sh/wicket/internal/store/bolt"
+	"github.com/wicket-sh/wicket/internal/unixsock"
+	"github.com/wicket-sh/wicket/internal/version"
+)
+
+// tokenLocation is the macaroon location of machine tokens.
+const tokenLocation = "wicket"
+
+var errUnknownOrg = errors.New("unknown org")
+
+// Options configure an Issuer.
+type Options struct {
+	ConfigPath string
+	Overrides  []config.IssuerOverride
+	Logger     *slog.Logger
+	LogLevel   *slog.LevelVar
+	// Now replaces the clock in tests.
+	Now func() time.Time
+	// Listener, when set, is used for the public HTTP API instead of
+	// listening on server.listen (tests, dev mode on a port chosen by the OS).
+	Listener net.Listener
+
+	allowNoMintKey bool // Init creates the first key
+}
+
+type runtime struct {
+	cfg        *config.Issuer
+	adminAuth  admin.Auth
+	generation uint64
+}
+
+// Issuer is the issuer service.
+type Issuer struct {
+	opts    Options
+	log     *slog.Logger
+	selfUID uint32
+	started time.Time
+
+	store  store.Store
+	sealer *seal.Sealer
+
+	rt       atomic.Pointer[runtime]
+	reloadMu sync.Mutex
+	keys     atomic.Pointer[keyring]
+	keyMu    sync.Mutex // serializes key ring loads
+	rotateMu sync.Mutex // serializes key creation and rotation
+
+	adm      *unixsock.Listener
+	admin    *admin.Server
+	pub      net.Listener
+	ready    chan struct{}
+	readyOne sync.Once
+
+	reloadsOK, reloadsKO     atomic.Uint64
+	tokensIssued, authFailed atomic.Uint64
+	machineTokensMinted      atomic.Uint64
+	longPolls                atomic.Int64
+}
+
+// New loads the config, opens the state and unseals the keys. The state
+// must have been created by Init.
+func New(ctx context.Context, opts Options) (*Issuer, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	s := &Issuer{opts: opts, log: opts.Logger, selfUID: uint32(os.Geteuid()), started: time.Now(), ready: make(chan struct{})}
+	rt, err := s.load()
+	if err != nil {
+		return nil, err
+	}
+	rt.generation = 1
+	s.rt.Store(rt)
+	s.applyLogLevel(rt.cfg)
+
+	key, err := loadSealKey(rt.cfg.State)
+	if err != nil {
+		return nil, err
+	}
+	s.sealer, err = seal.New(key)
+	clear(key)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(rt.cfg.State.BoltPath()); err != nil {
+		return nil, fmt.Errorf("state %s not found: run `wicket issuer init` first", rt.cfg.State.BoltPath())
+	}
+	s.store, err = bolt.Open(rt.cfg.State.BoltPath(), nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.refreshKeys(ctx); err != nil {
+		s.store.Close()
+		return nil, err
+	}
+	if s.keys.Load().mintKey == nil && !opts.allowNoMintKey {
+		s.store.Close()
+		return nil, errors.New("state has no machine token key: run `wicket issuer init`")
+	}
+	return s, nil
+}
+
+func loadSealKey(st config.State) ([]byte, error) {
+	if st.SealKeyEnv != "" {
+		k, err := seal.KeyFromEnv(st.SealKeyEnv)
+		os.Unsetenv(st.SealKeyEnv)
+		return k, err
+	}
+	return seal.LoadKeyFile(st.KeyFile())
+}
+
+func (s *Issuer) load() (*runtime, error) {
+	cfg, err := config.LoadIssuer(s.opts.ConfigPath, s.opts.Overrides...)
+	if err != nil {
+		return nil, err
+	}
+	tok, err := admin.LoadToken(cfg.Admin)
+	if err != nil {
+		return nil, err
+	}
+	return &runtime{cfg: cfg, adminAuth: admin.Auth{
+		Allow: peer.Allowlist{UIDs: cfg.Admin.AllowUIDs, GIDs: cfg.Admin.AllowGIDs},
+		Token: tok,
+	}}, nil
+}
+
+func (s *Issuer) applyLogLevel(cfg *config.Issuer) {
+	if s.opts.LogLevel != nil {
+		if lv, err := cfg.Log.SlogLevel(); err == nil {
+			s.opts.LogLevel.Set(lv)
+		}
+	}
+}
+
+func (s *Issuer) cfg() *config.Issuer { return s.rt.Load().cfg }
+func (s *Issuer) now() time.Time      { return s.opts.Now() }
+
+// Store returns the issuer's state store (dev mode and tests).
+func (s *Issuer) Store() store.Store { return s.store }
+
+// Ready is closed when the public listener and admin socket accept.
+func (s *Issuer) Ready() <-chan struct{} { return s.ready }
+
+// PublicURL returns the configured public base URL.
+func (s *Issuer) PublicURL() string { return s.cfg().Server.PublicURL }
+
+// Reload re-reads the config; only dynamic settings take effect.
+func (s *Issuer) Reload(ctx context.Context) (admin.ReloadResult, error) {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	old := s.rt.Load()
+	next, err := s.load()
+	if err != nil {
+		s.reloadsKO.Add(1)
+		return admin.ReloadResult{}, err
+	}
+	restart := config.RestartRequired(old.cfg, next.cfg)
+	if len(restart) > 0 {
+		next.cfg.Server, next.cfg.State, next.cfg.HTTP = old.cfg.Server, old.cfg.State, old.cfg.HTTP
+		next.cfg.Admin.Socket = old.cfg.Admin.Socket
+	}
+	next.generation = old.generation + 1
+	s.rt.Store(next)
+	s.applyLogLevel(next.cfg)
+	s.reloadsOK.Add(1)
+	s.log.Info("config reloaded", "generation", next.generation, "restart_required", restart)
+	return admin.ReloadResult{Status: "ok", Generation: next.generation, RestartRequired: restart}, nil
+}
+
+// Run serves the public API and the admin socket until ctx ends.
+func (s *Issuer) Run(ctx context.Context) error {
+	defer s.store.Close()
+	cfg := s.cfg()
+	admCfg, err := cfg.Admin.UnixSock("admin", 0o700)
+	if err != nil {
+		return err
+	}
+	s.adm, err = unixsock.Listen(admCfg)
+	if err != nil {
+		return fmt.Errorf("admin socket: %w", err)
+	}
+	defer s.adm.Close()
+	s.pub = s.opts.Listener
+	if s.pub == nil {
+		s.pub, err = net.Listen("tcp", cfg.Server.Listen)
+		if err != nil {
+			return fmt.Errorf("listen %s: %w", cfg.Server.Listen, err)
+		}
+	}
+	defer s.pub.Close()
+
+	lim := unixsock.HTTPLimits{
+		ReadHeaderTimeout: cfg.HTTP.ReadHeaderTimeout.Duration,
+		IdleTimeout:       cfg.HTTP.IdleTimeout.Duration,
+		WriteTimeout:      cfg.HTTP.WriteTimeout.Duration,
+		MaxHeaderBytes:    cfg.HTTP.MaxHeaderBytes,
+	}
+	s.admin = admin.New(s, func() admin.Auth { return s.rt.Load().adminAuth }, s.selfUID, s.log.With("socket", "admin"))
+	s.registerAdmin(s.admin)
+	admSrv := unixsock.NewHTTPServer(s.admin, lim, s.log)
+	pubSrv := &http.Server{
+		Handler:           s.publicHandler(),
+		ReadHeaderTimeout: lim.ReadHeaderTimeout,
+		IdleTimeout:       lim.IdleTimeout,
+		WriteTimeout:      lim.WriteTimeout,
+		MaxHeaderBytes:    lim.MaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+
+	bg, stopBG := context.WithCancel(ctx)
+	defer stopBG()
+	go s.watchKeys(bg)
+	go s.keyMaintenance(bg)
+
+	errc := make(chan error, 2)
+	go func() { errc <- ignoreClosed(admSrv.Serve(s.adm)) }()
+	go func() {
+		if cfg.Server.TLSCert != "" {
+			pubSrv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+			errc <- ignoreClosed(pubSrv.ServeTLS(s.pub, cfg.Server.TLSCert, cfg.Server.TLSKey))
+			return
+		}
+		errc <- ignoreClosed(pubSrv.Serve(s.pub))
+	}()
+	s.log.Info("issuer ready", "public_url", cfg.Server.PublicURL, "listen", s.pub.Addr().String(), "admin_socket", s.adm.Path())
+	s.readyOne.Do(func() { close(s.ready) })
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	s.log.Info("issuer shutting down")
+	stopBG()
+	shCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, srv := range []*http.Server{pubSrv, admSrv} {
+		if err := srv.Shutdown(shCtx); err != nil {
+			srv.Close()
+		}
+	}
+	return runErr
+}
+
+// Addr returns the public listener's address once running.
+func (s *Issuer) Addr() net.Addr {
+	if s.pub == nil {
+		return nil
+	}
+	return s.pub.Addr()
+}
+
+func ignoreClosed(err error) error {
+	if errors.Is(err, http.ErrServerClosed) || errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
+// watchKeys reloads the key ring whenever keys or revocations change in the
+// store (another replica, or the admin socket).
+func (s *Issuer) watchKeys(ctx context.Context) {
+	ch, err := s.store.WatchKeys(ctx)
+	if err != nil {
+		s.log.Error("watch keys", "err", err)
+		return
+	}
+	for range ch {
+		if err := s.refreshKeys(ctx); err != nil && ctx.Err() == nil {
+			s.log.Error("reload keys", "err", err)
+		}
+	}
+}
+
+func (s *Issuer) keyMaintenance(ctx context.Context) {
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		if err := s.maintainKeys(ctx); err != nil && ctx.Err() == nil {
+			s.log.Error("key maintenance", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Status implements admin.Service.
+func (s *Issuer) Status() any {
+	rt := s.rt.Load()
+	v, c := version.Get()
+	socks := map[string]any{}
+	if s.adm != nil {
+		socks["admin"] = map[string]any{"path": s.adm.Path(), "stats": s.adm.Stats()}
+	}
+	var admDenied uint64
+	if s.admin != nil {
+		admDenied = s.admin.Denied()
+	}
+	kr := s.keys.Load()
+	return map[string]any{
+		"service":           "issuer",
+		"version":           v,
+		"commit":            c,
+		"uptime_seconds":    int64(time.Since(s.started).Seconds()),
+		"config_generation": rt.generation,
+		"public_url":        rt.cfg.Server.PublicURL,
+		"sockets":           socks,
+		"orgs":              len(kr.oidcSets),
+		"counters": map[string]uint64{
+			"oidc_tokens_issued":    s.tokensIssued.Load(),
+			"machine_tokens_minted": s.machineTokensMinted.Load(),
+			"auth_failures":         s.authFailed.Load(),
+			"admin_denied":          admDenied,
+			"reloads_ok":            s.reloadsOK.Load(),
+			"reloads_failed":        s.reloadsKO.Load(),
+		},
+		"long_polls": s.longPolls.Load(),
+	}
+}
+
+// Metrics implements admin.Service.
+func (s *Issuer) Metrics() []metrics.Sample {
+	c := func(name, help string, v uint64) metrics.Sample {
+		return metrics.Sample{Name: name, Help: help, Type: metrics.Counter, Value: float64(v)}
+	}
+	out := []metrics.Sample{
+		{Name: "wicket_uptime_seconds", Help: "Seconds since start.", Type: metrics.Gauge, Value: time.Since(s.started).Seconds()},
+		{Name: "wicket_config_generation", Help: "Generation of the running config.", Type: metrics.Gauge, Value: float64(s.rt.Load().generation)},
+		c("wicket_oidc_tokens_issued_total", "OIDC tokens signed.", s.tokensIssued.Load()),
+		c("wicket_machine_tokens_minted_total", "Machine tokens minted.", s.machineTokensMinted.Load()),
+		c("wicket_auth_failures_total", "Requests refused with 401.", s.authFailed.Load()),
+		{Name: "wicket_long_polls", Help: "Metadata long polls in progress.", Type: metrics.Gauge, Value: float64(s.longPolls.Load())},
+	}
+	if s.adm != nil {
+		st := s.adm.Stats()
+		lb := map[string]string{"socket": "admin"}
+		out = append(out,
+			metrics.Sample{Name: "wicket_connections_open", Help: "Open connections.", Type: metrics.Gauge, Labels: lb, Value: float64(st.Open)},
+			metrics.Sample{Name: "wicket_connections_rejected_total", Help: "Connections closed at once because the socket was at its cap.", Type: metrics.Counter, Labels: lb, Value: float64(st.Rejected)})
+	}
+	return out
+}

@@ -1,0 +1,250 @@
+package issuer
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/superfly/macaroon"
+
+	"github.com/wicket-sh/wicket/internal/machinetoken"
+	"github.com/wicket-sh/wicket/internal/oidc"
+	"github.com/wicket-sh/wicket/internal/store"
+)
+
+// oidcKind is the store kind of an org's OIDC signing keys: each org has
+// its own keys, so a relying party that forgets to check "iss" (MinIO does
+// not) still cannot be fooled by another org's token.
+func oidcKind(org string) string { return store.KindOIDC + "/" + org }
+
+// keyring is an immutable snapshot of the unsealed keys and the revocation
+// set; a reload builds a new one and swaps it in.
+type keyring struct {
+	macaroon map[string]macaroon.SigningKey // hex key id → secret
+	mintKey  *machinetoken.Key              // newest macaroon key
+	oidcKeys map[string][]*oidc.Key         // org → keys
+	oidcSets map[string]*oidc.KeySet        // org → snapshot for signing and JWKS
+	revoked  map[string]struct{}
+	meta     []KeyInfo
+}
+
+// KeyInfo describes a key without any private material (keys list).
+type KeyInfo struct {
+	Kind       string    `json:"kind"`
+	Org        string    `json:"org,omitempty"`
+	ID         string    `json:"id"`
+	Alg        string    `json:"alg,omitempty"`
+	State      string    `json:"state"`
+	CreatedAt  time.Time `json:"created_at"`
+	ActivateAt time.Time `json:"activate_at,omitzero"`
+	RetiredAt  time.Time `json:"retired_at,omitzero"`
+}
+
+// sealAD binds a sealed blob to its record, so one key's ciphertext cannot
+// be swapped into another record.
+func sealAD(kind, id string) []byte { return []byte("wicket-key\x00" + kind + "\x00" + id) }
+
+// loadKeys reads every key and revocation from the store and unseals them.
+func (s *Issuer) loadKeys(ctx context.Context) (*keyring, error) {
+	keys, err := s.store.ListKeys(ctx, "")
+	if err != nil {
+		return nil, fmt.Errorf("list keys: %w", err)
+	}
+	kr := &keyring{
+		macaroon: map[string]macaroon.SigningKey{},
+		oidcKeys: map[string][]*oidc.Key{},
+		oidcSets: map[string]*oidc.KeySet{},
+		revoked:  map[string]struct{}{},
+	}
+	var newest time.Time
+	now := s.now()
+	for _, k := range keys {
+		plain, err := s.sealer.Open(k.Sealed, sealAD(k.Kind, k.ID))
+		if err != nil {
+			// Wrong seal key or tampered state: refuse to run on it.
+			return nil, fmt.Errorf("unseal %s key %s: %w", k.Kind, k.ID, err)
+		}
+		info := KeyInfo{Kind: k.Kind, ID: k.ID, Alg: k.Alg, State: k.State, CreatedAt: k.CreatedAt, ActivateAt: k.ActivateAt, RetiredAt: k.RetiredAt}
+		switch {
+		case k.Kind == store.KindMacaroon:
+			id, err := hex.DecodeString(k.ID)
+			if err != nil || len(plain) != 32 {
+				return nil, fmt.Errorf("macaroon key %s is malformed", k.ID)
+			}
+			// Own copy: plain is wiped below.
+			secret := macaroon.SigningKey(bytes.Clone(plain))
+			kr.macaroon[k.ID] = secret
+			if kr.mintKey == nil || !k.CreatedAt.Before(newest) {
+				kr.mintKey = &machinetoken.Key{ID: id, Secret: secret}
+				newest = k.CreatedAt
+			}
+			info.State = "active"
+		case strings.HasPrefix(k.Kind, store.KindOIDC+"/"):
+			org := strings.TrimPrefix(k.Kind, store.KindOIDC+"/")
+			priv, err := oidc.UnmarshalPrivate(plain)
+			if err != nil {
+				return nil, fmt.Errorf("oidc key %s: %w", k.ID, err)
+			}
+			ok := &oidc.Key{ID: k.ID, Alg: oidc.Alg(k.Alg), State: oidc.KeyState(k.State),
+				CreatedAt: k.CreatedAt, ActivateAt: k.ActivateAt, RetiredAt: k.RetiredAt, Private: priv}
+			kr.oidcKeys[org] = append(kr.oidcKeys[org], ok)
+			info.Kind, info.Org, info.State = store.KindOIDC, org, string(ok.StateAt(now))
+		default:
+			return nil, fmt.Errorf("unknown key kind %q", k.Kind)
+		}
+		clear(plain)
+		kr.meta = append(kr.meta, info)
+	}
+	for org, ks := range kr.oidcKeys {
+		set, err := oidc.NewKeySet(ks)
+		if err != nil {
+			return nil, fmt.Errorf("org %s keys: %w", org, err)
+		}
+		kr.oidcSets[org] = set
+	}
+	revs, err := s.store.ListRevocations(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list revocations: %w", err)
+	}
+	for _, r := range revs {
+		kr.revoked[r.TokenID] = struct{}{}
+	}
+	return kr, nil
+}
+
+// refreshKeys reloads the key ring from the store.
+func (s *Issuer) refreshKeys(ctx context.Context) error {
+	s.keyMu.Lock()
+	defer s.keyMu.Unlock()
+	kr, err := s.loadKeys(ctx)
+	if err != nil {
+		return err
+	}
+	s.keys.Store(kr)
+	return nil
+}
+
+func (s *Issuer) putSealed(ctx context.Context, kind, id, alg, state string, created, activate, retired time.Time, plain []byte) error {
+	sealed, err := s.sealer.Seal(plain, sealAD(kind, id))
+	if err != nil {
+		return fmt.Errorf("seal key: %w", err)
+	}
+	return s.store.PutKey(ctx, &store.SealedKey{ID: id, Kind: kind, Alg: alg, State: state,
+		CreatedAt: created, ActivateAt: activate, RetiredAt: retired, Sealed: sealed})
+}
+
+func (s *Issuer) putOIDCKey(ctx context.Context, org string, k *oidc.Key) error {
+	der, err := k.MarshalPrivate()
+	if err != nil {
+		return err
+	}
+	defer clear(der)
+	return s.putSealed(ctx, oidcKind(org), k.ID, string(k.Alg), string(k.State), k.CreatedAt, k.ActivateAt, k.RetiredAt, der)
+}
+
+// AddMacaroonKey creates a new macaroon root key; new machine tokens are
+// minted with it, older tokens keep verifying with theirs.
+func (s *Issuer) AddMacaroonKey(ctx context.Context) (string, error) {
+	k := machinetoken.NewKey()
+	id := hex.EncodeToString(k.ID)
+	if err := s.putSealed(ctx, store.KindMacaroon, id, "HS256", "active", s.now(), time.Time{}, time.Time{}, k.Secret); err != nil {
+		return "", err
+	}
+	return id, s.refreshKeys(ctx)
+}
+
+// ensureOrgKeys gives a new org its first signing key, active at once: no
+// relying party can know the org's issuer before it exists, so there is
+// nothing to pre-publish to.
+func (s *Issuer) ensureOrgKeys(ctx context.Context, org string) error {
+	if _, ok := s.keys.Load().oidcSets[org]; ok {
+		return nil
+	}
+	s.rotateMu.Lock()
+	defer s.rotateMu.Unlock()
+	if _, ok := s.keys.Load().oidcSets[org]; ok {
+		return nil
+	}
+	k, err := oidc.GenerateKey(oidc.Alg(s.cfg().OIDC.Alg), s.now(), 0)
+	if err != nil {
+		return err
+	}
+	if err := s.putOIDCKey(ctx, org, k); err != nil {
+		return err
+	}
+	s.log.Info("created org signing key", "org", org, "kid", k.ID, "alg", k.Alg)
+	return s.refreshKeys(ctx)
+}
+
+// RotateOrgKey publishes a new signing key for org that starts signing
+// after the configured prepublish delay; the current key is retired at that
+// moment and stays in the JWKS for the grace period.
+func (s *Issuer) RotateOrgKey(ctx context.Context, org string, alg oidc.Alg) (*KeyInfo, error) {
+	s.rotateMu.Lock()
+	defer s.rotateMu.Unlock()
+	cfg := s.cfg()
+	if alg == "" {
+		alg = oidc.Alg(cfg.OIDC.Alg)
+	}
+	keys, ok := s.keys.Load().oidcKeys[org]
+	if !ok {
+		return nil, errUnknownOrg
+	}
+	next, newKey, err := oidc.Rotate(keys, alg, s.now(), cfg.OIDC.Prepublish.Duration)
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range next {
+		if err := s.putOIDCKey(ctx, org, k); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.refreshKeys(ctx); err != nil {
+		return nil, err
+	}
+	s.log.Info("rotated org signing key", "org", org, "kid", newKey.ID, "alg", newKey.Alg, "activate_at", newKey.ActivateAt)
+	return &KeyInfo{Kind: store.KindOIDC, Org: org, ID: newKey.ID, Alg: string(newKey.Alg), State: string(newKey.StateAt(s.now())),
+		CreatedAt: newKey.CreatedAt, ActivateAt: newKey.ActivateAt}, nil
+}
+
+// maintainKeys prunes keys retired longer than the grace period and, when
+// configured, rotates keys that have been active for rotate_every.
+func (s *Issuer) maintainKeys(ctx context.Context) error {
+	cfg := s.cfg()
+	now := s.now()
+	kr := s.keys.Load()
+	changed := false
+	for org, keys := range kr.oidcKeys {
+		kept := oidc.Prune(keys, now, cfg.OIDC.Grace.Duration)
+		for _, k := range keys {
+			if !slices.ContainsFunc(kept, func(x *oidc.Key) bool { return x.ID == k.ID }) {
+				if err := s.store.DeleteKey(ctx, oidcKind(org), k.ID); err != nil {
+					return fmt.Errorf("prune key %s: %w", k.ID, err)
+				}
+				s.log.Info("pruned retired signing key", "org", org, "kid", k.ID)
+				changed = true
+			}
+		}
+		if every := cfg.OIDC.RotateEvery.Duration; every > 0 {
+			newest := time.Time{}
+			for _, k := range kept {
+				if k.CreatedAt.After(newest) {
+					newest = k.CreatedAt
+				}
+			}
+			if now.Sub(newest) >= every {
+				if _, err := s.RotateOrgKey(ctx, org, ""); err != nil {
+					return fmt.Errorf("scheduled rotation for %s: %w", org, err)
+				}
+			}
+		}
+	}
+	if changed {
+		return s.refreshKeys(ctx)
+	}
+	return nil
+}

@@ -1,0 +1,397 @@
+package issuer
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/superfly/macaroon"
+
+	"github.com/wicket-sh/wicket/internal/apierror"
+	"github.com/wicket-sh/wicket/internal/machinetoken"
+	"github.com/wicket-sh/wicket/internal/oidc"
+	"github.com/wicket-sh/wicket/internal/store"
+)
+
+// Long-poll bounds for GET /v1/machines/self?wait=true.
+const (
+	defaultWait = 30 * time.Second
+	minWait     = time.Second
+	maxWait     = 120 * time.Second
+)
+
+func (s *Issuer) publicHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("POST /v1/tokens/oidc", s.handleOIDCToken)
+	mux.HandleFunc("GET /v1/machines/self", s.handleSelf)
+	mux.Handle("/v1/apps/{app}/", http.HandlerFunc(s.handleGateway))
+	disco := &oidc.Handler{
+		PublicURL: s.PublicURL(),
+		Keys: func(org string) *oidc.KeySet {
+			return s.keys.Load().oidcSets[org]
+		},
+		Grace:  s.cfg().OIDC.Grace.Duration,
+		MaxAge: s.cfg().OIDC.JWKSMaxAge.Duration,
+		Now:    s.now,
+	}
+	mux.Handle("GET /{org}/.well-known/", disco)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !apierror.CanonicalPath(r.URL.Path) {
+			apierror.BadRequest(w)
+			return
+		}
+		if _, pattern := mux.Handler(r); pattern == "" {
+			apierror.NotFound(w)
+			return
+		}
+		mux.ServeHTTP(w, r) // fills in path values, unlike mux.Handler
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func unauthorized(w http.ResponseWriter) {
+	apierror.Write(w, http.StatusUnauthorized, apierror.CodeUnauthorized, "unauthorized")
+}
+
+// authenticate verifies the request's machine token for feature (and app,
+// when set) and returns the registered machine. Every failure gets the same
+// 401; the reason goes to the log with the caller's address, never the token.
+func (s *Issuer) authenticate(w http.ResponseWriter, r *http.Request, feature machinetoken.Feature, app string) (*store.Machine, *machinetoken.Verified, bool) {
+	remote := remoteAddr(r)
+	fail := func(reason error) (*store.Machine, *machinetoken.Verified, bool) {
+		s.authFailed.Add(1)
+		s.log.Warn("machine token refused", "remote", remote.String(), "path", truncate(r.URL.Path, 128), "reason", reason.Error())
+		unauthorized(w)
+		return nil, nil, false
+	}
+	tok, err := machinetoken.ParseHeader(r.Header.Get("Authorization"))
+	if err != nil {
+		return fail(errors.New("no or malformed Authorization header"))
+	}
+	kr := s.keys.Load()
+	v := machinetoken.Verifier{
+		Location: tokenLocation,
+		Keys: func(id []byte) (macaroon.SigningKey, bool) {
+			k, ok := kr.macaroon[hex.EncodeToString(id)]
+			return k, ok
+		},
+		Revoked: func(id string) bool { _, ok := kr.revoked[id]; return ok },
+	}
+	ver, err := v.Verify(tok, machinetoken.Request{Now: s.now(), RemoteAddr: remote, Feature: feature, App: app})
+	if err != nil {
+		return fail(err)
+	}
+	m, err := s.store.GetMachine(r.Context(), ver.MachineID)
+	if err != nil {
+		return fail(fmt.Errorf("machine %s: %w", ver.MachineID, err))
+	}
+	if m.Org != ver.Org || m.App != ver.App {
+		return fail(fmt.Errorf("token for %s/%s but machine %s is in %s/%s", ver.Org, ver.App, m.ID, m.Org, m.App))
+	}
+	// The registry's current addresses apply too, so narrowing them takes
+	// effect without re-minting tokens.
+	if len(m.SourceAddrs) > 0 && !addrAllowed(remote, m.SourceAddrs) {
+		return fail(fmt.Errorf("remote %s not in machine %s source addresses", remote, m.ID))
+	}
+	return m, ver, true
+}
+
+func remoteAddr(r *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}
+
+func addrAllowed(a netip.Addr, cidrs []string) bool {
+	if !a.IsValid() {
+		return false
+	}
+	for _, c := range cidrs {
+		if p, err := netip.ParsePrefix(c); err == nil && p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// oidcRequest is the body of POST /v1/tokens/oidc.
+type oidcRequest struct {
+	Aud json.RawMessage `json:"aud"`
+	TTL string          `json:"ttl"`
+}
+
+func parseAud(raw json.RawMessage) ([]string, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, nil
+	}
+	var one string
+	if err := json.Unmarshal(raw, &one); err == nil {
+		return []string{one}, nil
+	}
+	var many []string
+	if err := json.Unmarshal(raw, &many); err != nil {
+		return nil, errors.New("aud must be a string or a list of strings")
+	}
+	return many, nil
+}
+
+func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
+	m, ver, ok := s.authenticate(w, r, machinetoken.FeatureOIDC, "")
+	if !ok {
+		return
+	}
+	cfg := s.cfg()
+	var req oidcRequest
+	body, err := io.ReadAll(io.LimitReader(r.Body, 64<<10))
+	if err != nil {
+		apierror.BadRequest(w)
+		return
+	}
+	if len(strings.TrimSpace(string(body))) > 0 {
+		dec := json.NewDecoder(strings.NewReader(string(body)))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			s.log.Info("bad token request", "machine_id", m.ID, "err", err)
+			apierror.BadRequest(w)
+			return
+		}
+	}
+	issuer := oidc.IssuerURL(cfg.Server.PublicURL, m.Org)
+	aud, err := parseAud(req.Aud)
+	if err == nil && aud == nil {
+		aud = []string{issuer}
+	}
+	if err == nil {
+		err = oidc.ValidateAudience(aud)
+	}
+	ttl := cfg.OIDC.TokenTTL.Duration
+	if err == nil && req.TTL != "" {
+		ttl, err = time.ParseDuration(req.TTL)
+		if err == nil && (ttl < time.Minute || ttl > cfg.OIDC.MaxTTL.Duration) {
+			err = fmt.Errorf("ttl %s out of range", ttl)
+		}
+	}
+	if err != nil {
+		s.log.Info("bad token request", "machine_id", m.ID, "err", err)
+		apierror.BadRequest(w)
+		return
+	}
+	if err := s.ensureOrgKeys(r.Context(), m.Org); err != nil {
+		s.log.Error("org keys", "org", m.Org, "err", err)
+		apierror.Internal(w)
+		return
+	}
+	now := s.now()
+	set := s.keys.Load().oidcSets[m.Org]
+	key, err := set.Signer(oidc.Alg(cfg.OIDC.Alg), now)
+	if errors.Is(err, oidc.ErrNoSigningKey) {
+		// The org's keys use the other algorithm (alg changed in config):
+		// sign with what exists until an operator rotates.
+		key, err = set.Signer(otherAlg(oidc.Alg(cfg.OIDC.Alg)), now)
+	}
+	if err != nil {
+		s.log.Error("no signing key", "org", m.Org, "err", err)
+		apierror.Internal(w)
+		return
+	}
+	sub, err := oidc.Subject(m.Org, m.App, m.Name)
+	if err != nil {
+		s.log.Error("subject", "machine_id", m.ID, "err", err)
+		apierror.Internal(w)
+		return
+	}
+	claims := oidc.Claims{
+		Issuer: issuer, Subject: sub, Audience: aud,
+		IssuedAt: now, NotBefore: now, Expiry: now.Add(ttl), ID: newJTI(),
+		Org: m.Org, App: m.App, MachineID: m.ID, MachineName: m.Name,
+		Region: m.Region, Image: m.Image, ImageDigest: m.ImageDigest,
+	}
+	tok, err := oidc.Sign(key, claims)
+	if err != nil {
+		s.log.Error("sign", "org", m.Org, "err", err)
+		apierror.Internal(w)
+		return
+	}
+	s.tokensIssued.Add(1)
+	s.log.Info("oidc token issued", "machine_id", m.ID, "org", m.Org, "app", m.App, "aud", strings.Join(aud, ","),
+		"kid", key.ID, "jti", claims.ID, "token_id", ver.TokenID, "expires_at", claims.Expiry.UTC().Format(time.RFC3339))
+	writeJSON(w, http.StatusOK, map[string]string{"token": tok, "expires_at": claims.Expiry.UTC().Format(time.RFC3339)})
+}
+
+func otherAlg(a oidc.Alg) oidc.Alg {
+	if a == oidc.RS256 {
+		return oidc.ES256
+	}
+	return oidc.RS256
+}
+
+func newJTI() string { return rand.Text() }
+
+// Metadata is what a machine learns about itself (GET /v1/machines/self and
+// the agent's GET /v1/metadata).
+type Metadata struct {
+	MachineID   string            `json:"machine_id"`
+	MachineName string            `json:"machine_name"`
+	App         string            `json:"app"`
+	Org         string            `json:"org"`
+	Region      string            `json:"region"`
+	Image       string            `json:"image"`
+	ImageDigest string            `json:"image_digest"`
+	PrivateIP   string            `json:"private_ip"`
+	Tags        map[string]string `json:"tags"`
+}
+
+func metadataOf(m *store.Machine) Metadata {
+	tags := m.Tags
+	if tags == nil {
+		tags = map[string]string{}
+	}
+	return Metadata{MachineID: m.ID, MachineName: m.Name, App: m.App, Org: m.Org, Region: m.Region,
+		Image: m.Image, ImageDigest: m.ImageDigest, PrivateIP: m.PrivateIP, Tags: tags}
+}
+
+// encodeMetadata returns the JSON body and its ETag, derived from the
+// content so every replica computes the same tag for the same state.
+func encodeMetadata(m *store.Machine) ([]byte, string) {
+	b, _ := json.Marshal(metadataOf(m))
+	b = append(b, '\n')
+	sum := sha256.Sum256(b)
+	return b, `"` + hex.EncodeToString(sum[:12]) + `"`
+}
+
+func (s *Issuer) handleSelf(w http.ResponseWriter, r *http.Request) {
+	m, _, ok := s.authenticate(w, r, machinetoken.FeatureMetadata, "")
+	if !ok {
+		return
+	}
+	q := r.URL.Query()
+	body, etag := encodeMetadata(m)
+	if q.Get("wait") != "true" {
+		writeMetadata(w, body, etag)
+		return
+	}
+	wait := defaultWait
+	if t := q.Get("timeout"); t != "" {
+		d, err := time.ParseDuration(t)
+		if err != nil || d < minWait || d > maxWait {
+			apierror.BadRequest(w)
+			return
+		}
+		wait = d
+	}
+	if want := q.Get("etag"); want != etag {
+		writeMetadata(w, body, etag)
+		return
+	}
+	s.longPolls.Add(1)
+	defer s.longPolls.Add(-1)
+	ctx, cancel := context.WithTimeout(r.Context(), wait)
+	defer cancel()
+	events, err := s.store.WatchMachine(ctx, m.ID)
+	if err != nil {
+		unauthorized(w) // removed in the meantime
+		return
+	}
+	for ev := range events {
+		if ev.Machine == nil {
+			s.log.Info("machine removed during long poll", "machine_id", m.ID)
+			unauthorized(w)
+			return
+		}
+		b, e := encodeMetadata(ev.Machine)
+		if e != etag {
+			writeMetadata(w, b, e)
+			return
+		}
+	}
+	if r.Context().Err() != nil {
+		return // caller went away
+	}
+	writeMetadata(w, body, etag)
+}
+
+func writeMetadata(w http.ResponseWriter, body []byte, etag string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("ETag", etag)
+	w.Write(body)
+}
+
+// handleGateway verifies the machine token for the app in the path, then
+// forwards the request to the operator's platform API with the machine's
+// identity in headers and without the token.
+func (s *Issuer) handleGateway(w http.ResponseWriter, r *http.Request) {
+	gw := s.cfg().Gateway
+	if gw.Upstream == "" {
+		apierror.NotFound(w)
+		return
+	}
+	m, ver, ok := s.authenticate(w, r, machinetoken.FeatureProxy, r.PathValue("app"))
+	if !ok {
+		return
+	}
+	up, err := url.Parse(gw.Upstream)
+	if err != nil {
+		apierror.Internal(w)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), gw.Timeout.Duration)
+	defer cancel()
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(up)
+			pr.Out.Host = up.Host
+			h := pr.Out.Header
+			h.Del("Authorization")
+			h.Del("Cookie")
+			for k := range h {
+				if strings.HasPrefix(strings.ToLower(k), "x-wicket-") {
+					h.Del(k)
+				}
+			}
+			h.Set("X-Wicket-Machine-Id", m.ID)
+			h.Set("X-Wicket-App", m.App)
+			h.Set("X-Wicket-Org", m.Org)
+		},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			s.log.Warn("gateway upstream error", "machine_id", m.ID, "token_id", ver.TokenID, "err", err)
+			var ne net.Error
+			if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
+				apierror.Write(w, http.StatusGatewayTimeout, apierror.CodeUpstreamTimeout, "upstream timeout")
+				return
+			}
+			apierror.Write(w, http.StatusBadGateway, apierror.CodeBadGateway, "bad gateway")
+		},
+	}
+	rp.ServeHTTP(w, r.WithContext(ctx))
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
