@@ -455,3 +455,24 @@ func (s *Issuer) findMachine(ctx context.Context, ref string) (*store.Machine, e
 	}
 	return nil, store.ErrNotFound
 }
+
+// EnsureMachine returns the machine org/app/name, registering it from spec
+// when absent (dev mode: the same machine across restarts).
+func (s *Issuer) EnsureMachine(ctx context.Context, spec MachineSpec) (*store.Machine, error) {
+	if m, err := s.findMachine(ctx, spec.Org+"/"+spec.App+"/"+spec.Name); err == nil {
+		return m, nil
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return nil, err
+	}
+	m, _, err := s.AddMachine(ctx, spec)
+	return m, err
+}
+
+// MintToken mints a new machine token for the machine id (or org/app/name).
+func (s *Issuer) MintToken(ctx context.Context, ref string, ttl time.Duration) (*MintedToken, error) {
+	m, err := s.findMachine(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	return s.mint(m, ttl)
+}
