@@ -5,6 +5,7 @@ package peer
 import (
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"slices"
 	"strings"
 
@@ -12,10 +13,14 @@ import (
 )
 
 // Rule grants the callers it matches (by uid or gid) the routes in Allow.
+// When Exes is set, the caller's executable must also be one of those
+// absolute paths (see unixsock.Peer.Exe); if it cannot be determined
+// safely, the rule does not match.
 type Rule struct {
 	Name  string   `toml:"name"`
 	UIDs  []uint32 `toml:"uids"`
 	GIDs  []uint32 `toml:"gids"`
+	Exes  []string `toml:"exes"`
 	Allow []string `toml:"allow"`
 }
 
@@ -92,6 +97,7 @@ type compiledRule struct {
 	name  string
 	uids  []uint32
 	gids  []uint32
+	exes  []string
 	allow []Pattern
 }
 
@@ -116,7 +122,14 @@ func Compile(rules []Rule) (*Policy, error) {
 		if len(r.Allow) == 0 {
 			return nil, fmt.Errorf("%s: allow is empty", name)
 		}
-		cr := compiledRule{name: name, uids: slices.Clone(r.UIDs), gids: slices.Clone(r.GIDs)}
+		cr := compiledRule{name: name, uids: slices.Clone(r.UIDs), gids: slices.Clone(r.GIDs), exes: slices.Clone(r.Exes)}
+		for _, e := range r.Exes {
+			// /proc/PID/exe is always absolute and clean; anything else
+			// could never match and is a mistake in the file.
+			if e == "" || !filepath.IsAbs(e) || filepath.Clean(e) != e || strings.ContainsRune(e, 0) {
+				return nil, fmt.Errorf("%s: exes entry %q: want a clean absolute path", name, e)
+			}
+		}
 		for _, a := range r.Allow {
 			pat, err := ParsePattern(a)
 			if err != nil {
@@ -144,17 +157,50 @@ func Default(selfUID uint32) *Policy {
 // the rule that allowed it. Root is not special: it is allowed only if a
 // rule names uid 0 (the default policy does).
 func (p *Policy) Allowed(c unixsock.Peer, method, path string) (rule string, ok bool) {
+	d := p.Decide(c, method, path)
+	return d.Rule, d.Allowed
+}
+
+// Decision is the outcome of [Policy.Decide].
+type Decision struct {
+	Rule    string // the rule that allowed the call
+	Allowed bool
+	// Exe is the caller's executable when a rule with exes was consulted.
+	Exe string
+	// ExeErr is why the caller's executable could not be determined, when
+	// a rule with exes would otherwise have matched; such rules fail closed.
+	// It is for the log.
+	ExeErr error
+}
+
+// Decide is Allowed with the details a denial log needs. The executable is
+// looked up only when a rule that names exes matches the caller and the
+// route, and at most once per call.
+func (p *Policy) Decide(c unixsock.Peer, method, path string) Decision {
+	var (
+		d      Decision
+		looked bool
+	)
 	for _, r := range p.rules {
 		if !slices.Contains(r.uids, c.UID) && !slices.Contains(r.gids, c.GID) {
 			continue
 		}
-		for _, pat := range r.allow {
-			if pat.Match(method, path) {
-				return r.name, true
+		if !slices.ContainsFunc(r.allow, func(pat Pattern) bool { return pat.Match(method, path) }) {
+			continue
+		}
+		if len(r.exes) > 0 {
+			if !looked {
+				d.Exe, d.ExeErr = c.Exe()
+				looked = true
+			}
+			if d.ExeErr != nil || !slices.Contains(r.exes, d.Exe) {
+				continue
 			}
 		}
+		d.Rule, d.Allowed = r.name, true
+		return d
 	}
-	return "", false
+	return d
 }
 
 // Allowlist is a plain uid/gid allowlist for a whole socket (the admin
@@ -167,4 +213,14 @@ type Allowlist struct {
 // Allows reports whether c may use the socket.
 func (a Allowlist) Allows(c unixsock.Peer, selfUID uint32) bool {
 	return c.UID == 0 || c.UID == selfUID || slices.Contains(a.UIDs, c.UID) || slices.Contains(a.GIDs, c.GID)
+}
+
+// UsesExes reports whether any rule names executables.
+func (p *Policy) UsesExes() bool {
+	for _, r := range p.rules {
+		if len(r.exes) > 0 {
+			return true
+		}
+	}
+	return false
 }

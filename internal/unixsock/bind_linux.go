@@ -7,6 +7,10 @@ import (
 	"syscall"
 )
 
+// listenBacklog is the accept queue asked for; the kernel caps it at
+// net.core.somaxconn.
+const listenBacklog = 4096
+
 // bindListen creates the socket so that its file never exists with a mode
 // looser than cfg.Mode (S-mode). On Linux the file created by bind takes its
 // mode from the socket inode, so fchmod before bind makes the file appear
@@ -49,7 +53,10 @@ func bindListen(cfg Config) (*net.UnixListener, *syscall.Stat_t, error) {
 	if err := syscall.Chmod(cfg.Path, perm); err != nil {
 		return nil, nil, fmt.Errorf("chmod %q: %w", cfg.Path, err)
 	}
-	if err := syscall.Listen(fd, syscall.SOMAXCONN); err != nil {
+	// syscall.SOMAXCONN is a fixed 128: a burst of clients beyond that
+	// would get EAGAIN from connect. The kernel caps this at
+	// net.core.somaxconn, as it does for net.Listen.
+	if err := syscall.Listen(fd, listenBacklog); err != nil {
 		return nil, nil, fmt.Errorf("listen %q: %w", cfg.Path, err)
 	}
 	f := os.NewFile(uintptr(fd), cfg.Path)

@@ -184,6 +184,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 			continue
 		}
 		l.accepted.Add(1)
+		p.proc = newPeerProc(c)
 		return &Conn{UnixConn: c, peer: p, l: l}, nil
 	}
 }
@@ -244,6 +245,7 @@ func (c *Conn) Peer() Peer { return c.peer }
 func (c *Conn) Close() error {
 	if c.closed.CompareAndSwap(false, true) {
 		c.l.open.Add(-1)
+		c.peer.proc.close()
 	}
 	return c.UnixConn.Close()
 }
