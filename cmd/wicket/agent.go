@@ -20,6 +20,7 @@ type agentFlags struct {
 	adminSocket string
 	logLevel    string
 	logFormat   string
+	tokenFD     int
 }
 
 // overrides turns flags into config overrides, used at startup and on
@@ -66,6 +67,7 @@ func newAgentCmd() *cobra.Command {
 	fl.StringVar(&f.adminSocket, "admin-socket", "", "override admin.socket_path")
 	fl.StringVar(&f.logLevel, "log-level", "", "override log.level (debug, info, warn, error)")
 	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
+	fl.IntVar(&f.tokenFD, "token-fd", -1, "read the machine token from this inherited file descriptor, then close it")
 	return cmd
 }
 
@@ -74,7 +76,13 @@ func runAgent(parent context.Context, f *agentFlags) error {
 	if err != nil {
 		return err
 	}
-	a, err := agent.New(agent.Options{ConfigPath: f.config, Overrides: f.overrides(), Logger: logger, LogLevel: level})
+	opts := agent.Options{ConfigPath: f.config, Overrides: f.overrides(), Logger: logger, LogLevel: level}
+	if f.tokenFD >= 0 {
+		if opts.MachineToken, err = agent.MachineTokenFromFD(f.tokenFD); err != nil {
+			return err
+		}
+	}
+	a, err := agent.New(opts)
 	if err != nil {
 		return err
 	}
@@ -83,20 +91,6 @@ func runAgent(parent context.Context, f *agentFlags) error {
 	}
 	ctx, stop := signal.NotifyContext(parent, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	go func() {
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-hup:
-				if _, err := a.Reload(ctx); err != nil {
-					logger.Error("reload on SIGHUP failed; keeping running config", "err", err)
-				}
-			}
-		}
-	}()
+	go reloadOnHUP(ctx, a.Reload, logger)
 	return a.Run(ctx)
 }

@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -18,6 +20,7 @@ import (
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/metrics"
 	"github.com/wicket-sh/wicket/internal/peer"
+	"github.com/wicket-sh/wicket/internal/proxy"
 	"github.com/wicket-sh/wicket/internal/unixsock"
 	"github.com/wicket-sh/wicket/internal/version"
 )
@@ -32,12 +35,18 @@ type Options struct {
 	Logger    *slog.Logger
 	// LogLevel, when set, is adjusted to the config's log.level on reload.
 	LogLevel *slog.LevelVar
+	// MachineToken, when set, is the machine token; otherwise it is read
+	// from issuer.token_file or the WICKET_MACHINE_TOKEN environment
+	// variable. `wicket dev` and --token-fd pass it this way. Giving more
+	// than one source is an error.
+	MachineToken MachineToken
 }
 
 // runtime is everything a reload swaps in one step.
 type runtime struct {
 	cfg        *config.Agent
 	policy     *peer.Policy
+	routes     *proxy.Table
 	adminAuth  admin.Auth
 	generation uint64
 }
@@ -60,6 +69,28 @@ type Agent struct {
 
 	readyOnce sync.Once
 	ready     chan struct{}
+
+	// Guest API state. issuerURL and token are fixed at New.
+	issuerURL   *url.URL
+	token       MachineToken
+	tokenSource string // "option", "file", "env" or "" (for status)
+	issuer      *issuerClient
+	meta        metaCache
+	tokens      *tokenCache // nil without an issuer
+	limiter     *rateLimiter
+	forwarder   *proxy.Forwarder
+	metaOK      atomic.Int64 // unix time of the last good metadata fetch
+	metaFailing atomic.Bool
+
+	// stop ends background work and local long polls at shutdown.
+	stop     context.Context
+	stopFunc context.CancelFunc
+	bg       sync.WaitGroup
+
+	upstreamWait, backoffMin, backoffMax time.Duration
+
+	rateLimitedN, tokensServed, tokensIssued, upstreamErrors atomic.Uint64
+	proxied, proxyErrors                                     atomic.Uint64
 }
 
 // New loads and validates the configuration; it opens no socket yet.
@@ -68,20 +99,96 @@ func New(opts Options) (*Agent, error) {
 		opts.Logger = slog.Default()
 	}
 	a := &Agent{
-		opts:    opts,
-		log:     opts.Logger,
-		selfUID: uint32(os.Geteuid()),
-		ready:   make(chan struct{}),
-		started: time.Now(),
+		opts:         opts,
+		log:          opts.Logger,
+		selfUID:      uint32(os.Geteuid()),
+		ready:        make(chan struct{}),
+		started:      time.Now(),
+		limiter:      newRateLimiter(),
+		upstreamWait: upstreamWaitDefault,
+		backoffMin:   backoffMinDefault,
+		backoffMax:   backoffMaxDefault,
 	}
+	a.meta.init()
+	a.stop, a.stopFunc = context.WithCancel(context.Background())
+	// The environment variable is taken (and unset) whatever happens next,
+	// so no child can inherit it.
+	envTok, envSet, envErr := takeEnvToken()
 	rt, err := a.load()
 	if err != nil {
+		return nil, err
+	}
+	if envErr != nil {
+		return nil, envErr
+	}
+	if err := a.initUpstream(rt.cfg, envTok, envSet); err != nil {
 		return nil, err
 	}
 	rt.generation = 1
 	a.rt.Store(rt)
 	a.applyLogLevel(rt.cfg)
 	return a, nil
+}
+
+// initUpstream settles the machine token and the issuer client.
+func (a *Agent) initUpstream(cfg *config.Agent, envTok MachineToken, envSet bool) error {
+	var sources []string
+	if !a.opts.MachineToken.IsZero() {
+		sources = append(sources, "option")
+	}
+	if cfg.Issuer.TokenFile != "" {
+		sources = append(sources, "file")
+	}
+	if envSet {
+		sources = append(sources, "env")
+	}
+	if len(sources) > 1 {
+		return fmt.Errorf("machine token given more than once (%s): give exactly one of issuer.token_file, --token-fd or %s", strings.Join(sources, ", "), MachineTokenEnv)
+	}
+	switch {
+	case !a.opts.MachineToken.IsZero():
+		a.token, a.tokenSource = a.opts.MachineToken, "option"
+	case cfg.Issuer.TokenFile != "":
+		tok, err := MachineTokenFromFile(cfg.Issuer.TokenFile, cfg.Issuer.TokenUnlink)
+		if err != nil {
+			return err
+		}
+		a.token, a.tokenSource = tok, "file"
+	case envSet:
+		a.token, a.tokenSource = envTok, "env"
+	}
+	a.forwarder = proxy.NewForwarder(proxy.Options{ContainsSecret: a.token.containedIn})
+	if cfg.Issuer.URL == "" {
+		if !a.token.IsZero() {
+			return errors.New("a machine token was given but issuer.url is not set")
+		}
+		return nil
+	}
+	if a.token.IsZero() {
+		return fmt.Errorf("issuer.url is set but no machine token was given (issuer.token_file, --token-fd or %s)", MachineTokenEnv)
+	}
+	u, err := proxy.ParseUpstream(cfg.Issuer.URL)
+	if err != nil {
+		return fmt.Errorf("issuer.url: %w", err)
+	}
+	if u.Scheme == "http" && !loopbackHost(u.Hostname()) {
+		a.log.Warn("issuer.url is plain http to a non-loopback host: attenuated machine tokens travel unencrypted", "issuer", u.Host)
+	}
+	a.issuerURL = u
+	a.issuer = newIssuerClient(u, a.token)
+	a.tokens = newTokenCache(a.stop, a.fetchToken, func() tokenCacheConfig {
+		c := a.rt.Load().cfg
+		return tokenCacheConfig{refreshAt: c.Tokens.RefreshAt, maxAudiences: c.Tokens.MaxAudiences, timeout: c.Issuer.RequestTimeout.Duration}
+	})
+	return nil
+}
+
+func loopbackHost(h string) bool {
+	if h == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
 }
 
 // load reads and validates the config and everything derived from it.
@@ -94,9 +201,17 @@ func (a *Agent) load() (*runtime, error) {
 	if err != nil {
 		return nil, err
 	}
+	pol := cfg.CompiledPolicy(a.selfUID)
+	if pol.UsesExes() {
+		if err := unixsock.PeerPidfdSupported(); err != nil {
+			// Not an error: the rules stay in force and fail closed.
+			a.log.Warn("policy rules with exes will deny every caller: the executable cannot be checked safely", "err", err)
+		}
+	}
 	return &runtime{
 		cfg:    cfg,
-		policy: cfg.CompiledPolicy(a.selfUID),
+		policy: pol,
+		routes: cfg.CompiledRoutes(),
 		adminAuth: admin.Auth{
 			Allow: peer.Allowlist{UIDs: cfg.Admin.AllowUIDs, GIDs: cfg.Admin.AllowGIDs},
 			Token: tok,
@@ -175,6 +290,9 @@ func keepStatic(next, running *config.Agent) {
 	next.API = running.API
 	next.Admin.Socket = running.Admin.Socket
 	next.HTTP = running.HTTP
+	next.Issuer.URL = running.Issuer.URL
+	next.Issuer.TokenFile = running.Issuer.TokenFile
+	next.Issuer.TokenUnlink = running.Issuer.TokenUnlink
 }
 
 // Run opens the sockets and serves until ctx ends, then shuts down cleanly
@@ -210,6 +328,17 @@ func (a *Agent) Run(ctx context.Context) error {
 	apiSrv := unixsock.NewHTTPServer(a.apiHandler(), lim, a.log)
 	admSrv := unixsock.NewHTTPServer(unixsock.LimitBody(a.bodyLimits, writeBodyError, a.admin), lim, a.log)
 
+	defer a.stopBackground()
+	if a.issuer != nil {
+		a.bg.Add(1)
+		go func() {
+			defer a.bg.Done()
+			a.watchMetadata(a.stop)
+		}()
+	} else {
+		a.meta.markAttempted() // no issuer: nothing to wait for
+	}
+
 	errc := make(chan error, 2)
 	go func() { errc <- serve(apiSrv, a.api) }()
 	go func() { errc <- serve(admSrv, a.adm) }()
@@ -222,6 +351,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	case runErr = <-errc:
 	}
 	a.log.Info("agent shutting down")
+	// Ends local long polls and upstream calls, so Shutdown need not wait.
+	a.stopFunc()
 	shCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	// Shutdown waits for in-flight requests; long polls end with ctx.
@@ -231,6 +362,16 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	return runErr
+}
+
+// stopBackground ends the metadata watch and the token cache and waits for
+// them.
+func (a *Agent) stopBackground() {
+	a.stopFunc()
+	if a.tokens != nil {
+		a.tokens.close()
+	}
+	a.bg.Wait()
 }
 
 func serve(s *http.Server, l *unixsock.Listener) error {
@@ -271,12 +412,52 @@ func (a *Agent) Status() any {
 		"config_generation": rt.generation,
 		"sockets":           socks,
 		"counters": map[string]uint64{
-			"api_denied":     a.denied.Load(),
-			"admin_denied":   admDenied,
-			"reloads_ok":     a.reloadsOK.Load(),
-			"reloads_failed": a.reloadsKO.Load(),
+			"api_denied":         a.denied.Load(),
+			"admin_denied":       admDenied,
+			"reloads_ok":         a.reloadsOK.Load(),
+			"reloads_failed":     a.reloadsKO.Load(),
+			"rate_limited":       a.rateLimitedN.Load(),
+			"tokens_served":      a.tokensServed.Load(),
+			"tokens_issued":      a.tokensIssued.Load(),
+			"token_cache_hits":   a.cacheStat(func(c *tokenCache) uint64 { return c.hits.Load() }),
+			"token_cache_misses": a.cacheStat(func(c *tokenCache) uint64 { return c.misses.Load() }),
+			"token_refreshes":    a.cacheStat(func(c *tokenCache) uint64 { return c.refreshes.Load() }),
+			"upstream_errors":    a.upstreamErrors.Load(),
+			"proxied":            a.proxied.Load(),
+			"proxy_errors":       a.proxyErrors.Load(),
 		},
+		"upstream": a.upstreamStatus(),
 	}
+}
+
+func (a *Agent) cacheStat(f func(*tokenCache) uint64) uint64 {
+	if a.tokens == nil {
+		return 0
+	}
+	return f(a.tokens)
+}
+
+// upstreamStatus describes the issuer connection; it never includes the
+// machine token, only where it came from.
+func (a *Agent) upstreamStatus() map[string]any {
+	st := map[string]any{"issuer_configured": a.issuerURL != nil, "machine_token": a.tokenSource != "", "machine_token_source": a.tokenSource}
+	if a.issuerURL == nil {
+		return st
+	}
+	st["issuer"] = a.issuerURL.Redacted()
+	snap := a.meta.cur.Load()
+	meta := map[string]any{"available": snap != nil, "failing": a.metaFailing.Load(), "waiters": a.meta.waiters.Load()}
+	if snap != nil {
+		meta["etag"] = snap.etag
+	}
+	if t := a.metaOK.Load(); t > 0 {
+		meta["last_ok"] = time.Unix(t, 0).UTC().Format(time.RFC3339)
+	}
+	st["metadata"] = meta
+	if a.tokens != nil {
+		st["cached_audiences"] = a.tokens.size()
+	}
+	return st
 }
 
 // Metrics implements admin.Service.
@@ -288,6 +469,14 @@ func (a *Agent) Metrics() []metrics.Sample {
 		{Name: "wicket_reloads_total", Help: "Config reloads.", Type: metrics.Counter, Labels: map[string]string{"outcome": "ok"}, Value: float64(a.reloadsOK.Load())},
 		{Name: "wicket_reloads_total", Help: "Config reloads.", Type: metrics.Counter, Labels: map[string]string{"outcome": "failed"}, Value: float64(a.reloadsKO.Load())},
 		{Name: "wicket_api_denied_total", Help: "Guest API requests refused by policy.", Type: metrics.Counter, Value: float64(a.denied.Load())},
+		{Name: "wicket_rate_limited_total", Help: "Guest API requests refused by the per-uid rate limit.", Type: metrics.Counter, Value: float64(a.rateLimitedN.Load())},
+		{Name: "wicket_oidc_tokens_served_total", Help: "OIDC tokens handed to callers.", Type: metrics.Counter, Value: float64(a.tokensServed.Load())},
+		{Name: "wicket_oidc_tokens_issued_total", Help: "OIDC tokens obtained from the issuer.", Type: metrics.Counter, Value: float64(a.tokensIssued.Load())},
+		{Name: "wicket_oidc_token_cache_total", Help: "OIDC token cache lookups.", Type: metrics.Counter, Labels: map[string]string{"result": "hit"}, Value: float64(a.cacheStat(func(c *tokenCache) uint64 { return c.hits.Load() }))},
+		{Name: "wicket_oidc_token_cache_total", Help: "OIDC token cache lookups.", Type: metrics.Counter, Labels: map[string]string{"result": "miss"}, Value: float64(a.cacheStat(func(c *tokenCache) uint64 { return c.misses.Load() }))},
+		{Name: "wicket_upstream_errors_total", Help: "Failed calls to the issuer or a proxy upstream.", Type: metrics.Counter, Value: float64(a.upstreamErrors.Load())},
+		{Name: "wicket_proxy_requests_total", Help: "Requests forwarded upstream.", Type: metrics.Counter, Value: float64(a.proxied.Load())},
+		{Name: "wicket_metadata_waiters", Help: "Local metadata long polls waiting.", Type: metrics.Gauge, Value: float64(a.meta.waiters.Load())},
 	}
 	s = append(s, SocketMetrics(a.api, a.adm)...)
 	return s

@@ -46,6 +46,13 @@ type harness struct {
 // runs an agent on it until the test ends.
 func startAgent(t *testing.T, cfg string, overrides ...config.Override) *harness {
 	t.Helper()
+	return startAgentWith(t, cfg, Options{Overrides: overrides}, nil)
+}
+
+// startAgentWith is startAgent with more options; before, when set, runs
+// between New and Run.
+func startAgentWith(t *testing.T, cfg string, opts Options, before func(*Agent)) *harness {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "wa")
 	if err != nil {
 		t.Fatal(err)
@@ -61,15 +68,16 @@ func startAgent(t *testing.T, cfg string, overrides ...config.Override) *harness
 		logs:    &syncBuffer{},
 	}
 	h.write(t, cfg)
-	a, err := New(Options{
-		ConfigPath: h.cfgPath,
-		Overrides:  overrides,
-		Logger:     slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
+	opts.ConfigPath = h.cfgPath
+	opts.Logger = slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	a, err := New(opts)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
 	h.agent = a
+	if before != nil {
+		before(a)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()

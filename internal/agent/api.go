@@ -1,49 +1,128 @@
 package agent
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
+	"io"
+	"mime"
 	"net/http"
+	"strconv"
+	"strings"
+	"time"
 
 	"github.com/wicket-sh/wicket/internal/apierror"
+	"github.com/wicket-sh/wicket/internal/config"
+	"github.com/wicket-sh/wicket/internal/machinetoken"
+	"github.com/wicket-sh/wicket/internal/oidc"
+	"github.com/wicket-sh/wicket/internal/peer"
+	"github.com/wicket-sh/wicket/internal/proxy"
 	"github.com/wicket-sh/wicket/internal/unixsock"
 )
 
 // apiHandler is the guest API. Every request passes, in order: body limits,
-// path canonicalization, peer policy, then routing. The Host header is
-// ignored: the socket is the address.
+// path canonicalization, peer policy, then routing (built-in endpoints
+// first, then the proxy allowlist). The Host header is ignored: the socket
+// is the address.
 func (a *Agent) apiHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Write([]byte("{\"status\":\"ok\"}\n"))
 	})
+	mux.HandleFunc("GET /v1/metadata", a.handleMetadata)
+	mux.HandleFunc("GET /v1/metadata/{key}", a.handleMetadataKey)
+	mux.HandleFunc("GET /v1/metadata/tags/{name}", a.handleMetadataTag)
+	mux.HandleFunc("POST /v1/tokens/oidc", a.handleOIDCToken)
+
 	guard := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p, ok := unixsock.PeerFromContext(r.Context())
-		if !apierror.CanonicalPath(r.URL.Path) {
+		if !apierror.CanonicalPath(r.URL.Path) || encodedSeparator(r) {
 			apierror.BadRequest(w)
 			return
 		}
-		rule, allowed := "", false
+		rt := a.rt.Load()
+		var d peer.Decision
 		if ok {
-			rule, allowed = a.rt.Load().policy.Allowed(p, r.Method, r.URL.Path)
+			d = rt.policy.Decide(p, r.Method, r.URL.Path)
 		}
-		if !allowed {
+		if !d.Allowed {
 			a.denied.Add(1)
 			// The path is caller input: log it quoted by slog, cut short.
-			a.log.Warn("request denied", "peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID,
-				"method", r.Method, "route", truncate(r.URL.Path, 128), "outcome", "denied")
+			args := []any{"peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID,
+				"method", r.Method, "route", truncate(r.URL.Path, 128), "outcome", "denied"}
+			if d.Exe != "" {
+				args = append(args, "peer_exe", d.Exe)
+			}
+			if d.ExeErr != nil {
+				// A rule naming exes could not be checked: say why, so an
+				// operator on an old kernel learns rules with exes fail closed.
+				args = append(args, "exe_error", d.ExeErr.Error())
+			}
+			a.log.Warn("request denied", args...)
 			apierror.Forbidden(w)
 			return
 		}
-		_ = rule
-		h, pattern := mux.Handler(r)
-		if pattern == "" {
+		// Dispatch through the mux itself: only ServeMux.ServeHTTP fills in
+		// the request's path values.
+		if _, pattern := mux.Handler(r); pattern != "" {
+			mux.ServeHTTP(w, r)
+			return
+		}
+		if reservedPath(r.URL.Path) {
+			// The guest API's own paths never reach the proxy.
+			if allow := allowedMethods(mux, r); allow != "" {
+				apierror.MethodNotAllowed(w, allow)
+				return
+			}
 			apierror.NotFound(w)
 			return
 		}
-		h.ServeHTTP(w, r)
+		a.handleProxy(w, r, rt, p)
 	})
 	return unixsock.LimitBody(a.bodyLimits, writeBodyError, guard)
+}
+
+// encodedSeparator reports whether the raw request path encodes a slash,
+// a backslash, a dot or NUL. Such a path means one thing to us (decoded)
+// and may mean another to an upstream; nothing legitimate needs them.
+func encodedSeparator(r *http.Request) bool {
+	raw := r.RequestURI
+	if raw == "" {
+		raw = r.URL.EscapedPath()
+	}
+	if i := strings.IndexByte(raw, '?'); i >= 0 {
+		raw = raw[:i]
+	}
+	raw = strings.ToLower(raw)
+	for _, bad := range []string{"%2f", "%5c", "%2e", "%00"} {
+		if strings.Contains(raw, bad) {
+			return true
+		}
+	}
+	return strings.ContainsRune(r.URL.Path, '\\')
+}
+
+func reservedPath(p string) bool {
+	for _, prefix := range config.AgentReservedPaths {
+		if p == prefix || strings.HasPrefix(p, prefix+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// allowedMethods lists the methods the path is registered under, for a 405.
+func allowedMethods(mux *http.ServeMux, r *http.Request) string {
+	var allow []string
+	for _, m := range []string{http.MethodGet, http.MethodPost} {
+		r2 := r.Clone(r.Context())
+		r2.Method = m
+		if _, pat := mux.Handler(r2); pat != "" {
+			allow = append(allow, m)
+		}
+	}
+	return strings.Join(allow, ", ")
 }
 
 func writeBodyError(w http.ResponseWriter, r *http.Request, err error) {
@@ -62,4 +141,208 @@ func truncate(s string, n int) string {
 		return s[:n] + "…"
 	}
 	return s
+}
+
+// rateLimited applies the per-uid token bucket; when it refuses, it answers
+// 429 with Retry-After and returns true.
+func (a *Agent) rateLimited(w http.ResponseWriter, rt *runtime, p unixsock.Peer) bool {
+	ok, wait := a.limiter.allow(p.UID, rt.cfg.Limits.TokenRate, rt.cfg.Limits.TokenBurst, time.Now())
+	if ok {
+		return false
+	}
+	a.rateLimitedN.Add(1)
+	w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(wait)))
+	apierror.Write(w, http.StatusTooManyRequests, apierror.CodeRateLimited, "rate limited")
+	return true
+}
+
+// tokenRequest is the body of POST /v1/tokens/oidc.
+type tokenRequest struct {
+	Aud *string `json:"aud"`
+}
+
+// parseTokenRequest reads the optional body; ok is false if it is invalid.
+func parseTokenRequest(r *http.Request) (aud string, ok bool) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		return "", false
+	}
+	if len(strings.TrimSpace(string(body))) == 0 {
+		return "", true
+	}
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	var req tokenRequest
+	if dec.Decode(&req) != nil || dec.More() {
+		return "", false
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return "", false
+	}
+	if req.Aud == nil {
+		return "", true
+	}
+	// The issuer's own rule (≤ 256 bytes of printable ASCII, no spaces):
+	// refused here, without a round trip and without echoing it.
+	if oidc.ValidateAudience([]string{*req.Aud}) != nil {
+		return "", false
+	}
+	return *req.Aud, true
+}
+
+// wantsJSON reports whether the Accept header asks for application/json.
+func wantsJSON(r *http.Request) bool {
+	for _, v := range r.Header.Values("Accept") {
+		for _, part := range strings.Split(v, ",") {
+			mt, _, err := mime.ParseMediaType(strings.TrimSpace(part))
+			if err == nil && mt == "application/json" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (a *Agent) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
+	p, _ := unixsock.PeerFromContext(r.Context())
+	rt := a.rt.Load()
+	logIssue := func(outcome, aud string, tok issued, err error) {
+		args := []any{"peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID, "aud", aud, "outcome", outcome}
+		if tok.jti != "" {
+			args = append(args, "jti", tok.jti, "expires_at", tok.expires.Format(time.RFC3339))
+		}
+		if err != nil {
+			args = append(args, "err", err.Error())
+			a.log.Warn("oidc token", args...)
+			return
+		}
+		a.log.Info("oidc token", args...)
+	}
+	if a.rateLimited(w, rt, p) {
+		logIssue("rate_limited", "", issued{}, nil)
+		return
+	}
+	aud, ok := parseTokenRequest(r)
+	if !ok {
+		logIssue("bad_request", "", issued{}, nil)
+		apierror.BadRequest(w)
+		return
+	}
+	if a.tokens == nil {
+		logIssue("unavailable", aud, issued{}, errors.New("no issuer configured"))
+		apierror.Write(w, http.StatusServiceUnavailable, apierror.CodeUnavailable, "token unavailable")
+		return
+	}
+	tok, src, err := a.tokens.get(r.Context(), aud)
+	switch {
+	case errors.Is(err, errBadAudience):
+		logIssue("bad_request", aud, issued{}, err)
+		apierror.BadRequest(w)
+		return
+	case r.Context().Err() != nil:
+		logIssue("canceled", aud, issued{}, nil)
+		return
+	case err != nil:
+		logIssue("unavailable", aud, issued{}, err)
+		apierror.Write(w, http.StatusServiceUnavailable, apierror.CodeUnavailable, "token unavailable")
+		return
+	}
+	a.tokensServed.Add(1)
+	logIssue(src, aud, tok, nil)
+	h := w.Header()
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
+	if wantsJSON(r) {
+		h.Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(struct {
+			Token     string `json:"token"`
+			ExpiresAt string `json:"expires_at"`
+		}{tok.token, tok.expires.Format(time.RFC3339)})
+		return
+	}
+	h.Set("Content-Type", "application/jwt")
+	w.Write([]byte(tok.token))
+}
+
+// fetchToken is the token cache's call to the issuer.
+func (a *Agent) fetchToken(ctx context.Context, aud string) (issued, error) {
+	body := []byte("{}")
+	if aud != "" {
+		body, _ = json.Marshal(map[string]string{"aud": aud})
+	}
+	rep, err := a.issuer.call(ctx, http.MethodPost, "/v1/tokens/oidc", nil, body, machinetoken.FeatureOIDC)
+	if err != nil {
+		a.upstreamErrors.Add(1)
+		return issued{}, err
+	}
+	switch {
+	case rep.status == http.StatusBadRequest:
+		return issued{}, errBadAudience
+	case rep.status != http.StatusOK:
+		a.upstreamErrors.Add(1)
+		return issued{}, errors.New("issuer answered " + strconv.Itoa(rep.status) + " " + rep.code())
+	}
+	tok, err := parseTokenReply(rep.body, time.Now())
+	if err != nil {
+		a.upstreamErrors.Add(1)
+		return issued{}, err
+	}
+	a.tokensIssued.Add(1)
+	return tok, nil
+}
+
+// handleProxy forwards a request that matches an allowlisted route; any
+// other request gets 404 without a byte going upstream.
+func (a *Agent) handleProxy(w http.ResponseWriter, r *http.Request, rt *runtime, p unixsock.Peer) {
+	var vars proxy.Vars
+	snap := a.meta.cur.Load()
+	if snap != nil {
+		vars = snap.vars
+	}
+	route, ok := rt.routes.Lookup(r.Method, r.URL.Path, vars)
+	if !ok {
+		if snap == nil && rt.routes.UsesVars() {
+			// {self} and {app} are unknown until the first metadata
+			// fetch: the caller should retry, not conclude "no route".
+			apierror.Write(w, http.StatusServiceUnavailable, apierror.CodeUnavailable, "upstream unavailable")
+			return
+		}
+		apierror.NotFound(w)
+		return
+	}
+	if a.rateLimited(w, rt, p) {
+		a.log.Warn("proxy request", "peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID,
+			"route", route.Name(), "outcome", "rate_limited")
+		return
+	}
+	base := route.Upstream()
+	if base == nil {
+		base = a.issuerURL
+	}
+	if base == nil || a.token.IsZero() {
+		apierror.Write(w, http.StatusServiceUnavailable, apierror.CodeUnavailable, "upstream unavailable")
+		return
+	}
+	tok, err := a.token.restrict(time.Now(), attenuatedTTL, route.Features()...)
+	if err != nil {
+		a.log.Error("attenuate machine token", "err", err)
+		apierror.Internal(w)
+		return
+	}
+	start := time.Now()
+	res := a.forwarder.Forward(w, r, route, base, "FlyV1 "+tok)
+	a.proxied.Add(1)
+	args := []any{"peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID, "method", r.Method,
+		"route", route.Name(), "upstream", base.Host, "status", res.Status, "outcome", string(res.Outcome),
+		"duration_ms", time.Since(start).Milliseconds()}
+	if res.Err != nil {
+		args = append(args, "err", res.Err.Error())
+	}
+	if res.Outcome != proxy.OutcomeOK && res.Outcome != proxy.OutcomeCanceled && res.Outcome != proxy.OutcomeBadRequest {
+		a.upstreamErrors.Add(1)
+		a.proxyErrors.Add(1)
+		a.log.Warn("proxy request", args...)
+		return
+	}
+	a.log.Info("proxy request", args...)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os/user"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/wicket-sh/wicket/internal/peer"
+	"github.com/wicket-sh/wicket/internal/proxy"
 	"github.com/wicket-sh/wicket/internal/unixsock"
 )
 
@@ -99,16 +101,71 @@ func (l Log) SlogLevel() (slog.Level, error) {
 	return lv, nil
 }
 
+// AgentIssuer is how the agent reaches the issuer. The URL and the machine
+// token's source are read once at start.
+type AgentIssuer struct {
+	// URL is the issuer's base URL (http or https); "" runs the agent
+	// without an issuer: metadata and tokens then answer 503.
+	URL string `toml:"url" reload:"restart"`
+	// TokenFile holds the machine token; TokenUnlink removes it once read.
+	TokenFile   string `toml:"token_file" reload:"restart"`
+	TokenUnlink bool   `toml:"token_unlink" reload:"restart"`
+	// RequestTimeout bounds one metadata or token call to the issuer.
+	RequestTimeout Duration `toml:"request_timeout"`
+}
+
+// AgentTokens configures the OIDC token cache (dynamic).
+type AgentTokens struct {
+	// RefreshAt is the fraction of a token's lifetime after which the
+	// cached token is renewed in the background.
+	RefreshAt float64 `toml:"refresh_at"`
+	// MaxAudiences caps the cache; the oldest audience is evicted first.
+	MaxAudiences int `toml:"max_audiences"`
+}
+
+// AgentLimits are the agent's request limits: the shared ones plus the
+// per-uid token bucket on token and proxied requests (dynamic).
+type AgentLimits struct {
+	Limits
+	TokenRate  float64 `toml:"token_rate"`  // tokens per second per uid
+	TokenBurst int     `toml:"token_burst"` // bucket size
+}
+
+// AgentProxy lists the routes forwarded upstream (dynamic).
+type AgentProxy struct {
+	Routes []AgentRoute `toml:"route"`
+}
+
+// AgentRoute is one [[proxy.route]].
+type AgentRoute struct {
+	// Match is "METHOD /path" with optional {self} and {app} segments and
+	// an optional trailing "/*"; see package proxy.
+	Match string `toml:"match"`
+	// Upstream is the base URL; "" means issuer.url (its gateway).
+	Upstream string   `toml:"upstream"`
+	Timeout  Duration `toml:"timeout"`
+	// Features of the attenuated machine token sent; default ["proxy"].
+	Features []string `toml:"features"`
+}
+
+// AgentReservedPaths are the guest API's own path prefixes: no proxy route
+// may lie under them.
+var AgentReservedPaths = []string{"/v1/health", "/v1/metadata", "/v1/tokens"}
+
 // Agent is the whole agent configuration.
 type Agent struct {
 	API    Socket      `toml:"api" reload:"restart"`
 	Admin  Admin       `toml:"admin"`
 	HTTP   HTTP        `toml:"http" reload:"restart"`
-	Limits Limits      `toml:"limits"`
+	Issuer AgentIssuer `toml:"issuer"`
+	Tokens AgentTokens `toml:"tokens"`
+	Limits AgentLimits `toml:"limits"`
 	Log    Log         `toml:"log"`
 	Policy []peer.Rule `toml:"policy"`
+	Proxy  AgentProxy  `toml:"proxy"`
 
 	policy *peer.Policy
+	routes *proxy.Table
 }
 
 // DefaultAgent returns the configuration used when no file is given.
@@ -122,8 +179,14 @@ func DefaultAgent() *Agent {
 			WriteTimeout:      Duration{3 * time.Minute},
 			MaxHeaderBytes:    16 << 10,
 		},
-		Limits: Limits{MaxBodyBytes: 64 << 10, BodyTimeout: Duration{10 * time.Second}},
-		Log:    Log{Level: "info"},
+		Issuer: AgentIssuer{RequestTimeout: Duration{10 * time.Second}},
+		Tokens: AgentTokens{RefreshAt: 0.8, MaxAudiences: 1000},
+		Limits: AgentLimits{
+			Limits:     Limits{MaxBodyBytes: 64 << 10, BodyTimeout: Duration{10 * time.Second}},
+			TokenRate:  10,
+			TokenBurst: 20,
+		},
+		Log: Log{Level: "info"},
 	}
 }
 
@@ -223,6 +286,7 @@ func (c *Agent) Validate() error {
 	if _, err := c.Log.SlogLevel(); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, c.validateGuest()...)
 	if len(c.Policy) > 0 {
 		p, err := peer.Compile(c.Policy)
 		if err != nil {
@@ -231,6 +295,60 @@ func (c *Agent) Validate() error {
 		c.policy = p
 	}
 	return errors.Join(errs...)
+}
+
+// validateGuest checks the issuer, token cache, rate limit and proxy
+// settings, and compiles the routes.
+func (c *Agent) validateGuest() []error {
+	var errs []error
+	if c.Issuer.URL != "" {
+		if _, err := proxy.ParseUpstream(c.Issuer.URL); err != nil {
+			errs = append(errs, fmt.Errorf("issuer.url: %w", err))
+		}
+	}
+	if f := c.Issuer.TokenFile; f != "" && (!filepath.IsAbs(f) || filepath.Clean(f) != f) {
+		errs = append(errs, fmt.Errorf("issuer.token_file %q: want a clean absolute path", f))
+	}
+	if c.Issuer.TokenUnlink && c.Issuer.TokenFile == "" {
+		errs = append(errs, errors.New("issuer.token_unlink is set but issuer.token_file is not"))
+	}
+	if d := c.Issuer.RequestTimeout.Duration; d < 100*time.Millisecond || d > 5*time.Minute {
+		errs = append(errs, fmt.Errorf("issuer.request_timeout %v: want 100ms..5m", d))
+	}
+	if r := c.Tokens.RefreshAt; !(r >= 0.1 && r <= 0.95) {
+		errs = append(errs, fmt.Errorf("tokens.refresh_at %v: want a fraction of the lifetime, 0.1..0.95", r))
+	}
+	if n := c.Tokens.MaxAudiences; n < 1 || n > 100000 {
+		errs = append(errs, fmt.Errorf("tokens.max_audiences %d: want 1..100000", n))
+	}
+	if r := c.Limits.TokenRate; !(r > 0 && r <= 1e6) {
+		errs = append(errs, fmt.Errorf("limits.token_rate %v: want more than 0, at most 1000000 per second", r))
+	}
+	if b := c.Limits.TokenBurst; b < 1 || b > 1e6 {
+		errs = append(errs, fmt.Errorf("limits.token_burst %d: want 1..1000000", b))
+	}
+	routes := make([]proxy.RouteConfig, len(c.Proxy.Routes))
+	for i, r := range c.Proxy.Routes {
+		routes[i] = proxy.RouteConfig{Match: r.Match, Upstream: r.Upstream, Timeout: r.Timeout.Duration, Features: r.Features}
+		if r.Upstream == "" && c.Issuer.URL == "" {
+			errs = append(errs, fmt.Errorf("proxy.route[%d]: no upstream and no issuer.url to default to", i))
+		}
+	}
+	t, err := proxy.Compile(routes, AgentReservedPaths)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("proxy.%w", err))
+	}
+	c.routes = t
+	return errs
+}
+
+// CompiledRoutes returns the validated proxy routes (never nil after a
+// successful Validate).
+func (c *Agent) CompiledRoutes() *proxy.Table {
+	if c.routes == nil {
+		return &proxy.Table{}
+	}
+	return c.routes
 }
 
 // CompiledPolicy returns the validated policy, or the default policy for

@@ -1,0 +1,257 @@
+// Package client talks to the wicket agent's guest API over its Unix
+// socket: the machine's metadata (with long-poll watches) and OIDC tokens
+// for cloud and tool federation.
+//
+//	c := client.New("") // $WICKET_SOCKET or /run/wicket/api.sock
+//	tok, exp, err := c.OIDCToken(ctx, "sts.amazonaws.com")
+//
+// Errors from the agent are *Error values carrying its stable code.
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+)
+
+// DefaultSocket is the agent's API socket when neither New's argument nor
+// $WICKET_SOCKET names one.
+const DefaultSocket = "/run/wicket/api.sock"
+
+// SocketEnv names the environment variable holding the socket path.
+const SocketEnv = "WICKET_SOCKET"
+
+// Stable error codes the agent answers with (see Error.Code).
+const (
+	CodeBadRequest          = "bad_request"
+	CodeForbidden           = "forbidden"
+	CodeNotFound            = "not_found"
+	CodeRateLimited         = "rate_limited"
+	CodeUpstreamUnavailable = "upstream_unavailable"
+	CodeUpstreamTimeout     = "upstream_timeout"
+	CodeBadGateway          = "bad_gateway"
+)
+
+// Long-poll bounds the agent accepts.
+const (
+	MinWatchTimeout = time.Second
+	MaxWatchTimeout = 120 * time.Second
+)
+
+// maxReply bounds a reply read from the agent.
+const maxReply = 1 << 20
+
+// Error is an error reply from the agent.
+type Error struct {
+	Status  int    // HTTP status
+	Code    string // stable code, e.g. "not_found"; "" if the reply had none
+	Message string // the agent's generic message
+	// RetryAfter is the agent's Retry-After on a 429 (zero otherwise).
+	RetryAfter time.Duration
+}
+
+func (e *Error) Error() string {
+	msg := e.Message
+	if msg == "" {
+		msg = strings.ToLower(http.StatusText(e.Status))
+	}
+	if e.Code == "" {
+		return fmt.Sprintf("wicket agent: %s (HTTP %d)", msg, e.Status)
+	}
+	return fmt.Sprintf("wicket agent: %s (%s, HTTP %d)", msg, e.Code, e.Status)
+}
+
+// Metadata is the machine's identity as the agent reports it.
+type Metadata struct {
+	MachineID   string            `json:"machine_id"`
+	MachineName string            `json:"machine_name"`
+	App         string            `json:"app"`
+	Org         string            `json:"org"`
+	Region      string            `json:"region"`
+	Image       string            `json:"image"`
+	ImageDigest string            `json:"image_digest"`
+	PrivateIP   string            `json:"private_ip"`
+	Tags        map[string]string `json:"tags"`
+}
+
+// Client is a guest API client. It is safe for concurrent use.
+type Client struct {
+	socket string
+	hc     *http.Client
+	// Timeout bounds each call other than Watch when ctx has no earlier
+	// deadline. Default 30s.
+	Timeout time.Duration
+}
+
+// New returns a client for the agent at socketPath; "" means $WICKET_SOCKET,
+// or DefaultSocket when that is unset.
+func New(socketPath string) *Client {
+	if socketPath == "" {
+		socketPath = os.Getenv(SocketEnv)
+	}
+	if socketPath == "" {
+		socketPath = DefaultSocket
+	}
+	return &Client{
+		socket:  socketPath,
+		Timeout: 30 * time.Second,
+		hc: &http.Client{Transport: &http.Transport{
+			// The agent is the socket: no proxy, whatever the environment says.
+			Proxy: nil,
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "unix", socketPath)
+			},
+			MaxIdleConnsPerHost: 4,
+			IdleConnTimeout:     30 * time.Second,
+			DisableCompression:  true,
+		}},
+	}
+}
+
+// Socket returns the socket path the client dials.
+func (c *Client) Socket() string { return c.socket }
+
+// do makes one request and returns the reply body of a 2xx reply, or an
+// *Error for any other status.
+func (c *Client) do(ctx context.Context, method, path string, body []byte, hdr map[string]string, timeout time.Duration) ([]byte, http.Header, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	// The host is ignored by the agent; the socket is the address.
+	req, err := http.NewRequestWithContext(ctx, method, "http://wicket"+path, rd)
+	if err != nil {
+		return nil, nil, err
+	}
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		var oe *net.OpError
+		if errors.As(err, &oe) && oe.Op == "dial" {
+			inner := oe.Err
+			var se *os.SyscallError
+			if errors.As(inner, &se) {
+				inner = se.Err
+			}
+			return nil, nil, fmt.Errorf("wicket agent at %s: cannot connect: %w", c.socket, inner)
+		}
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, nil, fmt.Errorf("wicket agent at %s: %w", c.socket, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxReply+1))
+	if err != nil {
+		return nil, nil, fmt.Errorf("wicket agent at %s: read reply: %w", c.socket, err)
+	}
+	if len(data) > maxReply {
+		return nil, nil, fmt.Errorf("wicket agent at %s: reply larger than %d bytes", c.socket, maxReply)
+	}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		e := &Error{Status: resp.StatusCode}
+		var body struct {
+			Error string `json:"error"`
+			Code  string `json:"code"`
+		}
+		if json.Unmarshal(data, &body) == nil {
+			e.Code, e.Message = body.Code, body.Error
+		}
+		if ra := resp.Header.Get("Retry-After"); ra != "" {
+			var secs int
+			if _, err := fmt.Sscanf(ra, "%d", &secs); err == nil && secs > 0 {
+				e.RetryAfter = time.Duration(secs) * time.Second
+			}
+		}
+		return nil, nil, e
+	}
+	return data, resp.Header, nil
+}
+
+// Metadata returns the machine's metadata and its ETag.
+func (c *Client) Metadata(ctx context.Context) (Metadata, string, error) {
+	return c.metadata(ctx, "/v1/metadata", c.Timeout)
+}
+
+// Watch waits until the metadata's ETag differs from etag, or timeout
+// (1s..120s) passes, and returns the metadata then current with its ETag.
+// An empty etag returns at once. Call it in a loop, passing the ETag it
+// returned, to follow changes.
+func (c *Client) Watch(ctx context.Context, etag string, timeout time.Duration) (Metadata, string, error) {
+	if timeout < MinWatchTimeout || timeout > MaxWatchTimeout {
+		return Metadata{}, "", fmt.Errorf("wicket: watch timeout %v outside %v..%v", timeout, MinWatchTimeout, MaxWatchTimeout)
+	}
+	q := url.Values{"wait": {"true"}, "etag": {etag}, "timeout": {timeout.String()}}
+	return c.metadata(ctx, "/v1/metadata?"+q.Encode(), timeout+10*time.Second)
+}
+
+func (c *Client) metadata(ctx context.Context, path string, timeout time.Duration) (Metadata, string, error) {
+	data, h, err := c.do(ctx, http.MethodGet, path, nil, nil, timeout)
+	if err != nil {
+		return Metadata{}, "", err
+	}
+	var m Metadata
+	if err := json.Unmarshal(data, &m); err != nil {
+		return Metadata{}, "", fmt.Errorf("wicket agent at %s: metadata is not JSON: %w", c.socket, err)
+	}
+	return m, h.Get("ETag"), nil
+}
+
+// Get returns one metadata value: a field ("region", "machine_id") or a tag
+// ("tags/<name>"). An absent key is an *Error with Code "not_found".
+func (c *Client) Get(ctx context.Context, key string) (string, error) {
+	parts := strings.Split(key, "/")
+	if len(parts) > 2 || (len(parts) == 2 && parts[0] != "tags") {
+		return "", fmt.Errorf("wicket: metadata key %q: want a field name or tags/<name>", key)
+	}
+	path := "/v1/metadata"
+	for _, p := range parts {
+		if p == "" || p == "." || p == ".." {
+			return "", fmt.Errorf("wicket: metadata key %q: empty or dot segment", key)
+		}
+		path += "/" + url.PathEscape(p)
+	}
+	data, _, err := c.do(ctx, http.MethodGet, path, nil, nil, c.Timeout)
+	if err != nil {
+		return "", err
+	}
+	return string(data), nil
+}
+
+// OIDCToken returns a signed OIDC token (a JWT) for aud, and when it
+// expires. An empty aud asks for the issuer's default audience. The agent
+// caches tokens, so calling this for every use is cheap.
+func (c *Client) OIDCToken(ctx context.Context, aud string) (string, time.Time, error) {
+	var body []byte
+	if aud != "" {
+		body, _ = json.Marshal(map[string]string{"aud": aud})
+	}
+	data, _, err := c.do(ctx, http.MethodPost, "/v1/tokens/oidc", body,
+		map[string]string{"Accept": "application/json", "Content-Type": "application/json"}, c.Timeout)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	var rep struct {
+		Token     string    `json:"token"`
+		ExpiresAt time.Time `json:"expires_at"`
+	}
+	if err := json.Unmarshal(data, &rep); err != nil || rep.Token == "" {
+		return "", time.Time{}, fmt.Errorf("wicket agent at %s: unexpected token reply", c.socket)
+	}
+	return rep.Token, rep.ExpiresAt, nil
+}

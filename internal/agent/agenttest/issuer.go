@@ -1,0 +1,462 @@
+// Package agenttest runs an issuer for agent tests: a real HTTP server on
+// loopback that implements docs/issuer-api.md (machine-authenticated
+// metadata with long polls, OIDC tokens, the /v1/apps gateway) with the real
+// machinetoken verifier and real OIDC signing, and that tests can stop,
+// restart, slow down, count and change.
+package agenttest
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/superfly/macaroon"
+
+	"github.com/wicket-sh/wicket/internal/machinetoken"
+	"github.com/wicket-sh/wicket/internal/oidc"
+)
+
+// Machine is the registered machine the issuer knows.
+type Machine struct {
+	MachineID   string            `json:"machine_id"`
+	MachineName string            `json:"machine_name"`
+	App         string            `json:"app"`
+	Org         string            `json:"org"`
+	Region      string            `json:"region"`
+	Image       string            `json:"image"`
+	ImageDigest string            `json:"image_digest"`
+	PrivateIP   string            `json:"private_ip"`
+	Tags        map[string]string `json:"tags"`
+}
+
+// DefaultMachine is the machine a new Issuer registers.
+func DefaultMachine() Machine {
+	return Machine{
+		MachineID: "m-0123abcd", MachineName: "web-1", App: "web", Org: "acme",
+		Region: "ams", Image: "registry.example/web:1", ImageDigest: "sha256:abc123",
+		PrivateIP: "fdaa::2", Tags: map[string]string{"role": "frontend"},
+	}
+}
+
+// Seen is one authenticated request as the issuer saw it.
+type Seen struct {
+	Method, Path, RawQuery string
+	Header                 http.Header // as received, Authorization included
+	Token                  string      // the token from Authorization
+	Verified               *machinetoken.Verified
+	Body                   []byte
+}
+
+// Issuer is a running test issuer.
+type Issuer struct {
+	URL      string // base URL, also the tokens' location
+	Key      machinetoken.Key
+	Verifier *machinetoken.Verifier
+	oidcKey  *oidc.Key
+	addr     string
+
+	mu        sync.Mutex
+	machine   Machine
+	changed   chan struct{} // closed on every machine change
+	srv       *http.Server
+	gateway   http.Handler
+	seen      []Seen
+	tokenTTL  time.Duration
+	tokenWait time.Duration
+	removed   bool
+
+	// Counters.
+	TokenCalls     atomic.Int64 // POST /v1/tokens/oidc answered 200
+	SelfCalls      atomic.Int64 // GET /v1/machines/self, all
+	LongPolls      atomic.Int64 // long polls in flight now
+	MaxLongPolls   atomic.Int64 // most long polls in flight at once
+	GatewayCalls   atomic.Int64 // gateway requests verified
+	Unauthorized   atomic.Int64 // 401s
+	TokenCallsSeen atomic.Int64 // POST /v1/tokens/oidc received, any outcome
+}
+
+// New starts an issuer on 127.0.0.1 and stops it when the test ends.
+func New(t testing.TB) *Issuer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	is := &Issuer{
+		URL:      "http://" + ln.Addr().String(),
+		addr:     ln.Addr().String(),
+		Key:      machinetoken.NewKey(),
+		machine:  DefaultMachine(),
+		changed:  make(chan struct{}),
+		tokenTTL: 10 * time.Minute,
+	}
+	is.Verifier = &machinetoken.Verifier{
+		Location: is.URL,
+		Keys: func(id []byte) (macaroon.SigningKey, bool) {
+			if string(id) == string(is.Key.ID) {
+				return is.Key.Secret, true
+			}
+			return nil, false
+		},
+	}
+	is.oidcKey, err = oidc.GenerateKey(oidc.ES256, time.Now(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	is.serve(ln)
+	t.Cleanup(is.Stop)
+	return is
+}
+
+// MachineToken mints a token for the registered machine with features
+// (all when none), valid for a day.
+func (is *Issuer) MachineToken(t testing.TB, features ...machinetoken.Feature) string {
+	t.Helper()
+	if len(features) == 0 {
+		features = []machinetoken.Feature{machinetoken.FeatureMetadata, machinetoken.FeatureOIDC, machinetoken.FeatureProxy}
+	}
+	m := is.Machine()
+	tok, _, err := machinetoken.Mint(is.Key, is.URL, machinetoken.Claims{
+		Org: m.Org, App: m.App, MachineID: m.MachineID, Features: features,
+		NotAfter: time.Now().Add(24 * time.Hour),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+func (is *Issuer) serve(ln net.Listener) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, 200, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("POST /v1/tokens/oidc", is.handleToken)
+	mux.HandleFunc("GET /v1/machines/self", is.handleSelf)
+	mux.HandleFunc("/v1/apps/{app}/", is.handleGateway)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	is.mu.Lock()
+	is.srv = srv
+	is.mu.Unlock()
+	go srv.Serve(ln)
+}
+
+// Stop closes the listener and every connection, long polls included.
+func (is *Issuer) Stop() {
+	is.mu.Lock()
+	srv := is.srv
+	is.srv = nil
+	is.mu.Unlock()
+	if srv != nil {
+		srv.Close()
+	}
+}
+
+// Start serves again on the same address after Stop.
+func (is *Issuer) Start(t testing.TB) {
+	t.Helper()
+	var ln net.Listener
+	var err error
+	for i := 0; i < 50; i++ {
+		if ln, err = net.Listen("tcp", is.addr); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("restart issuer on %s: %v", is.addr, err)
+	}
+	is.serve(ln)
+}
+
+// Machine returns the registered machine.
+func (is *Issuer) Machine() Machine {
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	m := is.machine
+	m.Tags = cloneTags(m.Tags)
+	return m
+}
+
+// SetTags replaces the machine's tags, waking its long polls.
+func (is *Issuer) SetTags(tags map[string]string) {
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	is.machine.Tags = cloneTags(tags)
+	close(is.changed)
+	is.changed = make(chan struct{})
+}
+
+// Remove unregisters the machine: its tokens get 401 from now on.
+func (is *Issuer) Remove() {
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	is.removed = true
+	close(is.changed)
+	is.changed = make(chan struct{})
+}
+
+// SetTokenTTL sets the lifetime of OIDC tokens issued from now on.
+func (is *Issuer) SetTokenTTL(d time.Duration) {
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	is.tokenTTL = d
+}
+
+// SetTokenDelay makes each token request take d before answering.
+func (is *Issuer) SetTokenDelay(d time.Duration) {
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	is.tokenWait = d
+}
+
+// SetGateway sets the platform API behind /v1/apps/...: it receives
+// verified requests without Authorization and with X-Wicket-* set. nil
+// means no gateway (404).
+func (is *Issuer) SetGateway(h http.Handler) {
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	is.gateway = h
+}
+
+// Seen returns every authenticated request so far.
+func (is *Issuer) Seen() []Seen {
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	return slices.Clone(is.seen)
+}
+
+// OIDCKey returns the signing key (for verifying issued tokens).
+func (is *Issuer) OIDCKey() *oidc.Key { return is.oidcKey }
+
+// OIDCIssuer returns the iss of the machine's org.
+func (is *Issuer) OIDCIssuer() string { return oidc.IssuerURL(is.URL, is.Machine().Org) }
+
+func cloneTags(m map[string]string) map[string]string {
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, map[string]string{"error": msg, "code": code})
+}
+
+// authenticate verifies the request's machine token for feature (and app,
+// when set) and that its machine is the registered one, as the issuer does.
+func (is *Issuer) authenticate(w http.ResponseWriter, r *http.Request, feature machinetoken.Feature, app string) (*machinetoken.Verified, []byte, bool) {
+	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	tok, err := machinetoken.ParseHeader(r.Header.Get("Authorization"))
+	var v *machinetoken.Verified
+	if err == nil {
+		v, err = is.Verifier.Verify(tok, machinetoken.Request{Feature: feature, App: app})
+	}
+	m := is.Machine()
+	is.mu.Lock()
+	removed := is.removed
+	is.mu.Unlock()
+	if err == nil && (v.MachineID != m.MachineID || removed) {
+		err = errors.New("machine not registered")
+	}
+	if err != nil {
+		is.Unauthorized.Add(1)
+		writeError(w, http.StatusUnauthorized, "unauthorized", "unauthorized")
+		return nil, nil, false
+	}
+	is.mu.Lock()
+	is.seen = append(is.seen, Seen{Method: r.Method, Path: r.URL.Path, RawQuery: r.URL.RawQuery, Header: r.Header.Clone(), Token: tok, Verified: v, Body: body})
+	is.mu.Unlock()
+	return v, body, true
+}
+
+func (is *Issuer) handleToken(w http.ResponseWriter, r *http.Request) {
+	is.TokenCallsSeen.Add(1)
+	_, body, ok := is.authenticate(w, r, machinetoken.FeatureOIDC, "")
+	if !ok {
+		return
+	}
+	is.mu.Lock()
+	ttl, delay := is.tokenTTL, is.tokenWait
+	is.mu.Unlock()
+	if delay > 0 {
+		select {
+		case <-time.After(delay):
+		case <-r.Context().Done():
+			return
+		}
+	}
+	m := is.Machine()
+	var req struct {
+		Aud json.RawMessage `json:"aud"`
+		TTL string          `json:"ttl"`
+	}
+	if len(strings.TrimSpace(string(body))) > 0 {
+		dec := json.NewDecoder(strings.NewReader(string(body)))
+		dec.DisallowUnknownFields()
+		if dec.Decode(&req) != nil {
+			writeError(w, 400, "bad_request", "bad request")
+			return
+		}
+	}
+	aud := []string{oidc.IssuerURL(is.URL, m.Org)}
+	if len(req.Aud) > 0 && string(req.Aud) != "null" {
+		var one string
+		var many []string
+		switch {
+		case json.Unmarshal(req.Aud, &one) == nil:
+			aud = []string{one}
+		case json.Unmarshal(req.Aud, &many) == nil:
+			aud = many
+		default:
+			writeError(w, 400, "bad_request", "bad request")
+			return
+		}
+	}
+	if oidc.ValidateAudience(aud) != nil {
+		writeError(w, 400, "bad_request", "bad request")
+		return
+	}
+	if req.TTL != "" {
+		d, err := time.ParseDuration(req.TTL)
+		if err != nil || d <= 0 || d > time.Hour {
+			writeError(w, 400, "bad_request", "bad request")
+			return
+		}
+		ttl = d
+	}
+	sub, _ := oidc.Subject(m.Org, m.App, m.MachineName)
+	now := time.Now()
+	jti := make([]byte, 12)
+	rand.Read(jti)
+	tok, err := oidc.Sign(is.oidcKey, oidc.Claims{
+		Issuer: oidc.IssuerURL(is.URL, m.Org), Subject: sub, Audience: aud,
+		IssuedAt: now, Expiry: now.Add(ttl), ID: hex.EncodeToString(jti),
+		Org: m.Org, App: m.App, MachineID: m.MachineID, MachineName: m.MachineName,
+		Region: m.Region, Image: m.Image, ImageDigest: m.ImageDigest,
+	})
+	if err != nil {
+		writeError(w, 500, "internal_error", "internal error")
+		return
+	}
+	is.TokenCalls.Add(1)
+	// exp is whole seconds in the JWT; report what the token says.
+	writeJSON(w, 200, map[string]string{"token": tok, "expires_at": now.Add(ttl).UTC().Truncate(time.Second).Format(time.RFC3339)})
+}
+
+func (is *Issuer) metadata() ([]byte, string, chan struct{}) {
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	b, _ := json.Marshal(is.machine)
+	b = append(b, '\n')
+	sum := sha256.Sum256(b)
+	return b, `"` + hex.EncodeToString(sum[:12]) + `"`, is.changed
+}
+
+func writeMetadata(w http.ResponseWriter, body []byte, etag string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("ETag", etag)
+	w.Write(body)
+}
+
+func (is *Issuer) handleSelf(w http.ResponseWriter, r *http.Request) {
+	is.SelfCalls.Add(1)
+	if _, _, ok := is.authenticate(w, r, machinetoken.FeatureMetadata, ""); !ok {
+		return
+	}
+	q := r.URL.Query()
+	body, etag, changed := is.metadata()
+	if q.Get("wait") != "true" {
+		writeMetadata(w, body, etag)
+		return
+	}
+	wait := 30 * time.Second
+	if t := q.Get("timeout"); t != "" {
+		d, err := time.ParseDuration(t)
+		if err != nil || d < time.Second || d > 120*time.Second {
+			writeError(w, 400, "bad_request", "bad request")
+			return
+		}
+		wait = d
+	}
+	if q.Get("etag") != etag {
+		writeMetadata(w, body, etag)
+		return
+	}
+	n := is.LongPolls.Add(1)
+	defer is.LongPolls.Add(-1)
+	for {
+		cur := is.MaxLongPolls.Load()
+		if n <= cur || is.MaxLongPolls.CompareAndSwap(cur, n) {
+			break
+		}
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), wait)
+	defer cancel()
+	for {
+		select {
+		case <-changed:
+			is.mu.Lock()
+			removed := is.removed
+			is.mu.Unlock()
+			if removed {
+				writeError(w, http.StatusUnauthorized, "unauthorized", "unauthorized")
+				return
+			}
+			b, e, ch := is.metadata()
+			if e != etag {
+				writeMetadata(w, b, e)
+				return
+			}
+			changed = ch
+		case <-ctx.Done():
+			if r.Context().Err() != nil {
+				return
+			}
+			writeMetadata(w, body, etag)
+			return
+		}
+	}
+}
+
+func (is *Issuer) handleGateway(w http.ResponseWriter, r *http.Request) {
+	is.mu.Lock()
+	gw := is.gateway
+	is.mu.Unlock()
+	if gw == nil {
+		writeError(w, 404, "not_found", "not found")
+		return
+	}
+	v, body, ok := is.authenticate(w, r, machinetoken.FeatureProxy, r.PathValue("app"))
+	if !ok {
+		return
+	}
+	is.GatewayCalls.Add(1)
+	r2 := r.Clone(r.Context())
+	r2.Header.Del("Authorization")
+	r2.Header.Set("X-Wicket-Machine-Id", v.MachineID)
+	r2.Header.Set("X-Wicket-App", v.App)
+	r2.Header.Set("X-Wicket-Org", v.Org)
+	r2.Body = io.NopCloser(strings.NewReader(string(body)))
+	gw.ServeHTTP(w, r2)
+}

@@ -1,0 +1,601 @@
+package agent
+
+import (
+	"context"
+	"crypto"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/wicket-sh/wicket/internal/agent/agenttest"
+	"github.com/wicket-sh/wicket/internal/machinetoken"
+	"github.com/wicket-sh/wicket/internal/sockettest"
+)
+
+// guest is an agent wired to a test issuer.
+type guest struct {
+	*harness
+	is    *agenttest.Issuer
+	token string // the machine token (for leak checks)
+	hc    *http.Client
+}
+
+// fastRetries makes the agent's upstream retries quick enough for tests.
+func fastRetries(a *Agent) {
+	a.backoffMin = 20 * time.Millisecond
+	a.backoffMax = 200 * time.Millisecond
+}
+
+// startGuest runs an agent whose [issuer] is is, with extra config
+// appended, holding a machine token minted by is.
+func startGuest(t *testing.T, is *agenttest.Issuer, extra string) *guest {
+	t.Helper()
+	tok := is.MachineToken(t)
+	mt, err := ParseMachineToken(tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := baseCfg + fmt.Sprintf("[issuer]\nurl = %q\n", is.URL) + extra
+	h := startAgentWith(t, cfg, Options{MachineToken: mt}, fastRetries)
+	g := &guest{harness: h, is: is, token: tok}
+	g.hc = &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{
+		MaxIdleConnsPerHost: 512,
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", h.api)
+		},
+	}}
+	t.Cleanup(g.hc.CloseIdleConnections)
+	return g
+}
+
+// req makes one request on the API socket with a shared keep-alive client.
+func (g *guest) req(t testing.TB, method, path, body string, hdr map[string]string) sockettest.Result {
+	t.Helper()
+	req, err := http.NewRequest(method, "http://wicket"+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := g.hc.Do(req)
+	if err != nil {
+		return sockettest.Result{Err: err.Error()}
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	h := map[string]string{}
+	for k := range resp.Header {
+		h[k] = strings.Join(resp.Header.Values(k), "\n")
+	}
+	return sockettest.Result{Status: resp.StatusCode, Header: h, Body: string(b)}
+}
+
+// waitMetadata waits for the agent's first metadata fetch.
+func (g *guest) waitMetadata(t *testing.T) sockettest.Result {
+	t.Helper()
+	var r sockettest.Result
+	eventually(t, 5*time.Second, func() bool {
+		r = g.req(t, "GET", "/v1/metadata", "", nil)
+		return r.Status == 200
+	})
+	return r
+}
+
+func eventually(t *testing.T, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %v", d)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+const (
+	bodyBadRequest  = "{\"error\":\"bad request\",\"code\":\"bad_request\"}\n"
+	bodyNotFound    = "{\"error\":\"not found\",\"code\":\"not_found\"}\n"
+	bodyTokenUnavai = "{\"error\":\"token unavailable\",\"code\":\"upstream_unavailable\"}\n"
+)
+
+// noLimits lifts the per-uid rate limit for tests that fire many requests.
+const noLimits = "[limits]\ntoken_rate = 1000000.0\ntoken_burst = 1000000\n"
+
+func TestMetadata(t *testing.T) {
+	is := agenttest.New(t)
+	g := startGuest(t, is, "")
+	r := g.waitMetadata(t)
+	var m agenttest.Machine
+	if err := json.Unmarshal([]byte(r.Body), &m); err != nil {
+		t.Fatal(err)
+	}
+	want := is.Machine()
+	if m.MachineID != want.MachineID || m.Region != want.Region || m.Tags["role"] != "frontend" {
+		t.Errorf("metadata = %+v", m)
+	}
+	if r.Header["Etag"] == "" || r.Header["Content-Type"] != "application/json" {
+		t.Errorf("headers: %v", r.Header)
+	}
+	for _, tc := range []struct {
+		path, status, body, ctype string
+	}{
+		{"/v1/metadata/region", "200", "ams", "text/plain; charset=utf-8"},
+		{"/v1/metadata/machine_id", "200", want.MachineID, "text/plain; charset=utf-8"},
+		{"/v1/metadata/private_ip", "200", "fdaa::2", "text/plain; charset=utf-8"},
+		{"/v1/metadata/tags/role", "200", "frontend", "text/plain; charset=utf-8"},
+		{"/v1/metadata/tags", "200", "{\"role\":\"frontend\"}\n", "application/json"},
+		{"/v1/metadata/nope", "404", bodyNotFound, ""},
+		{"/v1/metadata/tags/nope", "404", bodyNotFound, ""},
+		{"/v1/metadata/tags/role/deeper", "404", bodyNotFound, ""},
+	} {
+		r := g.req(t, "GET", tc.path, "", nil)
+		if fmt.Sprint(r.Status) != tc.status || r.Body != tc.body {
+			t.Errorf("GET %s = %d %q, want %s %q", tc.path, r.Status, r.Body, tc.status, tc.body)
+		}
+		if tc.ctype != "" && r.Header["Content-Type"] != tc.ctype {
+			t.Errorf("GET %s content type %q", tc.path, r.Header["Content-Type"])
+		}
+	}
+	if r := g.req(t, "POST", "/v1/metadata", "", nil); r.Status != 405 || r.Header["Allow"] != "GET" {
+		t.Errorf("POST /v1/metadata = %d allow %q", r.Status, r.Header["Allow"])
+	}
+}
+
+func TestMetadata_LongPoll(t *testing.T) {
+	is := agenttest.New(t)
+	g := startGuest(t, is, "")
+	etag := g.waitMetadata(t).Header["Etag"]
+
+	t.Run("etag differs: at once", func(t *testing.T) {
+		start := time.Now()
+		r := g.req(t, "GET", `/v1/metadata?wait=true&etag=%22other%22&timeout=30s`, "", nil)
+		if r.Status != 200 || r.Header["Etag"] != etag || time.Since(start) > time.Second {
+			t.Errorf("mismatch poll: %d %q after %v", r.Status, r.Header["Etag"], time.Since(start))
+		}
+	})
+	t.Run("timeout: same etag", func(t *testing.T) {
+		start := time.Now()
+		r := g.req(t, "GET", "/v1/metadata/region?wait=true&timeout=1s&etag="+etag, "", nil)
+		el := time.Since(start)
+		if r.Status != 200 || r.Header["Etag"] != etag || r.Body != "ams" || el < 900*time.Millisecond || el > 3*time.Second {
+			t.Errorf("timeout poll: %d %q %q after %v", r.Status, r.Header["Etag"], r.Body, el)
+		}
+	})
+	t.Run("unquoted etag accepted", func(t *testing.T) {
+		start := time.Now()
+		r := g.req(t, "GET", "/v1/metadata?wait=true&timeout=1s&etag="+strings.Trim(etag, `"`), "", nil)
+		if r.Status != 200 || time.Since(start) < 900*time.Millisecond {
+			t.Errorf("unquoted etag did not wait: %d after %v", r.Status, time.Since(start))
+		}
+	})
+	t.Run("tag change wakes", func(t *testing.T) {
+		done := make(chan sockettest.Result, 1)
+		start := time.Now()
+		go func() {
+			done <- g.req(t, "GET", "/v1/metadata/tags/role?wait=true&timeout=20s&etag="+etag, "", nil)
+		}()
+		eventually(t, 5*time.Second, func() bool { return g.agent.meta.waiters.Load() == 1 })
+		is.SetTags(map[string]string{"role": "backend"})
+		r := <-done
+		if r.Status != 200 || r.Body != "backend" || r.Header["Etag"] == etag || time.Since(start) > 10*time.Second {
+			t.Errorf("woken poll: %d %q %q after %v", r.Status, r.Body, r.Header["Etag"], time.Since(start))
+		}
+	})
+	t.Run("bad parameters", func(t *testing.T) {
+		for _, q := range []string{"wait=maybe", "wait=true&timeout=0s", "wait=true&timeout=500ms",
+			"wait=true&timeout=121s", "wait=true&timeout=soon", "wait=true&timeout=1s&timeout=2s", "wait=true&etag=" + strings.Repeat("e", 300)} {
+			r := g.req(t, "GET", "/v1/metadata?"+q, "", nil)
+			if r.Status != 400 || r.Body != bodyBadRequest {
+				t.Errorf("?%s = %d %q", q, r.Status, r.Body)
+			}
+		}
+	})
+}
+
+// 100 local waiters share the agent's one upstream long poll.
+func TestMetadata_FanOut_OneUpstreamPoll(t *testing.T) {
+	is := agenttest.New(t)
+	g := startGuest(t, is, "")
+	etag := g.waitMetadata(t).Header["Etag"]
+	eventually(t, 5*time.Second, func() bool { return is.LongPolls.Load() == 1 })
+
+	const n = 100
+	results := make(chan sockettest.Result, n)
+	for i := 0; i < n; i++ {
+		go func() { results <- g.req(t, "GET", "/v1/metadata?wait=true&timeout=30s&etag="+etag, "", nil) }()
+	}
+	eventually(t, 10*time.Second, func() bool { return g.agent.meta.waiters.Load() == n })
+	if got := is.LongPolls.Load(); got != 1 {
+		t.Errorf("upstream long polls in flight with %d local waiters = %d, want 1", n, got)
+	}
+	is.SetTags(map[string]string{"role": "fanout"})
+	for i := 0; i < n; i++ {
+		r := <-results
+		if r.Status != 200 || r.Header["Etag"] == etag || !strings.Contains(r.Body, "fanout") {
+			t.Fatalf("waiter %d: %d %q", i, r.Status, r.Body)
+		}
+	}
+	if got := is.MaxLongPolls.Load(); got != 1 {
+		t.Errorf("most upstream long polls at once = %d, want 1", got)
+	}
+}
+
+// Before the first successful fetch: 503; then recovery without restart.
+func TestMetadata_UnavailableUntilFirstFetch(t *testing.T) {
+	is := agenttest.New(t)
+	is.Stop()
+	g := startGuest(t, is, "")
+	r := g.req(t, "GET", "/v1/metadata", "", nil)
+	if r.Status != 503 || r.Body != "{\"error\":\"metadata unavailable\",\"code\":\"upstream_unavailable\"}\n" {
+		t.Errorf("before first fetch: %d %q", r.Status, r.Body)
+	}
+	if r := g.req(t, "GET", "/v1/metadata/region", "", nil); r.Status != 503 {
+		t.Errorf("field before first fetch: %d", r.Status)
+	}
+	is.Start(t)
+	g.waitMetadata(t)
+}
+
+func verifyJWT(t *testing.T, is *agenttest.Issuer, tok string) jwt.Claims {
+	t.Helper()
+	parsed, err := jwt.ParseSigned(tok, []jose.SignatureAlgorithm{jose.ES256})
+	if err != nil {
+		t.Fatalf("parse JWT: %v", err)
+	}
+	var c jwt.Claims
+	if err := parsed.Claims(is.OIDCKey().Private.(crypto.Signer).Public(), &c); err != nil {
+		t.Fatalf("JWT signature: %v", err)
+	}
+	return c
+}
+
+func TestOIDCToken_Formats(t *testing.T) {
+	is := agenttest.New(t)
+	g := startGuest(t, is, "")
+	r := g.req(t, "POST", "/v1/tokens/oidc", `{"aud":"sts.amazonaws.com"}`, nil)
+	if r.Status != 200 || r.Header["Content-Type"] != "application/jwt" || r.Header["Cache-Control"] != "no-store" {
+		t.Fatalf("raw: %d %v %q", r.Status, r.Header, r.Body)
+	}
+	c := verifyJWT(t, is, r.Body)
+	if !c.Audience.Contains("sts.amazonaws.com") || c.Issuer != is.OIDCIssuer() || c.Subject != "acme:web:web-1" {
+		t.Errorf("claims: %+v", c)
+	}
+
+	r = g.req(t, "POST", "/v1/tokens/oidc", `{"aud":"sts.amazonaws.com"}`, map[string]string{"Accept": "text/html, application/json;q=0.9"})
+	var j struct {
+		Token     string `json:"token"`
+		ExpiresAt string `json:"expires_at"`
+	}
+	if r.Status != 200 || r.Header["Content-Type"] != "application/json" || json.Unmarshal([]byte(r.Body), &j) != nil {
+		t.Fatalf("json: %d %v %q", r.Status, r.Header, r.Body)
+	}
+	exp, err := time.Parse(time.RFC3339, j.ExpiresAt)
+	if err != nil || !exp.Equal(c.Expiry.Time()) {
+		t.Errorf("expires_at %q vs exp %v (%v)", j.ExpiresAt, c.Expiry.Time(), err)
+	}
+
+	// No body, an empty object or a null aud: the issuer's default audience.
+	for _, body := range []string{"", "{}", `{"aud":null}`} {
+		r = g.req(t, "POST", "/v1/tokens/oidc", body, nil)
+		if r.Status != 200 {
+			t.Fatalf("body %q: %d %q", body, r.Status, r.Body)
+		}
+		if c := verifyJWT(t, is, r.Body); !c.Audience.Contains(is.OIDCIssuer()) {
+			t.Errorf("default audience: %v", c.Audience)
+		}
+	}
+}
+
+func TestOIDCToken_BadRequestsNotEchoed(t *testing.T) {
+	is := agenttest.New(t)
+	g := startGuest(t, is, noLimits)
+	for _, body := range []string{
+		`{"aud":"` + strings.Repeat("a", 257) + `"}`,
+		`{"aud":"has space EVILMARK"}`,
+		`{"aud":"ctl\u0001EVILMARK"}`,
+		`{"aud":"EVILMARK\u00e9"}`,
+		`{"aud":""}`,
+		`{"aud":["EVILMARK"]}`,
+		`{"aud":42}`,
+		`{"aud":"ok","EVILMARK":1}`,
+		`{"aud":"ok"} EVILMARK`,
+		`EVILMARK`,
+	} {
+		r := g.req(t, "POST", "/v1/tokens/oidc", body, nil)
+		if r.Status != 400 || r.Body != bodyBadRequest {
+			t.Errorf("body %.40q: %d %q", body, r.Status, r.Body)
+		}
+	}
+	if n := is.TokenCallsSeen.Load(); n != 0 {
+		t.Errorf("bad requests reached the issuer %d times", n)
+	}
+	if r := g.req(t, "GET", "/v1/tokens/oidc", "", nil); r.Status != 405 || r.Header["Allow"] != "POST" {
+		t.Errorf("GET tokens: %d %v", r.Status, r.Header)
+	}
+}
+
+// 200 concurrent callers for one audience cause exactly one issuer call.
+func TestOIDCToken_SingleFlight(t *testing.T) {
+	is := agenttest.New(t)
+	is.SetTokenDelay(300 * time.Millisecond)
+	g := startGuest(t, is, noLimits)
+	const n = 200
+	var wg sync.WaitGroup
+	results := make([]sockettest.Result, n)
+	for i := range n {
+		wg.Go(func() { results[i] = g.req(t, "POST", "/v1/tokens/oidc", `{"aud":"vault"}`, nil) })
+	}
+	wg.Wait()
+	for i, r := range results {
+		if r.Status != 200 || r.Body != results[0].Body {
+			t.Fatalf("caller %d: %d %q %s", i, r.Status, r.Body, r.Err)
+		}
+	}
+	if c := is.TokenCalls.Load(); c != 1 {
+		t.Errorf("issuer calls for %d concurrent callers = %d, want 1", n, c)
+	}
+	// Cached thereafter.
+	for range 10 {
+		if r := g.req(t, "POST", "/v1/tokens/oidc", `{"aud":"vault"}`, nil); r.Body != results[0].Body {
+			t.Fatal("cached token not served")
+		}
+	}
+	if c := is.TokenCalls.Load(); c != 1 {
+		t.Errorf("issuer calls after cached requests = %d, want 1", c)
+	}
+	// Another audience is another entry.
+	if r := g.req(t, "POST", "/v1/tokens/oidc", `{"aud":"minio"}`, nil); r.Status != 200 || r.Body == results[0].Body {
+		t.Errorf("second audience: %d", r.Status)
+	}
+	if c := is.TokenCalls.Load(); c != 2 {
+		t.Errorf("issuer calls after a second audience = %d, want 2", c)
+	}
+	if h := g.agent.tokens.hits.Load(); h < 10 {
+		t.Errorf("cache hits = %d", h)
+	}
+}
+
+// The cache renews a token in use at refresh_at (0.8) of its life, in the
+// background: callers never wait for it.
+func TestOIDCToken_BackgroundRefresh(t *testing.T) {
+	is := agenttest.New(t)
+	is.SetTokenTTL(5 * time.Second)
+	g := startGuest(t, is, "")
+	start := time.Now()
+	first := g.req(t, "POST", "/v1/tokens/oidc", "", map[string]string{"Accept": "application/json"})
+	var j struct {
+		Token     string    `json:"token"`
+		ExpiresAt time.Time `json:"expires_at"`
+	}
+	if first.Status != 200 || json.Unmarshal([]byte(first.Body), &j) != nil {
+		t.Fatalf("first: %d %q", first.Status, first.Body)
+	}
+	life := j.ExpiresAt.Sub(start)
+	eventually(t, 10*time.Second, func() bool { return is.TokenCalls.Load() == 2 })
+	el := time.Since(start)
+	if el < time.Duration(0.7*float64(life)) || el > life {
+		t.Errorf("refreshed after %v of a %v life; want about 80%%", el, life)
+	}
+	r := g.req(t, "POST", "/v1/tokens/oidc", "", nil)
+	if r.Status != 200 || r.Body == j.Token {
+		t.Errorf("after refresh: %d, same token %v", r.Status, r.Body == j.Token)
+	}
+	if c := is.TokenCalls.Load(); c != 2 {
+		t.Errorf("issuer calls = %d, want 2 (the refresh served the request)", c)
+	}
+	if n := g.agent.tokens.refreshes.Load(); n != 1 {
+		t.Errorf("background refreshes = %d, want 1", n)
+	}
+}
+
+// Issuer down: cached token and metadata still served; after expiry a 503
+// with the exact body; issuer back: recovery without a restart.
+func TestIssuerDown_CacheThenRecovery(t *testing.T) {
+	is := agenttest.New(t)
+	is.SetTokenTTL(4 * time.Second)
+	g := startGuest(t, is, "")
+	meta := g.waitMetadata(t)
+	tok := g.req(t, "POST", "/v1/tokens/oidc", `{"aud":"x"}`, nil)
+	if tok.Status != 200 {
+		t.Fatalf("token: %d", tok.Status)
+	}
+
+	is.Stop()
+	if r := g.req(t, "POST", "/v1/tokens/oidc", `{"aud":"x"}`, nil); r.Status != 200 || r.Body != tok.Body {
+		t.Errorf("cached token while issuer down: %d", r.Status)
+	}
+	if r := g.req(t, "GET", "/v1/metadata", "", nil); r.Status != 200 || r.Body != meta.Body || r.Header["Etag"] != meta.Header["Etag"] {
+		t.Errorf("cached metadata while issuer down: %d", r.Status)
+	}
+	if r := g.req(t, "POST", "/v1/tokens/oidc", `{"aud":"never-cached"}`, nil); r.Status != 503 || r.Body != bodyTokenUnavai {
+		t.Errorf("uncached audience while down: %d %q", r.Status, r.Body)
+	}
+	// Wait out the token's life.
+	eventually(t, 10*time.Second, func() bool {
+		r := g.req(t, "POST", "/v1/tokens/oidc", `{"aud":"x"}`, nil)
+		return r.Status == 503 && r.Body == bodyTokenUnavai
+	})
+	if r := g.req(t, "GET", "/v1/metadata/region", "", nil); r.Status != 200 {
+		t.Errorf("metadata after token expiry: %d", r.Status)
+	}
+
+	is.Start(t)
+	eventually(t, 5*time.Second, func() bool {
+		return g.req(t, "POST", "/v1/tokens/oidc", `{"aud":"x"}`, nil).Status == 200
+	})
+	// The metadata watch is back too: a change reaches callers.
+	is.SetTags(map[string]string{"role": "recovered"})
+	eventually(t, 5*time.Second, func() bool {
+		return g.req(t, "GET", "/v1/metadata/tags/role", "", nil).Body == "recovered"
+	})
+	var st struct {
+		Counters map[string]uint64 `json:"counters"`
+	}
+	json.Unmarshal([]byte(g.do("GET", g.admin, "/v1/status", "", nil).Body), &st)
+	if st.Counters["upstream_errors"] == 0 {
+		t.Errorf("upstream_errors not counted: %v", st.Counters)
+	}
+}
+
+func TestRateLimit(t *testing.T) {
+	is := agenttest.New(t)
+	up := newUpstream(t)
+	g := startGuest(t, is, "[limits]\ntoken_rate = 0.5\ntoken_burst = 2\n"+
+		fmt.Sprintf("[[proxy.route]]\nmatch = \"GET /direct/ok\"\nupstream = %q\n", up.srv.URL))
+	for i, want := range []int{200, 200, 429} {
+		r := g.req(t, "POST", "/v1/tokens/oidc", "", nil)
+		if r.Status != want {
+			t.Fatalf("request %d: %d", i, r.Status)
+		}
+		if want == 429 {
+			if ra := r.Header["Retry-After"]; ra != "2" && ra != "1" {
+				t.Errorf("Retry-After = %q, want whole seconds ≥ 1", ra)
+			}
+			if r.Body != "{\"error\":\"rate limited\",\"code\":\"rate_limited\"}\n" {
+				t.Errorf("429 body %q", r.Body)
+			}
+		}
+	}
+	// The same bucket covers proxied routes.
+	if r := g.req(t, "GET", "/direct/ok", "", nil); r.Status != 429 || r.Header["Retry-After"] == "" {
+		t.Errorf("proxy under limit: %d %v", r.Status, r.Header)
+	}
+	if up.calls.Load() != 0 {
+		t.Errorf("rate-limited request reached upstream")
+	}
+	if r := g.req(t, "GET", "/v1/health", "", nil); r.Status != 200 {
+		t.Errorf("health is not rate limited: %d", r.Status)
+	}
+	st := g.do("GET", g.admin, "/v1/status", "", nil).Body
+	if !strings.Contains(st, `"rate_limited": 2`) {
+		t.Errorf("status lacks rate_limited count: %s", st)
+	}
+	if m := g.do("GET", g.admin, "/metrics", "", nil).Body; !strings.Contains(m, "wicket_rate_limited_total 2") {
+		t.Errorf("metrics lack rate limit count")
+	}
+}
+
+// S-peer with exes: a rule naming this test binary admits this process; a
+// rule naming another binary does not, whatever the uid.
+func TestPolicy_ByUIDAndExe(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	is := agenttest.New(t)
+	g := startGuest(t, is, fmt.Sprintf(`
+[[policy]]
+name = "this-binary"
+uids = [0, 65534]
+exes = [%q]
+allow = ["GET /v1/health", "GET /v1/metadata*"]
+[[policy]]
+name = "false-only"
+uids = [0]
+exes = ["/bin/false"]
+allow = ["POST /v1/tokens/oidc"]
+`, self))
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: the policy names uid 0; tests run as root in CI")
+	}
+	if r := g.req(t, "GET", "/v1/health", "", nil); r.Status != 200 {
+		t.Errorf("exe rule naming this binary: %d", r.Status)
+	}
+	if r := g.req(t, "POST", "/v1/tokens/oidc", "", nil); r.Status != 403 {
+		t.Errorf("exe rule naming /bin/false: %d", r.Status)
+	}
+	if logs := g.logs.String(); !strings.Contains(logs, "request denied") || !strings.Contains(logs, "peer_uid=0") || !strings.Contains(logs, "peer_exe="+self) {
+		t.Errorf("exe denial not logged:\n%s", logs)
+	}
+	// uid 65534 is in the rule, but its client is another binary (the
+	// helper copy), so the rule does not apply.
+	r := sockettest.RequestAs(t, 65534, 65534, g.api, "GET", "/v1/health", "", nil)
+	if r.Status != 403 {
+		t.Errorf("uid 65534 from another binary: %d", r.Status)
+	}
+}
+
+func TestPolicy_OtherUID(t *testing.T) {
+	sockettest.RequireRoot(t)
+	is := agenttest.New(t)
+	g := startGuest(t, is, "")
+	g.waitMetadata(t)
+	for _, tc := range []struct{ method, path string }{
+		{"GET", "/v1/metadata"}, {"POST", "/v1/tokens/oidc"}, {"GET", "/v1/apps/web/machines/m-0123abcd"},
+	} {
+		r := sockettest.RequestAs(t, 65534, 65534, g.api, tc.method, tc.path, "", nil)
+		if r.Status != 403 || r.Body != "{\"error\":\"forbidden\",\"code\":\"forbidden\"}\n" {
+			t.Errorf("uid 65534 %s %s: %d %q", tc.method, tc.path, r.Status, r.Body)
+		}
+	}
+	if is.TokenCallsSeen.Load() != 0 {
+		t.Error("a denied token request reached the issuer")
+	}
+	// A rule for that uid lets it read metadata, and nothing else.
+	g.write(t, baseCfg+fmt.Sprintf("[issuer]\nurl = %q\n", is.URL)+
+		"[[policy]]\nuids=[65534]\nallow=[\"GET /v1/metadata*\"]\n")
+	if r := g.do("POST", g.admin, "/v1/reload", "", nil); r.Status != 200 {
+		t.Fatalf("reload: %+v", r)
+	}
+	if r := sockettest.RequestAs(t, 65534, 65534, g.api, "GET", "/v1/metadata/region", "", nil); r.Status != 200 || r.Body != "ams" {
+		t.Errorf("allowed uid: %d %q", r.Status, r.Body)
+	}
+	if r := sockettest.RequestAs(t, 65534, 65534, g.api, "POST", "/v1/tokens/oidc", "", nil); r.Status != 403 {
+		t.Errorf("allowed uid, other route: %d", r.Status)
+	}
+}
+
+// issuedFeatures lists the features of the attenuated tokens the issuer
+// received for path.
+func issuedFeatures(is *agenttest.Issuer, path string) [][]machinetoken.Feature {
+	var out [][]machinetoken.Feature
+	for _, s := range is.Seen() {
+		if s.Path == path {
+			out = append(out, s.Verified.Features)
+		}
+	}
+	return out
+}
+
+// Each outbound call carries a copy narrowed to its feature and to 60 s.
+func TestUpstreamTokensAttenuated(t *testing.T) {
+	is := agenttest.New(t)
+	g := startGuest(t, is, "")
+	g.waitMetadata(t)
+	g.req(t, "POST", "/v1/tokens/oidc", "", nil)
+	for path, want := range map[string]machinetoken.Feature{
+		"/v1/machines/self": machinetoken.FeatureMetadata,
+		"/v1/tokens/oidc":   machinetoken.FeatureOIDC,
+	} {
+		fs := issuedFeatures(is, path)
+		if len(fs) == 0 {
+			t.Fatalf("no calls to %s", path)
+		}
+		for _, f := range fs {
+			if !slices.Equal(f, []machinetoken.Feature{want}) {
+				t.Errorf("%s token features = %v, want [%s]", path, f, want)
+			}
+		}
+	}
+	for _, s := range is.Seen() {
+		if !strings.HasPrefix(s.Header.Get("Authorization"), "FlyV1 fm2_") || s.Token == g.token {
+			t.Errorf("%s: not an attenuated FlyV1 token", s.Path)
+		}
+		if left := time.Until(s.Verified.NotAfter); left > 61*time.Second {
+			t.Errorf("%s: token valid for %v more, want ≤ 60s", s.Path, left)
+		}
+	}
+}

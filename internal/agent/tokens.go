@@ -1,0 +1,302 @@
+package agent
+
+import (
+	"container/list"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// errBadAudience is the issuer refusing the audience (400): the caller's
+// fault, not an outage.
+var errBadAudience = errors.New("issuer refused the audience")
+
+// errCacheClosed is returned once the agent is shutting down.
+var errCacheClosed = errors.New("token cache closed")
+
+// issued is one OIDC token as the cache hands it out.
+type issued struct {
+	token   string
+	jti     string // for the log
+	expires time.Time
+}
+
+// tokenEntry is one cached audience.
+type tokenEntry struct {
+	aud       string
+	tok       issued
+	fetched   time.Time
+	refreshAt time.Time
+	usableTil time.Time // expiry minus a safety margin
+	// used: requested during this token's life. Only such audiences are
+	// refreshed in the background, so one that nobody asks for any more
+	// lapses instead of being renewed forever.
+	used  bool
+	timer *time.Timer
+	elem  *list.Element
+}
+
+// flight is one issuer call that every concurrent caller for the same
+// audience waits on.
+type flight struct {
+	done chan struct{}
+	tok  issued
+	err  error
+}
+
+// tokenCacheConfig is read on every use, so a reload applies at once.
+type tokenCacheConfig struct {
+	refreshAt    float64
+	maxAudiences int
+	timeout      time.Duration
+}
+
+// tokenCache caches OIDC tokens per audience: single flight per audience,
+// background refresh at a fraction of the lifetime, bounded size (oldest
+// audience evicted first), and a cached token still usable is served while
+// the issuer is down.
+type tokenCache struct {
+	fetch func(ctx context.Context, aud string) (issued, error)
+	cfg   func() tokenCacheConfig
+	ctx   context.Context // ends at shutdown; parent of every fetch
+
+	mu      sync.Mutex
+	entries map[string]*tokenEntry
+	order   *list.List // of *tokenEntry, oldest first
+	flights map[string]*flight
+	closed  bool
+	wg      sync.WaitGroup
+
+	hits, misses, fetches, fetchErrors, refreshes atomic.Uint64
+}
+
+func newTokenCache(ctx context.Context, fetch func(context.Context, string) (issued, error), cfg func() tokenCacheConfig) *tokenCache {
+	return &tokenCache{
+		fetch:   fetch,
+		cfg:     cfg,
+		ctx:     ctx,
+		entries: map[string]*tokenEntry{},
+		order:   list.New(),
+		flights: map[string]*flight{},
+	}
+}
+
+// Token sources reported by get, for the log.
+const (
+	srcCache  = "cache"
+	srcIssuer = "issuer"
+)
+
+// get returns a token for aud: cached when usable (starting a background
+// refresh once past the refresh point), else from the one issuer call in
+// flight for aud.
+func (c *tokenCache) get(ctx context.Context, aud string) (issued, string, error) {
+	now := time.Now()
+	c.mu.Lock()
+	if e := c.entries[aud]; e != nil && now.Before(e.usableTil) {
+		e.used = true
+		if !now.Before(e.refreshAt) {
+			c.startFlightLocked(aud, true)
+		}
+		tok := e.tok
+		c.mu.Unlock()
+		c.hits.Add(1)
+		return tok, srcCache, nil
+	}
+	f := c.startFlightLocked(aud, true)
+	c.mu.Unlock()
+	c.misses.Add(1)
+	select {
+	case <-f.done:
+	case <-ctx.Done():
+		return issued{}, "", ctx.Err()
+	}
+	if f.err != nil {
+		return issued{}, "", f.err
+	}
+	return f.tok, srcIssuer, nil
+}
+
+// startFlightLocked returns the flight for aud, starting one if none is
+// under way. The fetch runs on the cache's context, not a caller's: one
+// caller giving up must not fail the others waiting on it.
+func (c *tokenCache) startFlightLocked(aud string, requested bool) *flight {
+	if f := c.flights[aud]; f != nil {
+		return f
+	}
+	f := &flight{done: make(chan struct{})}
+	if c.closed {
+		f.err = errCacheClosed
+		close(f.done)
+		return f
+	}
+	c.flights[aud] = f
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		cfg := c.cfg()
+		ctx, cancel := context.WithTimeout(c.ctx, cfg.timeout)
+		tok, err := c.fetch(ctx, aud)
+		cancel()
+		c.fetches.Add(1)
+		c.mu.Lock()
+		delete(c.flights, aud)
+		if err != nil {
+			c.fetchErrors.Add(1)
+			f.err = err
+			c.retryLocked(aud)
+		} else {
+			f.tok = tok
+			c.storeLocked(aud, tok, requested, cfg)
+		}
+		c.mu.Unlock()
+		close(f.done)
+	}()
+	return f
+}
+
+// storeLocked caches tok for aud and schedules its refresh.
+func (c *tokenCache) storeLocked(aud string, tok issued, requested bool, cfg tokenCacheConfig) {
+	if c.closed {
+		return
+	}
+	now := time.Now()
+	life := tok.expires.Sub(now)
+	e := c.entries[aud]
+	if e == nil {
+		e = &tokenEntry{aud: aud}
+		e.elem = c.order.PushBack(e)
+		c.entries[aud] = e
+	} else if e.timer != nil {
+		e.timer.Stop()
+	}
+	e.tok, e.fetched, e.used = tok, now, requested
+	e.refreshAt = now.Add(time.Duration(float64(life) * cfg.refreshAt))
+	// Never hand out a token in its last moments: the caller still has to
+	// present it somewhere.
+	e.usableTil = tok.expires.Add(-min(life/10, 30*time.Second))
+	e.timer = c.afterLocked(e, e.refreshAt.Sub(now))
+	for c.order.Len() > max(cfg.maxAudiences, 1) {
+		c.dropLocked(c.order.Front().Value.(*tokenEntry))
+	}
+}
+
+// retryLocked schedules another background try after a failed fetch while
+// the cached token (if any) is still usable.
+func (c *tokenCache) retryLocked(aud string) {
+	e := c.entries[aud]
+	if e == nil || c.closed {
+		return
+	}
+	left := time.Until(e.usableTil)
+	if left <= 0 {
+		return
+	}
+	if e.timer != nil {
+		e.timer.Stop()
+	}
+	e.timer = c.afterLocked(e, min(max(left/4, 500*time.Millisecond), 30*time.Second))
+}
+
+func (c *tokenCache) afterLocked(e *tokenEntry, d time.Duration) *time.Timer {
+	return time.AfterFunc(d, func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		// The entry may have been evicted or replaced since.
+		if c.closed || c.entries[e.aud] != e || !e.used || !time.Now().Before(e.usableTil) {
+			return
+		}
+		c.refreshes.Add(1)
+		c.startFlightLocked(e.aud, false)
+	})
+}
+
+func (c *tokenCache) dropLocked(e *tokenEntry) {
+	if e.timer != nil {
+		e.timer.Stop()
+	}
+	c.order.Remove(e.elem)
+	delete(c.entries, e.aud)
+}
+
+// size returns the number of cached audiences.
+func (c *tokenCache) size() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.entries)
+}
+
+// close stops every timer and waits for fetches under way; the caller
+// cancels the cache's context first.
+func (c *tokenCache) close() {
+	c.mu.Lock()
+	c.closed = true
+	for _, e := range c.entries {
+		if e.timer != nil {
+			e.timer.Stop()
+		}
+	}
+	c.mu.Unlock()
+	c.wg.Wait()
+}
+
+// maxJWTLen bounds a token accepted from the issuer.
+const maxJWTLen = 16 << 10
+
+// parseTokenReply checks the issuer's {"token","expires_at"} reply.
+func parseTokenReply(body []byte, now time.Time) (issued, error) {
+	var rep struct {
+		Token     string    `json:"token"`
+		ExpiresAt time.Time `json:"expires_at"`
+	}
+	if err := json.Unmarshal(body, &rep); err != nil {
+		return issued{}, errors.New("token reply is not the expected JSON")
+	}
+	if !compactJWS(rep.Token) {
+		return issued{}, errors.New("token reply holds no compact JWS")
+	}
+	if !rep.ExpiresAt.After(now) {
+		return issued{}, fmt.Errorf("token reply expires at %s, not in the future", rep.ExpiresAt.Format(time.RFC3339))
+	}
+	return issued{token: rep.Token, expires: rep.ExpiresAt.UTC(), jti: jwtID(rep.Token)}, nil
+}
+
+// compactJWS reports whether s looks like header.payload.signature in
+// base64url: anything else is not relayed to callers.
+func compactJWS(s string) bool {
+	if s == "" || len(s) > maxJWTLen || strings.Count(s, ".") != 2 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c == '.' || c == '-' || c == '_' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// jwtID returns the token's jti, which logs may carry instead of the token.
+func jwtID(tok string) string {
+	parts := strings.Split(tok, ".")
+	if len(parts) != 3 {
+		return ""
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return ""
+	}
+	var c struct {
+		ID string `json:"jti"`
+	}
+	if json.Unmarshal(payload, &c) != nil || len(c.ID) > 128 {
+		return ""
+	}
+	return c.ID
+}

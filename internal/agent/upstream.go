@@ -1,0 +1,97 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/wicket-sh/wicket/internal/machinetoken"
+	"github.com/wicket-sh/wicket/internal/proxy"
+)
+
+// attenuatedTTL is how long the copy of the machine token sent with one
+// request stays valid: a copy captured upstream is useless soon after.
+const attenuatedTTL = 60 * time.Second
+
+// maxIssuerReply bounds a metadata or token reply read from the issuer.
+const maxIssuerReply = 1 << 20
+
+// issuerClient calls the issuer's machine-authenticated API.
+type issuerClient struct {
+	base  *url.URL
+	hc    *http.Client
+	token MachineToken
+}
+
+func newIssuerClient(base *url.URL, token MachineToken) *issuerClient {
+	return &issuerClient{
+		base:  base,
+		token: token,
+		hc: &http.Client{
+			Transport: proxy.NewTransport(),
+			// Never resend the token to wherever a redirect points.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+	}
+}
+
+// issuerReply is a reply read in full.
+type issuerReply struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+// code returns the stable code of an issuer error reply, for the log.
+func (r *issuerReply) code() string {
+	var e struct {
+		Code string `json:"code"`
+	}
+	if json.Unmarshal(r.body, &e) != nil || len(e.Code) > 64 {
+		return ""
+	}
+	return e.Code
+}
+
+// call makes one request with a fresh attenuated token narrowed to feature.
+// Errors carry the URL (never the token) and are for the log.
+func (c *issuerClient) call(ctx context.Context, method, path string, query url.Values, body []byte, feature machinetoken.Feature) (*issuerReply, error) {
+	tok, err := c.token.restrict(time.Now(), attenuatedTTL, feature)
+	if err != nil {
+		return nil, fmt.Errorf("attenuate machine token: %w", err)
+	}
+	u := *c.base
+	u.Path = c.base.Path + path
+	u.RawQuery = query.Encode()
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), rd)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "FlyV1 "+tok)
+	req.Header.Set("Accept", "application/json")
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxIssuerReply+1))
+	if err != nil {
+		return nil, fmt.Errorf("read issuer reply: %w", err)
+	}
+	if len(data) > maxIssuerReply {
+		return nil, fmt.Errorf("issuer reply larger than %d bytes", maxIssuerReply)
+	}
+	return &issuerReply{status: resp.StatusCode, header: resp.Header, body: data}, nil
+}
