@@ -36,7 +36,9 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newVersionCmd(), newAgentCmd(), newAdminCmd(), newIssuerCmd())
+	root.AddCommand(newVersionCmd(), newAgentCmd(), newAdminCmd(), newIssuerCmd(), newDevCmd())
+	root.AddCommand(newTokenCmd())
+	root.AddCommand(cloudCommands()...)
 	return root
 }
 

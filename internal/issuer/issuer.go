@@ -369,3 +369,7 @@ func (s *Issuer) Metrics() []metrics.Sample {
 	}
 	return out
 }
+
+// PublicHandler returns the public HTTP API handler (benchmarks measure it
+// without the network in between).
+func (s *Issuer) PublicHandler() http.Handler { return s.publicHandler() }
