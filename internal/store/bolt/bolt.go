@@ -52,6 +52,15 @@ type Store struct {
 	db  *bbolt.DB
 	hub hub
 
+	// machines caches decoded machines: every verified request looks its
+	// machine up, and decoding JSON was a tenth of a token request's cost.
+	// This process is the file's only writer (bbolt's file lock), so
+	// invalidating on our own writes keeps the cache exact; gen makes a
+	// read that raced with a write skip filling the cache.
+	cacheMu  sync.Mutex
+	machines map[string]*store.Machine
+	gen      uint64
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -168,6 +177,13 @@ func (s *Store) CreateMachine(ctx context.Context, m *store.Machine) error {
 
 // GetMachine implements store.Store.
 func (s *Store) GetMachine(ctx context.Context, id string) (*store.Machine, error) {
+	s.cacheMu.Lock()
+	if m, ok := s.machines[id]; ok {
+		s.cacheMu.Unlock()
+		return m.Clone(), nil
+	}
+	gen := s.gen
+	s.cacheMu.Unlock()
 	var m *store.Machine
 	err := s.view(ctx, func(tx *bbolt.Tx) error {
 		var err error
@@ -177,7 +193,26 @@ func (s *Store) GetMachine(ctx context.Context, id string) (*store.Machine, erro
 	if err != nil {
 		return nil, fmt.Errorf("bolt: get machine: %w", err)
 	}
+	s.cacheMu.Lock()
+	if s.gen == gen {
+		if s.machines == nil || len(s.machines) >= maxCachedMachines {
+			s.machines = make(map[string]*store.Machine)
+		}
+		s.machines[id] = m.Clone()
+	}
+	s.cacheMu.Unlock()
 	return m, nil
+}
+
+// maxCachedMachines bounds the machine cache.
+const maxCachedMachines = 65536
+
+// forget drops id from the machine cache after a write.
+func (s *Store) forget(id string) {
+	s.cacheMu.Lock()
+	s.gen++
+	delete(s.machines, id)
+	s.cacheMu.Unlock()
 }
 
 // ListMachines implements store.Store.
@@ -240,6 +275,7 @@ func (s *Store) UpdateMachine(ctx context.Context, id string, expectVersion uint
 		}
 		return putJSON(tx.Bucket(bucketMachines), []byte(id), toMachineRecord(next))
 	})
+	s.forget(id) // before publishing: a watcher that re-reads sees the new state
 	if fnErr != nil {
 		return nil, fnErr
 	}
@@ -262,6 +298,7 @@ func (s *Store) DeleteMachine(ctx context.Context, id string) error {
 		}
 		return tx.Bucket(bucketMachines).Delete([]byte(id))
 	})
+	s.forget(id)
 	if err != nil {
 		return fmt.Errorf("bolt: delete machine: %w", err)
 	}

@@ -1,9 +1,11 @@
 package bolt
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -163,5 +165,55 @@ func TestCompositeKey_NoCollisions(t *testing.T) {
 			t.Errorf("compositeKey(%q) == compositeKey(%q)", parts, prev)
 		}
 		seen[k] = parts
+	}
+}
+
+// The machine cache never serves a state older than the last write, and a
+// watcher re-reading on an event sees the state the event carries.
+func TestMachineCache_NeverStale(t *testing.T) {
+	s, err := Open(filepath.Join(t.TempDir(), "state.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	m := &store.Machine{ID: "m1", Name: "n", Org: "o", App: "a", Tags: map[string]string{"v": "0"}}
+	if err := s.CreateMachine(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GetMachine(ctx, "m1"); err != nil { // fill the cache
+		t.Fatal(err)
+	}
+	events, err := s.WatchMachine(ctx, "m1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-events // initial state
+	for i := 1; i <= 50; i++ {
+		v := strconv.Itoa(i)
+		if _, err := s.UpdateMachine(ctx, "m1", 0, func(m *store.Machine) error { m.Tags["v"] = v; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.GetMachine(ctx, "m1")
+		if err != nil || got.Tags["v"] != v {
+			t.Fatalf("after update %d: get = %v, %v", i, got.Tags, err)
+		}
+		ev := <-events
+		again, _ := s.GetMachine(ctx, "m1")
+		if again.Version < ev.Machine.Version {
+			t.Fatalf("re-read on event: version %d older than event's %d", again.Version, ev.Machine.Version)
+		}
+	}
+	// Callers get copies: mutating one does not change the cache.
+	got, _ := s.GetMachine(ctx, "m1")
+	got.Tags["v"] = "mutated"
+	if again, _ := s.GetMachine(ctx, "m1"); again.Tags["v"] == "mutated" {
+		t.Fatal("cache shares memory with callers")
+	}
+	if err := s.DeleteMachine(ctx, "m1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GetMachine(ctx, "m1"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("after delete: %v", err)
 	}
 }
