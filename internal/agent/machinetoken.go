@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -27,7 +28,25 @@ const redacted = "[redacted]"
 // call these methods on a MachineToken held in an unexported field, shows
 // an address and not the token.
 type MachineToken struct {
-	v *string
+	v     *string
+	cache *restrictCache
+}
+
+// restrictReuse is how long one attenuated copy is reused for the same
+// features. Copies are valid for attenuatedTTL (60 s) from their creation,
+// so a reused copy still has at least 50 s left when sent; reusing it lets
+// the issuer recognize a token it has just verified instead of checking
+// the whole signature chain on every request.
+const restrictReuse = 10 * time.Second
+
+type restrictCache struct {
+	mu      sync.Mutex
+	entries map[string]restricted
+}
+
+type restricted struct {
+	tok     string
+	created time.Time
 }
 
 // ErrMachineTokenMalformed is returned for a token that is not one.
@@ -49,7 +68,7 @@ func ParseMachineToken(s string) (MachineToken, error) {
 	if _, err := machinetoken.Restrict(s, time.Now(), time.Minute, nil); err != nil {
 		return MachineToken{}, ErrMachineTokenMalformed
 	}
-	return MachineToken{v: &s}, nil
+	return MachineToken{v: &s, cache: &restrictCache{entries: map[string]restricted{}}}, nil
 }
 
 // IsZero reports whether no token is held.
@@ -79,7 +98,21 @@ func (t MachineToken) restrict(now time.Time, ttl time.Duration, features ...mac
 	if t.v == nil {
 		return "", errors.New("no machine token")
 	}
-	return machinetoken.Restrict(*t.v, now, ttl, features)
+	if t.cache == nil || ttl < 2*restrictReuse {
+		return machinetoken.Restrict(*t.v, now, ttl, features)
+	}
+	key := fmt.Sprint(ttl, features)
+	t.cache.mu.Lock()
+	defer t.cache.mu.Unlock()
+	if e, ok := t.cache.entries[key]; ok && now.Sub(e.created) >= 0 && now.Sub(e.created) < restrictReuse {
+		return e.tok, nil
+	}
+	tok, err := machinetoken.Restrict(*t.v, now, ttl, features)
+	if err != nil {
+		return "", err
+	}
+	t.cache.entries[key] = restricted{tok: tok, created: now}
+	return tok, nil
 }
 
 // containedIn reports whether b holds the token or its base64 body.

@@ -68,6 +68,7 @@ type Issuer struct {
 	keys     atomic.Pointer[keyring]
 	keyMu    sync.Mutex // serializes key ring loads
 	rotateMu sync.Mutex // serializes key creation and rotation
+	verified verifyCache
 
 	adm      *unixsock.Listener
 	admin    *admin.Server

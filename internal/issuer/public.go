@@ -90,17 +90,25 @@ func (s *Issuer) authenticate(w http.ResponseWriter, r *http.Request, feature ma
 		return fail(errors.New("no or malformed Authorization header"))
 	}
 	kr := s.keys.Load()
-	v := machinetoken.Verifier{
-		Location: tokenLocation,
-		Keys: func(id []byte) (macaroon.SigningKey, bool) {
-			k, ok := kr.macaroon[hex.EncodeToString(id)]
-			return k, ok
-		},
-		Revoked: func(id string) bool { _, ok := kr.revoked[id]; return ok },
-	}
-	ver, err := v.Verify(tok, machinetoken.Request{Now: s.now(), RemoteAddr: remote, Feature: feature, App: app})
-	if err != nil {
-		return fail(err)
+	now := s.now()
+	ck := verifyKey(tok, remote, feature, app)
+	ver := s.verified.get(ck, kr, now)
+	if ver == nil {
+		v := machinetoken.Verifier{
+			Location: tokenLocation,
+			Keys: func(id []byte) (macaroon.SigningKey, bool) {
+				k, ok := kr.macaroon[hex.EncodeToString(id)]
+				return k, ok
+			},
+			Revoked: func(id string) bool { _, ok := kr.revoked[id]; return ok },
+		}
+		ver, err = v.Verify(tok, machinetoken.Request{Now: now, RemoteAddr: remote, Feature: feature, App: app})
+		if err != nil {
+			return fail(err)
+		}
+		s.verified.put(ck, kr, ver, now)
+	} else if _, revoked := kr.revoked[ver.TokenID]; revoked {
+		return fail(errors.New("token revoked"))
 	}
 	m, err := s.store.GetMachine(r.Context(), ver.MachineID)
 	if err != nil {
