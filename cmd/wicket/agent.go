@@ -68,6 +68,7 @@ func newAgentCmd() *cobra.Command {
 	fl.StringVar(&f.logLevel, "log-level", "", "override log.level (debug, info, warn, error)")
 	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	fl.IntVar(&f.tokenFD, "token-fd", -1, "read the machine token from this inherited file descriptor, then close it")
+	cmd.AddCommand(newAgentRunCmd())
 	return cmd
 }
 
