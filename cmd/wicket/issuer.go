@@ -84,6 +84,7 @@ func newIssuerCmd() *cobra.Command {
 	}
 	initCmd.Flags().AddFlagSet(fl)
 	cmd.AddCommand(initCmd, newIssuerMachineCmd(), newIssuerTokenCmd(), newIssuerKeysCmd())
+	cmd.AddCommand(newIssuerMigrateCmd())
 	return cmd
 }
 

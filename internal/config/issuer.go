@@ -32,6 +32,28 @@ type State struct {
 	Dir         string `toml:"dir"`
 	SealKeyFile string `toml:"seal_key_file"` // default <dir>/seal.key
 	SealKeyEnv  string `toml:"seal_key_env"`
+
+	// The rest configures the etcd backend (cluster mode), shared by every
+	// issuer replica; see docs/cluster.md.
+
+	// Endpoints are the etcd members' client URLs (https://host:2379).
+	Endpoints []string `toml:"endpoints"`
+	// TLSCert and TLSKey are the client certificate presented to etcd;
+	// TLSCA verifies the members (system roots when empty).
+	TLSCert string `toml:"tls_cert"`
+	TLSKey  string `toml:"tls_key"`
+	TLSCA   string `toml:"tls_ca"`
+	// Prefix is prepended to every key, so deployments can share a cluster.
+	Prefix         string   `toml:"prefix"`
+	DialTimeout    Duration `toml:"dial_timeout"`
+	RequestTimeout Duration `toml:"request_timeout"`
+	// CacheGrace is how long, after etcd was last reachable, machine token
+	// verification and OIDC signing keep working from memory; writes fail
+	// with 503 from the first moment. 0 fails closed at once.
+	CacheGrace Duration `toml:"cache_grace"`
+	// AllowPlaintext permits http:// endpoints that are not loopback
+	// (etcd on a private network the operator trusts).
+	AllowPlaintext bool `toml:"allow_plaintext"`
 }
 
 // BoltPath is the bbolt state file.
@@ -87,7 +109,11 @@ func DefaultIssuer() *Issuer {
 	return &Issuer{
 		Server: IssuerServer{PublicURL: "http://127.0.0.1:8650", Listen: "127.0.0.1:8650"},
 		Admin:  Admin{Socket: Socket{Path: "/run/wicket/issuer-admin.sock", Mode: 0o600, MaxConns: 32}},
-		State:  State{Backend: "bolt", Dir: "/var/lib/wicket"},
+		State: State{
+			Backend: "bolt", Dir: "/var/lib/wicket",
+			Prefix: "/wicket/", DialTimeout: Duration{5 * time.Second}, RequestTimeout: Duration{5 * time.Second},
+			CacheGrace: Duration{5 * time.Minute},
+		},
 		HTTP: HTTP{
 			ReadHeaderTimeout: Duration{5 * time.Second},
 			IdleTimeout:       Duration{120 * time.Second},
@@ -174,8 +200,10 @@ func (c *Issuer) Validate() error {
 		if c.State.Dir == "" || !filepath.IsAbs(c.State.Dir) {
 			errs = append(errs, fmt.Errorf("state.dir %q: want an absolute path", c.State.Dir))
 		}
+	case "etcd":
+		errs = append(errs, c.State.validateEtcd()...)
 	default:
-		errs = append(errs, fmt.Errorf("state.backend %q: want \"bolt\"", c.State.Backend))
+		errs = append(errs, fmt.Errorf("state.backend %q: want \"bolt\" or \"etcd\"", c.State.Backend))
 	}
 	if c.OIDC.Alg != "RS256" && c.OIDC.Alg != "ES256" {
 		errs = append(errs, fmt.Errorf("oidc.alg %q: want RS256 or ES256", c.OIDC.Alg))
@@ -211,6 +239,46 @@ func (c *Issuer) Validate() error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+func (s *State) validateEtcd() []error {
+	var errs []error
+	// The seal key is the one thing every replica must have locally.
+	if s.SealKeyEnv == "" && s.SealKeyFile == "" && (s.Dir == "" || !filepath.IsAbs(s.Dir)) {
+		errs = append(errs, fmt.Errorf("state.dir %q: want an absolute path (it holds seal.key), or set seal_key_file or seal_key_env", s.Dir))
+	}
+	if s.SealKeyFile != "" && !filepath.IsAbs(s.SealKeyFile) {
+		errs = append(errs, fmt.Errorf("state.seal_key_file %q: want an absolute path", s.SealKeyFile))
+	}
+	if len(s.Endpoints) == 0 {
+		errs = append(errs, errors.New("state.endpoints: want at least one etcd client URL"))
+	}
+	for _, e := range s.Endpoints {
+		u, err := url.Parse(e)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
+			errs = append(errs, fmt.Errorf("state.endpoints %q: want http(s)://host:port", e))
+			continue
+		}
+		// Machine records and revocations travel on this connection (keys
+		// are sealed): not in clear text over a real network unless the
+		// operator says so.
+		if u.Scheme == "http" && !isLoopback(u.Hostname()) && !s.AllowPlaintext {
+			errs = append(errs, fmt.Errorf("state.endpoints %q is not loopback: use https (tls_ca, tls_cert, tls_key) or set state.allow_plaintext", e))
+		}
+	}
+	if (s.TLSCert == "") != (s.TLSKey == "") {
+		errs = append(errs, errors.New("state: set both tls_cert and tls_key, or neither"))
+	}
+	if s.Prefix == "" {
+		errs = append(errs, errors.New("state.prefix: want a key prefix such as \"/wicket/\""))
+	}
+	if s.DialTimeout.Duration <= 0 || s.RequestTimeout.Duration <= 0 {
+		errs = append(errs, errors.New("state.dial_timeout and state.request_timeout must be positive"))
+	}
+	if s.CacheGrace.Duration < 0 {
+		errs = append(errs, errors.New("state.cache_grace must not be negative"))
+	}
+	return errs
 }
 
 func isLoopback(host string) bool {

@@ -277,6 +277,11 @@ func (s *Issuer) registerAdmin(a *admin.Server) {
 			apierror.NotFound(w)
 		case errors.Is(err, store.ErrConflict):
 			apierror.Write(w, http.StatusConflict, "conflict", "version conflict")
+		case unavailable(err):
+			// Retrying later helps, unlike a 500; which members failed
+			// and why is for the log, not the caller.
+			admin.LogFrom(r.Context()).Error("admin request failed: state store unavailable", "err", err)
+			apierror.Write(w, http.StatusServiceUnavailable, apierror.CodeUnavailable, "state store unavailable")
 		default:
 			admin.LogFrom(r.Context()).Error("admin request failed", "err", err)
 			apierror.Internal(w)

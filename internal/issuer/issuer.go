@@ -4,6 +4,7 @@
 package issuer
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -22,7 +23,6 @@ import (
 	"github.com/wicket-sh/wicket/internal/peer"
 	"github.com/wicket-sh/wicket/internal/seal"
 	"github.com/wicket-sh/wicket/internal/store"
-	"github.com/wicket-sh/wicket/internal/store/bolt"
 	"github.com/wicket-sh/wicket/internal/unixsock"
 	"github.com/wicket-sh/wicket/internal/version"
 )
@@ -44,7 +44,8 @@ type Options struct {
 	// listening on server.listen (tests, dev mode on a port chosen by the OS).
 	Listener net.Listener
 
-	allowNoMintKey bool // Init creates the first key
+	allowNoMintKey bool          // Init creates the first key
+	maintainEvery  time.Duration // key maintenance period; 0 = a minute (tests shorten it)
 }
 
 type runtime struct {
@@ -109,10 +110,7 @@ func New(ctx context.Context, opts Options) (*Issuer, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := os.Stat(rt.cfg.State.BoltPath()); err != nil {
-		return nil, fmt.Errorf("state %s not found: run `wicket issuer init` first", rt.cfg.State.BoltPath())
-	}
-	s.store, err = bolt.Open(rt.cfg.State.BoltPath(), nil)
+	s.store, err = openStore(ctx, rt.cfg.State, s.log)
 	if err != nil {
 		return nil, err
 	}
@@ -235,9 +233,11 @@ func (s *Issuer) Run(ctx context.Context) error {
 	}
 
 	bg, stopBG := context.WithCancel(ctx)
+	var bgDone sync.WaitGroup
+	defer bgDone.Wait() // before the store closes (deferred earlier, runs later)
 	defer stopBG()
-	go s.watchKeys(bg)
-	go s.keyMaintenance(bg)
+	bgDone.Go(func() { s.watchKeys(bg) })
+	bgDone.Go(func() { s.keyMaintenance(bg) })
 
 	errc := make(chan error, 2)
 	go func() { errc <- ignoreClosed(admSrv.Serve(s.adm)) }()
@@ -258,7 +258,10 @@ func (s *Issuer) Run(ctx context.Context) error {
 	case runErr = <-errc:
 	}
 	s.log.Info("issuer shutting down")
+	// Background work ends first: an elected replica resigns while the
+	// store is still open, so another takes over at once.
 	stopBG()
+	bgDone.Wait()
 	shCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	for _, srv := range []*http.Server{pubSrv, admSrv} {
@@ -285,7 +288,8 @@ func ignoreClosed(err error) error {
 }
 
 // watchKeys reloads the key ring whenever keys or revocations change in the
-// store (another replica, or the admin socket).
+// store (another replica, or the admin socket). This is how a revocation or
+// a rotation made on one replica reaches the others.
 func (s *Issuer) watchKeys(ctx context.Context) {
 	ch, err := s.store.WatchKeys(ctx)
 	if err != nil {
@@ -293,14 +297,73 @@ func (s *Issuer) watchKeys(ctx context.Context) {
 		return
 	}
 	for range ch {
-		if err := s.refreshKeys(ctx); err != nil && ctx.Err() == nil {
-			s.log.Error("reload keys", "err", err)
+		s.reloadKeys(ctx)
+	}
+}
+
+// reloadKeys refreshes the key ring, retrying until it loads: the change
+// that woke us must not be lost to a store that flickered meanwhile.
+func (s *Issuer) reloadKeys(ctx context.Context) {
+	pause := 100 * time.Millisecond
+	for {
+		err := s.refreshKeys(ctx)
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		s.log.Error("reload keys", "err", err, "retry_in", pause.String())
+		if !sleepCtx(ctx, pause) {
+			return
+		}
+		pause = min(2*pause, 5*time.Second)
+	}
+}
+
+// leader is a store shared by several replicas that can elect one of them
+// (store/etcd). With any other store this replica is the only one.
+type leader interface {
+	Lead(ctx context.Context, name string) (lost context.Context, resign func(), err error)
+}
+
+// keyMaintenance runs the scheduled key work (pruning, rotate_every) on
+// exactly one replica: the elected leader when the store is shared, else
+// this one. Other replicas see the results through watchKeys.
+func (s *Issuer) keyMaintenance(ctx context.Context) {
+	el, ok := s.store.(leader)
+	if !ok {
+		s.maintainLoop(ctx)
+		return
+	}
+	pause := time.Second
+	for ctx.Err() == nil {
+		lctx, resign, err := el.Lead(ctx, "key-maintenance")
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Warn("key maintenance election", "err", err, "retry_in", pause.String())
+				sleepCtx(ctx, pause)
+				pause = min(2*pause, 30*time.Second)
+			}
+			continue
+		}
+		pause = time.Second
+		s.log.Info("elected to run key maintenance")
+		// Decide on the newest keys: the previous leader may have rotated
+		// a moment ago, and its watch event need not have arrived yet.
+		if err := s.refreshKeys(lctx); err != nil {
+			s.log.Error("key maintenance: load keys", "err", err)
+			sleepCtx(lctx, time.Second)
+		} else {
+			s.maintainLoop(lctx)
+		}
+		resign()
+		if ctx.Err() == nil {
+			s.log.Warn("key maintenance leadership lost; campaigning again")
 		}
 	}
 }
 
-func (s *Issuer) keyMaintenance(ctx context.Context) {
-	t := time.NewTicker(time.Minute)
+// maintainLoop runs maintainKeys now and then periodically until ctx ends.
+func (s *Issuer) maintainLoop(ctx context.Context) {
+	t := time.NewTicker(cmp.Or(s.opts.maintainEvery, time.Minute))
 	defer t.Stop()
 	for {
 		if err := s.maintainKeys(ctx); err != nil && ctx.Err() == nil {
@@ -311,6 +374,18 @@ func (s *Issuer) keyMaintenance(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+	}
+}
+
+// sleepCtx sleeps for d and reports whether ctx is still live.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 
@@ -345,6 +420,7 @@ func (s *Issuer) Status() any {
 			"reloads_failed":        s.reloadsKO.Load(),
 		},
 		"long_polls": s.longPolls.Load(),
+		"state":      s.stateStatus(rt.cfg.State),
 	}
 }
 

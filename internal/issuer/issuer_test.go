@@ -77,6 +77,12 @@ func issuerConfig(dir string, extra func(*config.Issuer)) config.IssuerOverride 
 // loopback port until the test ends or stop is called.
 func startIssuer(t *testing.T, dir string, extra func(*config.Issuer)) *testIssuer {
 	t.Helper()
+	return startIssuerWith(t, dir, extra, nil)
+}
+
+// startIssuerWith is startIssuer with opt adjusting the issuer's Options.
+func startIssuerWith(t *testing.T, dir string, extra func(*config.Issuer), opt func(*Options)) *testIssuer {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -94,10 +100,14 @@ func startIssuer(t *testing.T, dir string, extra func(*config.Issuer)) *testIssu
 	}
 	logs := &syncBuffer{}
 	clk := &clock{}
-	s, err := New(context.Background(), Options{
+	opts := Options{
 		Overrides: ov, Listener: ln, Now: clk.Now,
 		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
+	}
+	if opt != nil {
+		opt(&opts)
+	}
+	s, err := New(context.Background(), opts)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

@@ -169,6 +169,15 @@ func (s *Issuer) ensureOrgKeys(ctx context.Context, org string) error {
 	if _, ok := s.keys.Load().oidcSets[org]; ok {
 		return nil
 	}
+	// Another replica may have created the org's key a moment ago, before
+	// its watch event arrived here: look in the store before adding a
+	// second first key.
+	if err := s.refreshKeys(ctx); err != nil {
+		return err
+	}
+	if _, ok := s.keys.Load().oidcSets[org]; ok {
+		return nil
+	}
 	k, err := oidc.GenerateKey(oidc.Alg(s.cfg().OIDC.Alg), s.now(), 0)
 	if err != nil {
 		return err

@@ -70,6 +70,12 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
+// storeUnavailable answers a request that needs the state store while it
+// cannot be reached (cluster mode, etcd down past the cache grace).
+func storeUnavailable(w http.ResponseWriter) {
+	apierror.Write(w, http.StatusServiceUnavailable, apierror.CodeUnavailable, "service unavailable")
+}
+
 func unauthorized(w http.ResponseWriter) {
 	apierror.Write(w, http.StatusUnauthorized, apierror.CodeUnauthorized, "unauthorized")
 }
@@ -209,6 +215,10 @@ func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := s.ensureOrgKeys(r.Context(), m.Org); err != nil {
 		s.log.Error("org keys", "org", m.Org, "err", err)
+		if unavailable(err) {
+			storeUnavailable(w)
+			return
+		}
 		apierror.Internal(w)
 		return
 	}
@@ -319,6 +329,11 @@ func (s *Issuer) handleSelf(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), wait)
 	defer cancel()
 	events, err := s.store.WatchMachine(ctx, m.ID)
+	if unavailable(err) {
+		s.log.Error("long poll", "machine_id", m.ID, "err", err)
+		storeUnavailable(w)
+		return
+	}
 	if err != nil {
 		unauthorized(w) // removed in the meantime
 		return
