@@ -117,6 +117,13 @@ func (s *Issuer) authenticate(w http.ResponseWriter, r *http.Request, feature ma
 		return fail(errors.New("token revoked"))
 	}
 	m, err := s.store.GetMachine(r.Context(), ver.MachineID)
+	if unavailable(err) {
+		// Not the caller's fault: the state store is out of reach past its
+		// cache grace. 503 tells agents to keep their cached answers.
+		s.log.Error("machine lookup: state store unavailable", "machine_id", ver.MachineID, "err", err)
+		apierror.Write(w, http.StatusServiceUnavailable, apierror.CodeUnavailable, "service unavailable")
+		return nil, nil, false
+	}
 	if err != nil {
 		return fail(fmt.Errorf("machine %s: %w", ver.MachineID, err))
 	}

@@ -43,7 +43,7 @@ func EtcdConfig(st config.State, log *slog.Logger) etcd.Config {
 
 // unavailable reports whether err means the state store could not be
 // reached, which callers see as 503 rather than 500: retrying later helps.
-func unavailable(err error) bool { return errors.Is(err, etcd.ErrUnavailable) }
+func unavailable(err error) bool { return errors.Is(err, store.ErrUnavailable) }
 
 func (s *Issuer) stateStatus(st config.State) map[string]any {
 	out := map[string]any{"backend": st.Backend}

@@ -26,6 +26,9 @@ var (
 	// ErrExists means a machine with the same ID, or the same org, app and
 	// name, is already registered.
 	ErrExists = errors.New("store: already exists")
+	// ErrUnavailable means the backend could not be reached (a clustered
+	// backend without quorum, past its cache grace): callers answer 503.
+	ErrUnavailable = errors.New("state store unavailable")
 )
 
 // Key kinds.

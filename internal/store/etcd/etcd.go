@@ -54,7 +54,7 @@ import (
 // answering within the request timeout). Writes fail with it; reads fail
 // with it only once the mirror is older than the cache grace. The issuer
 // answers it with 503.
-var ErrUnavailable = errors.New("state store unavailable")
+var ErrUnavailable = store.ErrUnavailable
 
 // Defaults for the zero values of Config.
 const (
