@@ -18,6 +18,7 @@ import (
 	"github.com/wicket-sh/wicket/client"
 	"github.com/wicket-sh/wicket/internal/cloud/aws"
 	"github.com/wicket-sh/wicket/internal/cloud/gcp"
+	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/tokenfile"
 )
 
@@ -214,34 +215,91 @@ func newEnvCmd() *cobra.Command {
 		Use:   "env",
 		Short: "Print the environment that points a cloud SDK at a token file",
 		Long: `Prints export lines for a shell: eval "$(wicket env aws ...)". The token
-file is the one the agent keeps fresh ([[token_file]] in agent.toml).`,
+file is the one the agent keeps fresh ([[token_file]], [aws] or [azure] in
+agent.toml). With --config, the values come from the agent's config, as
+'wicket agent run' exports them; flags override them.`,
 	}
-	var roleARN, awsFile, sessionName string
+	var roleARN, awsFile, sessionName, awsConfig string
 	awsCmd := &cobra.Command{
 		Use:   "aws",
 		Short: "AWS_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE, AWS_ROLE_SESSION_NAME",
-		Args:  cobra.NoArgs,
+		Long: `With --config AGENT_TOML, the role and the token file come from its [aws]
+section, and the session name from aws.session_name, else the machine id
+(asked of the agent at api.socket_path), else "wicket".`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			fl := cmd.Flags()
+			if awsConfig != "" {
+				cfg, err := loadAgentConfig(awsConfig)
+				if err != nil {
+					return err
+				}
+				if cfg.AWS.RoleARN == "" && !fl.Changed("role-arn") {
+					return fmt.Errorf("agent config %s has no [aws] role_arn", awsConfig)
+				}
+				if !fl.Changed("role-arn") {
+					roleARN = cfg.AWS.RoleARN
+				}
+				if !fl.Changed("token-file") {
+					awsFile = cfg.AWSTokenFile()
+				}
+				if !fl.Changed("session-name") {
+					sessionName = cfg.AWS.SessionName
+					if sessionName == "" {
+						sessionName = agentSessionName(cmd.Context(), cfg.API.Path)
+					}
+				}
+			}
+			if roleARN == "" || awsFile == "" {
+				return errors.New("give --role-arn and --token-file, or --config with an agent config that has [aws] role_arn")
+			}
 			if sessionName != "" && !aws.ValidSessionName(sessionName) {
 				return fmt.Errorf("session name %q: want 2..64 of letters, digits and +=,.@_-", sessionName)
 			}
 			return printExports(cmd.OutOrStdout(), aws.EnvAWS(roleARN, awsFile, sessionName))
 		},
 	}
-	awsCmd.Flags().StringVar(&roleARN, "role-arn", "", "role to assume (required)")
-	awsCmd.Flags().StringVar(&awsFile, "token-file", "", "web identity token file (required)")
+	awsCmd.Flags().StringVar(&awsConfig, "config", "", "agent config (agent.toml) to read [aws] from")
+	awsCmd.Flags().StringVar(&roleARN, "role-arn", "", "role to assume (required without --config)")
+	awsCmd.Flags().StringVar(&awsFile, "token-file", "", "web identity token file (required without --config)")
 	awsCmd.Flags().StringVar(&sessionName, "session-name", "", "role session name (optional)")
-	awsCmd.MarkFlagRequired("role-arn")
-	awsCmd.MarkFlagRequired("token-file")
 
-	var clientID, tenantID, azFile, authority string
+	var clientID, tenantID, azFile, authority, azConfig string
 	azCmd := &cobra.Command{
 		Use:   "azure",
 		Short: "AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_FEDERATED_TOKEN_FILE, AZURE_AUTHORITY_HOST",
 		Long: `For Azure SDKs' workload identity credential. The token file must hold
-tokens for the audience api://AzureADTokenExchange.`,
+tokens for the audience api://AzureADTokenExchange. With --config
+AGENT_TOML, every value comes from its [azure] section.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			fl := cmd.Flags()
+			if azConfig != "" {
+				cfg, err := loadAgentConfig(azConfig)
+				if err != nil {
+					return err
+				}
+				if cfg.Azure.ClientID == "" && !fl.Changed("client-id") {
+					return fmt.Errorf("agent config %s has no [azure] client_id", azConfig)
+				}
+				for _, f := range []struct {
+					flag string
+					dst  *string
+					v    string
+				}{
+					{"client-id", &clientID, cfg.Azure.ClientID},
+					{"tenant-id", &tenantID, cfg.Azure.TenantID},
+					{"token-file", &azFile, cfg.AzureTokenFile()},
+					{"authority-host", &authority, cfg.Azure.AuthorityHost},
+				} {
+					if !fl.Changed(f.flag) {
+						*f.dst = f.v
+					}
+				}
+			}
+			if clientID == "" || tenantID == "" || azFile == "" {
+				return errors.New("give --client-id, --tenant-id and --token-file, or --config with an agent config that has [azure] client_id")
+			}
 			return printExports(cmd.OutOrStdout(), []string{
 				"AZURE_CLIENT_ID=" + clientID,
 				"AZURE_TENANT_ID=" + tenantID,
@@ -250,16 +308,42 @@ tokens for the audience api://AzureADTokenExchange.`,
 			})
 		},
 	}
-	azCmd.Flags().StringVar(&clientID, "client-id", "", "application (client) ID of the app registration or managed identity (required)")
-	azCmd.Flags().StringVar(&tenantID, "tenant-id", "", "directory (tenant) ID (required)")
-	azCmd.Flags().StringVar(&azFile, "token-file", "", "federated token file (required)")
-	azCmd.Flags().StringVar(&authority, "authority-host", "https://login.microsoftonline.com/", "Microsoft Entra authority")
-	for _, f := range []string{"client-id", "tenant-id", "token-file"} {
-		azCmd.MarkFlagRequired(f)
-	}
+	azCmd.Flags().StringVar(&azConfig, "config", "", "agent config (agent.toml) to read [azure] from")
+	azCmd.Flags().StringVar(&clientID, "client-id", "", "application (client) ID of the app registration or managed identity (required without --config)")
+	azCmd.Flags().StringVar(&tenantID, "tenant-id", "", "directory (tenant) ID (required without --config)")
+	azCmd.Flags().StringVar(&azFile, "token-file", "", "federated token file (required without --config)")
+	azCmd.Flags().StringVar(&authority, "authority-host", config.DefaultAzureAuthorityHost, "Microsoft Entra authority")
 
 	cmd.AddCommand(awsCmd, azCmd)
 	return cmd
+}
+
+// loadAgentConfig reads and validates an agent config, with its errors on
+// one line.
+func loadAgentConfig(path string) (*config.Agent, error) {
+	cfg, err := config.LoadAgent(path)
+	if err != nil {
+		return nil, errors.New(strings.ReplaceAll(err.Error(), "\n", "; "))
+	}
+	return cfg, nil
+}
+
+// agentSessionName is the role session name 'wicket agent run' exports
+// when the config names none: the machine id, asked of the agent at
+// socket, else "wicket" (agent not running, not allowed, no metadata yet).
+func agentSessionName(ctx context.Context, socket string) string {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	c := client.New(socket)
+	c.Timeout = 2 * time.Second
+	id, err := c.Get(ctx, "machine_id")
+	if err != nil || id == "" {
+		return "wicket"
+	}
+	return aws.SessionName(id)
 }
 
 // printExports prints "K=V" pairs as POSIX shell export lines, each value

@@ -24,8 +24,10 @@ import (
 	gooidc "github.com/coreos/go-oidc/v3/oidc"
 	"golang.org/x/oauth2/google/externalaccount"
 
+	"github.com/wicket-sh/wicket/client"
 	"github.com/wicket-sh/wicket/internal/cloud/aws"
 	"github.com/wicket-sh/wicket/internal/cloud/gcp"
+	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/e2e"
 )
 
@@ -526,4 +528,113 @@ func shellWords(s string) ([]string, error) {
 		words = append(words, cur.String())
 	}
 	return words, nil
+}
+
+// TestCloudCLI_EnvConfig: `wicket env aws|azure --config AGENT_TOML` take
+// the values from the agent's config, as the agent's WorkloadEnv does, and
+// flags override them.
+func TestCloudCLI_EnvConfig(t *testing.T) {
+	dir := t.TempDir()
+	cfgFile := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	// No agent listens there: the session name falls back to "wicket".
+	base := fmt.Sprintf("[api]\nsocket_path = %q\n[issuer]\nurl = \"https://issuer.example\"\n", filepath.Join(dir, "run", "api.sock"))
+	const role = "arn:aws:iam::123456789012:role/app"
+	full := cfgFile("full.toml", base+"[aws]\nrole_arn = \""+role+"\"\n[azure]\nclient_id = \"c1\"\ntenant_id = \"t1\"\ntoken_file = \"/run/t/az\"\n")
+	named := cfgFile("named.toml", base+"[[token_file]]\npath = \"/run/t/sts\"\naudience = \"sts.amazonaws.com\"\n[aws]\nrole_arn = \"arn:aws:iam::1:role/r1\"\nsession_name = \"web-1\"\n")
+	noCloud := cfgFile("none.toml", base)
+	invalid := cfgFile("invalid.toml", base+"[aws]\nrole = \"x\"\n")
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"aws", []string{"env", "aws", "--config", full},
+			"export AWS_ROLE_ARN='" + role + "'\nexport AWS_WEB_IDENTITY_TOKEN_FILE='/run/wicket/tokens/aws'\nexport AWS_ROLE_SESSION_NAME='wicket'\n"},
+		{"aws, [[token_file]] and session name", []string{"env", "aws", "--config", named},
+			"export AWS_ROLE_ARN='arn:aws:iam::1:role/r1'\nexport AWS_WEB_IDENTITY_TOKEN_FILE='/run/t/sts'\nexport AWS_ROLE_SESSION_NAME='web-1'\n"},
+		{"aws, flags override", []string{"env", "aws", "--config", full, "--role-arn", "r2", "--token-file", "/t", "--session-name", "s2"},
+			"export AWS_ROLE_ARN='r2'\nexport AWS_WEB_IDENTITY_TOKEN_FILE='/t'\nexport AWS_ROLE_SESSION_NAME='s2'\n"},
+		{"aws, role from a flag, file from the config", []string{"env", "aws", "--config", named, "--role-arn", "r3"},
+			"export AWS_ROLE_ARN='r3'\nexport AWS_WEB_IDENTITY_TOKEN_FILE='/run/t/sts'\nexport AWS_ROLE_SESSION_NAME='web-1'\n"},
+		{"azure", []string{"env", "azure", "--config", full},
+			"export AZURE_CLIENT_ID='c1'\nexport AZURE_TENANT_ID='t1'\nexport AZURE_FEDERATED_TOKEN_FILE='/run/t/az'\nexport AZURE_AUTHORITY_HOST='https://login.microsoftonline.com/'\n"},
+		{"azure, flags override", []string{"env", "azure", "--config", full, "--tenant-id", "t2", "--authority-host", "https://login.example/"},
+			"export AZURE_CLIENT_ID='c1'\nexport AZURE_TENANT_ID='t2'\nexport AZURE_FEDERATED_TOKEN_FILE='/run/t/az'\nexport AZURE_AUTHORITY_HOST='https://login.example/'\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, errOut, code := runCloud(t, nil, tc.args...)
+			if code != 0 || out != tc.want {
+				t.Fatalf("exit %d, stderr %q, stdout:\n%s\nwant:\n%s", code, errOut, out, tc.want)
+			}
+		})
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"aws, no [aws]", []string{"env", "aws", "--config", noCloud}, "has no [aws] role_arn"},
+		{"azure, no [azure]", []string{"env", "azure", "--config", noCloud}, "has no [azure] client_id"},
+		{"invalid config", []string{"env", "aws", "--config", invalid}, "unknown keys: aws.role"},
+		{"missing config", []string{"env", "azure", "--config", filepath.Join(dir, "absent.toml")}, "absent.toml"},
+		{"aws, neither", []string{"env", "aws"}, "--role-arn"},
+		{"azure, no tenant", []string{"env", "azure", "--client-id", "c", "--token-file", "/t"}, "--tenant-id"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, errOut, code := runCloud(t, nil, tc.args...)
+			oneLineError(t, errOut, code, tc.want)
+			if out != "" {
+				t.Errorf("stdout %q on failure", out)
+			}
+		})
+	}
+}
+
+// TestCloudCLI_EnvConfig_RunningAgent: against a running agent, the session
+// name is the machine id, and the token file the exports name is the one
+// the agent writes.
+func TestCloudCLI_EnvConfig_RunningAgent(t *testing.T) {
+	ti := e2e.StartIssuer(t)
+	tokFile := filepath.Join(shortDir(t), "tokens", "aws")
+	api := startCloudAgent(t, ti.URL, ti.MachineToken(t, "dev", "dev-app", "web-1"),
+		fmt.Sprintf("[aws]\nrole_arn = \"arn:aws:iam::1:role/app\"\ntoken_file = %q\n", tokFile))
+	cfgPath := filepath.Join(filepath.Dir(filepath.Dir(api)), "agent.toml")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var id string
+	for id == "" && ctx.Err() == nil {
+		id, _ = client.New(api).Get(ctx, "machine_id")
+		time.Sleep(10 * time.Millisecond)
+	}
+	out, errOut, code := runCloud(t, nil, "env", "aws", "--config", cfgPath)
+	want := "export AWS_ROLE_ARN='arn:aws:iam::1:role/app'\nexport AWS_WEB_IDENTITY_TOKEN_FILE='" + tokFile + "'\nexport AWS_ROLE_SESSION_NAME='" + id + "'\n"
+	if code != 0 || out != want || id == "" {
+		t.Fatalf("exit %d, stderr %q, stdout:\n%s\nwant:\n%s", code, errOut, out, want)
+	}
+	for {
+		b, err := os.ReadFile(tokFile)
+		if err == nil && strings.Count(string(b), ".") == 2 {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the agent did not write %s: %v", tokFile, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// The agent (config.AWSSessionName) and the CLI (aws.SessionName) make the
+// same session name from a machine id.
+func TestAWSSessionNameRulesAgree(t *testing.T) {
+	for _, s := range []string{"", "x", "0123abcdef012345", "m-01:ab/c d", "web.1@fra+=,_", strings.Repeat("é", 40), strings.Repeat("a", 80)} {
+		if a, c := aws.SessionName(s), config.AWSSessionName(s); a != c || !aws.ValidSessionName(c) {
+			t.Errorf("%q: aws %q, config %q", s, a, c)
+		}
+	}
 }

@@ -81,6 +81,7 @@ type Agent struct {
 	forwarder   *proxy.Forwarder
 	metaOK      atomic.Int64 // unix time of the last good metadata fetch
 	metaFailing atomic.Bool
+	files       tokenFiles // token file refreshers (tokenfiles.go)
 
 	// stop ends background work and local long polls at shutdown.
 	stop     context.Context
@@ -285,6 +286,7 @@ func (a *Agent) Reload(ctx context.Context) (admin.ReloadResult, error) {
 	next.generation = old.generation + 1
 	a.rt.Store(next)
 	a.applyLogLevel(next.cfg)
+	a.syncTokenFiles()
 	a.reloadsOK.Add(1)
 	a.log.Info("config reloaded", "generation", next.generation, "restart_required", restart)
 	return admin.ReloadResult{Status: "ok", Generation: next.generation, RestartRequired: restart}, nil
@@ -343,6 +345,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	} else {
 		a.meta.markAttempted() // no issuer: nothing to wait for
 	}
+	a.startTokenFiles()
 
 	errc := make(chan error, 2)
 	go func() { errc <- serve(apiSrv, a.api) }()
@@ -369,10 +372,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	return runErr
 }
 
-// stopBackground ends the metadata watch and the token cache and waits for
-// them.
+// stopBackground ends the metadata watch, the token files' refreshers and
+// the token cache and waits for them.
 func (a *Agent) stopBackground() {
 	a.stopFunc()
+	a.stopTokenFiles()
 	if a.tokens != nil {
 		a.tokens.close()
 	}
@@ -431,7 +435,8 @@ func (a *Agent) Status() any {
 			"proxied":            a.proxied.Load(),
 			"proxy_errors":       a.proxyErrors.Load(),
 		},
-		"upstream": a.upstreamStatus(),
+		"upstream":    a.upstreamStatus(),
+		"token_files": a.tokenFilesStatus(),
 	}
 }
 
@@ -484,6 +489,7 @@ func (a *Agent) Metrics() []metrics.Sample {
 		{Name: "wicket_metadata_waiters", Help: "Local metadata long polls waiting.", Type: metrics.Gauge, Value: float64(a.meta.waiters.Load())},
 	}
 	s = append(s, SocketMetrics(a.api, a.adm)...)
+	s = append(s, a.tokenFilesMetrics()...)
 	return s
 }
 

@@ -98,7 +98,13 @@ func TestMachineTokenFromFD(t *testing.T) {
 	}
 	w.WriteString(tok + "\n")
 	w.Close()
-	fd := int(r.Fd())
+	// Hand over a duplicate and close r: r's finalizer would otherwise
+	// close its descriptor number again later, whatever it then is.
+	fd, err := syscall.Dup(int(r.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
 	mt, err := MachineTokenFromFD(fd)
 	if err != nil || mt.IsZero() {
 		t.Fatalf("from fd: %v", err)

@@ -1,0 +1,327 @@
+package agent
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/wicket-sh/wicket/internal/config"
+	"github.com/wicket-sh/wicket/internal/metrics"
+	"github.com/wicket-sh/wicket/internal/tokenfile"
+)
+
+// tokenFiles runs one tokenfile.Refresher per configured token file
+// ([[token_file]], and those [aws] and [azure] imply). The files' tokens
+// come from the agent's own OIDC token cache, the one the guest API uses.
+// The zero value is ready: nothing runs until start.
+type tokenFiles struct {
+	mu      sync.Mutex
+	running bool            // between start and stop
+	ctx     context.Context // parent of every refresher
+	byPath  map[string]*fileRunner
+}
+
+// fileRunner is one refresher and what stops it.
+type fileRunner struct {
+	spec   config.TokenFileSpec
+	ref    *tokenfile.Refresher
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// tokenFileStaleWaitMax bounds how long a file refresh waits for the
+// cache's renewal under way (see fileToken).
+const tokenFileStaleWaitMax = 2 * time.Second
+
+// startTokenFiles starts a refresher per configured file; Run calls it.
+func (a *Agent) startTokenFiles() {
+	f := &a.files
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.running, f.ctx, f.byPath = true, a.stop, map[string]*fileRunner{}
+	a.syncTokenFilesLocked()
+}
+
+// syncTokenFiles makes the refreshers match the running config: Reload
+// calls it after swapping the config in. Files whose settings did not
+// change keep their refresher, untouched.
+func (a *Agent) syncTokenFiles() {
+	f := &a.files
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.running {
+		a.syncTokenFilesLocked()
+	}
+}
+
+func (a *Agent) syncTokenFilesLocked() {
+	f := &a.files
+	specs := a.rt.Load().cfg.TokenFileSpecs()
+	want := make(map[string]config.TokenFileSpec, len(specs))
+	for _, s := range specs {
+		want[s.Path] = s
+	}
+	// Stop the removed and changed ones first, and wait: a changed file's
+	// new refresher must never race its old one on the same path.
+	for path, r := range f.byPath {
+		if s, ok := want[path]; ok && sameTokenFile(s, r.spec) {
+			r.spec.ImpliedBy = s.ImpliedBy // for status only
+			continue
+		}
+		r.cancel()
+		<-r.done
+		delete(f.byPath, path)
+		a.log.Info("token file stopped", "token_file", path, "aud", r.spec.Audience, "file_kept", true)
+	}
+	for _, s := range specs {
+		if f.byPath[s.Path] != nil {
+			continue
+		}
+		r, err := a.newFileRunner(s)
+		if err != nil {
+			// Validation makes this unreachable; never fatal to a reload.
+			a.log.Error("token file not started", "token_file", s.Path, "err", err)
+			continue
+		}
+		f.byPath[s.Path] = r
+	}
+}
+
+// sameTokenFile reports whether a running refresher for old can keep
+// running for s: same path, audience, mode, group and refresh point.
+func sameTokenFile(s, old config.TokenFileSpec) bool {
+	s.ImpliedBy, old.ImpliedBy = "", ""
+	return s == old
+}
+
+func (a *Agent) newFileRunner(s config.TokenFileSpec) (*fileRunner, error) {
+	ref, err := tokenfile.NewRefresher(tokenfile.Config{
+		Path: s.Path, Source: a.tokenFileSource(s.Path, s.Audience), Mode: s.Mode, GID: s.GID,
+		Audience: s.Audience, RefreshFraction: s.Refresh, Logger: a.log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	a.prepareTokenDir(s.Path)
+	ctx, cancel := context.WithCancel(a.files.ctx)
+	r := &fileRunner{spec: s, ref: ref, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		ref.Run(ctx)
+	}()
+	a.log.Info("token file started", "token_file", s.Path, "aud", s.Audience,
+		"mode", fmt.Sprintf("%04o", uint32(s.Mode)), "gid", s.GID, "refresh", s.Refresh, "implied_by", s.ImpliedBy)
+	return r, nil
+}
+
+// prepareTokenDir creates a missing parent directory (mode 0755: the file's
+// own mode and group decide who reads it, and the workload must get
+// through to it). It warns when other users can write to an existing one:
+// they could remove the file between two refreshes or put their own in its
+// place. Failures show up as failed writes.
+func (a *Agent) prepareTokenDir(path string) {
+	dir := filepath.Dir(path)
+	fi, err := os.Lstat(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			a.log.Warn("token file directory could not be created", "token_file", path, "err", err)
+			return
+		}
+		os.Chmod(dir, 0o755) // MkdirAll is subject to the umask
+		return
+	}
+	if err != nil {
+		a.log.Warn("token file directory cannot be inspected", "token_file", path, "err", err)
+		return
+	}
+	st, _ := fi.Sys().(*syscall.Stat_t)
+	rootSticky := fi.Mode()&fs.ModeSticky != 0 && st != nil && st.Uid == 0
+	if fi.Mode().Perm()&0o022 != 0 && !rootSticky {
+		a.log.Warn("token file directory is writable by group or others: they can replace the token workloads read",
+			"token_file", path, "dir_mode", fmt.Sprintf("%04o", uint32(fi.Mode().Perm())))
+	}
+}
+
+// stopTokenFiles stops every refresher and waits for them; the files stay
+// where they are (their tokens expire on their own). Run's shutdown calls
+// it after cancelling the agent's context.
+func (a *Agent) stopTokenFiles() {
+	f := &a.files
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := len(f.byPath)
+	for path, r := range f.byPath {
+		r.cancel()
+		<-r.done
+		delete(f.byPath, path)
+	}
+	f.running = false
+	if n > 0 {
+		a.log.Info("token files stopped", "count", n, "files_kept", true)
+	}
+}
+
+// tokenFileSource is a refresher's Source: a token for aud from the
+// agent's cache.
+func (a *Agent) tokenFileSource(path, aud string) tokenfile.Source {
+	return func(ctx context.Context) (string, time.Time, error) {
+		if a.tokens == nil {
+			return "", time.Time{}, errors.New("no issuer configured")
+		}
+		tok, src, err := a.fileToken(ctx, aud)
+		if err != nil {
+			return "", time.Time{}, err
+		}
+		// Like every token the guest API hands out: logged by its id.
+		a.log.Info("oidc token", "token_file", path, "aud", aud, "outcome", src,
+			"jti", tok.jti, "expires_at", tok.expires.Format(time.RFC3339))
+		return tok.token, tok.expires, nil
+	}
+}
+
+// fileToken gets aud's token through the cache the guest API uses, so a
+// file and the API's callers share one issuer call per renewal.
+//
+// A cached token past the cache's own refresh point (tokens.refresh_at)
+// means a renewal is under way: the cache's timer or this very lookup
+// started one. With both at their defaults (80%) a file's refresh lands
+// just after the cache's, so writing the cached token would leave the file
+// with the least life left until its next round. Wait briefly for the new
+// one instead, and settle for the cached one (still valid) if it is late.
+func (a *Agent) fileToken(ctx context.Context, aud string) (issued, string, error) {
+	tok, src, err := a.tokens.get(ctx, aud)
+	if err != nil {
+		return issued{}, "", err
+	}
+	iat, ok := jwtIssuedAt(tok.token)
+	if !ok || !tok.expires.After(iat) {
+		return tok, src, nil
+	}
+	renewAt := iat.Add(time.Duration(float64(tok.expires.Sub(iat)) * a.rt.Load().cfg.Tokens.RefreshAt))
+	now := time.Now()
+	if now.Before(renewAt) {
+		return tok, src, nil
+	}
+	// A few more lookups, spaced out: each can start an issuer call when
+	// the renewal failed, and a file must not hammer an issuer in trouble.
+	budget, step := min(tokenFileStaleWaitMax, tok.expires.Sub(now)/4), 50*time.Millisecond
+	for budget > 0 {
+		d := min(step, budget)
+		budget, step = budget-d, step*3
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return tok, src, nil
+		case <-t.C:
+		}
+		next, nsrc, err := a.tokens.get(ctx, aud)
+		if err == nil && next.expires.After(tok.expires) {
+			return next, nsrc, nil
+		}
+	}
+	return tok, src, nil
+}
+
+// jwtIssuedAt returns a compact JWT's iat claim.
+func jwtIssuedAt(tok string) (time.Time, bool) {
+	parts := strings.Split(tok, ".")
+	if len(parts) != 3 {
+		return time.Time{}, false
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return time.Time{}, false
+	}
+	var c struct {
+		IssuedAt *json.Number `json:"iat"`
+	}
+	if json.Unmarshal(payload, &c) != nil || c.IssuedAt == nil {
+		return time.Time{}, false
+	}
+	sec, err := c.IssuedAt.Float64()
+	if err != nil || sec <= 0 {
+		return time.Time{}, false
+	}
+	return time.Unix(int64(sec), 0), true
+}
+
+// tokenFileStatus is one file in /v1/status: the refresher's status (which
+// never holds the token) and the file's settings.
+type tokenFileStatus struct {
+	tokenfile.Status
+	Mode      string `json:"mode"`
+	GID       int    `json:"gid"` // -1: the agent's group
+	ImpliedBy string `json:"implied_by,omitempty"`
+}
+
+// runnerView is a refresher as seen outside the lock (a reload may update
+// the runner's spec meanwhile).
+type runnerView struct {
+	spec config.TokenFileSpec
+	ref  *tokenfile.Refresher
+	done <-chan struct{}
+}
+
+// runners returns the refreshers, by path.
+func (a *Agent) runners() []runnerView {
+	f := &a.files
+	f.mu.Lock()
+	rs := make([]runnerView, 0, len(f.byPath))
+	for _, r := range f.byPath {
+		rs = append(rs, runnerView{spec: r.spec, ref: r.ref, done: r.done})
+	}
+	f.mu.Unlock()
+	sort.Slice(rs, func(i, j int) bool { return rs[i].spec.Path < rs[j].spec.Path })
+	return rs
+}
+
+// tokenFilesStatus lists every running token file.
+func (a *Agent) tokenFilesStatus() []tokenFileStatus {
+	out := []tokenFileStatus{}
+	for _, r := range a.runners() {
+		out = append(out, tokenFileStatus{Status: r.ref.Status(), Mode: fmt.Sprintf("%04o", uint32(r.spec.Mode)),
+			GID: r.spec.GID, ImpliedBy: r.spec.ImpliedBy})
+	}
+	return out
+}
+
+// tokenFilesMetrics returns each file's refresh and failure counters,
+// labelled with its path.
+func (a *Agent) tokenFilesMetrics() []metrics.Sample {
+	var s []metrics.Sample
+	for _, r := range a.runners() {
+		s = append(s, r.ref.Metrics()...)
+	}
+	return s
+}
+
+// WaitTokenFiles waits until the agent is ready and every token file it
+// keeps has been written once, or ctx ends. A supervisor calls it before
+// starting a workload whose environment (WorkloadEnv) names the files.
+func (a *Agent) WaitTokenFiles(ctx context.Context) error {
+	select {
+	case <-a.ready:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	for _, r := range a.runners() {
+		select {
+		case <-r.ref.Written():
+		case <-r.done: // removed by a reload meanwhile
+		case <-ctx.Done():
+			return fmt.Errorf("token file %s not written yet: %w", r.spec.Path, ctx.Err())
+		}
+	}
+	return nil
+}

@@ -1,0 +1,302 @@
+package config
+
+import (
+	"io/fs"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/BurntSushi/toml"
+	"github.com/google/go-cmp/cmp"
+)
+
+// cloudBase is the minimum a config with token files needs: an issuer.
+const cloudBase = "[issuer]\nurl = \"https://issuer.example\"\n"
+
+func TestLoadAgent_CloudKeys(t *testing.T) {
+	c, err := LoadAgent(writeFile(t, cloudBase+`
+[[token_file]]
+path = "/run/wicket/tokens/gcp"
+audience = "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/x"
+mode = "0400"
+group = "0"
+refresh = "50%"
+
+[[token_file]]
+path = "/run/wicket/tokens/minio"
+audience = "minio.example.com"
+
+[aws]
+role_arn = "arn:minio:iam:::role/abc"
+session_name = "web-1"
+token_file = "/run/wicket/tokens/minio"
+
+[azure]
+client_id = "00000000-0000-0000-0000-000000000001"
+tenant_id = "00000000-0000-0000-0000-000000000002"
+authority_host = "https://login.microsoftonline.us/"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []TokenFileSpec{
+		{Path: "/run/wicket/tokens/gcp", Audience: "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/x", Mode: 0o400, GID: 0, Refresh: 0.5},
+		{Path: "/run/wicket/tokens/minio", Audience: "minio.example.com", Mode: 0o440, GID: -1, Refresh: 0.8},
+		{Path: DefaultAzureTokenFile, Audience: AzureAudience, Mode: 0o440, GID: -1, Refresh: 0.8, ImpliedBy: "azure"},
+	}
+	if diff := cmp.Diff(want, c.TokenFileSpecs()); diff != "" {
+		t.Errorf("token files (-want +got):\n%s", diff)
+	}
+	if c.AWSTokenFile() != "/run/wicket/tokens/minio" || c.AzureTokenFile() != DefaultAzureTokenFile {
+		t.Errorf("aws file %q, azure file %q", c.AWSTokenFile(), c.AzureTokenFile())
+	}
+	if c.AWS.SessionName != "web-1" || c.Azure.AuthorityHost != "https://login.microsoftonline.us/" {
+		t.Errorf("aws %+v azure %+v", c.AWS, c.Azure)
+	}
+}
+
+// TestLoadAgent_ImpliedTokenFiles: the rule that picks the file [aws] and
+// [azure] point their SDKs at.
+func TestLoadAgent_ImpliedTokenFiles(t *testing.T) {
+	for _, tc := range []struct {
+		name, body       string
+		awsFile, azFile  string
+		paths, impliedBy []string
+	}{
+		{"none", "", "", "", nil, nil},
+		{"aws alone: implied at the default path", "[aws]\nrole_arn = \"arn:aws:iam::1:role/r\"\n",
+			DefaultAWSTokenFile, "", []string{DefaultAWSTokenFile}, []string{"aws"}},
+		{"aws with its own path", "[aws]\nrole_arn = \"arn:aws:iam::1:role/r\"\ntoken_file = \"/t/aws\"\n",
+			"/t/aws", "", []string{"/t/aws"}, []string{"aws"}},
+		{"aws reuses the token_file for its audience", "[[token_file]]\npath = \"/t/sts\"\naudience = \"sts.amazonaws.com\"\ngroup = \"0\"\n[aws]\nrole_arn = \"arn:aws:iam::1:role/r\"\n",
+			"/t/sts", "", []string{"/t/sts"}, []string{""}},
+		{"aws names a token_file of another audience", "[[token_file]]\npath = \"/t/minio\"\naudience = \"minio\"\n[aws]\nrole_arn = \"arn:minio:iam:::role/x\"\ntoken_file = \"/t/minio\"\n",
+			"/t/minio", "", []string{"/t/minio"}, []string{""}},
+		{"azure alone", "[azure]\nclient_id = \"c\"\ntenant_id = \"t\"\n",
+			"", DefaultAzureTokenFile, []string{DefaultAzureTokenFile}, []string{"azure"}},
+		{"azure reuses the token_file for its audience", "[[token_file]]\npath = \"/t/az\"\naudience = \"api://AzureADTokenExchange\"\n[azure]\nclient_id = \"c\"\ntenant_id = \"t\"\n",
+			"", "/t/az", []string{"/t/az"}, []string{""}},
+		{"both implied", "[aws]\nrole_arn = \"arn:aws:iam::1:role/r\"\n[azure]\nclient_id = \"c\"\ntenant_id = \"t\"\n",
+			DefaultAWSTokenFile, DefaultAzureTokenFile, []string{DefaultAWSTokenFile, DefaultAzureTokenFile}, []string{"aws", "azure"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := LoadAgent(writeFile(t, cloudBase+tc.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.AWSTokenFile() != tc.awsFile || c.AzureTokenFile() != tc.azFile {
+				t.Errorf("aws file %q, azure file %q; want %q, %q", c.AWSTokenFile(), c.AzureTokenFile(), tc.awsFile, tc.azFile)
+			}
+			var paths, by []string
+			for _, s := range c.TokenFileSpecs() {
+				paths, by = append(paths, s.Path), append(by, s.ImpliedBy)
+			}
+			if diff := cmp.Diff(tc.paths, paths); diff != "" {
+				t.Errorf("paths (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tc.impliedBy, by); diff != "" {
+				t.Errorf("implied by (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestLoadAgent_CloudInvalid(t *testing.T) {
+	tf := func(extra string) string {
+		return cloudBase + "[[token_file]]\npath = \"/t/a\"\naudience = \"aud\"\n" + extra
+	}
+	var many strings.Builder
+	many.WriteString(cloudBase)
+	for i := 0; i <= MaxTokenFiles; i++ {
+		many.WriteString("[[token_file]]\npath = \"/t/" + strconv.Itoa(i) + "\"\naudience = \"a\"\n")
+	}
+	for _, tc := range []struct{ name, body, want string }{
+		{"relative path", cloudBase + "[[token_file]]\npath = \"t/a\"\naudience = \"a\"\n", "token_file[0].path"},
+		{"unclean path", cloudBase + "[[token_file]]\npath = \"/t/../a\"\naudience = \"a\"\n", "clean absolute"},
+		{"root", cloudBase + "[[token_file]]\npath = \"/\"\naudience = \"a\"\n", "clean absolute"},
+		{"no path", cloudBase + "[[token_file]]\naudience = \"a\"\n", "token_file[0].path"},
+		{"no audience", cloudBase + "[[token_file]]\npath = \"/t/a\"\n", "audience is required"},
+		{"audience with a space", cloudBase + "[[token_file]]\npath = \"/t/a\"\naudience = \"a b\"\n", "printable ASCII"},
+		{"unknown key", tf("ttl = \"1h\"\n"), "unknown keys: token_file.ttl"},
+		{"mode for others", tf("mode = \"0444\"\n"), "no access for others"},
+		{"mode executable", tf("mode = \"0550\"\n"), "execute"},
+		{"mode group write", tf("mode = \"0460\"\n"), "not write"},
+		{"mode unreadable", tf("mode = \"0000\"\n"), "could read"},
+		{"mode not octal", tf("mode = \"rw\"\n"), "invalid mode"},
+		{"unknown group", tf("group = \"no-such-group-wicket\"\n"), "token_file[0].group"},
+		{"refresh too early", tf("refresh = \"5%\"\n"), "want 10%..95%"},
+		{"refresh too late", tf("refresh = \"99%\"\n"), "want 10%..95%"},
+		{"refresh as a fraction", tf("refresh = \"0.8\"\n"), "invalid percentage"},
+		{"refresh as a number", tf("refresh = 80\n"), "refresh"},
+		{"refresh NaN", tf("refresh = \"NaN%\"\n"), "invalid percentage"},
+		{"duplicate path", tf("[[token_file]]\npath = \"/t/a\"\naudience = \"other\"\n"), "token_file[1]: path \"/t/a\" is also token_file[0]"},
+		{"path of the api socket", cloudBase + "[[token_file]]\npath = \"/run/wicket/api.sock\"\naudience = \"a\"\n", "also api.socket_path"},
+		{"path of the machine token", "[issuer]\nurl = \"https://i.example\"\ntoken_file = \"/t/a\"\n[[token_file]]\npath = \"/t/a\"\naudience = \"a\"\n", "also issuer.token_file"},
+		{"no issuer", "[[token_file]]\npath = \"/t/a\"\naudience = \"a\"\n", "need issuer.url"},
+		{"aws without issuer", "[aws]\nrole_arn = \"arn:aws:iam::1:role/r\"\n", "aws: token files need issuer.url"},
+		{"too many", many.String(), "at most 64"},
+		{"aws session name without role", cloudBase + "[aws]\nsession_name = \"x1\"\n", "without role_arn"},
+		{"aws token file without role", cloudBase + "[aws]\ntoken_file = \"/t/aws\"\n", "without role_arn"},
+		{"aws role not an ARN", cloudBase + "[aws]\nrole_arn = \"app\"\n", "not an ARN"},
+		{"aws role with a space", cloudBase + "[aws]\nrole_arn = \"arn:aws:iam::1:role/a b\"\n", "printable"},
+		{"aws bad session name", cloudBase + "[aws]\nrole_arn = \"arn:aws:iam::1:role/r\"\nsession_name = \"a:b\"\n", "aws.session_name"},
+		{"aws relative token file", cloudBase + "[aws]\nrole_arn = \"arn:aws:iam::1:role/r\"\ntoken_file = \"aws\"\n", "aws.token_file"},
+		{"aws token file beside the one for its audience", cloudBase + "[[token_file]]\npath = \"/t/sts\"\naudience = \"sts.amazonaws.com\"\n[aws]\nrole_arn = \"arn:aws:iam::1:role/r\"\ntoken_file = \"/t/other\"\n", "use that path"},
+		{"aws ambiguous", cloudBase + "[[token_file]]\npath = \"/t/1\"\naudience = \"sts.amazonaws.com\"\n[[token_file]]\npath = \"/t/2\"\naudience = \"sts.amazonaws.com\"\n[aws]\nrole_arn = \"arn:aws:iam::1:role/r\"\n", "several"},
+		{"aws implied file on a taken path", cloudBase + "[[token_file]]\npath = \"/run/wicket/tokens/aws\"\naudience = \"other\"\n[aws]\nrole_arn = \"arn:aws:iam::1:role/r\"\n", "aws: path \"/run/wicket/tokens/aws\" is also token_file[0]"},
+		{"aws unknown key", cloudBase + "[aws]\nrole = \"arn:aws:iam::1:role/r\"\n", "unknown keys: aws.role"},
+		{"azure tenant without client", cloudBase + "[azure]\ntenant_id = \"t\"\n", "without client_id"},
+		{"azure client without tenant", cloudBase + "[azure]\nclient_id = \"c\"\n", "azure.tenant_id"},
+		{"azure authority over http", cloudBase + "[azure]\nclient_id = \"c\"\ntenant_id = \"t\"\nauthority_host = \"http://login.example/\"\n", "https URL"},
+		{"azure authority empty", cloudBase + "[azure]\nauthority_host = \"\"\n", "azure.authority_host"},
+		{"azure ambiguous", cloudBase + "[[token_file]]\npath = \"/t/1\"\naudience = \"api://AzureADTokenExchange\"\n[[token_file]]\npath = \"/t/2\"\naudience = \"api://AzureADTokenExchange\"\n[azure]\nclient_id = \"c\"\ntenant_id = \"t\"\n", "several"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := LoadAgent(writeFile(t, tc.body))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("err = %v, want it to mention %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestPercent(t *testing.T) {
+	for in, want := range map[string]Percent{"80%": 0.8, "12.5%": 0.125, "0%": 0, "100%": 1} {
+		var p Percent
+		if err := p.UnmarshalText([]byte(in)); err != nil || p != want {
+			t.Errorf("%q: %v, %v", in, p, err)
+		}
+		if out, _ := p.MarshalText(); string(out) != in {
+			t.Errorf("%q marshals to %q", in, out)
+		}
+	}
+	for _, in := range []string{"", "%", "80", "80 %", " 80%", "eighty%", "Inf%", "80%%"} {
+		var p Percent
+		if err := p.UnmarshalText([]byte(in)); err == nil {
+			t.Errorf("%q accepted as %v", in, p)
+		}
+	}
+}
+
+// Token files, [aws] and [azure] are dynamic: a reload applies them.
+func TestRestartRequired_Cloud(t *testing.T) {
+	a, _ := LoadAgent(writeFile(t, cloudBase))
+	b, err := LoadAgent(writeFile(t, cloudBase+"[[token_file]]\npath = \"/t/a\"\naudience = \"a\"\n[aws]\nrole_arn = \"arn:aws:iam::1:role/r\"\n[azure]\nclient_id = \"c\"\ntenant_id = \"t\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := RestartRequired(a, b); len(got) != 0 {
+		t.Errorf("RestartRequired = %v", got)
+	}
+}
+
+func TestAWSSessionName(t *testing.T) {
+	for in, want := range map[string]string{
+		"0123abcd":              "0123abcd",
+		"m-01:ab/c d":           "m-01-ab-c-d",
+		"x":                     "wicket",
+		"":                      "wicket",
+		strings.Repeat("a", 70): strings.Repeat("a", 64),
+		"web.1@fra+=,_":         "web.1@fra+=,_",
+	} {
+		if got := AWSSessionName(in); got != want || !awsSessionNameRE.MatchString(got) {
+			t.Errorf("AWSSessionName(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// A validated token file never grants anything to others (the fuzz target's
+// invariant for sockets, for files).
+func TestTokenFileMode_NothingForOthers(t *testing.T) {
+	for m := fs.FileMode(0); m <= 0o777; m++ {
+		if checkTokenFileMode(m) == nil && m&0o007 != 0 {
+			t.Errorf("mode %04o accepted", uint32(m))
+		}
+	}
+}
+
+// TestExampleAgentConfig_EveryKey: examples/agent.toml sets (or shows
+// commented out) every key the agent config has, so each one is
+// documented where it is shown.
+func TestExampleAgentConfig_EveryKey(t *testing.T) {
+	const path = "../../examples/agent.toml"
+	var c Agent
+	md, err := toml.DecodeFile(path, &c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := os.ReadFile(path)
+	shown := map[string]bool{}
+	for _, k := range md.Keys() {
+		shown[k.String()] = true
+	}
+	for _, k := range tomlKeys(reflect.TypeOf(c), "") {
+		leaf := k[strings.LastIndexByte(k, '.')+1:]
+		if !shown[k] && !strings.Contains(string(raw), "\n# "+leaf+" = ") {
+			t.Errorf("examples/agent.toml does not show %s", k)
+		}
+	}
+}
+
+// tomlKeys lists the dotted keys of a config struct's leaves.
+func tomlKeys(typ reflect.Type, prefix string) []string {
+	var keys []string
+	for i := 0; i < typ.NumField(); i++ {
+		f := typ.Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		name, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+		ft := f.Type
+		for ft.Kind() == reflect.Pointer || ft.Kind() == reflect.Slice && ft.Elem().Kind() == reflect.Struct {
+			ft = ft.Elem()
+		}
+		full := name
+		if prefix != "" {
+			full = prefix + "." + name
+		}
+		switch {
+		case f.Anonymous && name == "":
+			keys = append(keys, tomlKeys(ft, prefix)...)
+		case ft.Kind() == reflect.Struct && ft != reflect.TypeOf(Duration{}):
+			keys = append(keys, tomlKeys(ft, full)...)
+		default:
+			keys = append(keys, full)
+		}
+	}
+	return keys
+}
+
+// TestFederationDoc_TOML: every agent.toml snippet in docs/federation.md is
+// a valid config (with an issuer), so the guide cannot drift from the keys.
+func TestFederationDoc_TOML(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/federation.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var blocks []string
+	var cur []string
+	in := false
+	for _, l := range strings.Split(string(doc), "\n") {
+		trimmed := strings.TrimSpace(l)
+		switch {
+		case !in && trimmed == "```toml":
+			in, cur = true, nil
+		case in && trimmed == "```":
+			in = false
+			blocks = append(blocks, strings.Join(cur, "\n")+"\n")
+		case in:
+			cur = append(cur, trimmed)
+		}
+	}
+	if len(blocks) < 4 {
+		t.Fatalf("found %d toml snippets", len(blocks))
+	}
+	for i, b := range blocks {
+		if _, err := LoadAgent(writeFile(t, cloudBase+b)); err != nil {
+			t.Errorf("snippet %d:\n%s\n%v", i, b, err)
+		}
+	}
+}

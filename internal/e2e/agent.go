@@ -1,0 +1,92 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/wicket-sh/wicket/internal/agent"
+)
+
+// Agent is a real agent running in-process against an issuer.
+type Agent struct {
+	*agent.Agent
+	APISocket, AdminSocket string
+	Dir                    string // holds the sockets and the config
+	logs                   *syncBuffer
+}
+
+// StartAgent runs an agent whose [issuer] is issuerURL, holding
+// machineToken, with extra TOML appended to its config (token files,
+// [aws], a policy...), until the test ends. Its log is printed if the
+// test fails.
+func StartAgent(t testing.TB, issuerURL, machineToken, extra string) *Agent {
+	t.Helper()
+	dir := ShortDir(t)
+	ta := &Agent{
+		APISocket: filepath.Join(dir, "run", "api.sock"), AdminSocket: filepath.Join(dir, "run", "admin.sock"),
+		Dir: dir, logs: &syncBuffer{},
+	}
+	cfg := fmt.Sprintf("[api]\nsocket_path = %q\n[admin]\nsocket_path = %q\n[issuer]\nurl = %q\n%s",
+		ta.APISocket, ta.AdminSocket, issuerURL, extra)
+	cfgPath := filepath.Join(dir, "agent.toml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mt, err := agent.ParseMachineToken(machineToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := agent.New(agent.Options{
+		ConfigPath: cfgPath, MachineToken: mt,
+		Logger: slog.New(slog.NewTextHandler(ta.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	if err != nil {
+		t.Fatalf("agent: %v", err)
+	}
+	ta.Agent = a
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("agent Run: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("agent did not stop")
+		}
+		if t.Failed() {
+			t.Logf("agent log:\n%s", ta.logs)
+		}
+	})
+	select {
+	case <-a.Ready():
+	case err := <-done:
+		t.Fatalf("agent Run: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("agent not ready after 10s")
+	}
+	return ta
+}
+
+// WicketBin builds the wicket command into a temporary directory, for
+// tests that run it as a process.
+func WicketBin(t testing.TB) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "wicket")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/wicket-sh/wicket/cmd/wicket").CombinedOutput()
+	if err != nil {
+		t.Fatalf("build wicket: %v\n%s", err, out)
+	}
+	return bin
+}
