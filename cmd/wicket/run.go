@@ -129,11 +129,12 @@ func runWorkload(parent context.Context, f *runFlags, argv []string) error {
 	if uid == 0 {
 		logger.Warn("the workload runs as root: it can read the agent's memory, machine token included")
 	}
-	add := a.WorkloadEnv()
+	var extraEnv []string
 	if cred != nil && cred.Home != "" && cred.UID != selfUID {
 		// Our HOME is not the workload user's, and often not readable by it.
-		add = append(add, "HOME="+cred.Home)
+		extraEnv = append(extraEnv, "HOME="+cred.Home)
 	}
+	add := append(a.WorkloadEnv(), extraEnv...)
 	var drop []string
 	if cfg.Admin.TokenEnv != "" {
 		drop = append(drop, cfg.Admin.TokenEnv)
@@ -198,6 +199,17 @@ func runWorkload(parent context.Context, f *runFlags, argv []string) error {
 		if err := workloadCanReach(cfg.API.Path, uid, gids); err != nil {
 			logger.Warn("the workload cannot reach the API socket; fix the directory's mode or group, or set api.socket_group", "api_socket", cfg.API.Path, "uid", uid, "blocked_at", err.Error())
 		}
+		// Give the agent a moment to fetch metadata and write the token
+		// files the workload's SDKs will read at start, then settle the
+		// workload's environment (AWS_ROLE_SESSION_NAME is the machine id
+		// once metadata is known). An unreachable issuer must not keep the
+		// workload from starting: it only gets a warning.
+		wctx, cancel := context.WithTimeout(agentCtx, workloadStartWait)
+		if err := a.WaitStarted(wctx); err != nil {
+			logger.Warn("starting the workload before the agent has metadata or token files", "err", err)
+		}
+		cancel()
+		sup.SetEnv(supervise.ChildEnv(os.Environ(), append(a.WorkloadEnv(), extraEnv...), drop...))
 		close(ready)
 	}()
 	st, supErr := sup.Run(supCtx, ready)
@@ -218,6 +230,10 @@ func runWorkload(parent context.Context, f *runFlags, argv []string) error {
 	return nil
 }
 
+// workloadStartWait bounds how long the workload's start waits for the
+// agent's first metadata and token files.
+const workloadStartWait = 15 * time.Second
+
 // runOverrides adapt the config to an agent whose workload is its own
 // child. They apply at every reload too (S-flags).
 func runOverrides(selfUID, uid, gid uint32) config.Override {
@@ -236,6 +252,10 @@ func runOverrides(selfUID, uid, gid uint32) config.Override {
 			c.API.Group = strconv.FormatUint(uint64(gid), 10)
 			c.API.Mode = 0o660
 		}
+		// Token files the config gives no group (those implied by [aws]
+		// and [azure] included) get the workload's, so the SDKs pointed at
+		// them can read them.
+		c.TokenFileGroup = strconv.FormatUint(uint64(gid), 10)
 	}
 }
 

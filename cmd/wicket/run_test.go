@@ -954,3 +954,42 @@ func TestAgentRun_DocExamples(t *testing.T) {
 		t.Errorf("example output:\n%s", out)
 	}
 }
+
+// In run mode the workload starts with its cloud SDK environment ready:
+// the token file [aws] implies is already written, readable by the
+// workload's group (not by others), and the role session names the machine.
+func TestAgentRun_AWSTokenFileReadyForWorkload(t *testing.T) {
+	requireRunRoot(t)
+	iss := startIssuer(t)
+	probe := probeBinary(t)
+	dir, cfg, _ := runDir(t, "")
+	tokFile := filepath.Join(dir, "tokens", "aws")
+	appendConfig(t, dir, fmt.Sprintf("[issuer]\nurl = %q\n[aws]\nrole_arn = \"arn:aws:iam::123456789012:role/app\"\ntoken_file = %q\n", iss.url, tokFile))
+	w := startRun(t, []string{probeEnv + "=1", "WICKET_MACHINE_TOKEN=" + iss.token}, nil,
+		"--config", cfg, "--user", "4242", "--group", "4242", "--", probe, "read="+tokFile)
+	if code := w.wait(t, 60*time.Second); code != 0 {
+		t.Fatalf("exit %d\nstderr:\n%s", code, w.stderr)
+	}
+	r := w.report(t)
+	env := map[string]string{}
+	for _, kv := range r.Env {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
+	}
+	if env["AWS_WEB_IDENTITY_TOKEN_FILE"] != tokFile || env["AWS_ROLE_ARN"] == "" {
+		t.Fatalf("AWS environment: %q", r.Env)
+	}
+	if s := env["AWS_ROLE_SESSION_NAME"]; s == "" || s == "wicket" {
+		t.Errorf("AWS_ROLE_SESSION_NAME = %q, want the machine id", s)
+	}
+	if got := r.Files[tokFile]; len(strings.Split(got, ".")) != 3 {
+		t.Errorf("workload reading %s at start: %q, want a JWT", tokFile, got)
+	}
+	fi, err := os.Stat(tokFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); st.Gid != 4242 || fi.Mode().Perm()&0o007 != 0 {
+		t.Errorf("token file gid %d mode %v: want the workload's group and nothing for others", st.Gid, fi.Mode().Perm())
+	}
+}

@@ -1,6 +1,11 @@
 package agent
 
-import "github.com/wicket-sh/wicket/internal/config"
+import (
+	"context"
+	"fmt"
+
+	"github.com/wicket-sh/wicket/internal/config"
+)
 
 // defaultAWSSessionName is AWS_ROLE_SESSION_NAME before the machine's
 // metadata (its id) is known.
@@ -41,4 +46,21 @@ func (a *Agent) awsSessionName(configured string) string {
 		return config.AWSSessionName(snap.fields["machine_id"])
 	}
 	return defaultAWSSessionName
+}
+
+// WaitStarted waits until the agent serves its sockets, has made its first
+// metadata fetch (successful or not) and has written each token file once:
+// what a workload started next to it expects to find.
+func (a *Agent) WaitStarted(ctx context.Context) error {
+	select {
+	case <-a.ready:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-a.meta.attempted:
+	case <-ctx.Done():
+		return fmt.Errorf("first metadata fetch: %w", ctx.Err())
+	}
+	return a.WaitTokenFiles(ctx)
 }

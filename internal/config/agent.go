@@ -179,8 +179,14 @@ type Agent struct {
 	AWS        AgentAWS         `toml:"aws"`
 	Azure      AgentAzure       `toml:"azure"`
 
-	policy     *peer.Policy
-	routes     *proxy.Table
+	policy *peer.Policy
+	routes *proxy.Table
+	// TokenFileGroup, when set (not from the file: `wicket agent run` sets
+	// it to the workload's group), is the group of every token file that
+	// does not name one, implied ones included, so the workload can read
+	// the files its SDKs are pointed at.
+	TokenFileGroup string `toml:"-"`
+
 	tokenFiles []TokenFileSpec
 	awsFile    string
 	azureFile  string
@@ -562,6 +568,17 @@ func (c *Agent) validateCloud() []error {
 			continue
 		}
 		taken[s.Path] = names[i]
+	}
+	if c.TokenFileGroup != "" {
+		gid, err := lookupGID(c.TokenFileGroup)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("token file group: %w", err))
+		}
+		for i := range specs {
+			if specs[i].GID == -1 {
+				specs[i].GID = gid
+			}
+		}
 	}
 	c.tokenFiles = specs
 	return errs

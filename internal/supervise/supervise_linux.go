@@ -68,6 +68,10 @@ func New(cfg Config) (*Supervisor, error) {
 // Close stops catching signals: they get their default action again.
 func (s *Supervisor) Close() { signal.Stop(s.sigs) }
 
+// SetEnv replaces the workload's environment. Call it before closing the
+// ready channel given to Run: the workload starts with what is set then.
+func (s *Supervisor) SetEnv(env []string) { s.cfg.Env = env }
+
 // Run waits until ready is closed (nil: at once), starts the workload and
 // supervises it until it exits, then returns how it ended. Until then it
 // forwards signals to the workload's process group and reaps every child

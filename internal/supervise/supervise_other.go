@@ -26,3 +26,6 @@ func Dumpable() (bool, error) { return true, ErrUnsupported }
 
 // BecomeSubreaper returns ErrUnsupported.
 func BecomeSubreaper() error { return ErrUnsupported }
+
+// SetEnv replaces the workload's environment.
+func (s *Supervisor) SetEnv([]string) {}
