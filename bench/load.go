@@ -178,13 +178,20 @@ func roundTrip(c net.Conn, br *bufio.Reader, req []byte) error {
 }
 
 // rssKiB reads a process's resident set size.
-func rssKiB(pid int) int64 {
+func rssKiB(pid int) int64 { return procStatusKiB(pid, "VmRSS:") }
+
+// anonKiB reads the anonymous part of the resident set: the heap, stacks
+// and other private memory, without the binary's file-backed text pages
+// (shared between processes and reclaimable).
+func anonKiB(pid int) int64 { return procStatusKiB(pid, "RssAnon:") }
+
+func procStatusKiB(pid int, field string) int64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(line, field); ok {
 			f := strings.Fields(v)
 			if len(f) > 0 {
 				n, _ := strconv.ParseInt(f[0], 10, 64)

@@ -87,9 +87,14 @@ type comparison struct {
 }
 
 type memFigure struct {
-	Name   string `json:"name"`
-	RSSKiB int64  `json:"rss_kib"`
-	Target string `json:"target"`
+	Name    string `json:"name"`
+	RSSKiB  int64  `json:"rss_kib"`
+	AnonKiB int64  `json:"anon_kib"`
+	Target  string `json:"target"`
+}
+
+func memOf(name string, pid int, target string) memFigure {
+	return memFigure{Name: name, RSSKiB: rssKiB(pid), AnonKiB: anonKiB(pid), Target: target}
 }
 
 type devFigure struct {
@@ -131,7 +136,7 @@ func run(o options) error {
 	}
 	defer refProc.Process.Kill()
 
-	rep.Memory = append(rep.Memory, memFigure{"agent RSS idle", rssKiB(sys.agent.Process.Pid), "< 20 MiB"})
+	rep.Memory = append(rep.Memory, memOf("agent idle", sys.agent.Process.Pid, "< 20 MiB"))
 
 	reference := newTarget("reference", refSock, "GET", "/", nil)
 	metadata := newTarget("agent GET /v1/metadata", sys.api, "GET", "/v1/metadata", nil)
@@ -146,10 +151,10 @@ func run(o options) error {
 		rep.Throughput = append(rep.Throughput, c)
 		fmt.Fprintf(os.Stderr, "%s: %.0f req/s vs reference %.0f → %.2f\n", subj.name, c.Subject.RPS, c.Reference.RPS, c.Ratio)
 	}
-	rep.Memory = append(rep.Memory, memFigure{"agent RSS after load", rssKiB(sys.agent.Process.Pid), ""})
+	rep.Memory = append(rep.Memory, memOf("agent after load", sys.agent.Process.Pid, ""))
 	n, closeIdle := holdIdle(sys.api, 1000)
 	time.Sleep(500 * time.Millisecond)
-	rep.Memory = append(rep.Memory, memFigure{fmt.Sprintf("agent RSS with %d open connections", n), rssKiB(sys.agent.Process.Pid), "< 64 MiB"})
+	rep.Memory = append(rep.Memory, memOf(fmt.Sprintf("agent with %d open connections", n), sys.agent.Process.Pid, "< 64 MiB"))
 	closeIdle()
 
 	mint, err := measureMinting(ctx, o)
@@ -225,9 +230,9 @@ func renderMarkdown(rep *Report) string {
 	for _, c := range rep.Minting {
 		fmt.Fprintf(&b, "| %s | %.0f | %.0f | **%.2f** | %s |\n", c.Name, c.Subject.RPS, c.Reference.RPS, c.Ratio, c.Target)
 	}
-	b.WriteString("\n| memory | RSS | target |\n|---|---|---|\n")
+	b.WriteString("\n| memory | RSS | of which anonymous | target (RSS) |\n|---|---|---|---|\n")
 	for _, m := range rep.Memory {
-		fmt.Fprintf(&b, "| %s | %.1f MiB | %s |\n", m.Name, float64(m.RSSKiB)/1024, m.Target)
+		fmt.Fprintf(&b, "| %s | %.1f MiB | %.1f MiB | %s |\n", m.Name, float64(m.RSSKiB)/1024, float64(m.AnonKiB)/1024, m.Target)
 	}
 	b.WriteString("\n| wicket dev | time to ready |\n|---|---|\n")
 	for _, d := range rep.DevReady {
