@@ -203,7 +203,7 @@ func (a *Agent) load() (*runtime, error) {
 	if err != nil {
 		return nil, err
 	}
-	tok, err := loadAdminToken(cfg.Admin)
+	tok, err := admin.LoadToken(cfg.Admin)
 	if err != nil {
 		return nil, err
 	}
@@ -223,32 +223,6 @@ func (a *Agent) load() (*runtime, error) {
 			Token: tok,
 		},
 	}, nil
-}
-
-func loadAdminToken(c config.Admin) ([]byte, error) {
-	switch {
-	case c.TokenFile != "":
-		data, err := config.ReadFile(c.TokenFile)
-		if err != nil {
-			return nil, fmt.Errorf("admin token: %w", err)
-		}
-		fi, err := os.Stat(c.TokenFile)
-		if err == nil && fi.Mode().Perm()&0o077 != 0 {
-			return nil, fmt.Errorf("admin token file %q is readable by group or others", c.TokenFile)
-		}
-		tok := []byte(strings.TrimSpace(string(data)))
-		if len(tok) < 16 {
-			return nil, fmt.Errorf("admin token in %q is shorter than 16 bytes", c.TokenFile)
-		}
-		return tok, nil
-	case c.TokenEnv != "":
-		v := strings.TrimSpace(os.Getenv(c.TokenEnv))
-		if len(v) < 16 {
-			return nil, fmt.Errorf("admin token env %s is unset or shorter than 16 bytes", c.TokenEnv)
-		}
-		return []byte(v), nil
-	}
-	return nil, nil
 }
 
 func (a *Agent) applyLogLevel(cfg *config.Agent) {

@@ -223,26 +223,7 @@ type Override func(*Agent)
 // LoadAgent reads, parses and fully validates the agent config at path
 // (defaults only when path is empty), applying overrides before validation.
 func LoadAgent(path string, overrides ...Override) (*Agent, error) {
-	c := DefaultAgent()
-	if path != "" {
-		data, err := ReadFile(path)
-		if err != nil {
-			return nil, err
-		}
-		if err := decodeStrict(data, c); err != nil {
-			return nil, fmt.Errorf("config %q: %w", path, err)
-		}
-	}
-	for _, o := range overrides {
-		o(c)
-	}
-	if err := c.Validate(); err != nil {
-		if path != "" {
-			return nil, fmt.Errorf("config %q: %w", path, err)
-		}
-		return nil, err
-	}
-	return c, nil
+	return load(DefaultAgent(), path, overrides, (*Agent).Validate)
 }
 
 // decodeStrict decodes TOML into v and refuses keys v has no field for: a

@@ -249,6 +249,9 @@ func tomlKeys(typ reflect.Type, prefix string) []string {
 			continue
 		}
 		name, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+		if name == "-" {
+			continue // not read from the file
+		}
 		ft := f.Type
 		for ft.Kind() == reflect.Pointer || ft.Kind() == reflect.Slice && ft.Elem().Kind() == reflect.Struct {
 			ft = ft.Elem()

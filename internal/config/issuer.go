@@ -141,26 +141,7 @@ type IssuerOverride func(*Issuer)
 // LoadIssuer reads, parses and validates the issuer config at path
 // (defaults only when path is empty), applying overrides before validation.
 func LoadIssuer(path string, overrides ...IssuerOverride) (*Issuer, error) {
-	c := DefaultIssuer()
-	if path != "" {
-		data, err := ReadFile(path)
-		if err != nil {
-			return nil, err
-		}
-		if err := decodeStrict(data, c); err != nil {
-			return nil, fmt.Errorf("config %q: %w", path, err)
-		}
-	}
-	for _, o := range overrides {
-		o(c)
-	}
-	if err := c.Validate(); err != nil {
-		if path != "" {
-			return nil, fmt.Errorf("config %q: %w", path, err)
-		}
-		return nil, err
-	}
-	return c, nil
+	return load(DefaultIssuer(), path, overrides, (*Issuer).Validate)
 }
 
 // Validate checks the whole issuer config.

@@ -64,6 +64,31 @@ func ReadFile(path string) ([]byte, error) {
 	return data, nil
 }
 
+// load is LoadAgent and LoadIssuer: the defaults c, then the file at path
+// (strictly decoded) if any, then the overrides, then full validation. The
+// same order at startup and on every reload (S-reload, S-flags).
+func load[T any, O ~func(*T)](c *T, path string, overrides []O, validate func(*T) error) (*T, error) {
+	if path != "" {
+		data, err := ReadFile(path)
+		if err != nil {
+			return nil, err
+		}
+		if err := decodeStrict(data, c); err != nil {
+			return nil, fmt.Errorf("config %q: %w", path, err)
+		}
+	}
+	for _, o := range overrides {
+		o(c)
+	}
+	if err := validate(c); err != nil {
+		if path != "" {
+			return nil, fmt.Errorf("config %q: %w", path, err)
+		}
+		return nil, err
+	}
+	return c, nil
+}
+
 // testHookAfterRead lets a test change the file between read and re-check.
 var testHookAfterRead func()
 

@@ -18,6 +18,7 @@ import (
 	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/wicket-sh/wicket/internal/store"
+	"github.com/wicket-sh/wicket/internal/store/watchhub"
 )
 
 // ErrLocked is returned by Open when another process holds the state file.
@@ -50,7 +51,7 @@ type Options struct {
 // Store is a store.Store backed by a bbolt file.
 type Store struct {
 	db  *bbolt.DB
-	hub hub
+	hub watchhub.Hub
 
 	// machines caches decoded machines: every verified request looks its
 	// machine up, and decoding JSON was a tenth of a token request's cost.
@@ -88,7 +89,7 @@ func Open(path string, opts *Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("bolt: initializing %s: %w", path, err)
 	}
-	return &Store{db: db, hub: newHub()}, nil
+	return &Store{db: db, hub: watchhub.New()}, nil
 }
 
 func initSchema(tx *bbolt.Tx) error {
@@ -112,7 +113,7 @@ func initSchema(tx *bbolt.Tx) error {
 // Close closes all watch channels and the file. It is safe to call twice.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
-		s.hub.close()
+		s.hub.Close()
 		if err := s.db.Close(); err != nil {
 			s.closeErr = fmt.Errorf("bolt: closing: %w", err)
 		}
@@ -171,7 +172,7 @@ func (s *Store) CreateMachine(ctx context.Context, m *store.Machine) error {
 		return fmt.Errorf("bolt: create machine: %w", err)
 	}
 	m.Version, m.CreatedAt, m.UpdatedAt = c.Version, c.CreatedAt, c.UpdatedAt
-	s.hub.publishMachine(c.ID, c, rev)
+	s.hub.PublishMachine(c.ID, c, rev)
 	return nil
 }
 
@@ -282,7 +283,7 @@ func (s *Store) UpdateMachine(ctx context.Context, id string, expectVersion uint
 	if err != nil {
 		return nil, fmt.Errorf("bolt: update machine: %w", err)
 	}
-	s.hub.publishMachine(id, next, rev)
+	s.hub.PublishMachine(id, next, rev)
 	return next, nil
 }
 
@@ -302,7 +303,7 @@ func (s *Store) DeleteMachine(ctx context.Context, id string) error {
 	if err != nil {
 		return fmt.Errorf("bolt: delete machine: %w", err)
 	}
-	s.hub.publishMachine(id, nil, rev)
+	s.hub.PublishMachine(id, nil, rev)
 	return nil
 }
 
@@ -318,7 +319,7 @@ func (s *Store) PutKey(ctx context.Context, k *store.SealedKey) error {
 	if err != nil {
 		return fmt.Errorf("bolt: put key %s/%s: %w", k.Kind, k.ID, err)
 	}
-	s.hub.publishKeys()
+	s.hub.PublishKeys()
 	return nil
 }
 
@@ -361,7 +362,7 @@ func (s *Store) DeleteKey(ctx context.Context, kind, id string) error {
 	if err != nil {
 		return fmt.Errorf("bolt: delete key %s/%s: %w", kind, id, err)
 	}
-	s.hub.publishKeys()
+	s.hub.PublishKeys()
 	return nil
 }
 
@@ -377,7 +378,7 @@ func (s *Store) Revoke(ctx context.Context, r *store.Revocation) error {
 	if err != nil {
 		return fmt.Errorf("bolt: revoke %q: %w", r.TokenID, err)
 	}
-	s.hub.publishKeys()
+	s.hub.PublishKeys()
 	return nil
 }
 
@@ -425,7 +426,7 @@ func (s *Store) WatchMachine(ctx context.Context, id string) (<-chan store.Event
 	// Subscribe before reading: a write that commits in between is then
 	// either in what we read or delivered as an event, and the revision
 	// check in offer keeps the newer of the two.
-	sub, err := s.hub.subscribeMachine(id)
+	sub, err := s.hub.SubscribeMachine(id)
 	if err != nil {
 		return nil, fmt.Errorf("bolt: watch machine: %w", err)
 	}
@@ -439,12 +440,12 @@ func (s *Store) WatchMachine(ctx context.Context, id string) (<-chan store.Event
 		return nil
 	})
 	if err != nil {
-		s.hub.unsubscribeMachine(sub)
+		s.hub.UnsubscribeMachine(sub)
 		return nil, fmt.Errorf("bolt: watch machine: %w", err)
 	}
-	s.hub.offer(sub, first)
-	context.AfterFunc(ctx, func() { s.hub.unsubscribeMachine(sub) })
-	return sub.ch, nil
+	s.hub.Offer(sub, first)
+	context.AfterFunc(ctx, func() { s.hub.UnsubscribeMachine(sub) })
+	return sub.Events(), nil
 }
 
 // WatchKeys implements store.Store.
@@ -452,11 +453,11 @@ func (s *Store) WatchKeys(ctx context.Context) (<-chan struct{}, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	ch, err := s.hub.subscribeKeys()
+	ch, err := s.hub.SubscribeKeys()
 	if err != nil {
 		return nil, fmt.Errorf("bolt: watch keys: %w", err)
 	}
-	context.AfterFunc(ctx, func() { s.hub.unsubscribeKeys(ch) })
+	context.AfterFunc(ctx, func() { s.hub.UnsubscribeKeys(ch) })
 	return ch, nil
 }
 

@@ -48,6 +48,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/wicket-sh/wicket/internal/store"
+	"github.com/wicket-sh/wicket/internal/store/watchhub"
 )
 
 // ErrUnavailable means etcd could not be reached (no quorum, no member
@@ -110,7 +111,7 @@ type Store struct {
 	prefix    string
 	replicaID string
 
-	hub    hub
+	hub    watchhub.Hub
 	mirror mirror
 	// okAt and failedAt are when (unix ns) a request last succeeded and
 	// last failed for lack of etcd; see degraded.
@@ -178,7 +179,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		log:       cfg.Logger,
 		prefix:    cfg.Prefix,
 		replicaID: replicaID(),
-		hub:       newHub(),
+		hub:       watchhub.New(),
 		kick:      make(chan struct{}, 1),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -259,7 +260,7 @@ func (s *Store) initSchema(ctx context.Context) error {
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.cancel()
-		s.hub.close()
+		s.hub.Close()
 		s.wg.Wait()
 		if err := s.cli.Close(); err != nil && !errors.Is(err, context.Canceled) {
 			s.closeErr = fmt.Errorf("etcd: closing: %w", err)
@@ -295,7 +296,7 @@ func (s *Store) check(ctx context.Context) error {
 		return err
 	}
 	if s.ctx.Err() != nil {
-		return errClosed
+		return watchhub.ErrClosed
 	}
 	return nil
 }
@@ -312,7 +313,7 @@ func (s *Store) fail(ctx context.Context, op string, err error) error {
 		return fmt.Errorf("etcd: %s: %w", op, cerr)
 	}
 	if s.ctx.Err() != nil {
-		return fmt.Errorf("etcd: %s: %w", op, errClosed)
+		return fmt.Errorf("etcd: %s: %w", op, watchhub.ErrClosed)
 	}
 	if unavailable(err) {
 		s.failedAt.Store(time.Now().UnixNano())
@@ -407,7 +408,7 @@ func (s *Store) insertMachine(ctx context.Context, op string, c *store.Machine) 
 // than when the watch reports it.
 func (s *Store) published(id string, m *store.Machine, rev int64) {
 	s.mirror.apply(id, m.Clone(), rev)
-	s.hub.publishMachine(id, m, uint64(rev))
+	s.hub.PublishMachine(id, m, uint64(rev))
 }
 
 // GetMachine implements store.Store. While etcd is unreachable it answers
@@ -755,18 +756,18 @@ func (s *Store) WatchMachine(ctx context.Context, id string) (<-chan store.Event
 	// Subscribe before reading: a write that commits in between is then
 	// either in what we read or delivered as an event, and the revision
 	// check in offer keeps the newer of the two.
-	sub, err := s.hub.subscribeMachine(id)
+	sub, err := s.hub.SubscribeMachine(id)
 	if err != nil {
 		return nil, fmt.Errorf("etcd: watch machine: %w", err)
 	}
 	first, err := s.currentEvent(ctx, id)
 	if err != nil {
-		s.hub.unsubscribeMachine(sub)
+		s.hub.UnsubscribeMachine(sub)
 		return nil, fmt.Errorf("etcd: watch machine: %w", err)
 	}
-	s.hub.offer(sub, first)
-	context.AfterFunc(ctx, func() { s.hub.unsubscribeMachine(sub) })
-	return sub.ch, nil
+	s.hub.Offer(sub, first)
+	context.AfterFunc(ctx, func() { s.hub.UnsubscribeMachine(sub) })
+	return sub.Events(), nil
 }
 
 // currentEvent is the machine's state now, from etcd or, while etcd is
@@ -809,11 +810,11 @@ func (s *Store) WatchKeys(ctx context.Context) (<-chan struct{}, error) {
 	if err := s.check(ctx); err != nil {
 		return nil, err
 	}
-	ch, err := s.hub.subscribeKeys()
+	ch, err := s.hub.SubscribeKeys()
 	if err != nil {
 		return nil, fmt.Errorf("etcd: watch keys: %w", err)
 	}
-	context.AfterFunc(ctx, func() { s.hub.unsubscribeKeys(ch) })
+	context.AfterFunc(ctx, func() { s.hub.UnsubscribeKeys(ch) })
 	return ch, nil
 }
 

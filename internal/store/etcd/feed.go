@@ -182,11 +182,11 @@ func (s *Store) resync() error {
 	if err := s.relist(ctx); err != nil {
 		return err
 	}
-	for _, id := range s.hub.machineIDs() {
+	for _, id := range s.hub.MachineIDs() {
 		m, rev, _ := s.mirror.get(id) // nil: deleted in between
-		s.hub.publishMachine(id, m, uint64(rev))
+		s.hub.PublishMachine(id, m, uint64(rev))
 	}
-	s.hub.publishKeys()
+	s.hub.PublishKeys()
 	return nil
 }
 
@@ -279,7 +279,7 @@ func (s *Store) apply(resp *clientv3.WatchResponse) {
 				}
 			}
 			s.mirror.apply(id, m, rev)
-			s.hub.publishMachine(id, m, uint64(rev))
+			s.hub.PublishMachine(id, m, uint64(rev))
 		case strings.HasPrefix(k, dirKeys), strings.HasPrefix(k, dirRevocations):
 			keys = true
 		}
@@ -291,7 +291,7 @@ func (s *Store) apply(resp *clientv3.WatchResponse) {
 	}
 	s.mirror.touch()
 	if keys {
-		s.hub.publishKeys()
+		s.hub.PublishKeys()
 	}
 }
 

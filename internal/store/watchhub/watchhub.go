@@ -1,4 +1,6 @@
-package etcd
+// Package watchhub is the in-process fan-out of store changes to watchers,
+// shared by the store backends.
+package watchhub
 
 import (
 	"errors"
@@ -7,55 +9,54 @@ import (
 	"github.com/wicket-sh/wicket/internal/store"
 )
 
-// errClosed is returned by calls on a closed store.
-var errClosed = errors.New("store closed")
+// ErrClosed is returned by calls on a closed store.
+var ErrClosed = errors.New("store closed")
 
-// hub fans changes out to this process's watchers. It is the same design
-// as store/bolt's: machine states arrive from two sources, a writer in this
-// process right after its transaction commits and the etcd watch (which
-// also carries other replicas' writes), so they can arrive out of order and
-// twice; each carries its etcd revision and each subscriber drops anything
-// not newer than what it was last offered.
-type hub struct {
+// Hub fans machine and key changes out to a store's in-process watchers;
+// both backends use it. Machine states can arrive out of order and twice
+// (a writer right after its commit, and, for etcd, the watch that also
+// carries other replicas' writes); each carries its revision and each
+// subscriber drops anything not newer than what it was last offered.
+type Hub struct {
 	mu       sync.Mutex
 	closed   bool
-	machines map[string]map[*machineSub]struct{}
+	machines map[string]map[*MachineSub]struct{}
 	keys     map[chan struct{}]struct{}
 }
 
-// machineSub is one WatchMachine subscriber. ch has room for one event: the
-// newest undelivered state. Fields are guarded by hub.mu.
-type machineSub struct {
+// MachineSub is one WatchMachine subscriber. ch has room for one event: the
+// newest undelivered state. Fields are guarded by Hub.mu.
+type MachineSub struct {
 	id     string
 	ch     chan store.Event
 	rev    uint64 // revision of the last event offered
 	closed bool
 }
 
-func newHub() hub {
-	return hub{
-		machines: make(map[string]map[*machineSub]struct{}),
+func New() Hub {
+	return Hub{
+		machines: make(map[string]map[*MachineSub]struct{}),
 		keys:     make(map[chan struct{}]struct{}),
 	}
 }
 
-func (h *hub) subscribeMachine(id string) (*machineSub, error) {
+func (h *Hub) SubscribeMachine(id string) (*MachineSub, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
-		return nil, errClosed
+		return nil, ErrClosed
 	}
-	sub := &machineSub{id: id, ch: make(chan store.Event, 1)}
+	sub := &MachineSub{id: id, ch: make(chan store.Event, 1)}
 	subs := h.machines[id]
 	if subs == nil {
-		subs = make(map[*machineSub]struct{})
+		subs = make(map[*MachineSub]struct{})
 		h.machines[id] = subs
 	}
 	subs[sub] = struct{}{}
 	return sub, nil
 }
 
-func (h *hub) unsubscribeMachine(sub *machineSub) {
+func (h *Hub) UnsubscribeMachine(sub *MachineSub) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if sub.closed {
@@ -70,9 +71,9 @@ func (h *hub) unsubscribeMachine(sub *machineSub) {
 	}
 }
 
-// publishMachine offers m (nil for a deletion) at revision rev to every
+// PublishMachine offers m (nil for a deletion) at revision rev to every
 // watcher of id, each getting its own copy.
-func (h *hub) publishMachine(id string, m *store.Machine, rev uint64) {
+func (h *Hub) PublishMachine(id string, m *store.Machine, rev uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for sub := range h.machines[id] {
@@ -80,7 +81,7 @@ func (h *hub) publishMachine(id string, m *store.Machine, rev uint64) {
 	}
 }
 
-func (h *hub) offer(sub *machineSub, ev store.Event) {
+func (h *Hub) Offer(sub *MachineSub, ev store.Event) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.offerLocked(sub, ev)
@@ -88,7 +89,7 @@ func (h *hub) offer(sub *machineSub, ev store.Event) {
 
 // offerLocked replaces any undelivered event with ev, so a slow reader
 // never blocks a writer and always ends up with the latest state.
-func (h *hub) offerLocked(sub *machineSub, ev store.Event) {
+func (h *Hub) offerLocked(sub *MachineSub, ev store.Event) {
 	if sub.closed || ev.Revision <= sub.rev {
 		return
 	}
@@ -101,18 +102,18 @@ func (h *hub) offerLocked(sub *machineSub, ev store.Event) {
 	sub.ch <- ev
 }
 
-func (h *hub) subscribeKeys() (chan struct{}, error) {
+func (h *Hub) SubscribeKeys() (chan struct{}, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
-		return nil, errClosed
+		return nil, ErrClosed
 	}
 	ch := make(chan struct{}, 1)
 	h.keys[ch] = struct{}{}
 	return ch, nil
 }
 
-func (h *hub) unsubscribeKeys(ch chan struct{}) {
+func (h *Hub) UnsubscribeKeys(ch chan struct{}) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if _, ok := h.keys[ch]; ok {
@@ -121,9 +122,9 @@ func (h *hub) unsubscribeKeys(ch chan struct{}) {
 	}
 }
 
-// publishKeys wakes every keys watcher; a pending wake-up already covers
+// PublishKeys wakes every keys watcher; a pending wake-up already covers
 // this change, so a full buffer is left as is.
-func (h *hub) publishKeys() {
+func (h *Hub) PublishKeys() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for ch := range h.keys {
@@ -134,8 +135,8 @@ func (h *hub) publishKeys() {
 	}
 }
 
-// machineIDs returns the ids that have watchers.
-func (h *hub) machineIDs() []string {
+// MachineIDs returns the ids that have watchers.
+func (h *Hub) MachineIDs() []string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	ids := make([]string, 0, len(h.machines))
@@ -145,8 +146,8 @@ func (h *hub) machineIDs() []string {
 	return ids
 }
 
-// close ends every watch and refuses new ones.
-func (h *hub) close() {
+// Close ends every watch and refuses new ones.
+func (h *Hub) Close() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.closed = true
@@ -162,3 +163,7 @@ func (h *hub) close() {
 	}
 	clear(h.keys)
 }
+
+// Events is the subscriber's channel: the newest undelivered state, closed
+// when the subscription ends.
+func (s *MachineSub) Events() <-chan store.Event { return s.ch }
