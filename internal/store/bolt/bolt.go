@@ -18,6 +18,7 @@ import (
 	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/wicket-sh/wicket/internal/store"
+	"github.com/wicket-sh/wicket/internal/store/record"
 	"github.com/wicket-sh/wicket/internal/store/watchhub"
 )
 
@@ -166,7 +167,7 @@ func (s *Store) CreateMachine(ctx context.Context, m *store.Machine) error {
 		if err := names.Put(nk, []byte(c.ID)); err != nil {
 			return err
 		}
-		return putJSON(machines, []byte(c.ID), toMachineRecord(c))
+		return putJSON(machines, []byte(c.ID), record.FromMachine(c))
 	})
 	if err != nil {
 		return fmt.Errorf("bolt: create machine: %w", err)
@@ -221,11 +222,11 @@ func (s *Store) ListMachines(ctx context.Context) ([]*store.Machine, error) {
 	var out []*store.Machine
 	err := s.view(ctx, func(tx *bbolt.Tx) error {
 		return tx.Bucket(bucketMachines).ForEach(func(k, v []byte) error {
-			var r machineRecord
+			var r record.Machine
 			if err := json.Unmarshal(v, &r); err != nil {
 				return fmt.Errorf("decoding machine %q: %w", k, err)
 			}
-			out = append(out, r.machine())
+			out = append(out, r.Machine())
 			return nil
 		})
 	})
@@ -274,7 +275,7 @@ func (s *Store) UpdateMachine(ctx context.Context, id string, expectVersion uint
 				return err
 			}
 		}
-		return putJSON(tx.Bucket(bucketMachines), []byte(id), toMachineRecord(next))
+		return putJSON(tx.Bucket(bucketMachines), []byte(id), record.FromMachine(next))
 	})
 	s.forget(id) // before publishing: a watcher that re-reads sees the new state
 	if fnErr != nil {
@@ -312,7 +313,7 @@ func (s *Store) PutKey(ctx context.Context, k *store.SealedKey) error {
 	if k == nil || k.Kind == "" || k.ID == "" {
 		return errors.New("bolt: put key: kind and id required")
 	}
-	r := toKeyRecord(k)
+	r := record.FromKey(k)
 	_, err := s.update(ctx, func(tx *bbolt.Tx) error {
 		return putJSON(tx.Bucket(bucketKeys), compositeKey(k.Kind, k.ID), r)
 	})
@@ -333,11 +334,11 @@ func (s *Store) ListKeys(ctx context.Context, kind string) ([]*store.SealedKey, 
 	err := s.view(ctx, func(tx *bbolt.Tx) error {
 		c := tx.Bucket(bucketKeys).Cursor()
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-			var r keyRecord
+			var r record.Key
 			if err := json.Unmarshal(v, &r); err != nil {
 				return fmt.Errorf("decoding key: %w", err)
 			}
-			out = append(out, r.key())
+			out = append(out, r.Key())
 		}
 		return nil
 	})
@@ -371,7 +372,7 @@ func (s *Store) Revoke(ctx context.Context, r *store.Revocation) error {
 	if r == nil || r.TokenID == "" {
 		return errors.New("bolt: revoke: token id required")
 	}
-	rec := toRevocationRecord(r)
+	rec := record.FromRevocation(r)
 	_, err := s.update(ctx, func(tx *bbolt.Tx) error {
 		return putJSON(tx.Bucket(bucketRevocations), []byte(r.TokenID), rec)
 	})
@@ -404,11 +405,11 @@ func (s *Store) ListRevocations(ctx context.Context) ([]*store.Revocation, error
 	var out []*store.Revocation
 	err := s.view(ctx, func(tx *bbolt.Tx) error {
 		return tx.Bucket(bucketRevocations).ForEach(func(k, v []byte) error {
-			var r revocationRecord
+			var r record.Revocation
 			if err := json.Unmarshal(v, &r); err != nil {
 				return fmt.Errorf("decoding revocation %q: %w", k, err)
 			}
-			out = append(out, r.revocation())
+			out = append(out, r.Revocation())
 			return nil
 		})
 	})
@@ -466,11 +467,11 @@ func getMachine(tx *bbolt.Tx, id string) (*store.Machine, error) {
 	if v == nil {
 		return nil, fmt.Errorf("machine %q: %w", id, store.ErrNotFound)
 	}
-	var r machineRecord
+	var r record.Machine
 	if err := json.Unmarshal(v, &r); err != nil {
 		return nil, fmt.Errorf("decoding machine %q: %w", id, err)
 	}
-	return r.machine(), nil
+	return r.Machine(), nil
 }
 
 func putJSON(b *bbolt.Bucket, key []byte, v any) error {

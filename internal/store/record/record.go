@@ -1,4 +1,9 @@
-package bolt
+// Package record holds the JSON records both store backends write. They
+// are separate from the store types so that renaming a Go field can never
+// orphan data already written, and shared so that `wicket issuer migrate`
+// copies state between backends without conversion. A record is marshaled
+// at once or freshly decoded, so sharing maps and slices here never leaks.
+package record
 
 import (
 	"time"
@@ -6,11 +11,8 @@ import (
 	"github.com/wicket-sh/wicket/internal/store"
 )
 
-// The on-disk records are separate from the store types so that renaming a
-// Go field can never orphan data already written. A record is marshaled at
-// once or freshly decoded, so sharing maps and slices here never leaks.
-
-type machineRecord struct {
+// Machine is a stored machine.
+type Machine struct {
 	ID          string            `json:"id"`
 	Name        string            `json:"name"`
 	Org         string            `json:"org"`
@@ -26,8 +28,9 @@ type machineRecord struct {
 	UpdatedAt   time.Time         `json:"updated_at"`
 }
 
-func toMachineRecord(m *store.Machine) machineRecord {
-	return machineRecord{
+// FromMachine converts a machine to its record.
+func FromMachine(m *store.Machine) Machine {
+	return Machine{
 		ID: m.ID, Name: m.Name, Org: m.Org, App: m.App, Region: m.Region,
 		Image: m.Image, ImageDigest: m.ImageDigest, PrivateIP: m.PrivateIP,
 		Tags: m.Tags, SourceAddrs: m.SourceAddrs, Version: m.Version,
@@ -35,7 +38,8 @@ func toMachineRecord(m *store.Machine) machineRecord {
 	}
 }
 
-func (r *machineRecord) machine() *store.Machine {
+// Machine returns the store type.
+func (r *Machine) Machine() *store.Machine {
 	return &store.Machine{
 		ID: r.ID, Name: r.Name, Org: r.Org, App: r.App, Region: r.Region,
 		Image: r.Image, ImageDigest: r.ImageDigest, PrivateIP: r.PrivateIP,
@@ -44,7 +48,8 @@ func (r *machineRecord) machine() *store.Machine {
 	}
 }
 
-type keyRecord struct {
+// Key is a stored sealed key.
+type Key struct {
 	ID         string    `json:"id"`
 	Kind       string    `json:"kind"`
 	Alg        string    `json:"alg"`
@@ -55,31 +60,36 @@ type keyRecord struct {
 	Sealed     []byte    `json:"sealed"`
 }
 
-func toKeyRecord(k *store.SealedKey) keyRecord {
-	return keyRecord{
+// FromKey converts a sealed key to its record.
+func FromKey(k *store.SealedKey) Key {
+	return Key{
 		ID: k.ID, Kind: k.Kind, Alg: k.Alg, State: k.State, CreatedAt: k.CreatedAt,
 		ActivateAt: k.ActivateAt, RetiredAt: k.RetiredAt, Sealed: k.Sealed,
 	}
 }
 
-func (r *keyRecord) key() *store.SealedKey {
+// Key returns the store type.
+func (r *Key) Key() *store.SealedKey {
 	return &store.SealedKey{
 		ID: r.ID, Kind: r.Kind, Alg: r.Alg, State: r.State, CreatedAt: r.CreatedAt,
 		ActivateAt: r.ActivateAt, RetiredAt: r.RetiredAt, Sealed: r.Sealed,
 	}
 }
 
-type revocationRecord struct {
+// Revocation is a stored revocation.
+type Revocation struct {
 	TokenID   string    `json:"token_id"`
 	Reason    string    `json:"reason,omitempty"`
 	RevokedAt time.Time `json:"revoked_at"`
 	ExpiresAt time.Time `json:"expires_at"`
 }
 
-func toRevocationRecord(r *store.Revocation) revocationRecord {
-	return revocationRecord{TokenID: r.TokenID, Reason: r.Reason, RevokedAt: r.RevokedAt, ExpiresAt: r.ExpiresAt}
+// FromRevocation converts a revocation to its record.
+func FromRevocation(r *store.Revocation) Revocation {
+	return Revocation{TokenID: r.TokenID, Reason: r.Reason, RevokedAt: r.RevokedAt, ExpiresAt: r.ExpiresAt}
 }
 
-func (r *revocationRecord) revocation() *store.Revocation {
+// Revocation returns the store type.
+func (r *Revocation) Revocation() *store.Revocation {
 	return &store.Revocation{TokenID: r.TokenID, Reason: r.Reason, RevokedAt: r.RevokedAt, ExpiresAt: r.ExpiresAt}
 }
