@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/wicket-sh/wicket/internal/sockettest"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -117,7 +118,7 @@ func startCloudAgent(t *testing.T, issuerURL, machineToken, extra string) string
 		t.Fatal(err)
 	}
 	cmd := exec.Command(wicketBin, "agent", "--config", cfgPath)
-	logs := &lockedBuffer{}
+	logs := &sockettest.Buffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -36,7 +36,7 @@ type devEnv struct {
 	dir, addr, api, issuerSock, adminSock string
 	cmd                                   *exec.Cmd
 	stdout                                []string
-	logs                                  *lockedBuffer
+	logs                                  *sockettest.Buffer
 }
 
 // startDev runs `wicket dev` in a fresh directory as a new user would and
@@ -46,7 +46,7 @@ func startDev(t *testing.T, dir string) *devEnv {
 	addr := freeAddr(t)
 	cmd := exec.Command(wicketBin, "dev", "--issuer-addr", addr)
 	cmd.Dir = dir
-	logs := &lockedBuffer{}
+	logs := &sockettest.Buffer{}
 	cmd.Stderr = logs
 	out, err := cmd.StdoutPipe()
 	if err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"github.com/wicket-sh/wicket/internal/sockettest"
 	"net"
 	"os/exec"
 	"path/filepath"
@@ -33,7 +34,7 @@ func TestIssuerCLI(t *testing.T) {
 	}
 
 	cmd := exec.Command(wicketBin, append([]string{"issuer"}, flags...)...)
-	logs := &lockedBuffer{}
+	logs := &sockettest.Buffer{}
 	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -5,13 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/wicket-sh/wicket/internal/sockettest"
 	"io/fs"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -46,24 +46,6 @@ func shortDir(t *testing.T) string {
 	return d
 }
 
-// lockedBuffer collects a child's output while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func run(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -94,10 +76,10 @@ func writeConfig(t *testing.T, dir string) string {
 }
 
 // startAgent starts `wicket agent` and waits for both sockets.
-func startAgent(t *testing.T, dir string) (*exec.Cmd, *lockedBuffer) {
+func startAgent(t *testing.T, dir string) (*exec.Cmd, *sockettest.Buffer) {
 	t.Helper()
 	cmd := exec.Command(wicketBin, "agent", "--config", writeConfig(t, dir))
-	logs := &lockedBuffer{}
+	logs := &sockettest.Buffer{}
 	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

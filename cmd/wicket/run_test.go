@@ -183,7 +183,7 @@ func runDir(t *testing.T, extra string) (dir, cfg, api string) {
 // wicketRun is one `wicket agent run` process.
 type wicketRun struct {
 	cmd            *exec.Cmd
-	stdout, stderr *lockedBuffer
+	stdout, stderr *sockettest.Buffer
 	done           chan struct{}
 	code           int
 }
@@ -191,7 +191,7 @@ type wicketRun struct {
 // startRun starts wicket with args; setup may adjust the command.
 func startRun(t *testing.T, env []string, setup func(*exec.Cmd), args ...string) *wicketRun {
 	t.Helper()
-	w := &wicketRun{stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, done: make(chan struct{})}
+	w := &wicketRun{stdout: &sockettest.Buffer{}, stderr: &sockettest.Buffer{}, done: make(chan struct{})}
 	w.cmd = exec.Command(wicketBin, append([]string{"agent", "run"}, args...)...)
 	w.cmd.Env = append([]string{"PATH=/usr/local/bin:/usr/bin:/bin"}, env...)
 	w.cmd.Stdout, w.cmd.Stderr = w.stdout, w.stderr
@@ -371,7 +371,7 @@ func startIssuer(t *testing.T) issuerEnv {
 		t.Fatalf("issuer init: %s %s", out, errOut)
 	}
 	cmd := exec.Command(wicketBin, append([]string{"issuer"}, flags...)...)
-	logs := &lockedBuffer{}
+	logs := &sockettest.Buffer{}
 	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

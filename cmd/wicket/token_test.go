@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/wicket-sh/wicket/internal/sockettest"
 	"net"
 	"os"
 	"os/exec"
@@ -16,7 +17,7 @@ import (
 
 // startGuestAgent runs `wicket agent` against a test issuer, handing it the
 // machine token by env var (or by fd 3 with viaFD), and waits for the API.
-func startGuestAgent(t *testing.T, is *agenttest.Issuer, viaFD bool) (api string, logs *lockedBuffer) {
+func startGuestAgent(t *testing.T, is *agenttest.Issuer, viaFD bool) (api string, logs *sockettest.Buffer) {
 	t.Helper()
 	dir := shortDir(t)
 	api = filepath.Join(dir, "run", "api.sock")
@@ -39,7 +40,7 @@ func startGuestAgent(t *testing.T, is *agenttest.Issuer, viaFD bool) (api string
 	} else {
 		cmd.Env = append(cmd.Env, "WICKET_MACHINE_TOKEN="+tok)
 	}
-	logs = &lockedBuffer{}
+	logs = &sockettest.Buffer{}
 	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -18,28 +17,10 @@ import (
 
 func TestMain(m *testing.M) { sockettest.Main(m) }
 
-// syncBuffer is a log sink tests can read while the agent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type harness struct {
 	dir, cfgPath, api, admin string
 	agent                    *Agent
-	logs                     *syncBuffer
+	logs                     *sockettest.Buffer
 }
 
 // startAgent writes cfg (with %[1]s replaced by the socket directory) and
@@ -65,7 +46,7 @@ func startAgentWith(t *testing.T, cfg string, opts Options, before func(*Agent))
 		cfgPath: filepath.Join(dir, "agent.toml"),
 		api:     filepath.Join(dir, "run", "api.sock"),
 		admin:   filepath.Join(dir, "run", "admin.sock"),
-		logs:    &syncBuffer{},
+		logs:    &sockettest.Buffer{},
 	}
 	h.write(t, cfg)
 	opts.ConfigPath = h.cfgPath

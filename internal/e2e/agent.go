@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"github.com/wicket-sh/wicket/internal/sockettest"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -18,7 +19,7 @@ type Agent struct {
 	*agent.Agent
 	APISocket, AdminSocket string
 	Dir                    string // holds the sockets and the config
-	logs                   *syncBuffer
+	logs                   *sockettest.Buffer
 }
 
 // StartAgent runs an agent whose [issuer] is issuerURL, holding
@@ -30,7 +31,7 @@ func StartAgent(t testing.TB, issuerURL, machineToken, extra string) *Agent {
 	dir := ShortDir(t)
 	ta := &Agent{
 		APISocket: filepath.Join(dir, "run", "api.sock"), AdminSocket: filepath.Join(dir, "run", "admin.sock"),
-		Dir: dir, logs: &syncBuffer{},
+		Dir: dir, logs: &sockettest.Buffer{},
 	}
 	cfg := fmt.Sprintf("[api]\nsocket_path = %q\n[admin]\nsocket_path = %q\n[issuer]\nurl = %q\n%s",
 		ta.APISocket, ta.AdminSocket, issuerURL, extra)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/wicket-sh/wicket/internal/sockettest"
 	"io"
 	"log/slog"
 	"net"
@@ -12,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,25 +24,7 @@ import (
 type Issuer struct {
 	*issuer.Issuer
 	URL  string // also the base of each org's OIDC issuer: URL/<org>
-	logs *syncBuffer
-}
-
-// syncBuffer collects a component's log while tests read it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	logs *sockettest.Buffer
 }
 
 // ShortDir is a private directory with a path short enough for sockets,
@@ -80,7 +62,7 @@ func StartIssuer(t testing.TB) *Issuer {
 	if _, err := issuer.Init(ctx, cfg); err != nil {
 		t.Fatalf("issuer init: %v", err)
 	}
-	logs := &syncBuffer{}
+	logs := &sockettest.Buffer{}
 	s, err := issuer.New(ctx, issuer.Options{
 		Overrides: ov, Listener: ln,
 		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),

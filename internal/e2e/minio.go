@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/wicket-sh/wicket/internal/sockettest"
 	"io"
 	"net"
 	"net/http"
@@ -52,7 +53,7 @@ type MinIO struct {
 	URL      string
 	RoleARN  string
 	ClientID string
-	logs     *syncBuffer
+	logs     *sockettest.Buffer
 }
 
 // MinIORoleARN is the role MinIO derives for an OpenID provider configured
@@ -88,7 +89,7 @@ func StartMinIO(t testing.TB, openidConfigURL, clientID string) *MinIO {
 	bin := MinIOBin(t)
 	var (
 		addr string
-		logs *syncBuffer
+		logs *sockettest.Buffer
 		cmd  *exec.Cmd
 		exit chan error
 	)
@@ -96,7 +97,7 @@ func StartMinIO(t testing.TB, openidConfigURL, clientID string) *MinIO {
 	for attempt := 0; ; attempt++ {
 		addr = freePort(t)
 		data := t.TempDir()
-		logs = &syncBuffer{}
+		logs = &sockettest.Buffer{}
 		cmd = exec.Command(bin, "server", "--quiet", "--address", addr, data)
 		cmd.Env = []string{
 			"PATH=" + os.Getenv("PATH"),

@@ -30,23 +30,6 @@ import (
 
 func TestMain(m *testing.M) { sockettest.Main(m) }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // clock is a test clock that starts at the real time and can be moved.
 type clock struct{ off atomic.Int64 }
 
@@ -56,7 +39,7 @@ func (c *clock) Advance(d time.Duration) { c.off.Add(int64(d)) }
 type testIssuer struct {
 	*Issuer
 	url, dir, adminSock string
-	logs                *syncBuffer
+	logs                *sockettest.Buffer
 	clock               *clock
 	stop                func()
 }
@@ -98,7 +81,7 @@ func startIssuerWith(t *testing.T, dir string, extra func(*config.Issuer), opt f
 	if _, err := Init(context.Background(), cfg); err != nil {
 		t.Fatalf("Init: %v", err)
 	}
-	logs := &syncBuffer{}
+	logs := &sockettest.Buffer{}
 	clk := &clock{}
 	opts := Options{
 		Overrides: ov, Listener: ln, Now: clk.Now,

@@ -5,6 +5,7 @@
 package sockettest
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -166,4 +167,25 @@ func RequestAs(t *testing.T, uid, gid uint32, socket, method, path, body string,
 		t.Fatalf("helper output %q: %v", out, err)
 	}
 	return res
+}
+
+// Buffer is a bytes.Buffer safe for a process or goroutine to write (a
+// logger, a child's stderr) while the test reads it.
+type Buffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+// Write implements io.Writer.
+func (s *Buffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// String returns everything written so far.
+func (s *Buffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/wicket-sh/wicket/internal/sockettest"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -236,26 +237,9 @@ func sharedDir(t *testing.T) string {
 
 type helper struct {
 	cmd            *exec.Cmd
-	stdout, stderr *lockedBuffer
+	stdout, stderr *sockettest.Buffer
 	done           chan struct{}
 	code           int
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // startSupervisor runs the supervisor helper with sp; setup may adjust
@@ -266,7 +250,7 @@ func startSupervisor(t *testing.T, sp helperSpec, setup func(*exec.Cmd)) *helper
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &helper{stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, done: make(chan struct{})}
+	h := &helper{stdout: &sockettest.Buffer{}, stderr: &sockettest.Buffer{}, done: make(chan struct{})}
 	h.cmd = exec.Command(helperBinary(t))
 	h.cmd.Env = []string{roleEnv + "=supervisor", specEnv + "=" + string(spec), environMarker}
 	h.cmd.Stdout, h.cmd.Stderr = h.stdout, h.stderr

@@ -1,10 +1,10 @@
 package etcd
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"github.com/wicket-sh/wicket/internal/sockettest"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -180,7 +180,7 @@ func TestWatch_ResumesFromRevision(t *testing.T) {
 func TestWatch_RelistsAfterCompaction(t *testing.T) {
 	c := etcdtest.Start(t, 1)
 	writer := open(t, c, nil)
-	var logs syncBuffer
+	var logs sockettest.Buffer
 	s := open(t, c, func(cfg *Config) {
 		cfg.Prefix = writer.prefix
 		cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
@@ -417,23 +417,6 @@ func waitFor(t *testing.T, cond func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // TestMirror_OlderStateNeverWins guards the mirror's ordering rule: this
