@@ -2,6 +2,7 @@ package machinetoken
 
 import (
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"net/netip"
 	"strings"
@@ -84,7 +85,7 @@ func TestVerify_OK(t *testing.T) {
 	c.SourceAddrs = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8::/32")}
 	tok, id := mint(t, c)
 	want := &Verified{
-		TokenID: id, KeyID: "7769636b65742d746573742d6b657931", // hex("wicket-test-key1")
+		TokenID: id, KeyID: hex.EncodeToString(testKey.ID),
 		Org: "acme", App: "web", MachineID: "m-123",
 		Features: allFeatures, NotAfter: na,
 	}
