@@ -1,6 +1,7 @@
 package unixsock
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -23,11 +24,17 @@ func bindListen(cfg Config) (*net.UnixListener, *syscall.Stat_t, error) {
 		return nil, nil, fmt.Errorf("socket: %w", err)
 	}
 	ok := false
+	var ours *syscall.Stat_t // the file our bind created, once it exists
 	defer func() {
 		if !ok {
 			syscall.Close(fd)
-			// bind may have created the file; it is ours, so remove it.
-			os.Remove(cfg.Path)
+			// Remove the file only if our bind created it and the path
+			// still holds it: a failed bind (EADDRINUSE) means whatever is
+			// there belongs to someone else, live socket included.
+			var now syscall.Stat_t
+			if ours != nil && syscall.Lstat(cfg.Path, &now) == nil && now.Dev == ours.Dev && now.Ino == ours.Ino {
+				os.Remove(cfg.Path)
+			}
 		}
 	}()
 	perm := uint32(cfg.Mode.Perm())
@@ -35,20 +42,33 @@ func bindListen(cfg Config) (*net.UnixListener, *syscall.Stat_t, error) {
 		return nil, nil, fmt.Errorf("fchmod socket: %w", err)
 	}
 	if err := syscall.Bind(fd, &syscall.SockaddrUnix{Name: cfg.Path}); err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			// Something appeared at the path after the stale check: another
+			// instance starting at the same moment. It is not ours to touch.
+			return nil, nil, fmt.Errorf("%w: %q", ErrInUse, cfg.Path)
+		}
 		return nil, nil, fmt.Errorf("bind %q: %w", cfg.Path, err)
 	}
+	var st syscall.Stat_t
+	if err := syscall.Lstat(cfg.Path, &st); err != nil {
+		return nil, nil, fmt.Errorf("stat %q: %w", cfg.Path, err)
+	}
+	if st.Mode&syscall.S_IFMT != syscall.S_IFSOCK {
+		return nil, nil, fmt.Errorf("%q is not a socket right after bind", cfg.Path)
+	}
+	ours = &st
 	if gid := cfg.group(); gid >= 0 {
 		if err := syscall.Lchown(cfg.Path, -1, gid); err != nil {
 			return nil, nil, fmt.Errorf("chown %q: %w", cfg.Path, err)
 		}
 	}
 	// chmod follows symlinks, so check first that the path is still our socket.
-	var st syscall.Stat_t
-	if err := syscall.Lstat(cfg.Path, &st); err != nil {
+	var again syscall.Stat_t
+	if err := syscall.Lstat(cfg.Path, &again); err != nil {
 		return nil, nil, fmt.Errorf("stat %q: %w", cfg.Path, err)
 	}
-	if st.Mode&syscall.S_IFMT != syscall.S_IFSOCK {
-		return nil, nil, fmt.Errorf("%q is no longer a socket after bind", cfg.Path)
+	if again.Dev != st.Dev || again.Ino != st.Ino || again.Mode&syscall.S_IFMT != syscall.S_IFSOCK {
+		return nil, nil, fmt.Errorf("%q was replaced during socket setup", cfg.Path)
 	}
 	if err := syscall.Chmod(cfg.Path, perm); err != nil {
 		return nil, nil, fmt.Errorf("chmod %q: %w", cfg.Path, err)

@@ -418,3 +418,48 @@ func TestCleanup_RemovesOwnSocketOnly(t *testing.T) {
 	}
 	_ = theirs
 }
+
+// S-stale: two instances racing past the stale check at once — the loser's
+// failed bind must leave the winner's live socket in place.
+func TestBindRace_LoserDoesNotRemoveWinner(t *testing.T) {
+	d := sockDir(t)
+	p := filepath.Join(d, "race.sock")
+	winner := mustListen(t, Config{Path: p})
+	accepted := serveCount(winner)
+	// The loser as it would run if its stale check had found nothing.
+	_, _, err := bindListen(Config{Path: p, Mode: 0o600}.withDefaults())
+	if !errors.Is(err, ErrInUse) {
+		t.Fatalf("loser's bind: %v, want ErrInUse", err)
+	}
+	c, err := net.Dial("unix", p)
+	if err != nil {
+		t.Fatalf("winner's socket gone after the loser failed: %v", err)
+	}
+	c.Close()
+	waitFor(t, func() bool { return accepted.Load() == 1 })
+}
+
+// S-path: a symlink planted where the socket directory is about to be
+// created is neither followed nor chmodded; the directory it points at
+// keeps its mode.
+func TestCreateDir_PlantedSymlinkNotFollowed(t *testing.T) {
+	d := sockDir(t)
+	victim := filepath.Join(d, "victim")
+	if err := os.Mkdir(victim, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(d, "sockets")
+	// As if planted right after prepareDir's Lstat found nothing.
+	if err := os.Symlink(victim, dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := createDir(dir, 0o700, -1); err != nil {
+		t.Fatalf("createDir: %v", err)
+	}
+	if fi, _ := os.Stat(victim); fi.Mode().Perm() != 0o755 {
+		t.Errorf("symlink target chmodded to %v", fi.Mode().Perm())
+	}
+	if _, err := Listen(Config{Path: filepath.Join(dir, "api.sock")}); err == nil || !strings.Contains(err.Error(), "symlink") {
+		t.Errorf("Listen through the planted symlink: %v", err)
+	}
+}

@@ -47,17 +47,8 @@ func ValidatePath(path string) error {
 func prepareDir(dir string, dirMode fs.FileMode, gid int) error {
 	fi, err := os.Lstat(dir)
 	if errors.Is(err, fs.ErrNotExist) {
-		if err := os.MkdirAll(dir, dirMode); err != nil {
-			return fmt.Errorf("create socket directory %q: %w", dir, err)
-		}
-		if gid >= 0 {
-			if err := os.Lchown(dir, -1, gid); err != nil {
-				return fmt.Errorf("set group of socket directory %q: %w", dir, err)
-			}
-		}
-		// MkdirAll is subject to the umask; set the exact mode we promised.
-		if err := os.Chmod(dir, dirMode); err != nil {
-			return fmt.Errorf("set mode of socket directory %q: %w", dir, err)
+		if err := createDir(dir, dirMode, gid); err != nil {
+			return err
 		}
 		fi, err = os.Lstat(dir)
 	}
@@ -84,6 +75,38 @@ func prepareDir(dir string, dirMode fs.FileMode, gid int) error {
 		if !(sticky && st.Uid == 0) {
 			return fmt.Errorf("socket directory %q is writable by group or others (mode %04o); refusing", dir, perm.Perm())
 		}
+	}
+	return nil
+}
+
+// createDir makes dir with mode and group. The last component is made with
+// Mkdir, which fails if anything (a planted symlink) appeared since our
+// Lstat, and its owner and mode are set through a descriptor opened with
+// O_NOFOLLOW, never by path: a path-based chmod would follow a symlink
+// swapped in meanwhile and change a directory that is not ours.
+func createDir(dir string, mode fs.FileMode, gid int) error {
+	if err := os.MkdirAll(filepath.Dir(dir), mode); err != nil {
+		return fmt.Errorf("create socket directory %q: %w", dir, err)
+	}
+	if err := os.Mkdir(dir, mode); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return nil // whatever is there now is inspected by the caller
+		}
+		return fmt.Errorf("create socket directory %q: %w", dir, err)
+	}
+	fd, err := syscall.Open(dir, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open socket directory %q: %w", dir, err)
+	}
+	defer syscall.Close(fd)
+	if gid >= 0 {
+		if err := syscall.Fchown(fd, -1, gid); err != nil {
+			return fmt.Errorf("set group of socket directory %q: %w", dir, err)
+		}
+	}
+	// Mkdir is subject to the umask; set the exact mode we promised.
+	if err := syscall.Fchmod(fd, uint32(mode.Perm())); err != nil {
+		return fmt.Errorf("set mode of socket directory %q: %w", dir, err)
 	}
 	return nil
 }
