@@ -11,6 +11,7 @@ import (
 
 	"github.com/wicket-sh/wicket/internal/agent"
 	"github.com/wicket-sh/wicket/internal/config"
+	"github.com/wicket-sh/wicket/internal/supervise"
 )
 
 type agentFlags struct {
@@ -73,6 +74,12 @@ func newAgentCmd() *cobra.Command {
 }
 
 func runAgent(parent context.Context, f *agentFlags) error {
+	// Before any token enters the process: no core dump, and no same-uid
+	// process reads our memory or the initial environment block (which
+	// keeps WICKET_MACHINE_TOKEN even after unsetenv).
+	if err := supervise.SetNonDumpable(); err != nil {
+		return err
+	}
 	logger, level, err := newLogger(os.Stderr, f.logFormat)
 	if err != nil {
 		return err

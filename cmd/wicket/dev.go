@@ -18,6 +18,7 @@ import (
 	"github.com/wicket-sh/wicket/internal/agent"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/issuer"
+	"github.com/wicket-sh/wicket/internal/supervise"
 )
 
 // The dev machine registered by `wicket dev`.
@@ -76,6 +77,11 @@ func runDev(parent context.Context, out io.Writer, dir, addr, logFormat string) 
 	defer stop()
 	logger, level, err := newLogger(os.Stderr, logFormat)
 	if err != nil {
+		return err
+	}
+	// The dev machine's token lives in this process: keep it out of core
+	// dumps and out of reach of other processes of the same user.
+	if err := supervise.SetNonDumpable(); err != nil {
 		return err
 	}
 	abs, err := filepath.Abs(dir)

@@ -232,3 +232,46 @@ func TestSIGHUP_Reloads(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// The agent holds the machine token: it must be non-dumpable (no core
+// dump; /proc/PID/environ and mem closed to same-uid processes). The kernel
+// shows a non-dumpable process's /proc files as owned by root, so run the
+// agent as an unprivileged uid and look at the owner.
+func TestAgent_NonDumpable(t *testing.T) {
+	uid := uint32(os.Geteuid())
+	dir := shortDir(t)
+	bin := wicketBin
+	var cred *syscall.Credential
+	if uid == 0 {
+		uid = 65534
+		cred = &syscall.Credential{Uid: uid, Gid: uid, Groups: []uint32{}}
+		bin = publicCopy(t, wicketBin)
+		if err := os.Chown(dir, int(uid), int(uid)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := writeConfig(t, dir)
+	os.Chown(cfg, int(uid), int(uid))
+	cmd := exec.Command(bin, "agent", "--config", cfg)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	logs := &sockettest.Buffer{}
+	cmd.Stderr = logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), "agent ready") {
+		if time.Now().After(deadline) {
+			t.Fatalf("agent not ready:\n%s", logs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	fi, err := os.Stat(fmt.Sprintf("/proc/%d/environ", cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if owner := fi.Sys().(*syscall.Stat_t).Uid; owner != 0 {
+		t.Errorf("/proc/<agent>/environ owned by uid %d, not root: the agent (uid %d) is dumpable", owner, uid)
+	}
+}
