@@ -37,7 +37,7 @@ func (a *Agent) apiHandler() http.Handler {
 
 	guard := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p, ok := unixsock.PeerFromContext(r.Context())
-		if !apierror.CanonicalPath(r.URL.Path) || encodedSeparator(r) {
+		if !apierror.CanonicalPath(r.URL.Path) || apierror.EncodedSeparator(r) {
 			apierror.BadRequest(w)
 			return
 		}
@@ -81,26 +81,6 @@ func (a *Agent) apiHandler() http.Handler {
 		a.handleProxy(w, r, rt, p)
 	})
 	return unixsock.LimitBody(a.bodyLimits, writeBodyError, guard)
-}
-
-// encodedSeparator reports whether the raw request path encodes a slash,
-// a backslash, a dot or NUL. Such a path means one thing to us (decoded)
-// and may mean another to an upstream; nothing legitimate needs them.
-func encodedSeparator(r *http.Request) bool {
-	raw := r.RequestURI
-	if raw == "" {
-		raw = r.URL.EscapedPath()
-	}
-	if i := strings.IndexByte(raw, '?'); i >= 0 {
-		raw = raw[:i]
-	}
-	raw = strings.ToLower(raw)
-	for _, bad := range []string{"%2f", "%5c", "%2e", "%00"} {
-		if strings.Contains(raw, bad) {
-			return true
-		}
-	}
-	return strings.ContainsRune(r.URL.Path, '\\')
 }
 
 func reservedPath(p string) bool {

@@ -133,11 +133,9 @@ func (a *Agent) prepareTokenDir(path string) {
 	dir := filepath.Dir(path)
 	fi, err := os.Lstat(dir)
 	if errors.Is(err, fs.ErrNotExist) {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
+		if err := makeTokenDir(dir); err != nil {
 			a.log.Warn("token file directory could not be created", "token_file", path, "err", err)
-			return
 		}
-		os.Chmod(dir, 0o755) // MkdirAll is subject to the umask
 		return
 	}
 	if err != nil {
@@ -150,6 +148,26 @@ func (a *Agent) prepareTokenDir(path string) {
 		a.log.Warn("token file directory is writable by group or others: they can replace the token workloads read",
 			"token_file", path, "dir_mode", fmt.Sprintf("%04o", uint32(fi.Mode().Perm())))
 	}
+}
+
+// makeTokenDir creates dir 0755. The last component is made with Mkdir,
+// which fails if anything (a planted symlink) appeared meanwhile, and its
+// mode is set through an O_NOFOLLOW descriptor rather than by path, so a
+// symlink swapped in cannot redirect the chmod. Writes refuse a symlinked
+// directory anyway (tokenfile.Write).
+func makeTokenDir(dir string) error {
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return err
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return err
+	}
+	fd, err := syscall.Open(dir, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer syscall.Close(fd)
+	return syscall.Fchmod(fd, 0o755) // Mkdir is subject to the umask
 }
 
 // stopTokenFiles stops every refresher and waits for them; the files stay

@@ -62,30 +62,44 @@ func Internal(w http.ResponseWriter) {
 }
 
 // CanonicalPath reports whether p is an absolute, clean URL path: no dot
-// segments, no doubled slashes, no NUL. Servers refuse anything else with a
-// plain 400 instead of redirecting, because a redirect's Location would echo
-// the caller's input, and a path that cleans to something else is how
-// allowlists are walked around.
+// segments, no doubled slashes, no NUL, no backslash, no ';' and no
+// segment starting with "..". Servers refuse anything else with a plain 400
+// instead of redirecting, because a redirect's Location would echo the
+// caller's input, and a path that some server further along normalizes
+// differently ("/a/..;/b" is "/b" to Tomcat and Spring) is how allowlists
+// are walked around.
 func CanonicalPath(p string) bool {
-	if p == "" || p[0] != '/' {
+	if p == "" || p[0] != '/' || strings.ContainsAny(p, "\x00\\;") {
 		return false
 	}
-	for i := 0; i < len(p); i++ {
-		switch p[i] {
-		case 0:
+	for i, seg := range strings.Split(p[1:], "/") {
+		if seg == "." || strings.HasPrefix(seg, "..") {
 			return false
-		case '/':
-			if i+1 < len(p) && p[i+1] == '/' {
-				return false
-			}
-		case '.':
-			if p[i-1] == '/' {
-				rest := p[i:]
-				if rest == "." || rest == ".." || strings.HasPrefix(rest, "./") || strings.HasPrefix(rest, "../") {
-					return false
-				}
-			}
+		}
+		if seg == "" && i != strings.Count(p[1:], "/") {
+			return false // "//" inside the path
 		}
 	}
 	return true
+}
+
+// EncodedSeparator reports whether the raw request path percent-encodes a
+// slash, a backslash, a dot or NUL. Such a path means one thing to us
+// (decoded) and may mean another to an upstream; nothing legitimate needs
+// them.
+func EncodedSeparator(r *http.Request) bool {
+	raw := r.RequestURI
+	if raw == "" {
+		raw = r.URL.EscapedPath()
+	}
+	if i := strings.IndexByte(raw, '?'); i >= 0 {
+		raw = raw[:i]
+	}
+	raw = strings.ToLower(raw)
+	for _, bad := range []string{"%2f", "%5c", "%2e", "%00", "%3b"} {
+		if strings.Contains(raw, bad) {
+			return true
+		}
+	}
+	return strings.ContainsRune(r.URL.Path, '\\')
 }

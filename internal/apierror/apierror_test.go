@@ -10,6 +10,7 @@ func TestCanonicalPath(t *testing.T) {
 		"/": true, "/v1/metadata": true, "/v1/metadata/tags/a.b": true, "/v1/.well-known/x": true,
 		"": false, "v1": false, "/v1/../admin": false, "/v1/..": false, "/./v1": false,
 		"//v1": false, "/v1//x": false, "/v1/\x00": false, "/v1/.": false,
+		"/v1/apps/a/..;/b": false, "/v1/x;jsessionid=1": false, "/v1/..x": false, "/v1/a\\b": false, "/v1/": true,
 	} {
 		if got := CanonicalPath(p); got != want {
 			t.Errorf("CanonicalPath(%q) = %v, want %v", p, got, want)
@@ -22,5 +23,23 @@ func TestWrite(t *testing.T) {
 	Write(w, 403, CodeForbidden, "forbidden")
 	if w.Code != 403 || w.Body.String() != "{\"error\":\"forbidden\",\"code\":\"forbidden\"}\n" || w.Header().Get("Content-Type") != "application/json" {
 		t.Errorf("got %d %q %v", w.Code, w.Body.String(), w.Header())
+	}
+}
+
+func TestEncodedSeparator(t *testing.T) {
+	for raw, want := range map[string]bool{
+		"/v1/apps/a/machines": false,
+		"/v1/apps/a%2fb":      true,
+		"/v1/apps/a%2Fb":      true,
+		"/v1/apps/%2e%2e/b":   true,
+		"/v1/apps/a%5cb":      true,
+		"/v1/apps/a%00":       true,
+		"/v1/apps/a%3bx":      true,
+		"/v1/apps/a?x=%2f":    false, // the query is not the path
+	} {
+		r := httptest.NewRequest("GET", "http://wicket"+raw, nil)
+		if got := EncodedSeparator(r); got != want {
+			t.Errorf("EncodedSeparator(%s) = %v, want %v", raw, got, want)
+		}
 	}
 }

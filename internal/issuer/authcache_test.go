@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/sockettest"
 )
@@ -86,4 +87,35 @@ func TestVerifyCache_NeverWidens(t *testing.T) {
 		t.Error("token in log")
 	}
 	_ = http.StatusOK
+}
+
+// The gateway forwards paths to the platform API: segments an upstream
+// might read as ".." and percent-encoded separators are refused before
+// anything is forwarded.
+func TestGateway_RefusesAmbiguousPaths(t *testing.T) {
+	forwarded := 0
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { forwarded++ }))
+	defer up.Close()
+	ti := startIssuer(t, shortDir(t), func(c *config.Issuer) { c.Gateway.Upstream = up.URL })
+	_, tok := ti.addMachine(t, devSpec)
+	h := ti.publicHandler()
+	for _, raw := range []string{
+		"/v1/apps/dev-app/machines/..;/..;/other-app/x",
+		"/v1/apps/dev-app/machines/..%5c..%5cother-app",
+		"/v1/apps/dev-app/machines/%2e%2e/x",
+		"/v1/apps/dev-app/a%2fb",
+		"/v1/apps/dev-app/x;param=1",
+	} {
+		r := httptest.NewRequest("GET", "http://issuer"+raw, nil)
+		r.RemoteAddr = "127.0.0.1:1"
+		r.Header.Set("Authorization", "FlyV1 "+tok)
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code != 400 {
+			t.Errorf("%s: %d, want 400", raw, w.Code)
+		}
+	}
+	if forwarded != 0 {
+		t.Errorf("%d ambiguous requests reached the upstream", forwarded)
+	}
 }

@@ -51,7 +51,8 @@ func (s *Issuer) publicHandler() http.Handler {
 	}
 	mux.Handle("GET /{org}/.well-known/", disco)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !apierror.CanonicalPath(r.URL.Path) {
+		// The gateway forwards paths: the same refusals as the agent's.
+		if !apierror.CanonicalPath(r.URL.Path) || apierror.EncodedSeparator(r) {
 			apierror.BadRequest(w)
 			return
 		}

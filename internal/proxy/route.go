@@ -333,12 +333,13 @@ func (r *Route) Match(method, path string, v Vars) bool {
 // trailing one), "." or ".." segment, no NUL and no backslash (which some
 // upstreams treat as a separator).
 func canonical(p string) bool {
-	if p == "" || p[0] != '/' || strings.ContainsAny(p, "\x00\\") {
+	if p == "" || p[0] != '/' || strings.ContainsAny(p, "\x00\\;") {
 		return false
 	}
 	parts := strings.Split(p[1:], "/")
 	for i, s := range parts {
-		if s == "." || s == ".." || (s == "" && i != len(parts)-1) {
+		// "..;" and friends are ".." to some upstream servers.
+		if s == "." || strings.HasPrefix(s, "..") || (s == "" && i != len(parts)-1) {
 			return false
 		}
 	}

@@ -91,6 +91,11 @@ func Write(path string, data []byte, mode fs.FileMode, gid int) error {
 
 // checkTarget refuses to replace anything but a regular file.
 func checkTarget(path string) error {
+	// The directory must be a real one: writing through a symlinked
+	// directory would put the token (and a rename) wherever it points.
+	if di, err := os.Lstat(filepath.Dir(path)); err == nil && (di.Mode()&fs.ModeSymlink != 0 || !di.IsDir()) {
+		return fmt.Errorf("token file %s: its directory is a symlink or not a directory, refusing", path)
+	}
 	fi, err := os.Lstat(path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):

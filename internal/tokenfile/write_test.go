@@ -338,3 +338,21 @@ func TestWrite_UnwritableDirKeepsOldFile(t *testing.T) {
 		t.Errorf("directory holds %v", names)
 	}
 }
+
+// A token file whose directory is a symlink is refused: the token would
+// land wherever the link points.
+func TestWrite_SymlinkedDirectoryRefused(t *testing.T) {
+	d := t.TempDir()
+	victim := filepath.Join(d, "victim")
+	os.Mkdir(victim, 0o755)
+	link := filepath.Join(d, "tokens")
+	if err := os.Symlink(victim, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := Write(filepath.Join(link, "aws"), []byte("header.payload.sig"), 0o440, -1); err == nil {
+		t.Fatal("write through a symlinked directory accepted")
+	}
+	if ents, _ := os.ReadDir(victim); len(ents) != 0 {
+		t.Errorf("files written into the symlink target: %v", ents)
+	}
+}
