@@ -151,6 +151,15 @@ func run(o options) error {
 		rep.Throughput = append(rep.Throughput, c)
 		fmt.Fprintf(os.Stderr, "%s: %.0f req/s vs reference %.0f → %.2f\n", subj.name, c.Subject.RPS, c.Reference.RPS, c.Ratio)
 	}
+	// The same comparison against a bare server given the token request's
+	// shape (POST with a body, ~830-byte reply): what remains is the
+	// agent's own cost.
+	refPost := newTarget("reference POST (token-shaped)", refSock, "POST", "/", []byte(`{"aud":"bench"}`))
+	shaped := compare(ctx, refPost, token, o)
+	shaped.Name = "agent POST /v1/tokens/oidc (cached) vs token-shaped reference"
+	shaped.Target = "informational"
+	rep.Throughput = append(rep.Throughput, shaped)
+	fmt.Fprintf(os.Stderr, "%s: %.0f vs %.0f → %.2f\n", shaped.Name, shaped.Subject.RPS, shaped.Reference.RPS, shaped.Ratio)
 	rep.Memory = append(rep.Memory, memOf("agent after load", sys.agent.Process.Pid, ""))
 	n, closeIdle := holdIdle(sys.api, 1000)
 	time.Sleep(500 * time.Millisecond)
