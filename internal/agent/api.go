@@ -143,9 +143,12 @@ type tokenRequest struct {
 
 // parseTokenRequest reads the optional body; ok is false if it is invalid.
 func parseTokenRequest(r *http.Request) (aud string, ok bool) {
-	body, err := io.ReadAll(r.Body)
-	if err != nil {
-		return "", false
+	body, buffered := unixsock.BufferedBody(r)
+	if !buffered {
+		var err error
+		if body, err = io.ReadAll(r.Body); err != nil {
+			return "", false
+		}
 	}
 	if a, ok := fastAud(body); ok {
 		return a, true

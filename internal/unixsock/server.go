@@ -120,8 +120,27 @@ func LimitBody(limits func() BodyLimits, onError func(http.ResponseWriter, *http
 			return
 		}
 		_ = rc.SetReadDeadline(time.Time{})
-		r.Body = io.NopCloser(bytes.NewReader(body))
+		r.Body = &bufferedBody{Reader: bytes.NewReader(body), b: body}
 		r.ContentLength = int64(len(body))
 		next.ServeHTTP(w, r)
 	})
+}
+
+// bufferedBody is a request body LimitBody has already read in full.
+type bufferedBody struct {
+	*bytes.Reader
+	b []byte
+}
+
+func (*bufferedBody) Close() error { return nil }
+
+// BufferedBody returns the whole request body when LimitBody has already
+// read it, so a handler can parse it without copying it again. ok is false
+// for a body not read by LimitBody; read r.Body then.
+func BufferedBody(r *http.Request) (b []byte, ok bool) {
+	bb, ok := r.Body.(*bufferedBody)
+	if !ok || bb.Reader.Len() != len(bb.b) {
+		return nil, false // not ours, or partly consumed already
+	}
+	return bb.b, true
 }

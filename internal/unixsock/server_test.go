@@ -34,7 +34,16 @@ func TestHTTPServer_PeerInContextAndBodyLimits(t *testing.T) {
 				w.WriteHeader(http.StatusForbidden)
 				return
 			}
+			buf, ok := BufferedBody(r)
+			if !ok {
+				w.WriteHeader(http.StatusInternalServerError) // LimitBody read it: must be available
+				return
+			}
 			b, _ := io.ReadAll(r.Body)
+			if string(b) != string(buf) {
+				w.WriteHeader(http.StatusInternalServerError)
+				return
+			}
 			io.WriteString(w, p.String()+" "+string(b))
 		}))
 	srv := NewHTTPServer(h, HTTPLimits{}, slog.New(slog.DiscardHandler))
