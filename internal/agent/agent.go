@@ -299,12 +299,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	defer a.adm.Close()
 
-	lim := unixsock.HTTPLimits{
-		ReadHeaderTimeout: cfg.HTTP.ReadHeaderTimeout.Duration,
-		IdleTimeout:       cfg.HTTP.IdleTimeout.Duration,
-		WriteTimeout:      cfg.HTTP.WriteTimeout.Duration,
-		MaxHeaderBytes:    cfg.HTTP.MaxHeaderBytes,
-	}
+	lim := cfg.HTTP.Limits()
 	a.admin = admin.New(a, func() admin.Auth { return a.rt.Load().adminAuth }, a.selfUID, a.log.With("socket", "admin"))
 	apiSrv := unixsock.NewHTTPServer(a.apiHandler(), lim, a.log)
 	admSrv := unixsock.NewHTTPServer(unixsock.LimitBody(a.bodyLimits, writeBodyError, a.admin), lim, a.log)
@@ -462,25 +457,7 @@ func (a *Agent) Metrics() []metrics.Sample {
 		{Name: "wicket_proxy_requests_total", Help: "Requests forwarded upstream.", Type: metrics.Counter, Value: float64(a.proxied.Load())},
 		{Name: "wicket_metadata_waiters", Help: "Local metadata long polls waiting.", Type: metrics.Gauge, Value: float64(a.meta.waiters.Load())},
 	}
-	s = append(s, SocketMetrics(a.api, a.adm)...)
+	s = append(s, unixsock.Metrics(a.api, a.adm)...)
 	s = append(s, a.tokenFilesMetrics()...)
-	return s
-}
-
-// SocketMetrics returns connection metrics for listeners.
-func SocketMetrics(ls ...*unixsock.Listener) []metrics.Sample {
-	var s []metrics.Sample
-	for _, l := range ls {
-		if l == nil {
-			continue
-		}
-		st := l.Stats()
-		lb := map[string]string{"socket": l.Name()}
-		s = append(s,
-			metrics.Sample{Name: "wicket_connections_open", Help: "Open connections.", Type: metrics.Gauge, Labels: lb, Value: float64(st.Open)},
-			metrics.Sample{Name: "wicket_connections_accepted_total", Help: "Accepted connections.", Type: metrics.Counter, Labels: lb, Value: float64(st.Accepted)},
-			metrics.Sample{Name: "wicket_connections_rejected_total", Help: "Connections closed at once because the socket was at its cap.", Type: metrics.Counter, Labels: lb, Value: float64(st.Rejected)},
-		)
-	}
 	return s
 }

@@ -90,6 +90,16 @@ type HTTP struct {
 	MaxHeaderBytes    int      `toml:"max_header_bytes"`
 }
 
+// Limits returns the unixsock limits these settings describe.
+func (h HTTP) Limits() unixsock.HTTPLimits {
+	return unixsock.HTTPLimits{
+		ReadHeaderTimeout: h.ReadHeaderTimeout.Duration,
+		IdleTimeout:       h.IdleTimeout.Duration,
+		WriteTimeout:      h.WriteTimeout.Duration,
+		MaxHeaderBytes:    h.MaxHeaderBytes,
+	}
+}
+
 // Limits holds request limits that a reload can change.
 type Limits struct {
 	MaxBodyBytes int64    `toml:"max_body_bytes"`

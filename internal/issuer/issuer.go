@@ -214,12 +214,7 @@ func (s *Issuer) Run(ctx context.Context) error {
 	}
 	defer s.pub.Close()
 
-	lim := unixsock.HTTPLimits{
-		ReadHeaderTimeout: cfg.HTTP.ReadHeaderTimeout.Duration,
-		IdleTimeout:       cfg.HTTP.IdleTimeout.Duration,
-		WriteTimeout:      cfg.HTTP.WriteTimeout.Duration,
-		MaxHeaderBytes:    cfg.HTTP.MaxHeaderBytes,
-	}
+	lim := cfg.HTTP.Limits()
 	s.admin = admin.New(s, func() admin.Auth { return s.rt.Load().adminAuth }, s.selfUID, s.log.With("socket", "admin"))
 	s.registerAdmin(s.admin)
 	admSrv := unixsock.NewHTTPServer(s.admin, lim, s.log)
@@ -437,13 +432,7 @@ func (s *Issuer) Metrics() []metrics.Sample {
 		c("wicket_auth_failures_total", "Requests refused with 401.", s.authFailed.Load()),
 		{Name: "wicket_long_polls", Help: "Metadata long polls in progress.", Type: metrics.Gauge, Value: float64(s.longPolls.Load())},
 	}
-	if s.adm != nil {
-		st := s.adm.Stats()
-		lb := map[string]string{"socket": "admin"}
-		out = append(out,
-			metrics.Sample{Name: "wicket_connections_open", Help: "Open connections.", Type: metrics.Gauge, Labels: lb, Value: float64(st.Open)},
-			metrics.Sample{Name: "wicket_connections_rejected_total", Help: "Connections closed at once because the socket was at its cap.", Type: metrics.Counter, Labels: lb, Value: float64(st.Rejected)})
-	}
+	out = append(out, unixsock.Metrics(s.adm)...)
 	return out
 }
 

@@ -623,6 +623,12 @@ func TestAdmin_MachineLifecycle(t *testing.T) {
 	if r := sockettest.Do(ti.adminSock, "GET", "/v1/keys", "", nil); r.Status != 200 || strings.Contains(r.Body, "PRIVATE") || !strings.Contains(r.Body, `"kind": "oidc"`) {
 		t.Errorf("keys: %+v", r)
 	}
+	if r := sockettest.Do(ti.adminSock, "GET", "/metrics", "", nil); r.Status != 200 ||
+		!strings.Contains(r.Body, `wicket_connections_open{socket="admin"}`) ||
+		!strings.Contains(r.Body, `wicket_connections_rejected_total{socket="admin"} 0`) ||
+		!strings.Contains(r.Body, "wicket_machine_tokens_minted_total 1") {
+		t.Errorf("issuer metrics: %d\n%s", r.Status, r.Body)
+	}
 	if logs := ti.logs.String(); !strings.Contains(logs, "machine added") || !strings.Contains(logs, "peer_uid=") {
 		t.Errorf("admin audit log missing:\n%s", logs)
 	}
