@@ -255,7 +255,7 @@ func (a *Agent) Reload(ctx context.Context) (admin.ReloadResult, error) {
 	if len(restart) > 0 {
 		// Keep running on the static settings we started with; only the
 		// dynamic part takes effect until a restart.
-		keepStatic(next.cfg, old.cfg)
+		config.KeepStatic(next.cfg, old.cfg)
 	}
 	next.generation = old.generation + 1
 	a.rt.Store(next)
@@ -264,16 +264,6 @@ func (a *Agent) Reload(ctx context.Context) (admin.ReloadResult, error) {
 	a.reloadsOK.Add(1)
 	a.log.Info("config reloaded", "generation", next.generation, "restart_required", restart)
 	return admin.ReloadResult{Status: "ok", Generation: next.generation, RestartRequired: restart}, nil
-}
-
-// keepStatic copies the static sections from running into next.
-func keepStatic(next, running *config.Agent) {
-	next.API = running.API
-	next.Admin.Socket = running.Admin.Socket
-	next.HTTP = running.HTTP
-	next.Issuer.URL = running.Issuer.URL
-	next.Issuer.TokenFile = running.Issuer.TokenFile
-	next.Issuer.TokenUnlink = running.Issuer.TokenUnlink
 }
 
 // Run opens the sockets and serves until ctx ends, then shuts down cleanly

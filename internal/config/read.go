@@ -101,6 +101,76 @@ func RestartRequired(old, new any) []string {
 	return out
 }
 
+// KeepStatic copies every static field (tagged reload:"restart", at any
+// depth) from running into next, so that a reload applies only the dynamic
+// part. It is driven by the same tags as RestartRequired: which fields are
+// static is recorded once. next and running must be pointers to the same
+// struct type.
+func KeepStatic(next, running any) {
+	copyStatic(reflect.ValueOf(next).Elem(), reflect.ValueOf(running).Elem())
+}
+
+func copyStatic(dst, src reflect.Value) {
+	if dst.Kind() != reflect.Struct || dst.Type() == reflect.TypeOf(Duration{}) {
+		return
+	}
+	for i := 0; i < dst.NumField(); i++ {
+		f := dst.Type().Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		if f.Tag.Get("reload") == "restart" {
+			dst.Field(i).Set(src.Field(i))
+			continue
+		}
+		copyStatic(dst.Field(i), src.Field(i))
+	}
+}
+
+// fieldName is the dotted config name of f under prefix, as
+// RestartRequired reports it; false for fields not in the file.
+func fieldName(f reflect.StructField, prefix string) (string, bool) {
+	name, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+	if name == "-" {
+		return "", false
+	}
+	switch {
+	case name == "" && f.Anonymous:
+		name = prefix // embedded struct: its fields are promoted
+	case name == "":
+		name = f.Name
+	}
+	if prefix != "" && name != prefix {
+		name = prefix + "." + name
+	}
+	return name, true
+}
+
+// DynamicFields lists the dotted names of the settings a reload applies
+// (every leaf not under a reload:"restart" tag) of the config type v
+// points to. Tests use it to prove that each one takes effect.
+func DynamicFields(v any) []string {
+	var out []string
+	var walk func(t reflect.Type, prefix string)
+	walk = func(t reflect.Type, prefix string) {
+		if t.Kind() != reflect.Struct || t == reflect.TypeOf(Duration{}) {
+			out = append(out, prefix)
+			return
+		}
+		for i := 0; i < t.NumField(); i++ {
+			f := t.Field(i)
+			if !f.IsExported() || f.Tag.Get("reload") == "restart" {
+				continue
+			}
+			if name, ok := fieldName(f, prefix); ok {
+				walk(f.Type, name)
+			}
+		}
+	}
+	walk(reflect.TypeOf(v).Elem(), "")
+	return out
+}
+
 func diffStatic(a, b reflect.Value, prefix string, static bool, out *[]string) {
 	if a.Kind() == reflect.Pointer {
 		if a.IsNil() || b.IsNil() {
@@ -117,18 +187,9 @@ func diffStatic(a, b reflect.Value, prefix string, static bool, out *[]string) {
 			if !f.IsExported() {
 				continue
 			}
-			name, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
-			if name == "-" {
+			name, ok := fieldName(f, prefix)
+			if !ok {
 				continue
-			}
-			switch {
-			case name == "" && f.Anonymous:
-				name = prefix // embedded struct: its fields are promoted
-			case name == "":
-				name = f.Name
-			}
-			if prefix != "" && name != prefix {
-				name = prefix + "." + name
 			}
 			diffStatic(a.Field(i), b.Field(i), name, static || f.Tag.Get("reload") == "restart", out)
 		}

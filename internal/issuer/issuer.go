@@ -181,8 +181,7 @@ func (s *Issuer) Reload(ctx context.Context) (admin.ReloadResult, error) {
 	}
 	restart := config.RestartRequired(old.cfg, next.cfg)
 	if len(restart) > 0 {
-		next.cfg.Server, next.cfg.State, next.cfg.HTTP = old.cfg.Server, old.cfg.State, old.cfg.HTTP
-		next.cfg.Admin.Socket = old.cfg.Admin.Socket
+		config.KeepStatic(next.cfg, old.cfg)
 	}
 	next.generation = old.generation + 1
 	s.rt.Store(next)

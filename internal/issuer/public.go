@@ -45,9 +45,12 @@ func (s *Issuer) publicHandler() http.Handler {
 		Keys: func(org string) *oidc.KeySet {
 			return s.keys.Load().oidcSets[org]
 		},
-		Grace:  s.cfg().OIDC.Grace.Duration,
-		MaxAge: s.cfg().OIDC.JWKSMaxAge.Duration,
-		Now:    s.now,
+		// Read on every request: a reload changes them at once.
+		Settings: func() oidc.PublishSettings {
+			o := s.cfg().OIDC
+			return oidc.PublishSettings{Grace: o.Grace.Duration, MaxAge: o.JWKSMaxAge.Duration}
+		},
+		Now: s.now,
 	}
 	mux.Handle("GET /{org}/.well-known/", disco)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

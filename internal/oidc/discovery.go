@@ -50,12 +50,21 @@ func Discovery(issuer string) DiscoveryDocument {
 type Handler struct {
 	PublicURL string                   // issuer base URL; an org's issuer is IssuerURL(PublicURL, org)
 	Keys      func(org string) *KeySet // current snapshot; nil for an unknown org
-	Grace     time.Duration            // how long retired keys stay published
+	// Settings returns the live publishing settings, read on every request
+	// so that a config reload takes effect at once (no private copy).
+	Settings func() PublishSettings
+	Now      func() time.Time // nil means time.Now
+}
+
+// PublishSettings are the dynamic settings of the discovery and JWKS
+// documents.
+type PublishSettings struct {
+	// Grace is how long retired keys stay published.
+	Grace time.Duration
 	// MaxAge is the Cache-Control max-age of both documents. Keep it well
 	// below the prepublish delay, or a relying party may not see a new key
 	// before it signs.
 	MaxAge time.Duration
-	Now    func() time.Time // nil means time.Now
 }
 
 // ServeHTTP answers with the org's discovery document or JWKS, and with a
@@ -79,6 +88,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not found", "not_found")
 		return
 	}
+	ps := h.Settings()
 	var v any
 	switch "/.well-known/" + doc {
 	case DiscoveryPath:
@@ -88,7 +98,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if h.Now != nil {
 			now = h.Now()
 		}
-		v = set.JWKS(now, h.Grace)
+		v = set.JWKS(now, ps.Grace)
 	default:
 		writeError(w, http.StatusNotFound, "not found", "not_found")
 		return
@@ -99,7 +109,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", fmt.Sprintf("public, max-age=%d", int(h.MaxAge.Seconds())))
+	w.Header().Set("Cache-Control", fmt.Sprintf("public, max-age=%d", int(ps.MaxAge.Seconds())))
 	w.Write(body)
 }
 

@@ -44,9 +44,10 @@ func newIssuer(t *testing.T, orgs ...string) *issuer {
 			}
 			return nil
 		},
-		Grace:  grace,
-		MaxAge: time.Minute,
-		Now:    is.clock,
+		Settings: func() oidc.PublishSettings {
+			return oidc.PublishSettings{Grace: grace, MaxAge: time.Minute}
+		},
+		Now: is.clock,
 	}
 	is.srv = httptest.NewServer(h)
 	t.Cleanup(is.srv.Close)

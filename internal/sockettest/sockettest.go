@@ -76,7 +76,11 @@ func Do(socket, method, path, body string, header map[string]string) Result {
 	for k, v := range header {
 		req.Header.Set(k, v)
 	}
-	resp, err := Client(socket).Do(req)
+	c := Client(socket)
+	// One request, one connection: an idle keep-alive left behind would
+	// count against the server's connection cap for the rest of the test.
+	defer c.CloseIdleConnections()
+	resp, err := c.Do(req)
 	if err != nil {
 		return Result{Err: err.Error()}
 	}
