@@ -3,7 +3,6 @@ package issuer
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/wicket-sh/wicket/internal/config"
+	"github.com/wicket-sh/wicket/internal/config/configtest"
 	"github.com/wicket-sh/wicket/internal/sockettest"
 )
 
@@ -43,7 +43,7 @@ level = "info"
 // config, after once the setting is added and the config reloaded.
 type reloadCase struct {
 	field  string // as config.DynamicFields names it
-	toml   string // appended to reloadBase (a section may repeat: TOML keys merge by table below)
+	toml   string // merged into reloadBase
 	before func(t *testing.T, ti *testIssuer)
 	after  func(t *testing.T, ti *testIssuer)
 }
@@ -60,7 +60,7 @@ func TestReload_EveryDynamicFieldTakesEffect(t *testing.T) {
 	cfgPath := filepath.Join(dir, "issuer.toml")
 	write := func(t *testing.T, extra string) {
 		t.Helper()
-		if err := os.WriteFile(cfgPath, []byte(mergeTOML(reloadBase, extra)), 0o600); err != nil {
+		if err := os.WriteFile(cfgPath, []byte(configtest.MergeTOML(reloadBase, extra)), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -320,53 +320,4 @@ func adminTokenFor(field string) string {
 		return "env-admin-token-0123456789abcdef"
 	}
 	return ""
-}
-
-// mergeTOML appends extra's keys to the tables of base they belong to, so
-// a case can override one key of a table base already has (TOML refuses
-// a table defined twice).
-func mergeTOML(base, extra string) string {
-	type table struct {
-		name  string
-		lines []string
-	}
-	var tables []*table
-	find := func(name string) *table {
-		for _, t := range tables {
-			if t.name == name {
-				return t
-			}
-		}
-		t := &table{name: name}
-		tables = append(tables, t)
-		return t
-	}
-	for _, doc := range []string{base, extra} {
-		cur := find("")
-		for _, line := range strings.Split(doc, "\n") {
-			line = strings.TrimSpace(line)
-			switch {
-			case line == "":
-			case strings.HasPrefix(line, "["):
-				cur = find(strings.Trim(line, "[]"))
-			default:
-				key, _, _ := strings.Cut(line, "=")
-				cur.lines = slices.DeleteFunc(cur.lines, func(l string) bool {
-					k, _, _ := strings.Cut(l, "=")
-					return strings.TrimSpace(k) == strings.TrimSpace(key)
-				})
-				cur.lines = append(cur.lines, line)
-			}
-		}
-	}
-	var b strings.Builder
-	for _, t := range tables {
-		if t.name != "" {
-			fmt.Fprintf(&b, "[%s]\n", t.name)
-		}
-		for _, l := range t.lines {
-			b.WriteString(l + "\n")
-		}
-	}
-	return b.String()
 }
