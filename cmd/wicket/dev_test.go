@@ -202,7 +202,7 @@ func TestDev_EndToEnd(t *testing.T) {
 	if kid(tr2.Body) == "" || kid(tr2.Body) != kid(tr.Body) {
 		t.Errorf("signing key changed across restart: %q vs %q", kid(tr2.Body), kid(tr.Body))
 	}
-	// dev mode is fast to come up once state exists (DESIGN target < 1s;
+	// dev mode is fast to come up once state exists (target < 1s, docs/performance.md;
 	// reported, not asserted: machines are shared and noisy).
 	t.Logf("restart: %s", d2.stdout[0])
 	_ = io.Discard

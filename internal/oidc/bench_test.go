@@ -10,7 +10,7 @@ import (
 
 // BenchmarkSign measures minting a token the way the issuer does: signer from
 // the snapshot, claims encoded, signed, serialized. Compare with
-// BenchmarkBareSign (target: >= 0.8x its rate, DESIGN §9).
+// BenchmarkBareSign (target: >= 0.8x its rate, docs/performance.md).
 func BenchmarkSign(b *testing.B) {
 	for _, alg := range oidc.Algs {
 		b.Run(string(alg), func(b *testing.B) {

@@ -35,7 +35,7 @@ func raiseNoFile(t *testing.T, need uint64) {
 }
 
 // TestBurst5000Connections is the "thousands of concurrent connections →
-// cap holds, nothing crashes, memory bounded" load test of DESIGN §10
+// cap holds, nothing crashes, memory bounded" load test of docs/soak.md
 // (S-limits): 5,000 clients connect to the API socket at once and hold on;
 // the agent never has more than max_conns open, closes the excess at once
 // and counts it, serves the ones it kept, and answers afterwards.

@@ -1,4 +1,4 @@
-// Package soak holds wicket's load and fault suite (DESIGN §10): the real
+// Package soak holds wicket's load and fault suite: the real
 // `wicket` binary, built once per run, runs as separate issuer and agent
 // processes, and the tests drive them over their Unix sockets and loopback
 // TCP the way workloads and operators do — thousands of connections at

@@ -17,7 +17,7 @@ import (
 // generic message, stable code, nothing about why.
 const unavailableBody = `{"error":"token unavailable","code":"upstream_unavailable"}` + "\n"
 
-// TestIssuerKilledAndRestarted is DESIGN §10's "issuer down → cached tokens
+// TestIssuerKilledAndRestarted is the fault "issuer down → cached tokens
 // still served, clear 503 after": under load, the issuer first hangs
 // (SIGSTOP, then SIGCONT) and is then killed with SIGKILL; cached metadata
 // and cached tokens keep being served throughout, an audience never asked
@@ -198,7 +198,7 @@ func inode(t *testing.T, path string) uint64 {
 	return fi.Sys().(*syscall.Stat_t).Ino
 }
 
-// TestAgentKill9AndRestart is DESIGN §10's "kill -9 and restart → stale
+// TestAgentKill9AndRestart is the fault "kill -9 and restart → stale
 // socket handled" (S-stale): the agent is killed with SIGKILL under load,
 // three times; its socket files stay behind, dead; the agent started again
 // with the same config replaces them, and the same clients reconnect and

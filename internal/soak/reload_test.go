@@ -57,7 +57,7 @@ func (a *agent) reload(t *testing.T, adminC *client, bySignal bool, want uint64)
 	}
 }
 
-// TestReloadUnderLoad is DESIGN §10's "reload under load → zero failed
+// TestReloadUnderLoad is the fault "reload under load → zero failed
 // requests" (S-reload): metadata, token, long-poll and new-connection load
 // runs while the config is reloaded 20 times, alternately by SIGHUP and by
 // the admin command, each time with a changed policy and limits. No request

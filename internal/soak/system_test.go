@@ -167,7 +167,7 @@ func (p *proc) rssKiB(t *testing.T) int64 {
 }
 
 // rssBoundKiB is the generous memory bound every test holds the agent to:
-// DESIGN §9 targets are far lower, but timing and memory figures belong to
+// The performance targets (docs/performance.md) are far lower, but timing and memory figures belong to
 // the benchmark; this only catches a leak or an unbounded buffer.
 const rssBoundKiB = 200 << 10
 

@@ -88,7 +88,7 @@ func listNames(t *testing.T, dir string) string {
 	return strings.Join(names, ",")
 }
 
-// TestTokenFileOnFullFilesystem is DESIGN §10's "disk full when writing
+// TestTokenFileOnFullFilesystem is the fault "disk full when writing
 // token files → old file kept", through the real agent: a [[token_file]]
 // on a 64 KiB tmpfs is written once, the filesystem is filled, and the
 // agent's refreshes fail: the old file stays whole, no temporary file is

@@ -255,7 +255,7 @@ func fill(t *testing.T, dir string) {
 }
 
 // TestWrite_DiskFullKeepsOldFile is the "disk full when writing token
-// files → old file kept" fault from DESIGN §10.
+// files → old file kept" fault (docs/soak.md).
 func TestWrite_DiskFullKeepsOldFile(t *testing.T) {
 	dir := mountTmpfs(t, "64k")
 	path := filepath.Join(dir, "token")
