@@ -56,7 +56,7 @@ func (s *Issuer) publicHandler() http.Handler {
 			apierror.BadRequest(w)
 			return
 		}
-		if _, pattern := mux.Handler(r); pattern == "" {
+		if apierror.MuxPattern(mux, r) == "" {
 			apierror.NotFound(w)
 			return
 		}
