@@ -137,7 +137,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		apierror.BadRequest(lw)
 		return
 	}
-	if _, pattern := s.mux.Handler(r); pattern == "" {
+	if apierror.MuxPattern(s.mux, r) == "" {
 		outcome = "unknown_command"
 		if allow := allowedMethods(s.mux, r); allow != "" {
 			apierror.MethodNotAllowed(lw, allow)
@@ -160,7 +160,7 @@ func allowedMethods(mux *http.ServeMux, r *http.Request) string {
 	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
 		r2 := r.Clone(r.Context())
 		r2.Method = m
-		if _, pat := mux.Handler(r2); pat != "" {
+		if apierror.MuxPattern(mux, r2) != "" {
 			allow = append(allow, m)
 		}
 	}

@@ -65,7 +65,7 @@ func (a *Agent) apiHandler() http.Handler {
 		}
 		// Dispatch through the mux itself: only ServeMux.ServeHTTP fills in
 		// the request's path values.
-		if _, pattern := mux.Handler(r); pattern != "" {
+		if apierror.MuxPattern(mux, r) != "" {
 			mux.ServeHTTP(w, r)
 			return
 		}
@@ -98,7 +98,7 @@ func allowedMethods(mux *http.ServeMux, r *http.Request) string {
 	for _, m := range []string{http.MethodGet, http.MethodPost} {
 		r2 := r.Clone(r.Context())
 		r2.Method = m
-		if _, pat := mux.Handler(r2); pat != "" {
+		if apierror.MuxPattern(mux, r2) != "" {
 			allow = append(allow, m)
 		}
 	}

@@ -6,6 +6,7 @@ package apierror
 
 import (
 	"net/http"
+	"reflect"
 	"strconv"
 	"strings"
 )
@@ -102,4 +103,25 @@ func EncodedSeparator(r *http.Request) bool {
 		}
 	}
 	return strings.ContainsRune(r.URL.Path, '\\')
+}
+
+// redirectType is the type of the handler http.ServeMux hands out when it
+// would redirect instead of serving.
+var redirectType = reflect.TypeOf(http.RedirectHandler("/", http.StatusTemporaryRedirect))
+
+// MuxPattern returns the pattern of mux that would serve r, or "" when none
+// would. A request ServeMux would redirect — to add a trailing slash
+// ("/v1/apps/x" for "/v1/apps/{app}/"), to clean its path ("//", "/./"),
+// CONNECT included — counts as matching nothing, because the redirect's
+// Location and body repeat the caller's path and query (S-errors). Every
+// wicket server decides through this function before dispatching to its
+// mux, and answers "" with its own 404 (or 405), so none of them ever
+// redirects. A handler registered as an http.RedirectHandler is therefore
+// never reached either: wicket registers none.
+func MuxPattern(mux *http.ServeMux, r *http.Request) string {
+	h, pattern := mux.Handler(r)
+	if reflect.TypeOf(h) == redirectType {
+		return ""
+	}
+	return pattern
 }

@@ -1,6 +1,7 @@
 package apierror
 
 import (
+	"net/http"
 	"net/http/httptest"
 	"testing"
 )
@@ -40,6 +41,43 @@ func TestEncodedSeparator(t *testing.T) {
 		r := httptest.NewRequest("GET", "http://wicket"+raw, nil)
 		if got := EncodedSeparator(r); got != want {
 			t.Errorf("EncodedSeparator(%s) = %v, want %v", raw, got, want)
+		}
+	}
+}
+
+// TestMuxPattern_RedirectIsNoMatch: whatever ServeMux would redirect
+// (missing trailing slash, unclean path, CONNECT) is reported as no match,
+// so a server never sends a Location built from the caller's input; real
+// matches keep their pattern.
+func TestMuxPattern_RedirectIsNoMatch(t *testing.T) {
+	mux := http.NewServeMux()
+	noop := http.HandlerFunc(func(http.ResponseWriter, *http.Request) {})
+	mux.Handle("/v1/apps/{app}/", noop)
+	mux.Handle("GET /{org}/.well-known/", noop)
+	mux.Handle("GET /v1/health", noop)
+	for _, tc := range []struct{ method, target, want string }{
+		{"GET", "/v1/apps/x?q=<script>", ""},
+		{"CONNECT", "/v1/apps/x", ""},
+		{"GET", "/dev/.well-known", ""},
+		{"GET", "//v1/health", ""},
+		{"GET", "/v1/./health", ""},
+		{"GET", "/v1/nothing", ""},
+		{"GET", "/v1/apps/x/machines", "/v1/apps/{app}/"},
+		{"GET", "/dev/.well-known/jwks.json", "GET /{org}/.well-known/"},
+		{"GET", "/v1/health?x=1", "GET /v1/health"},
+	} {
+		r := httptest.NewRequest(tc.method, tc.target, nil)
+		if got := MuxPattern(mux, r); got != tc.want {
+			t.Errorf("%s %s: pattern %q, want %q", tc.method, tc.target, got, tc.want)
+		}
+		if tc.want == "" {
+			continue
+		}
+		// Sanity: the mux itself does not redirect what matched.
+		w := httptest.NewRecorder()
+		mux.ServeHTTP(w, r)
+		if w.Code/100 == 3 {
+			t.Errorf("%s %s: matched but mux answered %d", tc.method, tc.target, w.Code)
 		}
 	}
 }

@@ -165,6 +165,10 @@ type AgentRoute struct {
 	Timeout  Duration `toml:"timeout"`
 	// Features of the attenuated machine token sent; default ["proxy"].
 	Features []string `toml:"features"`
+	// ForwardHeaders are the caller's request headers forwarded; unset
+	// means proxy.DefaultForwardHeaders, [] means none. Naming a header
+	// that is never forwarded (proxy.NeverForwarded) is an error.
+	ForwardHeaders []string `toml:"forward_headers"`
 }
 
 // AgentReservedPaths are the guest API's own path prefixes: no proxy route
@@ -346,7 +350,7 @@ func (c *Agent) validateGuest() []error {
 	}
 	routes := make([]proxy.RouteConfig, len(c.Proxy.Routes))
 	for i, r := range c.Proxy.Routes {
-		routes[i] = proxy.RouteConfig{Match: r.Match, Upstream: r.Upstream, Timeout: r.Timeout.Duration, Features: r.Features}
+		routes[i] = proxy.RouteConfig{Match: r.Match, Upstream: r.Upstream, Timeout: r.Timeout.Duration, Features: r.Features, Headers: r.ForwardHeaders}
 		if r.Upstream == "" && c.Issuer.URL == "" {
 			errs = append(errs, fmt.Errorf("proxy.route[%d]: no upstream and no issuer.url to default to", i))
 		}

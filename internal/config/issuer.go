@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/wicket-sh/wicket/internal/proxy"
 	"github.com/wicket-sh/wicket/internal/unixsock"
 )
 
@@ -90,6 +91,10 @@ type MachineTokens struct {
 type Gateway struct {
 	Upstream string   `toml:"upstream"`
 	Timeout  Duration `toml:"timeout"`
+	// ForwardHeaders are the machine's request headers forwarded; unset
+	// means proxy.DefaultForwardHeaders, [] means none. Naming a header
+	// that is never forwarded (proxy.NeverForwarded) is an error.
+	ForwardHeaders []string `toml:"forward_headers"`
 }
 
 // Issuer is the whole issuer configuration.
@@ -102,6 +107,18 @@ type Issuer struct {
 	MachineTokens MachineTokens `toml:"machine_tokens"`
 	Gateway       Gateway       `toml:"gateway"`
 	Log           Log           `toml:"log"`
+
+	gatewayHeaders *proxy.HeaderAllowlist
+}
+
+// GatewayHeaders returns the validated gateway.forward_headers (the
+// default list before Validate).
+func (c *Issuer) GatewayHeaders() *proxy.HeaderAllowlist {
+	if c.gatewayHeaders == nil {
+		h, _ := proxy.CompileHeaders(nil)
+		return h
+	}
+	return c.gatewayHeaders
 }
 
 // DefaultIssuer returns the configuration used when no file is given.
@@ -215,6 +232,11 @@ func (c *Issuer) Validate() error {
 		if c.Gateway.Timeout.Duration <= 0 {
 			errs = append(errs, errors.New("gateway.timeout must be positive"))
 		}
+	}
+	if h, err := proxy.CompileHeaders(c.Gateway.ForwardHeaders); err != nil {
+		errs = append(errs, fmt.Errorf("gateway.forward_headers: %w", err))
+	} else {
+		c.gatewayHeaders = h
 	}
 	if _, err := c.Log.SlogLevel(); err != nil {
 		errs = append(errs, err)

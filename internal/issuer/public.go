@@ -59,7 +59,7 @@ func (s *Issuer) publicHandler() http.Handler {
 			apierror.BadRequest(w)
 			return
 		}
-		if _, pattern := mux.Handler(r); pattern == "" {
+		if apierror.MuxPattern(mux, r) == "" {
 			apierror.NotFound(w)
 			return
 		}
@@ -378,7 +378,8 @@ func writeMetadata(w http.ResponseWriter, body []byte, etag string) {
 // forwards the request to the operator's platform API with the machine's
 // identity in headers and without the token.
 func (s *Issuer) handleGateway(w http.ResponseWriter, r *http.Request) {
-	gw := s.cfg().Gateway
+	cfg := s.cfg()
+	gw, fwd := cfg.Gateway, cfg.GatewayHeaders()
 	if gw.Upstream == "" {
 		apierror.NotFound(w)
 		return
@@ -398,14 +399,12 @@ func (s *Issuer) handleGateway(w http.ResponseWriter, r *http.Request) {
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(up)
 			pr.Out.Host = up.Host
-			h := pr.Out.Header
-			h.Del("Authorization")
-			h.Del("Cookie")
-			for k := range h {
-				if strings.HasPrefix(strings.ToLower(k), "x-wicket-") {
-					h.Del(k)
-				}
-			}
+			// The platform API trusts X-Wicket-*: only the allowlisted
+			// headers of the machine's request go with them, never one
+			// that could pass for them (X_Wicket_App), a credential, or a
+			// method, URL or client-address override (proxy.NeverForwarded).
+			h := fwd.Filter(pr.In.Header)
+			pr.Out.Header = h
 			h.Set("X-Wicket-Machine-Id", m.ID)
 			h.Set("X-Wicket-App", m.App)
 			h.Set("X-Wicket-Org", m.Org)

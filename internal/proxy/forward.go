@@ -135,7 +135,10 @@ func (f *Forwarder) Forward(w http.ResponseWriter, r *http.Request, rt *Route, b
 		return Result{Outcome: OutcomeBadRequest, Status: http.StatusBadRequest, Err: fmt.Errorf("build upstream request: %w", err)}
 	}
 	out.ContentLength = max(r.ContentLength, 0)
-	copyRequestHeader(out.Header, r.Header)
+	// Only the route's allowlisted headers go upstream: a header the
+	// upstream (or a server in front of it) would read as identity, a
+	// method or a path cannot come from the caller.
+	out.Header = rt.headers.Filter(r.Header)
 	out.Header.Set("Authorization", authorization)
 
 	resp, err := f.client.Do(out)
@@ -237,18 +240,6 @@ var hopByHop = []string{
 	"Transfer-Encoding", "Upgrade",
 }
 
-// dropRequest are caller headers never forwarded: the caller's own
-// credentials (the agent adds the only credential sent), what net/http sets
-// itself, and what an upstream could mistake for the agent's word.
-var dropRequest = []string{
-	"Authorization", "Cookie", "Cookie2", "Host", "Content-Length",
-	"Accept-Encoding", "Expect", "Forwarded", "Http2-Settings",
-}
-
-// dropRequestPrefix are header name prefixes never forwarded. X-Wicket-*
-// is what the issuer's gateway asserts about the machine.
-var dropRequestPrefix = []string{"Proxy-", "X-Forwarded-", "X-Wicket-"}
-
 // dropResponse are upstream headers never relayed.
 var dropResponse = []string{
 	"Set-Cookie", "Set-Cookie2", "Content-Length", "Content-Encoding",
@@ -267,16 +258,6 @@ func connectionListed(h http.Header) map[string]bool {
 		}
 	}
 	return out
-}
-
-func copyRequestHeader(dst, src http.Header) {
-	listed := connectionListed(src)
-	for k, vs := range src {
-		if dropHeader(k, listed, dropRequest, dropRequestPrefix) {
-			continue
-		}
-		dst[k] = append([]string(nil), vs...)
-	}
 }
 
 // copyResponseHeader copies src into dst without hop-by-hop headers,

@@ -32,10 +32,75 @@ func TestRequestHeaderFilter(t *testing.T) {
 		"Accept":              {"application/json"},
 		"X-Request-Id":        {"1"},
 	}
-	out := http.Header{}
-	copyRequestHeader(out, in)
-	if len(out) != 2 || out.Get("Accept") != "application/json" || out.Get("X-Request-Id") != "1" {
+	def, err := CompileHeaders(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out := def.Filter(in); len(out) != 2 || out.Get("Accept") != "application/json" || out.Get("X-Request-Id") != "1" {
 		t.Errorf("forwarded headers = %v", out)
+	}
+	// A header the caller's Connection lists is hop-by-hop even when
+	// allowlisted.
+	listed, err := CompileHeaders([]string{"x-listed", "Accept"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out := listed.Filter(in); len(out) != 1 || out.Get("Accept") != "application/json" {
+		t.Errorf("forwarded headers = %v", out)
+	}
+	if out := (&HeaderAllowlist{}).Filter(in); len(out) != 0 {
+		t.Errorf("empty allowlist forwarded %v", out)
+	}
+}
+
+// TestNeverForwarded_WhateverTheAllowlist: the names no allowlist can
+// forward, in any case and spelling, are refused by CompileHeaders and
+// dropped by Filter.
+func TestNeverForwarded_WhateverTheAllowlist(t *testing.T) {
+	never := []string{
+		"X_Wicket_Machine_Id", "x-wicket_app", "X-WICKET-ORG", "x-wicket-anything", "Some_Header", "Accept_Language",
+		"Authorization", "cookie", "Cookie2", "Proxy-Authorization", "proxy-anything", "Forwarded",
+		"X-Forwarded-For", "x-forwarded-host", "Connection", "Keep-Alive", "TE", "Trailer",
+		"Transfer-Encoding", "Upgrade", "Host", "Content-Length", "Accept-Encoding", "Expect",
+		"X-HTTP-Method-Override", "x-http-method", "X-Method-Override", "X-Original-URL",
+		"X-Rewrite-URL", "X-Real-IP", "True-Client-IP", "Via", "X-Client-IP", "X-Original-Method",
+	}
+	for _, n := range never {
+		if !NeverForwarded(n) {
+			t.Errorf("NeverForwarded(%q) = false", n)
+		}
+		if _, err := CompileHeaders([]string{"Accept", n}); err == nil {
+			t.Errorf("CompileHeaders accepted %q", n)
+		}
+		in := http.Header{n: {"v"}, "Accept": {"a"}}
+		all := &HeaderAllowlist{names: map[string]bool{"Accept": true, http.CanonicalHeaderKey(n): true}}
+		if out := all.Filter(in); len(out) != 1 {
+			t.Errorf("Filter forwarded %q: %v", n, out)
+		}
+	}
+	for _, bad := range []string{"", "X Tenant", "X-Tenant:", "X-Ténant", strings.Repeat("a", 129)} {
+		if _, err := CompileHeaders([]string{bad}); err == nil {
+			t.Errorf("CompileHeaders accepted %q", bad)
+		}
+	}
+	many := make([]string, MaxForwardHeaders+1)
+	for i := range many {
+		many[i] = "X-H" + strings.Repeat("a", i)
+	}
+	if _, err := CompileHeaders(many); err == nil {
+		t.Error("CompileHeaders accepted more than MaxForwardHeaders")
+	}
+	for _, ok := range []string{"Accept", "x-tenant", "Idempotency-Key", "If-None-Match"} {
+		if NeverForwarded(ok) {
+			t.Errorf("NeverForwarded(%q) = true", ok)
+		}
+	}
+	a, err := CompileHeaders([]string{"x-tenant", "X-Tenant", "accept"})
+	if err != nil || strings.Join(a.Names(), ",") != "X-Tenant,Accept" {
+		t.Errorf("CompileHeaders: %v %v", a.Names(), err)
+	}
+	if a, err := CompileHeaders([]string{}); err != nil || len(a.Names()) != 0 {
+		t.Errorf("empty list: %v %v", a.Names(), err)
 	}
 }
 

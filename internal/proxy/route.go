@@ -43,6 +43,9 @@ type RouteConfig struct {
 	Upstream string        // base URL; "" means the default upstream
 	Timeout  time.Duration // 0 means DefaultTimeout
 	Features []string      // machine token features; empty means ["proxy"]
+	// Headers are the caller's request headers forwarded; nil means
+	// DefaultForwardHeaders, empty means none. See CompileHeaders.
+	Headers []string
 }
 
 type segKind uint8
@@ -67,6 +70,7 @@ type Route struct {
 	upstream *url.URL // nil: the default upstream
 	timeout  time.Duration
 	features []machinetoken.Feature
+	headers  *HeaderAllowlist
 }
 
 // Name returns the route's match string as configured.
@@ -80,6 +84,9 @@ func (r *Route) Timeout() time.Duration { return r.timeout }
 
 // Features returns the features the attenuated token carries.
 func (r *Route) Features() []machinetoken.Feature { return r.features }
+
+// Headers returns the request headers the route forwards.
+func (r *Route) Headers() *HeaderAllowlist { return r.headers }
 
 // UsesVars reports whether the route has a placeholder, and so can only
 // match once the machine's identity is known.
@@ -149,6 +156,11 @@ func compileRoute(c RouteConfig, reserved []string) (*Route, error) {
 	if r.timeout == 0 {
 		r.timeout = DefaultTimeout
 	}
+	h, err := CompileHeaders(c.Headers)
+	if err != nil {
+		return nil, fmt.Errorf("forward_headers: %w", err)
+	}
+	r.headers = h
 	feats := c.Features
 	if len(feats) == 0 {
 		feats = []string{string(machinetoken.FeatureProxy)}
