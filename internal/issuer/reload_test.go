@@ -102,7 +102,10 @@ func TestReload_EveryDynamicFieldTakesEffect(t *testing.T) {
 		t.Cleanup(func() { srv.Close() })
 		return "http://" + ln.Addr().String()
 	}
-	fast := upstream(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("from upstream")) })
+	fast := upstream(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Saw-Custom", r.Header.Get("X-Custom"))
+		w.Write([]byte("from upstream"))
+	})
 	slow := upstream(func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-r.Context().Done():
@@ -225,6 +228,22 @@ func TestReload_EveryDynamicFieldTakesEffect(t *testing.T) {
 			}
 		}
 	}
+	// forwards reports whether the gateway passes the machine's X-Custom.
+	forwards := func(want bool) func(*testing.T, *testIssuer) {
+		return func(t *testing.T, ti *testIssuer) {
+			req, _ := http.NewRequest("GET", ti.url+"/v1/apps/dev-app/machines", nil)
+			req.Header.Set("Authorization", "FlyV1 "+tok)
+			req.Header.Set("X-Custom", "yes")
+			res, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res.Body.Close()
+			if got := res.Header.Get("X-Saw-Custom") == "yes"; res.StatusCode != 200 || got != want {
+				t.Errorf("gateway: %d, X-Custom forwarded %v, want %v", res.StatusCode, got, want)
+			}
+		}
+	}
 	logLevel := func(want slog.Level) func(*testing.T, *testIssuer) {
 		return func(t *testing.T, _ *testIssuer) {
 			if level.Level() != want {
@@ -273,6 +292,11 @@ func TestReload_EveryDynamicFieldTakesEffect(t *testing.T) {
 		{"machine_tokens.max_ttl", "[machine_tokens]\nmax_ttl = \"72h\"\ndefault_ttl = \"24h\"", mintStatus("100h", 201), mintStatus("100h", 400)},
 		{"gateway.upstream", "[gateway]\nupstream = \"" + fast + "\"", gateway(404), gateway(200)},
 		{"gateway.timeout", "[gateway]\nupstream = \"" + slow + "\"\ntimeout = \"200ms\"", nil, gateway(504)},
+		{"gateway.forward_headers", "[gateway]\nupstream = \"" + fast + "\"\nforward_headers = [\"X-Custom\"]", func(t *testing.T, ti *testIssuer) {
+			write(t, "[gateway]\nupstream = \""+fast+"\"")
+			reload(t)
+			forwards(false)(t, ti)
+		}, forwards(true)},
 		{"log.level", "[log]\nlevel = \"debug\"", logLevel(slog.LevelInfo), logLevel(slog.LevelDebug)},
 		{"admin.allow_uids", "[admin]\nallow_uids = [65534]", adminAs(65534, 65534, 403), adminAs(65534, 65534, 200)},
 		{"admin.allow_gids", "[admin]\nallow_gids = [65534]", adminAs(12345, 65534, 403), adminAs(12345, 65534, 200)},
