@@ -6,7 +6,9 @@ import (
 	"errors"
 	"io"
 	"mime"
+	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -284,7 +286,13 @@ func (a *Agent) fetchToken(ctx context.Context, aud string) (issued, error) {
 	if aud != "" {
 		body, _ = json.Marshal(map[string]string{"aud": aud})
 	}
-	rep, err := a.issuer.call(ctx, http.MethodPost, "/v1/tokens/oidc", nil, body, machinetoken.FeatureOIDC)
+	// The copy lives as long as the JWT should (the issuer never lets a
+	// JWT outlive it, so the cache stays useful) and is bound to aud: a
+	// copy captured upstream buys at most a JWT for this audience,
+	// expiring no later than the copy. "" asks for, and binds to, the
+	// issuer's default audience.
+	scope := machinetoken.Scope{Features: []machinetoken.Feature{machinetoken.FeatureOIDC}, Audiences: []string{aud}}
+	rep, err := a.issuer.callScoped(ctx, http.MethodPost, "/v1/tokens/oidc", nil, body, a.rt.Load().cfg.Tokens.TTL.Duration, scope)
 	if err != nil {
 		a.upstreamErrors.Add(1)
 		return issued{}, err
@@ -337,7 +345,13 @@ func (a *Agent) handleProxy(w http.ResponseWriter, r *http.Request, rt *runtime,
 		apierror.Write(w, http.StatusServiceUnavailable, apierror.CodeUnavailable, "upstream unavailable")
 		return
 	}
-	tok, err := a.token.restrict(time.Now(), attenuatedTTL, route.Features()...)
+	scope := machinetoken.Scope{Features: route.Features()}
+	if !issuerGateway(base, a.issuerURL) {
+		// Not the issuer: that upstream gets a copy wicket refuses, so a
+		// copy it leaks or reflects back is worth nothing here.
+		scope.External = base.Scheme + "://" + base.Host
+	}
+	tok, err := a.token.restrictScope(time.Now(), attenuatedTTL, scope)
 	if err != nil {
 		a.log.Error("attenuate machine token", "err", err)
 		apierror.Internal(w)
@@ -385,4 +399,29 @@ func (a *Agent) firstServe(p unixsock.Peer, jti string) bool {
 	}
 	a.served[k] = struct{}{}
 	return true
+}
+
+// issuerGateway reports whether upstream is the issuer's gateway: the
+// issuer URL itself (same scheme, host and port, and path), which is what
+// a route without its own upstream uses. Anything else, the issuer's host
+// under another path included, is an external upstream.
+func issuerGateway(upstream, issuer *url.URL) bool {
+	if upstream == nil || issuer == nil {
+		return false
+	}
+	return strings.EqualFold(upstream.Scheme, issuer.Scheme) &&
+		strings.EqualFold(hostPort(upstream), hostPort(issuer)) &&
+		strings.TrimRight(upstream.Path, "/") == strings.TrimRight(issuer.Path, "/")
+}
+
+// hostPort returns u's host with the scheme's default port made explicit.
+func hostPort(u *url.URL) string {
+	if u.Port() != "" {
+		return u.Host
+	}
+	port := "80"
+	if strings.EqualFold(u.Scheme, "https") {
+		port = "443"
+	}
+	return net.JoinHostPort(u.Hostname(), port)
 }

@@ -570,7 +570,8 @@ func issuedFeatures(is *agenttest.Issuer, path string) [][]machinetoken.Feature 
 	return out
 }
 
-// Each outbound call carries a copy narrowed to its feature and to 60 s.
+// Each outbound call carries a copy narrowed to its feature and to 60 s
+// (an OIDC token request: to the JWT's lifetime).
 func TestUpstreamTokensAttenuated(t *testing.T) {
 	is := agenttest.New(t)
 	g := startGuest(t, is, "")
@@ -594,8 +595,52 @@ func TestUpstreamTokensAttenuated(t *testing.T) {
 		if !strings.HasPrefix(s.Header.Get("Authorization"), "FlyV1 fm2_") || s.Token == g.token {
 			t.Errorf("%s: not an attenuated FlyV1 token", s.Path)
 		}
-		if left := time.Until(s.Verified.NotAfter); left > 61*time.Second {
-			t.Errorf("%s: token valid for %v more, want ≤ 60s", s.Path, left)
+		want := 61 * time.Second
+		if s.Path == "/v1/tokens/oidc" {
+			want = 10*time.Minute + time.Second // [tokens] ttl: the JWT's own life
+		}
+		if left := time.Until(s.Verified.NotAfter); left > want {
+			t.Errorf("%s: token valid for %v more, want ≤ %v", s.Path, left, want)
+		}
+	}
+}
+
+// The copy sent for an OIDC token is bound to the audience asked for (the
+// default included) and lives [tokens] ttl, so a capture of it buys
+// nothing else and no JWT outliving it.
+func TestOIDCCopy_BoundToAudience(t *testing.T) {
+	is := agenttest.New(t)
+	g := startGuest(t, is, "")
+	for _, aud := range []string{"sts.amazonaws.com", ""} {
+		body := ""
+		if aud != "" {
+			body = `{"aud":"` + aud + `"}`
+		}
+		if r := g.req(t, "POST", "/v1/tokens/oidc", body, nil); r.Status != 200 {
+			t.Fatalf("token (aud %q): %d %s", aud, r.Status, r.Body)
+		}
+		var s *agenttest.Seen
+		for _, x := range is.Seen() {
+			if x.Path == "/v1/tokens/oidc" {
+				s = &x
+			}
+		}
+		if s == nil {
+			t.Fatal("no token request seen")
+		}
+		if !slices.Equal(s.Verified.Audiences, []string{aud}) {
+			t.Errorf("aud %q: copy bound to %q", aud, s.Verified.Audiences)
+		}
+		for _, other := range [][]string{{"https://attacker.example"}, {aud, "https://attacker.example"}, nil} {
+			if other == nil && aud == "" {
+				continue
+			}
+			if _, err := is.Verifier.Verify(s.Token, machinetoken.Request{Feature: machinetoken.FeatureOIDC, Audience: other}); err == nil {
+				t.Errorf("aud %q: copy accepted for %q", aud, other)
+			}
+		}
+		if left := time.Until(s.Verified.NotAfter); left > 10*time.Minute+time.Second || left < 9*time.Minute {
+			t.Errorf("aud %q: copy valid for %v more, want the 10m default ttl", aud, left)
 		}
 	}
 }

@@ -33,7 +33,7 @@ type MachineToken struct {
 }
 
 // restrictReuse is how long one attenuated copy is reused for the same
-// features. Copies are valid for attenuatedTTL (60 s) from their creation,
+// lifetime and caveats. Copies are valid for attenuatedTTL (60 s) from their creation,
 // so a reused copy still has at least 50 s left when sent; reusing it lets
 // the issuer recognize a token it has just verified instead of checking
 // the whole signature chain on every request.
@@ -41,8 +41,12 @@ const restrictReuse = 10 * time.Second
 
 type restrictCache struct {
 	mu      sync.Mutex
-	entries map[string]restricted
+	entries map[restrictKey]restricted
 }
+
+// maxRestricted bounds the copies kept for reuse; OIDC copies are per
+// audience, and the token cache holds at most max_audiences of those.
+const maxRestricted = 4096
 
 type restricted struct {
 	tok     string
@@ -68,7 +72,7 @@ func ParseMachineToken(s string) (MachineToken, error) {
 	if _, err := machinetoken.Restrict(s, time.Now(), time.Minute, nil); err != nil {
 		return MachineToken{}, ErrMachineTokenMalformed
 	}
-	return MachineToken{v: &s, cache: &restrictCache{entries: map[string]restricted{}}}, nil
+	return MachineToken{v: &s, cache: &restrictCache{entries: map[restrictKey]restricted{}}}, nil
 }
 
 // IsZero reports whether no token is held.
@@ -95,21 +99,41 @@ func (MachineToken) MarshalJSON() ([]byte, error) { return []byte(`"` + redacted
 // restrict returns the per-request copy: valid for ttl from now and only
 // for features.
 func (t MachineToken) restrict(now time.Time, ttl time.Duration, features ...machinetoken.Feature) (string, error) {
+	return t.restrictScope(now, ttl, machinetoken.Scope{Features: features})
+}
+
+// restrictKey is what makes two copies interchangeable: a reused copy must
+// carry exactly the caveats a fresh one would.
+type restrictKey struct {
+	ttl                 time.Duration
+	features, audiences string
+	hasAudiences        bool
+	external            string
+}
+
+// restrictScope returns the per-request copy: valid for ttl from now and
+// narrowed to s.
+func (t MachineToken) restrictScope(now time.Time, ttl time.Duration, s machinetoken.Scope) (string, error) {
 	if t.v == nil {
 		return "", errors.New("no machine token")
 	}
 	if t.cache == nil || ttl < 2*restrictReuse {
-		return machinetoken.Restrict(*t.v, now, ttl, features)
+		return machinetoken.RestrictScope(*t.v, now, ttl, s)
 	}
-	key := fmt.Sprint(ttl, features)
+	key := restrictKey{ttl: ttl, features: fmt.Sprintf("%q", s.Features), audiences: fmt.Sprintf("%q", s.Audiences),
+		hasAudiences: s.Audiences != nil, external: s.External}
 	t.cache.mu.Lock()
 	defer t.cache.mu.Unlock()
 	if e, ok := t.cache.entries[key]; ok && now.Sub(e.created) >= 0 && now.Sub(e.created) < restrictReuse {
 		return e.tok, nil
 	}
-	tok, err := machinetoken.Restrict(*t.v, now, ttl, features)
+	tok, err := machinetoken.RestrictScope(*t.v, now, ttl, s)
 	if err != nil {
 		return "", err
+	}
+	if len(t.cache.entries) >= maxRestricted {
+		// One entry per audience asked for: start over rather than grow.
+		clear(t.cache.entries)
 	}
 	t.cache.entries[key] = restricted{tok: tok, created: now}
 	return tok, nil

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net"
@@ -119,6 +120,19 @@ token_burst = 50
 			}
 		}
 	}
+	// jwtLife is the lifetime of a token the agent fetches for a new audience.
+	jwtLife := func(want time.Duration) func(*testing.T) {
+		return func(t *testing.T) {
+			r := g.req(t, "POST", "/v1/tokens/oidc", `{"aud":"life-`+want.String()+`"}`, map[string]string{"Accept": "application/json"})
+			var out struct {
+				ExpiresAt time.Time `json:"expires_at"`
+			}
+			json.Unmarshal([]byte(r.Body), &out)
+			if got := time.Until(out.ExpiresAt).Round(time.Minute); r.Status != 200 || got != want {
+				t.Errorf("token: %d, lives %v, want %v", r.Status, got, want)
+			}
+		}
+	}
 	// evicts reports whether asking for three audiences evicts the first.
 	evicts := func(want bool) func(*testing.T) {
 		return func(t *testing.T) {
@@ -215,6 +229,7 @@ token_burst = 50
 				}
 			}},
 		{"tokens.refresh_at", "[tokens]\nrefresh_at = 0.5", refreshFraction(0.8), refreshFraction(0.5)},
+		{"tokens.ttl", "[tokens]\nttl = \"2m\"", jwtLife(10 * time.Minute), jwtLife(2 * time.Minute)},
 		{"tokens.max_audiences", "[tokens]\nmax_audiences = 2", evicts(false), evicts(true)},
 		{"limits.max_body_bytes", "[limits]\nmax_body_bytes = 2048", bodyLimit(200), bodyLimit(413)},
 		{"limits.body_timeout", "[limits]\nbody_timeout = \"200ms\"", nil, bodyTimeout},

@@ -16,6 +16,7 @@ import (
 
 // attenuatedTTL is how long the copy of the machine token sent with one
 // request stays valid: a copy captured upstream is useless soon after.
+// OIDC token requests use [tokens] ttl instead (see fetchToken).
 const attenuatedTTL = 60 * time.Second
 
 // maxIssuerReply bounds a metadata or token reply read from the issuer.
@@ -61,7 +62,12 @@ func (r *issuerReply) code() string {
 // call makes one request with a fresh attenuated token narrowed to feature.
 // Errors carry the URL (never the token) and are for the log.
 func (c *issuerClient) call(ctx context.Context, method, path string, query url.Values, body []byte, feature machinetoken.Feature) (*issuerReply, error) {
-	tok, err := c.token.restrict(time.Now(), attenuatedTTL, feature)
+	return c.callScoped(ctx, method, path, query, body, attenuatedTTL, machinetoken.Scope{Features: []machinetoken.Feature{feature}})
+}
+
+// callScoped is call with a copy valid for ttl and narrowed to scope.
+func (c *issuerClient) callScoped(ctx context.Context, method, path string, query url.Values, body []byte, ttl time.Duration, scope machinetoken.Scope) (*issuerReply, error) {
+	tok, err := c.token.restrictScope(time.Now(), ttl, scope)
 	if err != nil {
 		return nil, fmt.Errorf("attenuate machine token: %w", err)
 	}

@@ -140,6 +140,12 @@ type AgentTokens struct {
 	RefreshAt float64 `toml:"refresh_at"`
 	// MaxAudiences caps the cache; the oldest audience is evicted first.
 	MaxAudiences int `toml:"max_audiences"`
+	// TTL is how long the copy of the machine token sent with each OIDC
+	// token request is valid. The issuer never issues a JWT that outlives
+	// the copy, so this bounds the JWTs the agent gets (the issuer's
+	// [oidc] token_ttl applies when shorter) and what a copy captured
+	// upstream can buy.
+	TTL Duration `toml:"ttl"`
 }
 
 // AgentLimits are the agent's request limits: the shared ones plus the
@@ -218,7 +224,7 @@ func DefaultAgent() *Agent {
 			MaxHeaderBytes:    16 << 10,
 		},
 		Issuer: AgentIssuer{RequestTimeout: Duration{10 * time.Second}},
-		Tokens: AgentTokens{RefreshAt: 0.8, MaxAudiences: 1000},
+		Tokens: AgentTokens{RefreshAt: 0.8, MaxAudiences: 1000, TTL: Duration{10 * time.Minute}},
 		Limits: AgentLimits{
 			Limits:     Limits{MaxBodyBytes: 64 << 10, BodyTimeout: Duration{10 * time.Second}},
 			TokenRate:  10,
@@ -341,6 +347,9 @@ func (c *Agent) validateGuest() []error {
 	}
 	if n := c.Tokens.MaxAudiences; n < 1 || n > 100000 {
 		errs = append(errs, fmt.Errorf("tokens.max_audiences %d: want 1..100000", n))
+	}
+	if d := c.Tokens.TTL.Duration; d < time.Minute || d > time.Hour {
+		errs = append(errs, fmt.Errorf("tokens.ttl %v: want 1m..1h", d))
 	}
 	if r := c.Limits.TokenRate; !(r > 0 && r <= 1e6) {
 		errs = append(errs, fmt.Errorf("limits.token_rate %v: want more than 0, at most 1000000 per second", r))

@@ -18,6 +18,7 @@ request_timeout = "3s"
 [tokens]
 refresh_at = 0.75
 max_audiences = 50
+ttl = "15m"
 
 [[policy]]
 name = "app-binary"
@@ -44,7 +45,7 @@ func TestLoadAgent_GuestKeys(t *testing.T) {
 	if diff := cmp.Diff(want, c.Issuer); diff != "" {
 		t.Errorf("issuer (-want +got):\n%s", diff)
 	}
-	if c.Tokens.RefreshAt != 0.75 || c.Tokens.MaxAudiences != 50 || c.Limits.TokenRate != 2.5 || c.Limits.TokenBurst != 5 {
+	if c.Tokens.RefreshAt != 0.75 || c.Tokens.MaxAudiences != 50 || c.Tokens.TTL.Duration != 15*time.Minute || c.Limits.TokenRate != 2.5 || c.Limits.TokenBurst != 5 {
 		t.Errorf("tokens %+v limits %+v", c.Tokens, c.Limits)
 	}
 	if c.Limits.MaxBodyBytes != 4096 || c.Limits.BodyTimeout.Duration != 10*time.Second {
@@ -81,6 +82,8 @@ func TestLoadAgent_GuestInvalid(t *testing.T) {
 		{"[tokens]\nrefresh_at = 1.0\n", "tokens.refresh_at"},
 		{"[tokens]\nrefresh_at = 0.0\n", "tokens.refresh_at"},
 		{"[tokens]\nmax_audiences = 0\n", "tokens.max_audiences"},
+		{"[tokens]\nttl = \"30s\"\n", "tokens.ttl"},
+		{"[tokens]\nttl = \"2h\"\n", "tokens.ttl"},
 		{"[limits]\ntoken_rate = 0.0\n", "limits.token_rate"},
 		{"[limits]\ntoken_burst = 0\n", "limits.token_burst"},
 		{"[[proxy.route]]\nmatch = \"GET /x\"\n", "no upstream and no issuer.url"},

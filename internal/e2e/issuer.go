@@ -43,6 +43,13 @@ func ShortDir(t testing.TB) string {
 // until the test ends. Its log is printed if the test fails.
 func StartIssuer(t testing.TB) *Issuer {
 	t.Helper()
+	return StartIssuerWith(t, nil)
+}
+
+// StartIssuerWith is StartIssuer with extra adjusting the configuration
+// (a gateway upstream, say); nil changes nothing.
+func StartIssuerWith(t testing.TB, extra func(*config.Issuer)) *Issuer {
+	t.Helper()
 	dir := ShortDir(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -53,6 +60,9 @@ func StartIssuer(t testing.TB) *Issuer {
 		c.State.Dir = filepath.Join(dir, "state")
 		c.Admin.Path = filepath.Join(dir, "admin.sock")
 		c.Server.PublicURL, c.Server.Listen = url, ln.Addr().String()
+		if extra != nil {
+			extra(c)
+		}
 	}}
 	cfg, err := config.LoadIssuer("", ov...)
 	if err != nil {

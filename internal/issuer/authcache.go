@@ -2,6 +2,7 @@ package issuer
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"net/netip"
 	"sync"
 	"time"
@@ -15,8 +16,8 @@ import (
 // signature chain again cost more than a third of an ES256 token request.
 //
 // The key binds everything Verify looked at besides the clock: the token
-// bytes, the caller's address (source-address caveats), the feature and
-// the app asked for. Entries expire at the token's own end or after
+// bytes, the caller's address (source-address caveats), the feature, the
+// app and the OIDC audiences asked for (audience caveats). Entries expire at the token's own end or after
 // verifyCacheTTL, whichever comes first. Revocation and the machine's
 // existence are not cached: authenticate checks both on every request.
 // The cache is flushed whenever the key ring changes.
@@ -36,7 +37,7 @@ const (
 	verifyCacheMax = 16384
 )
 
-func verifyKey(token string, remote netip.Addr, feature machinetoken.Feature, app string) [32]byte {
+func verifyKey(token string, remote netip.Addr, feature machinetoken.Feature, app string, aud []string) [32]byte {
 	h := sha256.New()
 	h.Write([]byte(token))
 	h.Write([]byte{0})
@@ -46,6 +47,17 @@ func verifyKey(token string, remote netip.Addr, feature machinetoken.Feature, ap
 	h.Write([]byte(feature))
 	h.Write([]byte{0})
 	h.Write([]byte(app))
+	// The audiences asked for (audience caveats check them): each one
+	// length-prefixed, and nil (the default) apart from any list.
+	if aud == nil {
+		h.Write([]byte{0})
+	} else {
+		h.Write([]byte{1})
+		for _, a := range aud {
+			h.Write(binary.BigEndian.AppendUint32(nil, uint32(len(a))))
+			h.Write([]byte(a))
+		}
+	}
 	var k [32]byte
 	h.Sum(k[:0])
 	return k

@@ -88,6 +88,12 @@ func unauthorized(w http.ResponseWriter) {
 // when set) and returns the registered machine. Every failure gets the same
 // 401; the reason goes to the log with the caller's address, never the token.
 func (s *Issuer) authenticate(w http.ResponseWriter, r *http.Request, feature machinetoken.Feature, app string) (*store.Machine, *machinetoken.Verified, bool) {
+	return s.authenticateAud(w, r, feature, app, nil)
+}
+
+// authenticateAud is authenticate for an OIDC request asking for aud (nil:
+// the default audience), which a copy bound to other audiences may not get.
+func (s *Issuer) authenticateAud(w http.ResponseWriter, r *http.Request, feature machinetoken.Feature, app string, aud []string) (*store.Machine, *machinetoken.Verified, bool) {
 	remote := remoteAddr(r)
 	fail := func(reason error) (*store.Machine, *machinetoken.Verified, bool) {
 		s.authFailed.Add(1)
@@ -101,7 +107,7 @@ func (s *Issuer) authenticate(w http.ResponseWriter, r *http.Request, feature ma
 	}
 	kr := s.keys.Load()
 	now := s.now()
-	ck := verifyKey(tok, remote, feature, app)
+	ck := verifyKey(tok, remote, feature, app, aud)
 	ver := s.verified.get(ck, kr, now)
 	if ver == nil {
 		v := machinetoken.Verifier{
@@ -112,7 +118,7 @@ func (s *Issuer) authenticate(w http.ResponseWriter, r *http.Request, feature ma
 			},
 			Revoked: func(id string) bool { _, ok := kr.revoked[id]; return ok },
 		}
-		ver, err = v.Verify(tok, machinetoken.Request{Now: now, RemoteAddr: remote, Feature: feature, App: app})
+		ver, err = v.Verify(tok, machinetoken.Request{Now: now, RemoteAddr: remote, Feature: feature, App: app, Audience: aud})
 		if err != nil {
 			return fail(err)
 		}
@@ -184,34 +190,38 @@ func parseAud(raw json.RawMessage) ([]string, error) {
 }
 
 func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
-	m, ver, ok := s.authenticate(w, r, machinetoken.FeatureOIDC, "")
+	// The body is read before the token is checked because the audience it
+	// asks for is part of the check (a copy may be bound to one); a bad
+	// body is still answered only once the token passes.
+	var req oidcRequest
+	var reqErr error
+	body, err := io.ReadAll(io.LimitReader(r.Body, 64<<10))
+	if err != nil {
+		reqErr = err
+	} else if len(strings.TrimSpace(string(body))) > 0 {
+		dec := json.NewDecoder(strings.NewReader(string(body)))
+		dec.DisallowUnknownFields()
+		reqErr = dec.Decode(&req)
+	}
+	var aud []string
+	if reqErr == nil {
+		aud, reqErr = parseAud(req.Aud)
+	}
+	m, ver, ok := s.authenticateAud(w, r, machinetoken.FeatureOIDC, "", aud)
 	if !ok {
 		return
 	}
-	cfg := s.cfg()
-	var req oidcRequest
-	body, err := io.ReadAll(io.LimitReader(r.Body, 64<<10))
-	if err != nil {
+	if reqErr != nil {
+		s.log.Info("bad token request", "machine_id", m.ID, "err", reqErr)
 		apierror.BadRequest(w)
 		return
 	}
-	if len(strings.TrimSpace(string(body))) > 0 {
-		dec := json.NewDecoder(strings.NewReader(string(body)))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&req); err != nil {
-			s.log.Info("bad token request", "machine_id", m.ID, "err", err)
-			apierror.BadRequest(w)
-			return
-		}
-	}
+	cfg := s.cfg()
 	issuer := oidc.IssuerURL(cfg.Server.PublicURL, m.Org)
-	aud, err := parseAud(req.Aud)
-	if err == nil && aud == nil {
+	if aud == nil {
 		aud = []string{issuer}
 	}
-	if err == nil {
-		err = oidc.ValidateAudience(aud)
-	}
+	err = oidc.ValidateAudience(aud)
 	ttl := cfg.OIDC.TokenTTL.Duration
 	if err == nil && req.TTL != "" {
 		ttl, err = time.ParseDuration(req.TTL)
@@ -252,9 +262,21 @@ func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
 		apierror.Internal(w)
 		return
 	}
+	// A JWT never outlives the machine token that bought it: a copy
+	// captured on its way here buys at most what is left of the copy.
+	exp, capped := now.Add(ttl), false
+	if ver.NotAfter.Before(exp) {
+		exp, capped = ver.NotAfter, true
+	}
+	if !exp.After(now) {
+		s.authFailed.Add(1)
+		s.log.Warn("machine token refused", "remote", remoteAddr(r).String(), "path", r.URL.Path, "reason", "token ends now", "token_id", ver.TokenID)
+		unauthorized(w)
+		return
+	}
 	claims := oidc.Claims{
 		Issuer: issuer, Subject: sub, Audience: aud,
-		IssuedAt: now, NotBefore: now, Expiry: now.Add(ttl), ID: newJTI(),
+		IssuedAt: now, NotBefore: now, Expiry: exp, ID: newJTI(),
 		Org: m.Org, App: m.App, MachineID: m.ID, MachineName: m.Name,
 		Region: m.Region, Image: m.Image, ImageDigest: m.ImageDigest,
 	}
@@ -266,7 +288,8 @@ func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
 	}
 	s.tokensIssued.Add(1)
 	s.log.Info("oidc token issued", "machine_id", m.ID, "org", m.Org, "app", m.App, "aud", strings.Join(aud, ","),
-		"kid", key.ID, "jti", claims.ID, "token_id", ver.TokenID, "expires_at", claims.Expiry.UTC().Format(time.RFC3339))
+		"kid", key.ID, "jti", claims.ID, "token_id", ver.TokenID, "expires_at", claims.Expiry.UTC().Format(time.RFC3339),
+		"capped_at_token_end", capped)
 	writeJSON(w, http.StatusOK, map[string]string{"token": tok, "expires_at": claims.Expiry.UTC().Format(time.RFC3339)})
 }
 

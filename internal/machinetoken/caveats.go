@@ -23,6 +23,8 @@ const (
 	CavMachine                         // string: machine id
 	CavFeatures                        // []string: features granted
 	CavSourceAddrs                     // []string: CIDR prefixes the token may be used from
+	CavAudiences                       // []string: the only OIDC audiences the token may get
+	CavExternal                        // string: the non-wicket upstream a copy was made for
 )
 
 func init() {
@@ -31,6 +33,8 @@ func init() {
 	macaroon.RegisterCaveatType(new(machineCaveat))
 	macaroon.RegisterCaveatType(new(featuresCaveat))
 	macaroon.RegisterCaveatType(new(sourceAddrsCaveat))
+	macaroon.RegisterCaveatType(new(audiencesCaveat))
+	macaroon.RegisterCaveatType(new(externalCaveat))
 }
 
 // access is what a request looks like to caveats. The identity fields are
@@ -42,6 +46,7 @@ type access struct {
 	org, app, machine string
 	feature           Feature
 	remote            netip.Addr
+	audience          []string // asked for, OIDC only; empty: the default audience
 }
 
 func (a *access) Now() time.Time  { return a.now }
@@ -54,6 +59,8 @@ var (
 	errFeature  = errors.New("feature not granted")
 	errNoRemote = errors.New("source address unknown")
 	errSource   = errors.New("source address not allowed")
+	errAudience = errors.New("audience not granted")
+	errExternal = errors.New("copy made for an external upstream")
 )
 
 // check is the shared body of Prohibits: refuse an access we did not build.
@@ -124,4 +131,47 @@ func (c *sourceAddrsCaveat) Prohibits(a macaroon.Access) error {
 		}
 	}
 	return errSource
+}
+
+// DefaultAudience is how an audiences caveat names the default audience of
+// an OIDC request that asks for none (the org's issuer URL): the agent does
+// not know the URL the issuer calls itself by, so it names the default
+// instead of spelling it out.
+const DefaultAudience = ""
+
+// audiencesCaveat limits a token to minting OIDC tokens for these
+// audiences: every audience a request asks for must be listed, so several
+// such caveats intersect. It refuses every other feature: a copy bound to
+// an audience is good for that audience's tokens and nothing else.
+type audiencesCaveat []string
+
+func (c *audiencesCaveat) CaveatType() macaroon.CaveatType { return CavAudiences }
+func (c *audiencesCaveat) Name() string                    { return "wicket.Audiences" }
+func (c *audiencesCaveat) Prohibits(a macaroon.Access) error {
+	return check(a, func(a *access) bool {
+		if a.feature != FeatureOIDC {
+			return false
+		}
+		if len(a.audience) == 0 {
+			return slices.Contains(*c, DefaultAudience)
+		}
+		for _, aud := range a.audience {
+			if aud == DefaultAudience || !slices.Contains(*c, aud) {
+				return false
+			}
+		}
+		return true
+	}, errAudience)
+}
+
+// externalCaveat marks a copy the agent sent to an upstream that is not
+// the issuer (a proxy route with its own upstream): wicket refuses it
+// everywhere, so a copy that upstream leaks or reflects is worth nothing
+// to the issuer. The value names the upstream's origin, for the log.
+type externalCaveat string
+
+func (c *externalCaveat) CaveatType() macaroon.CaveatType { return CavExternal }
+func (c *externalCaveat) Name() string                    { return "wicket.External" }
+func (c *externalCaveat) Prohibits(a macaroon.Access) error {
+	return check(a, func(*access) bool { return false }, errExternal)
 }

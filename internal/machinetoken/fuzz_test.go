@@ -31,6 +31,18 @@ func FuzzVerify(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Add("Bearer " + narrow)
+	// The agent's OIDC copy (audience caveat) and a proxy copy for an
+	// external upstream, so the fuzzer mutates those caveats' encodings.
+	bound, err := RestrictScope(tok, t0, time.Minute, Scope{Features: []Feature{FeatureOIDC}, Audiences: []string{DefaultAudience}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add("FlyV1 " + bound)
+	ext, err := RestrictScope(tok, t0, time.Minute, Scope{Features: []Feature{FeatureProxy}, External: "https://api.example"})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add("FlyV1 " + ext)
 	f.Fuzz(func(t *testing.T, h string) {
 		tok, err := ParseHeader(h)
 		if err != nil {
@@ -75,8 +87,10 @@ func TestCaveatNumbers_Stable(t *testing.T) {
 	for name, got := range map[string]uint64{
 		"org": uint64(CavOrg), "app": uint64(CavApp), "machine": uint64(CavMachine),
 		"features": uint64(CavFeatures), "source_addrs": uint64(CavSourceAddrs),
+		"audiences": uint64(CavAudiences), "external": uint64(CavExternal),
 	} {
-		want := base + map[string]uint64{"org": 0, "app": 1, "machine": 2, "features": 3, "source_addrs": 4}[name]
+		want := base + map[string]uint64{"org": 0, "app": 1, "machine": 2, "features": 3, "source_addrs": 4,
+			"audiences": 5, "external": 6}[name]
 		if got != want {
 			t.Errorf("caveat %s = %#x, want %#x", name, got, want)
 		}

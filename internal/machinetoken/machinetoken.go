@@ -156,6 +156,25 @@ func Mint(k Key, location string, c Claims) (token, tokenID string, err error) {
 // ever added and all must hold, so asking for a wider window or more
 // features than the token has changes nothing.
 func Attenuate(token string, notBefore, notAfter time.Time, features []Feature) (string, error) {
+	return AttenuateScope(token, notBefore, notAfter, Scope{Features: features})
+}
+
+// Scope is what an attenuation narrows besides the validity window. The
+// zero value narrows nothing.
+type Scope struct {
+	// Features, when not empty, are the only features left.
+	Features []Feature
+	// Audiences, when not nil, are the only audiences OIDC tokens may be
+	// minted for (DefaultAudience names the org's default), and the copy
+	// is refused for every other feature. Several attenuations intersect.
+	Audiences []string
+	// External, when not empty, names the origin of an upstream that is
+	// not the issuer: the copy is refused by wicket on every endpoint.
+	External string
+}
+
+// AttenuateScope is [Attenuate] with the caveats of s.
+func AttenuateScope(token string, notBefore, notAfter time.Time, s Scope) (string, error) {
 	m, err := decode(token)
 	if err != nil {
 		return "", err
@@ -168,12 +187,19 @@ func Attenuate(token string, notBefore, notAfter time.Time, features []Feature) 
 	if win != nil {
 		cavs = append(cavs, win)
 	}
-	if len(features) > 0 {
-		feats, err := canonicalFeatures(features)
+	if len(s.Features) > 0 {
+		feats, err := canonicalFeatures(s.Features)
 		if err != nil {
 			return "", fmt.Errorf("machinetoken: attenuate: %w", err)
 		}
 		cavs = append(cavs, &feats)
+	}
+	if s.Audiences != nil {
+		auds := audiencesCaveat(slices.Clone(s.Audiences))
+		cavs = append(cavs, &auds)
+	}
+	if s.External != "" {
+		cavs = append(cavs, ptr(externalCaveat(s.External)))
 	}
 	if err := m.Add(cavs...); err != nil {
 		return "", fmt.Errorf("machinetoken: attenuate: %w", err)
@@ -193,10 +219,15 @@ const restrictSkew = 5 * time.Second
 // request: valid from now-5s to now+ttl and only for features (all of the
 // token's features when empty). A copy captured upstream expires with ttl.
 func Restrict(token string, now time.Time, ttl time.Duration, features []Feature) (string, error) {
+	return RestrictScope(token, now, ttl, Scope{Features: features})
+}
+
+// RestrictScope is [Restrict] with the caveats of s.
+func RestrictScope(token string, now time.Time, ttl time.Duration, s Scope) (string, error) {
 	if ttl <= 0 {
 		return "", errors.New("machinetoken: restrict: ttl must be positive")
 	}
-	return Attenuate(token, now.Add(-restrictSkew), now.Add(ttl), features)
+	return AttenuateScope(token, now.Add(-restrictSkew), now.Add(ttl), s)
 }
 
 // ParseHeader returns the token from an Authorization header value of the

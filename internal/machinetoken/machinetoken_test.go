@@ -285,3 +285,81 @@ func TestKey_SecretNeverPrinted(t *testing.T) {
 		t.Errorf("key id not printed:\n%s", out)
 	}
 }
+
+// An audience caveat lets a copy mint OIDC tokens for the audiences it
+// lists and nothing else; several intersect.
+func TestAudienceCaveat_BindsAudience(t *testing.T) {
+	full, _ := mint(t, testClaims())
+	v := testVerifier()
+	scoped := func(tok string, auds ...string) string {
+		t.Helper()
+		out, err := AttenuateScope(tok, time.Time{}, time.Time{}, Scope{Audiences: auds})
+		if err != nil {
+			t.Fatalf("AttenuateScope: %v", err)
+		}
+		return out
+	}
+	sts := scoped(full, "sts.amazonaws.com")
+	def := scoped(full, DefaultAudience)
+	both := scoped(full, "a", "b")
+	narrowed := scoped(both, "b", "c") // ∩ = {b}
+	oidc := func(aud ...string) Request { return Request{Now: t0, Feature: FeatureOIDC, Audience: aud} }
+	for _, tc := range []struct {
+		name     string
+		token    string
+		r        Request
+		ok       bool
+		wantAuds []string
+	}{
+		{"listed audience", sts, oidc("sts.amazonaws.com"), true, []string{"sts.amazonaws.com"}},
+		{"other audience", sts, oidc("https://attacker.example"), false, nil},
+		{"listed plus another", sts, oidc("sts.amazonaws.com", "https://attacker.example"), false, nil},
+		{"default asked, not listed", sts, oidc(), false, nil},
+		{"default listed, default asked", def, oidc(), true, []string{DefaultAudience}},
+		{"default listed, explicit asked", def, oidc("https://attacker.example"), false, nil},
+		{"empty string asked is not the default", sts, oidc(""), false, nil},
+		{"both listed, both asked", both, oidc("a", "b"), true, []string{"a", "b"}},
+		{"intersection keeps b", narrowed, oidc("b"), true, []string{"b"}},
+		{"intersection drops a", narrowed, oidc("a"), false, nil},
+		{"intersection drops c", narrowed, oidc("c"), false, nil},
+		{"metadata refused", sts, Request{Now: t0, Feature: FeatureMetadata}, false, nil},
+		{"proxy refused", sts, Request{Now: t0, Feature: FeatureProxy}, false, nil},
+		{"unbound token, any audience", full, oidc("https://attacker.example"), true, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := v.Verify(tc.token, tc.r)
+			if !tc.ok {
+				if !errors.Is(err, ErrInvalid) {
+					t.Fatalf("Verify = %v, want ErrInvalid", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Verify: %v", err)
+			}
+			if diff := cmp.Diff(tc.wantAuds, got.Audiences); diff != "" {
+				t.Errorf("Audiences (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// A copy made for an external upstream is refused for every feature.
+func TestExternalCaveat_RefusedEverywhere(t *testing.T) {
+	full, _ := mint(t, testClaims())
+	ext, err := RestrictScope(full, t0, time.Minute, Scope{Features: []Feature{FeatureProxy}, External: "https://api.example"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range allFeatures {
+		_, err := testVerifier().Verify(ext, Request{Now: t0, Feature: f, App: "web"})
+		if !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: Verify = %v, want ErrInvalid", f, err)
+		}
+	}
+	// The same copy without the caveat verifies: the caveat is the reason.
+	plain, _ := Restrict(full, t0, time.Minute, []Feature{FeatureProxy})
+	if _, err := testVerifier().Verify(plain, Request{Now: t0, Feature: FeatureProxy}); err != nil {
+		t.Fatalf("plain copy: %v", err)
+	}
+}

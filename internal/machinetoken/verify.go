@@ -17,6 +17,9 @@ type Request struct {
 	RemoteAddr netip.Addr // zero means unknown: refused by tokens bound to source addresses
 	Feature    Feature    // required
 	App        string     // when set, the token must be for this app
+	// Audience is what an OIDC request asks for; empty means the default
+	// audience. Audience caveats refuse any audience they do not list.
+	Audience []string
 }
 
 // Verified is what a valid token says.
@@ -25,6 +28,10 @@ type Verified struct {
 	Org, App, MachineID string
 	Features            []Feature // granted by every caveat, i.e. after attenuation
 	NotAfter            time.Time // earliest end of all validity windows
+	// Audiences, when not nil, are the only OIDC audiences the token may
+	// get: those listed by every audience caveat (DefaultAudience names
+	// the org's default).
+	Audiences []string
 }
 
 // Verifier checks tokens minted by one issuer. It holds no state of its own
@@ -75,6 +82,7 @@ func (v *Verifier) Verify(token string, r Request) (*Verified, error) {
 
 	var (
 		feats   []featuresCaveat
+		auds    []audiencesCaveat
 		windows int
 	)
 	for _, c := range cavs.Caveats {
@@ -94,6 +102,12 @@ func (v *Verifier) Verify(token string, r Request) (*Verified, error) {
 			windows++
 		case *sourceAddrsCaveat:
 			// checked against r.RemoteAddr by Validate below
+		case *audiencesCaveat:
+			auds = append(auds, *c) // checked against r.Audience by Validate below
+		case *externalCaveat:
+			// Made for someone else's upstream: never good here, whatever
+			// the request (Prohibits refuses it too).
+			return nil, invalid("copy made for an external upstream")
 		default:
 			// Only caveats we understand may pass: the library would let an
 			// attestation or another package's registered type through.
@@ -112,12 +126,13 @@ func (v *Verifier) Verify(token string, r Request) (*Verified, error) {
 	}
 
 	a := &access{
-		now:     r.Now,
-		org:     out.Org,
-		app:     out.App,
-		machine: out.MachineID,
-		feature: r.Feature,
-		remote:  r.RemoteAddr,
+		now:      r.Now,
+		org:      out.Org,
+		app:      out.App,
+		machine:  out.MachineID,
+		feature:  r.Feature,
+		remote:   r.RemoteAddr,
+		audience: r.Audience,
 	}
 	if a.now.IsZero() {
 		a.now = time.Now()
@@ -131,6 +146,14 @@ func (v *Verifier) Verify(token string, r Request) (*Verified, error) {
 			out.Features = append(out.Features, f)
 		}
 	}
+	if len(auds) > 0 {
+		out.Audiences = []string{}
+		for _, a := range auds[0] {
+			if !slices.Contains(out.Audiences, a) && grantedByAll(auds[1:], a) {
+				out.Audiences = append(out.Audiences, a)
+			}
+		}
+	}
 	return out, nil
 }
 
@@ -141,9 +164,10 @@ func setOnce(dst *string, v string) {
 	}
 }
 
-func grantedByAll(feats []featuresCaveat, f Feature) bool {
-	for _, fc := range feats {
-		if !slices.Contains(fc, f) {
+// grantedByAll reports whether every caveat in cs lists v.
+func grantedByAll[S ~[]T, T comparable](cs []S, v T) bool {
+	for _, c := range cs {
+		if !slices.Contains(c, v) {
 			return false
 		}
 	}

@@ -269,7 +269,13 @@ func (is *Issuer) authenticate(w http.ResponseWriter, r *http.Request, feature m
 	tok, err := machinetoken.ParseHeader(r.Header.Get("Authorization"))
 	var v *machinetoken.Verified
 	if err == nil {
-		v, err = is.Verifier.Verify(tok, machinetoken.Request{Feature: feature, App: app})
+		req := machinetoken.Request{Feature: feature, App: app}
+		if feature == machinetoken.FeatureOIDC {
+			// As the issuer does: the audience asked for is part of the
+			// check (the agent binds its copies to one).
+			req.Audience = requestedAud(body)
+		}
+		v, err = is.Verifier.Verify(tok, req)
 	}
 	m := is.Machine()
 	is.mu.Lock()
@@ -289,9 +295,27 @@ func (is *Issuer) authenticate(w http.ResponseWriter, r *http.Request, feature m
 	return v, body, true
 }
 
+// requestedAud is the aud of a token request body; nil (the default
+// audience) when absent or unreadable, which the handler then refuses.
+func requestedAud(body []byte) []string {
+	var req struct {
+		Aud json.RawMessage `json:"aud"`
+	}
+	if json.Unmarshal(body, &req) != nil || len(req.Aud) == 0 || string(req.Aud) == "null" {
+		return nil
+	}
+	var one string
+	if json.Unmarshal(req.Aud, &one) == nil {
+		return []string{one}
+	}
+	var many []string
+	json.Unmarshal(req.Aud, &many)
+	return many
+}
+
 func (is *Issuer) handleToken(w http.ResponseWriter, r *http.Request) {
 	is.TokenCallsSeen.Add(1)
-	_, body, ok := is.authenticate(w, r, machinetoken.FeatureOIDC, "")
+	v, body, ok := is.authenticate(w, r, machinetoken.FeatureOIDC, "")
 	if !ok {
 		return
 	}
@@ -346,6 +370,10 @@ func (is *Issuer) handleToken(w http.ResponseWriter, r *http.Request) {
 	}
 	sub, _ := oidc.Subject(m.Org, m.App, m.MachineName)
 	now := time.Now()
+	// As the issuer does: no JWT outlives the copy that bought it.
+	if end := v.NotAfter.Sub(now); end < ttl {
+		ttl = end
+	}
 	jti := make([]byte, 12)
 	rand.Read(jti)
 	tok, err := oidc.Sign(is.oidcKey, oidc.Claims{
