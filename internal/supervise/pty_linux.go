@@ -160,6 +160,10 @@ func newTTYRelay(files []*os.File, uid uint32, log *slog.Logger) (_ *ttyRelay, _
 // ^C included, reaches the workload's pty, whose line discipline acts on
 // it, and starts copying. Call it once the workload holds the slave.
 func (r *ttyRelay) start() error {
+	// Output first: whatever fails below, the workload must not block
+	// on a full pty.
+	r.wg.Add(1)
+	go r.copyOutput()
 	if r.in >= 0 {
 		saved, err := unix.IoctlGetTermios(r.in, unix.TCGETS)
 		if err != nil {
@@ -185,8 +189,6 @@ func (r *ttyRelay) start() error {
 		r.wg.Add(1)
 		go r.copyInput()
 	}
-	r.wg.Add(1)
-	go r.copyOutput()
 	return nil
 }
 
@@ -303,7 +305,7 @@ type terminalWriter struct {
 
 func (w *terminalWriter) Write(p []byte) (int, error) {
 	tio, err := unix.IoctlGetTermios(w.fd, unix.TCGETS)
-	if err != nil || tio.Oflag&unix.OPOST != 0 && tio.Oflag&unix.ONLCR != 0 || !bytes.Contains(p, []byte{'\n'}) {
+	if err != nil || (tio.Oflag&unix.OPOST != 0 && tio.Oflag&unix.ONLCR != 0) || !bytes.Contains(p, []byte{'\n'}) {
 		return w.f.Write(p)
 	}
 	if _, err := w.f.Write(bytes.ReplaceAll(p, []byte{'\n'}, []byte{'\r', '\n'})); err != nil {

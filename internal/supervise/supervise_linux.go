@@ -237,7 +237,10 @@ func (s *Supervisor) start() (int, error) {
 		// session of its own whose controlling terminal that pty is.
 		tty, sl, ctty, err := newTTYRelay(files, s.cfg.Cred.UID, s.log)
 		if err != nil {
-			return 0, &StartError{Path: s.cfg.Path, Err: fmt.Errorf("pseudo-terminal: %w", err)}
+			// Fail closed: without a pty of its own the workload would
+			// get the invoker's terminal. %v, not %w: a missing
+			// /dev/ptmx is not a missing CMD (127).
+			return 0, &StartError{Path: s.cfg.Path, Err: fmt.Errorf("pseudo-terminal: %v", err)}
 		}
 		s.tty, slave = tty, sl
 		attr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: ctty}
