@@ -41,7 +41,10 @@ from CMD's environment, and CMD inherits no descriptor beyond 0-2.
 SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2 and SIGWINCH go to CMD's process
 group; SIGHUP reloads the agent's config (or, with --sighup=forward, goes to
 CMD too). Orphaned processes are reaped. When CMD exits the agent stops and
-exits with CMD's status (128+N when killed by signal N).`,
+exits with CMD's status (128+N when killed by signal N).
+Started from a terminal, a CMD of another uid gets a pseudo-terminal of its
+own, relayed to that terminal (as su --pty does), and never the terminal
+itself: it cannot push input into the invoking shell.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runWorkload(cmd.Context(), f, args)
@@ -80,7 +83,9 @@ func runWorkload(parent context.Context, f *runFlags, argv []string) error {
 	if f.stopTimeout <= 0 {
 		return fmt.Errorf("--stop-timeout %v: want a positive duration", f.stopTimeout)
 	}
-	logger, level, err := newLogger(os.Stderr, f.logFormat)
+	// On a terminal the workload's pty relay may hold in raw mode, log
+	// lines still need their CR.
+	logger, level, err := newLogger(supervise.TerminalWriter(os.Stderr), f.logFormat)
 	if err != nil {
 		return err
 	}

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -49,6 +50,60 @@ type probeReport struct {
 	Files    map[string]string
 	Metadata sockettest.Result
 	OIDC     sockettest.Result
+	// TTY is what the workload did to the terminals it could reach, with
+	// "inject=MARK".
+	TTY *ttyReach
+}
+
+// ttyReach is what a workload could do to the terminals within its reach.
+type ttyReach struct {
+	// Devs: the terminal device behind each of descriptors 0–2.
+	Devs map[int]uint64
+	// DevTTY is the device /dev/tty opens, DevTTYErr why it would not.
+	DevTTY    uint64
+	DevTTYErr string
+	// InjectStdin, InjectDevTTY: "ok" or why TIOCSTI failed.
+	InjectStdin, InjectDevTTY string
+}
+
+// ttyDevice is the device number of the terminal behind fd (/dev/tty's own
+// hides it), 0 when fd is no terminal.
+func ttyDevice(fd int) uint64 {
+	d, err := unix.IoctlGetUint32(fd, unix.TIOCGDEV)
+	if err != nil {
+		return 0
+	}
+	return uint64(d)
+}
+
+// tiocsti pushes s into the input of the terminal fd, as if typed there.
+func tiocsti(fd int, s string) string {
+	for i := 0; i < len(s); i++ {
+		b := s[i]
+		if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TIOCSTI, uintptr(unsafe.Pointer(&b))); e != 0 {
+			return e.Error()
+		}
+	}
+	return "ok"
+}
+
+// reachTTY tries to queue a line starting with mark on every terminal the
+// workload can reach: its stdin and its controlling terminal.
+func reachTTY(mark string) *ttyReach {
+	r := &ttyReach{Devs: map[int]uint64{}}
+	for fd := 0; fd < 3; fd++ {
+		r.Devs[fd] = ttyDevice(fd)
+	}
+	r.InjectStdin = tiocsti(0, mark+"-stdin\n")
+	fd, err := unix.Open("/dev/tty", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		r.DevTTYErr = err.Error()
+		return r
+	}
+	defer unix.Close(fd)
+	r.DevTTY = ttyDevice(fd)
+	r.InjectDevTTY = tiocsti(fd, mark+"-devtty\n")
+	return r
 }
 
 func probeMain(args []string) int {
@@ -88,6 +143,9 @@ func probeMain(args []string) int {
 	r.ParentEnviron, r.ParentMem, r.ParentStatus = readable(proc+"environ"), readable(proc+"mem"), readable(proc+"status")
 	r.Files = map[string]string{}
 	for _, a := range args {
+		if mark, ok := strings.CutPrefix(a, "inject="); ok {
+			r.TTY = reachTTY(mark)
+		}
 		if p, ok := strings.CutPrefix(a, "read="); ok {
 			if b, err := os.ReadFile(p); err != nil {
 				r.Files[p] = err.Error()
@@ -991,5 +1049,129 @@ func TestAgentRun_AWSTokenFileReadyForWorkload(t *testing.T) {
 	}
 	if st := fi.Sys().(*syscall.Stat_t); st.Gid != 4242 || fi.Mode().Perm()&0o007 != 0 {
 		t.Errorf("token file gid %d mode %v: want the workload's group and nothing for others", st.Gid, fi.Mode().Perm())
+	}
+}
+
+// invokerTerminal opens a pseudo-terminal to stand for the terminal
+// `wicket agent run` is started from: the test types at master and reads
+// what is displayed (out); slave becomes wicket's stdin, stdout and
+// controlling terminal.
+func invokerTerminal(t *testing.T) (master *os.File, slave *os.File, out *sockettest.Buffer) {
+	t.Helper()
+	// Non-blocking, so the master is pollable and Close ends its reader.
+	mfd, err := unix.Open("/dev/ptmx", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		t.Skipf("skipping: no pseudo-terminal: %v", err)
+	}
+	master = os.NewFile(uintptr(mfd), "ptmx")
+	if err := unix.IoctlSetPointerInt(mfd, unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := unix.IoctlGetInt(mfd, unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sfd, err := unix.Open(fmt.Sprintf("/dev/pts/%d", n), unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slave, out = os.NewFile(uintptr(sfd), "pts"), &sockettest.Buffer{}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 4096)
+		for {
+			n, err := master.Read(buf)
+			out.Write(buf[:n])
+			if err != nil {
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		master.Close()
+		<-done
+		slave.Close()
+	})
+	return master, slave, out
+}
+
+// S-tty: `wicket agent run` from an interactive (root) shell: the
+// workload, another uid, has neither a descriptor to the invoker's
+// terminal nor that terminal as its controlling terminal, so nothing it
+// pushes with TIOCSTI is left for the shell to run after wicket exits.
+// Its output still reaches the terminal, whose mode is restored.
+func TestAgentRun_WorkloadCannotInjectIntoInvokerTTY(t *testing.T) {
+	requireRunRoot(t)
+	const knob = "/proc/sys/dev/tty/legacy_tiocsti"
+	tiocstiOn := true
+	if b, err := os.ReadFile(knob); err == nil && strings.TrimSpace(string(b)) != "1" {
+		// Make the attack real where the kernel has TIOCSTI off.
+		if err := os.WriteFile(knob, []byte("1"), 0o644); err != nil {
+			t.Logf("cannot enable %s (%v): checking isolation only", knob, err)
+			tiocstiOn = false
+		} else {
+			t.Cleanup(func() { os.WriteFile(knob, b, 0o644) })
+		}
+	}
+	_, slave, shown := invokerTerminal(t)
+	invoker := ttyDevice(int(slave.Fd()))
+	before, err := unix.IoctlGetTermios(int(slave.Fd()), unix.TCGETS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, cfg, _ := runDir(t, "")
+	const mark = "INJECTED-BY-WORKLOAD"
+	w := startRun(t, []string{probeEnv + "=1"}, func(c *exec.Cmd) {
+		c.Stdin, c.Stdout = slave, slave
+		c.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	}, "--config", cfg, "--user", "65534", "--group", "65534", "--", probeBinary(t), "inject="+mark)
+	if code := w.wait(t, 60*time.Second); code != 0 {
+		t.Fatalf("exit %d\nstderr:\n%s", code, w.stderr)
+	}
+	// The report went through the workload's terminal to the invoker's.
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(shown.String(), `"TTY":`) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	out := shown.String()
+	i := strings.Index(out, `{"Status"`)
+	if i < 0 {
+		t.Fatalf("the terminal never showed the workload's report: %q\nstderr:\n%s", out, w.stderr)
+	}
+	var r probeReport
+	if err := json.NewDecoder(strings.NewReader(out[i:])).Decode(&r); err != nil || r.TTY == nil {
+		t.Fatalf("report %q: %v", out[i:], err)
+	}
+	for fd, dev := range r.TTY.Devs {
+		if dev == invoker {
+			t.Errorf("workload fd %d is the invoker's terminal", fd)
+		}
+	}
+	if r.TTY.DevTTYErr == "" && r.TTY.DevTTY == invoker {
+		t.Errorf("the invoker's terminal is the workload's controlling terminal")
+	}
+	if tiocstiOn && r.TTY.InjectStdin != "ok" {
+		t.Errorf("TIOCSTI on the workload's own terminal: %s, want ok (else this test proves nothing)", r.TTY.InjectStdin)
+	}
+	after, err := unix.IoctlGetTermios(int(slave.Fd()), unix.TCGETS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *after != *before {
+		t.Errorf("terminal mode not restored:\nbefore %+v\nafter  %+v", before, after)
+	}
+	// What the invoker's shell would read next: everything queued, line
+	// complete or not.
+	peek := *after
+	peek.Lflag &^= unix.ICANON | unix.ECHO
+	peek.Cc[unix.VMIN], peek.Cc[unix.VTIME] = 0, 0
+	if err := unix.IoctlSetTermios(int(slave.Fd()), unix.TCSETS, &peek); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	n, _ := unix.Read(int(slave.Fd()), buf)
+	if n > 0 && strings.Contains(string(buf[:n]), mark) {
+		t.Errorf("the workload queued input for the invoker's shell (TIOCSTI on fd 0: %s, on /dev/tty: %s): %q", r.TTY.InjectStdin, r.TTY.InjectDevTTY, buf[:n])
 	}
 }

@@ -42,7 +42,10 @@ type Config struct {
 	// process's identity.
 	Cred *Credential
 	// Stdin, Stdout and Stderr become the workload's descriptors 0–2;
-	// nil means this process's own.
+	// nil means this process's own. A workload of another uid (Cred)
+	// never gets a terminal among them: each that is one is replaced by
+	// a pseudo-terminal of the workload's own, relayed to it, and the
+	// workload runs in a session of its own.
 	Stdin, Stdout, Stderr *os.File
 	// StopTimeout is how long a graceful stop (SIGTERM to this process,
 	// or the context of Run ending) waits before SIGKILL; zero means

@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -31,6 +32,8 @@ type Supervisor struct {
 	cfg  Config
 	log  *slog.Logger
 	sigs chan os.Signal
+	// tty is the workload's own terminal, when it has one (see start).
+	tty *ttyRelay
 }
 
 // New checks cfg, makes this process the reaper of its orphaned
@@ -139,6 +142,11 @@ func (s *Supervisor) Run(ctx context.Context, ready <-chan struct{}) (Status, er
 	if err != nil {
 		return Status{}, err
 	}
+	if s.tty != nil {
+		// Also when Run returns on a path not foreseen below: the
+		// invoker's terminal must not stay raw.
+		defer s.tty.close()
+	}
 	attrs := []any{"pid", pid, "path", s.cfg.Path}
 	if c := s.cfg.Cred; c != nil {
 		attrs = append(attrs, "uid", c.UID, "gid", c.GID, "groups", c.Groups)
@@ -176,6 +184,10 @@ func (s *Supervisor) Run(ctx context.Context, ready <-chan struct{}) (Status, er
 				}
 			case sig == unix.SIGHUP && s.cfg.Reload != nil:
 				hup()
+			case sig == unix.SIGWINCH && s.tty != nil:
+				// The invoker's terminal changed size: so does the
+				// workload's, and the kernel tells its foreground group.
+				s.tty.resize()
 			default:
 				s.signal(pid, sig.(syscall.Signal))
 				if sig == unix.SIGTERM {
@@ -200,6 +212,10 @@ func (s *Supervisor) Run(ctx context.Context, ready <-chan struct{}) (Status, er
 }
 
 func (s *Supervisor) exited(pid int, st Status) {
+	if s.tty != nil {
+		// The workload's last output is displayed before the log line.
+		s.tty.close()
+	}
 	s.log.Info("workload exited", "pid", pid, "status", st.String(), "exit_code", st.ExitCode())
 }
 
@@ -211,12 +227,35 @@ func (s *Supervisor) start() (int, error) {
 	if err := closeOnExecFrom(3); err != nil {
 		return 0, fmt.Errorf("supervise: mark descriptors close-on-exec: %w", err)
 	}
+	files := []*os.File{s.cfg.Stdin, s.cfg.Stdout, s.cfg.Stderr}
 	attr := &syscall.SysProcAttr{Setpgid: true}
-	if fd := int(s.cfg.Stdin.Fd()); foregroundTTY(fd) {
-		// An interactive terminal: the workload's group must be its
-		// foreground group, or reading it would stop the workload
-		// (SIGTTIN) now that it has a group of its own.
-		attr.Foreground, attr.Ctty = true, fd
+	var slave *os.File
+	switch {
+	case s.otherUID() && slices.ContainsFunc(files, func(f *os.File) bool { return isTerminal(int(f.Fd())) }):
+		// The invoker's terminal must stay out of reach of a workload of
+		// another uid (see ttyRelay): it gets a pty of its own, in a
+		// session of its own whose controlling terminal that pty is.
+		tty, sl, ctty, err := newTTYRelay(files, s.cfg.Cred.UID, s.log)
+		if err != nil {
+			// Fail closed: without a pty of its own the workload would
+			// get the invoker's terminal. %v, not %w: a missing
+			// /dev/ptmx is not a missing CMD (127).
+			return 0, &StartError{Path: s.cfg.Path, Err: fmt.Errorf("pseudo-terminal: %v", err)}
+		}
+		s.tty, slave = tty, sl
+		attr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: ctty}
+		s.log.Info("the workload gets a pseudo-terminal of its own", "pty", sl.Name(), "relay_input", tty.in >= 0)
+	case s.otherUID() && hasControllingTTY():
+		// No terminal on 0–2, but one controls this process's session:
+		// a new session keeps the workload from opening it as /dev/tty.
+		attr = &syscall.SysProcAttr{Setsid: true}
+	default:
+		if fd := int(s.cfg.Stdin.Fd()); foregroundTTY(fd) {
+			// An interactive terminal: the workload's group must be its
+			// foreground group, or reading it would stop the workload
+			// (SIGTTIN) now that it has a group of its own.
+			attr.Foreground, attr.Ctty = true, fd
+		}
 	}
 	if c := s.cfg.Cred; c != nil {
 		groups := c.Groups
@@ -232,11 +271,25 @@ func (s *Supervisor) start() (int, error) {
 	p, err := os.StartProcess(s.cfg.Path, s.cfg.Args, &os.ProcAttr{
 		Dir:   s.cfg.Dir,
 		Env:   env,
-		Files: []*os.File{s.cfg.Stdin, s.cfg.Stdout, s.cfg.Stderr},
+		Files: files,
 		Sys:   attr,
 	})
+	if slave != nil {
+		// The workload holds it now: the relay sees EIO once it, and
+		// whatever it passed the pty on to, are gone.
+		slave.Close()
+	}
 	if err != nil {
+		if s.tty != nil {
+			s.tty.close()
+			s.tty = nil
+		}
 		return 0, &StartError{Path: s.cfg.Path, Err: err}
+	}
+	if s.tty != nil {
+		if err := s.tty.start(); err != nil {
+			s.log.Warn("terminal relay incomplete", "err", err)
+		}
 	}
 	pid := p.Pid
 	// Run collects the workload with wait4 like every other child, never
@@ -287,6 +340,12 @@ func statusOf(ws unix.WaitStatus) Status {
 		return Status{Signal: ws.Signal()}
 	}
 	return Status{Code: ws.ExitStatus()}
+}
+
+// otherUID reports whether the workload runs as another uid than this
+// process.
+func (s *Supervisor) otherUID() bool {
+	return s.cfg.Cred != nil && s.cfg.Cred.UID != uint32(os.Geteuid())
 }
 
 // foregroundTTY reports whether fd is this process's controlling terminal

@@ -52,6 +52,8 @@ func TestMain(m *testing.M) {
 		os.Exit(supervisorMain())
 	case "probe":
 		os.Exit(probeMain())
+	case "ttyprobe":
+		os.Exit(ttyProbeMain())
 	}
 	code := m.Run()
 	if binPath != "" {

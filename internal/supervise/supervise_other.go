@@ -2,7 +2,11 @@
 
 package supervise
 
-import "context"
+import (
+	"context"
+	"io"
+	"os"
+)
 
 // Supervisor runs one workload; only supported on Linux.
 type Supervisor struct{}
@@ -29,3 +33,6 @@ func BecomeSubreaper() error { return ErrUnsupported }
 
 // SetEnv replaces the workload's environment.
 func (s *Supervisor) SetEnv([]string) {}
+
+// TerminalWriter returns f: there is no terminal relay to adjust for.
+func TerminalWriter(f *os.File) io.Writer { return f }
