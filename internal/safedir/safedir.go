@@ -68,7 +68,7 @@ func Open(path string, opts Options) (*Dir, error) {
 		return nil, fmt.Errorf("%s: %w: want an absolute, clean path", path, ErrUntrusted)
 	}
 	euid := uint32(os.Geteuid())
-	fd, err := unix.Open("/", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	fd, err := unix.Open("/", walkFlags|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open /: %w", err)
 	}
@@ -109,8 +109,8 @@ func MkdirAll(path string, mode fs.FileMode, gid int, owner Owners) (*Dir, error
 // it first when asked to.
 func openChild(parent int, parentPath, name string, final bool, opts Options) (int, error) {
 	path := filepath.Join(parentPath, name)
-	const flags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
-	fd, err := unix.Openat(parent, name, flags, 0)
+	const flags = unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	fd, err := unix.Openat(parent, name, walkFlags|flags, 0)
 	if errors.Is(err, unix.ENOENT) && opts.Create {
 		// mkdirat fails if anything appeared at the name meanwhile; we
 		// then open (and check) whatever is there instead.
@@ -120,7 +120,13 @@ func openChild(parent int, parentPath, name string, final bool, opts Options) (i
 		} else if !errors.Is(err, unix.EEXIST) {
 			return -1, fmt.Errorf("create directory %s: %w", path, err)
 		}
-		fd, err = unix.Openat(parent, name, flags, 0)
+		// A directory we made gets its mode and group through a real
+		// descriptor (fchmod refuses an O_PATH one).
+		open := walkFlags
+		if created {
+			open = unix.O_RDONLY
+		}
+		fd, err = unix.Openat(parent, name, open|flags, 0)
 		if err == nil && created {
 			if err := setUp(fd, path, opts, final); err != nil {
 				unix.Close(fd)
@@ -215,16 +221,22 @@ func (d *Dir) Path() string { return d.path }
 func (d *Dir) Close() error { return unix.Close(d.fd) }
 
 // Sync flushes the directory's entries (after a create or rename).
-func (d *Dir) Sync() error { return unix.Fsync(d.fd) }
+func (d *Dir) Sync() error {
+	f, err := d.reopen()
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
 
 // Stat describes the directory itself.
 func (d *Dir) Stat() (fs.FileInfo, error) {
-	f, err := d.reopen()
-	if err != nil {
-		return nil, err
+	var st unix.Stat_t
+	if err := unix.Fstat(d.fd, &st); err != nil {
+		return nil, &fs.PathError{Op: "stat", Path: d.path, Err: err}
 	}
-	defer f.Close()
-	return f.Stat()
+	return newFileInfo(filepath.Base(d.path), &st), nil
 }
 
 // OpenFile opens name in the directory with flag (O_NOFOLLOW and
@@ -287,8 +299,8 @@ func (d *Dir) Names() ([]string, error) {
 	return f.Readdirnames(-1)
 }
 
-// reopen returns a second descriptor for the directory itself, with its
-// own offset, so reading entries leaves d untouched.
+// reopen returns a readable descriptor for the directory itself (d's may
+// be an O_PATH one), with its own offset.
 func (d *Dir) reopen() (*os.File, error) {
 	fd, err := unix.Openat(d.fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
