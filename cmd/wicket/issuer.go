@@ -59,13 +59,16 @@ func newIssuerCmd() *cobra.Command {
 
 	initCmd := &cobra.Command{
 		Use:   "init",
-		Short: "Create the state directory, seal key and first keys (idempotent)",
+		Short: "Create the state directory, seal key and first keys (idempotent; refuses state another uid owns)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := config.LoadIssuer(f.config, f.overrides()...)
 			if err != nil {
 				return err
 			}
+			// Init refuses state it could not have created (another
+			// owner, a writable or symlinked directory chain): that is an
+			// error, never "already initialized".
 			res, err := issuer.Init(cmd.Context(), cfg)
 			if err != nil {
 				return err

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"github.com/wicket-sh/wicket/internal/sockettest"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -103,5 +104,30 @@ func TestIssuerCLI(t *testing.T) {
 	}
 	if out, _, code := run(t, "issuer", "machine", "remove", "--socket", sock, added.Machine.ID); code != 0 || !strings.Contains(out, "removed") {
 		t.Errorf("machine remove: %d %s", code, out)
+	}
+}
+
+// TestIssuerInitCLI_ForeignStateRefused: `wicket issuer init` on state
+// another uid created exits non-zero naming the path and owner, rather than
+// reporting the state as already initialized.
+func TestIssuerInitCLI_ForeignStateRefused(t *testing.T) {
+	sockettest.RequireRoot(t)
+	dir := shortDir(t)
+	state := filepath.Join(dir, "state")
+	flags := []string{"--state-dir", state, "--admin-socket", filepath.Join(dir, "issuer.sock")}
+	if out, errOut, code := run(t, append([]string{"issuer", "init"}, flags...)...); code != 0 {
+		t.Fatalf("init: %d %q %q", code, out, errOut)
+	}
+	for _, p := range []string{state, filepath.Join(state, "seal.key"), filepath.Join(state, "state.db")} {
+		if err := os.Chown(p, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, errOut, code := run(t, append([]string{"issuer", "init"}, flags...)...)
+	if code == 0 || strings.Contains(out, "already initialized") {
+		t.Fatalf("init on state owned by uid 65534: exit %d, stdout %q", code, out)
+	}
+	if !strings.Contains(errOut, state) || !strings.Contains(errOut, "uid 65534") {
+		t.Errorf("stderr %q, want it to name %s and uid 65534", errOut, state)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/wicket-sh/wicket/internal/machinetoken"
+	"github.com/wicket-sh/wicket/internal/safedir"
 )
 
 // MachineTokenEnv is the environment variable the agent takes the machine
@@ -152,7 +153,8 @@ func (t MachineToken) containedIn(b []byte) bool {
 const maxTokenRead = machinetoken.MaxTokenLen + 1024
 
 // MachineTokenFromFile reads the token from path, which must be a regular
-// file (not a symlink) that only its owner can read. With unlink, the file
+// file (not a symlink) owned by root or the agent's own uid that only its
+// owner can read. With unlink, the file
 // is removed after reading, but only if the path still names the file that
 // was read.
 func MachineTokenFromFile(path string, unlink bool) (MachineToken, error) {
@@ -173,6 +175,10 @@ func MachineTokenFromFile(path string, unlink bool) (MachineToken, error) {
 		return MachineToken{}, fmt.Errorf("machine token file %q is not a regular file", path)
 	case fi.Mode().Perm()&0o077 != 0:
 		return MachineToken{}, fmt.Errorf("machine token file %q is accessible by group or others (mode %04o)", path, fi.Mode().Perm())
+	}
+	// Whoever owns the file chose the machine the agent speaks for.
+	if err := safedir.CheckOwner(path, fi, safedir.SelfOrRoot); err != nil {
+		return MachineToken{}, fmt.Errorf("machine token file: %w", err)
 	}
 	data, err := io.ReadAll(io.LimitReader(f, maxTokenRead))
 	if err != nil {

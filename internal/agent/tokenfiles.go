@@ -6,17 +6,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/metrics"
+	"github.com/wicket-sh/wicket/internal/safedir"
 	"github.com/wicket-sh/wicket/internal/tokenfile"
 )
 
@@ -126,48 +124,17 @@ func (a *Agent) newFileRunner(s config.TokenFileSpec) (*fileRunner, error) {
 
 // prepareTokenDir creates a missing parent directory (mode 0755: the file's
 // own mode and group decide who reads it, and the workload must get
-// through to it). It warns when other users can write to an existing one:
-// they could remove the file between two refreshes or put their own in its
-// place. Failures show up as failed writes.
+// through to it) through safedir, which follows no symlink and refuses a
+// directory chain another user could change. Every write applies the same
+// rules (tokenfile.Write), so a refusal here only says early why the
+// writes will fail.
 func (a *Agent) prepareTokenDir(path string) {
-	dir := filepath.Dir(path)
-	fi, err := os.Lstat(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		if err := makeTokenDir(dir); err != nil {
-			a.log.Warn("token file directory could not be created", "token_file", path, "err", err)
-		}
+	d, err := safedir.MkdirAll(filepath.Dir(path), 0o755, -1, safedir.SelfOrRoot)
+	if err != nil {
+		a.log.Warn("token file directory refused: writes will fail", "token_file", path, "err", err)
 		return
 	}
-	if err != nil {
-		a.log.Warn("token file directory cannot be inspected", "token_file", path, "err", err)
-		return
-	}
-	st, _ := fi.Sys().(*syscall.Stat_t)
-	rootSticky := fi.Mode()&fs.ModeSticky != 0 && st != nil && st.Uid == 0
-	if fi.Mode().Perm()&0o022 != 0 && !rootSticky {
-		a.log.Warn("token file directory is writable by group or others: they can replace the token workloads read",
-			"token_file", path, "dir_mode", fmt.Sprintf("%04o", uint32(fi.Mode().Perm())))
-	}
-}
-
-// makeTokenDir creates dir 0755. The last component is made with Mkdir,
-// which fails if anything (a planted symlink) appeared meanwhile, and its
-// mode is set through an O_NOFOLLOW descriptor rather than by path, so a
-// symlink swapped in cannot redirect the chmod. Writes refuse a symlinked
-// directory anyway (tokenfile.Write).
-func makeTokenDir(dir string) error {
-	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-		return err
-	}
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		return err
-	}
-	fd, err := syscall.Open(dir, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer syscall.Close(fd)
-	return syscall.Fchmod(fd, 0o755) // Mkdir is subject to the umask
+	d.Close()
 }
 
 // stopTokenFiles stops every refresher and waits for them; the files stay

@@ -10,7 +10,6 @@ import (
 
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/seal"
-	"github.com/wicket-sh/wicket/internal/store/bolt"
 )
 
 // InitResult says what Init created.
@@ -30,19 +29,34 @@ func Init(ctx context.Context, cfg *config.Issuer) (*InitResult, error) {
 	}
 	st := cfg.State
 	res := &InitResult{StateFile: st.BoltPath()}
-	if err := ensureStateDir(st.Dir); err != nil {
+	d, err := openStateDir(st.Dir, true)
+	if err != nil {
 		return nil, err
 	}
+	defer d.Close()
 	if st.SealKeyEnv == "" {
 		res.SealKeyFile = st.KeyFile()
 		if err := seal.GenerateKeyFile(st.KeyFile()); err != nil && !errors.Is(err, fs.ErrExist) {
 			return nil, fmt.Errorf("create seal key: %w", err)
 		}
 	}
-	if _, err := os.Stat(st.BoltPath()); err == nil {
+	exists, err := checkStateFile(d, st.BoltPath())
+	if err != nil {
+		return nil, err
+	}
+	if exists {
+		// "Already initialized" only for state this issuer could have
+		// made: a seal key it did not write means someone else holds it.
+		if st.SealKeyEnv == "" {
+			key, err := seal.LoadKeyFile(st.KeyFile())
+			if err != nil {
+				return nil, fmt.Errorf("existing state %s: %w", st.Dir, err)
+			}
+			clear(key)
+		}
 		return res, nil
 	}
-	db, err := bolt.Open(st.BoltPath(), nil)
+	db, err := openBolt(d, st.BoltPath())
 	if err != nil {
 		return nil, err
 	}
@@ -97,13 +111,12 @@ func initKeys(ctx context.Context, cfg *config.Issuer, res *InitResult) (*InitRe
 	return res, nil
 }
 
-// ensureStateDir creates dir (0700) and refuses one others can read.
+// ensureStateDir creates dir (0700) and refuses one the issuer does not
+// own, one others can access or one under a chain another user can change.
 func ensureStateDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create state dir: %w", err)
+	d, err := openStateDir(dir, true)
+	if err != nil {
+		return err
 	}
-	if fi, err := os.Lstat(dir); err != nil || !fi.IsDir() || fi.Mode().Perm()&0o077 != 0 {
-		return fmt.Errorf("state dir %s must be a directory that only its owner can access (mode 0700)", dir)
-	}
-	return nil
+	return d.Close()
 }

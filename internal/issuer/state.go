@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
+	"path/filepath"
 
 	"github.com/wicket-sh/wicket/internal/config"
+	"github.com/wicket-sh/wicket/internal/safedir"
 	"github.com/wicket-sh/wicket/internal/store"
 	"github.com/wicket-sh/wicket/internal/store/bolt"
 	"github.com/wicket-sh/wicket/internal/store/etcd"
@@ -22,10 +25,85 @@ func openStore(ctx context.Context, st config.State, log *slog.Logger) (store.St
 		}
 		return s, nil
 	}
-	if _, err := os.Stat(st.BoltPath()); err != nil {
+	d, err := openStateDir(st.Dir, false)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	exists, err := checkStateFile(d, st.BoltPath())
+	if err != nil {
+		return nil, err
+	}
+	if !exists {
 		return nil, fmt.Errorf("state %s not found: run `wicket issuer init` first", st.BoltPath())
 	}
-	return bolt.Open(st.BoltPath(), nil)
+	return openBolt(d, st.BoltPath())
+}
+
+// openStateDir opens the bolt backend's state directory through safedir:
+// no symlink anywhere in its path, no ancestor another user can change,
+// the directory itself owned by the issuer's uid and private (0700 or
+// stricter). Whoever else owns or can swap it could have planted a seal
+// key and state of their own, and mint tokens this issuer accepts. With
+// create, a missing directory is made 0700.
+func openStateDir(dir string, create bool) (*safedir.Dir, error) {
+	d, err := safedir.Open(dir, safedir.Options{Owner: safedir.SelfOnly, Create: create, Mode: 0o700, GID: -1})
+	if err != nil {
+		return nil, fmt.Errorf("state dir refused: %w", err)
+	}
+	fi, err := d.Stat()
+	if err != nil {
+		d.Close()
+		return nil, fmt.Errorf("state dir %s: %w", dir, err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		d.Close()
+		return nil, fmt.Errorf("state dir %s must be a directory that only its owner can access (mode %04o, want 0700)", dir, fi.Mode().Perm())
+	}
+	return d, nil
+}
+
+// checkStateFile reports whether the state file exists in d, and refuses
+// one that is not a regular file owned by the issuer's uid.
+func checkStateFile(d *safedir.Dir, path string) (bool, error) {
+	fi, err := d.Lstat(filepath.Base(path))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("state %s: %w", path, err)
+	}
+	return true, checkStateInfo(path, fi)
+}
+
+func checkStateInfo(path string, fi fs.FileInfo) error {
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("state %s is not a regular file (%s)", path, fi.Mode().Type())
+	}
+	if err := safedir.CheckOwner(path, fi, safedir.SelfOnly); err != nil {
+		return fmt.Errorf("state refused: %w", err)
+	}
+	return nil
+}
+
+// openBolt opens (or creates) the state file relative to d, without
+// following a symlink, and checks the owner of the file actually opened.
+func openBolt(d *safedir.Dir, path string) (*bolt.Store, error) {
+	return bolt.Open(path, &bolt.Options{OpenFile: func(_ string, flag int, perm os.FileMode) (*os.File, error) {
+		f, err := d.OpenFile(filepath.Base(path), flag, perm)
+		if err != nil {
+			return nil, err
+		}
+		fi, err := f.Stat()
+		if err == nil {
+			err = checkStateInfo(path, fi)
+		}
+		if err != nil {
+			f.Close()
+			return nil, err
+		}
+		return f, nil
+	}})
 }
 
 // EtcdConfig is the etcd store configuration for the [state] section.

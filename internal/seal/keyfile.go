@@ -8,38 +8,46 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
+
+	"github.com/wicket-sh/wicket/internal/safedir"
 )
 
 // maxKeyFileSize bounds what LoadKeyFile reads; a base64 key is 44 bytes.
 const maxKeyFileSize = 1 << 10
 
 // LoadKeyFile reads a sealing key stored base64 (standard encoding) with an
-// optional trailing newline. It refuses anything but a regular file (a
-// symlink could point the issuer at a file an attacker controls) and a file
-// that group or others can access (the key must stay with its owner).
+// optional trailing newline. Whoever can write or swap the key file holds
+// the keys to the state, so the file's directory is opened through safedir
+// (no symlink anywhere in the path, no ancestor another user can change),
+// and the file, opened relative to it without following a symlink, must be
+// a regular file owned by this process's uid that group and others cannot
+// access. The checks apply to the descriptor that is read.
 func LoadKeyFile(path string) ([]byte, error) {
-	fi, err := os.Lstat(path)
+	d, base, err := openKeyDir(path)
 	if err != nil {
-		return nil, fmt.Errorf("seal: key file: %w", err)
+		return nil, err
 	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("seal: key file %s is not a regular file (%s)", path, fi.Mode().Type())
+	defer d.Close()
+	f, err := d.OpenFile(base, os.O_RDONLY, 0)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, fmt.Errorf("seal: key file %s is not a regular file (symlink)", path)
 	}
-	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("seal: key file: %w", err)
 	}
 	defer f.Close()
-	// Check what was opened, not only what Lstat saw: the path could have
-	// been swapped for a symlink in between.
-	ofi, err := f.Stat()
+	fi, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("seal: key file %s: %w", path, err)
 	}
-	if !os.SameFile(fi, ofi) {
-		return nil, fmt.Errorf("seal: key file %s changed while being opened", path)
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("seal: key file %s is not a regular file (%s)", path, fi.Mode().Type())
 	}
-	if perm := ofi.Mode().Perm(); perm&0o077 != 0 {
+	if err := safedir.CheckOwner(path, fi, safedir.SelfOnly); err != nil {
+		return nil, fmt.Errorf("seal: key file: %w", err)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
 		return nil, fmt.Errorf("seal: key file %s is accessible by group or others (mode %#o), want 0600", path, perm)
 	}
 	data, err := io.ReadAll(io.LimitReader(f, maxKeyFileSize))
@@ -52,6 +60,19 @@ func LoadKeyFile(path string) ([]byte, error) {
 		return nil, fmt.Errorf("seal: key file %s: %w", path, err)
 	}
 	return key, nil
+}
+
+// openKeyDir opens path's directory through safedir.
+func openKeyDir(path string) (*safedir.Dir, string, error) {
+	if !filepath.IsAbs(path) {
+		return nil, "", fmt.Errorf("seal: key file %s: want an absolute path", path)
+	}
+	dir, base := filepath.Split(filepath.Clean(path))
+	d, err := safedir.Open(filepath.Clean(dir), safedir.Options{})
+	if err != nil {
+		return nil, "", fmt.Errorf("seal: key file %s: directory refused: %w", path, err)
+	}
+	return d, base, nil
 }
 
 // KeyFromEnv reads a sealing key from the environment variable name, in the
@@ -71,7 +92,8 @@ func KeyFromEnv(name string) ([]byte, error) {
 	return key, nil
 }
 
-// GenerateKeyFile writes a new random key to path with mode 0600. It never
+// GenerateKeyFile writes a new random key to path with mode 0600, in a
+// directory opened through safedir like LoadKeyFile's. It never
 // overwrites: if path exists (even as a dangling symlink) it fails with an
 // error matching os.ErrExist.
 func GenerateKeyFile(path string) error {
@@ -83,8 +105,14 @@ func GenerateKeyFile(path string) error {
 	defer clear(key)
 	defer clear(enc)
 
-	// O_EXCL also refuses to follow a symlink planted at path.
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	d, base, err := openKeyDir(path)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	// O_EXCL (and the O_NOFOLLOW OpenFile adds) refuses whatever is
+	// planted at the name, a dangling symlink included.
+	f, err := d.OpenFile(base, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return fmt.Errorf("seal: creating key file: %w", err)
 	}
@@ -97,24 +125,15 @@ func GenerateKeyFile(path string) error {
 	}
 	if err != nil {
 		// Don't leave a truncated key behind for the next start to load.
-		os.Remove(path)
+		d.Remove(base)
 		return fmt.Errorf("seal: writing key file %s: %w", path, err)
 	}
 	// Sync the directory so the new entry, not only its contents, survives
 	// a crash.
-	if err := syncDir(filepath.Dir(path)); err != nil {
+	if err := d.Sync(); err != nil {
 		return fmt.Errorf("seal: syncing directory of key file %s: %w", path, err)
 	}
 	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // decodeKey decodes a base64 key. Its errors never include the input: a

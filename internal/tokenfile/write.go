@@ -14,7 +14,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
+
+	"github.com/wicket-sh/wicket/internal/safedir"
 )
 
 // tmpInfix marks our temporary files: ".<base>.wicket-tmp-<random>".
@@ -23,29 +24,39 @@ const tmpInfix = ".wicket-tmp-"
 // Write atomically replaces the file at path with data, with the given
 // permission bits and group (gid -1 keeps the writer's group).
 //
-// The data goes to a new temporary file in the same directory (created
-// exclusively, mode 0600 while it is written), is fsynced, gets its final
-// mode and group, and is renamed over path; the directory is fsynced last.
-// On any failure the previous file is left as it was and the temporary file
-// is removed. A path that is a symlink, a directory or any other non-regular
-// file is refused. Errors never contain data.
+// The directory is opened once (safedir: walked from / without following
+// any symlink, every component owned by root or this user and not writable
+// by others unless root-owned and sticky), and everything after happens
+// relative to that descriptor, so swapping the directory or an ancestor for
+// a symlink cannot redirect the write. The data goes to a new temporary
+// file in that directory (created exclusively, mode 0600 while it is
+// written), is fsynced, gets its final mode and group, and is renamed over
+// path; the directory is fsynced last. On any failure the previous file is
+// left as it was and the temporary file is removed. A path that is a
+// symlink, a directory, any other non-regular file or a file another user
+// owns is refused. Errors never contain data.
 func Write(path string, data []byte, mode fs.FileMode, gid int) error {
 	if mode&^fs.ModePerm != 0 {
 		return fmt.Errorf("token file %s: mode %#o has bits beyond permissions", path, uint32(mode))
 	}
-	if err := checkTarget(path); err != nil {
+	d, base, err := openDir(path)
+	if err != nil {
 		return err
 	}
-	dir, base := filepath.Split(path)
-	if dir == "" {
-		dir = "."
+	defer d.Close()
+	if testHookDirChecked != nil {
+		testHookDirChecked()
+	}
+	if err := checkTarget(d, path, base); err != nil {
+		return err
 	}
 	var rnd [8]byte
 	rand.Read(rnd[:])
-	tmp := filepath.Join(dir, "."+base+tmpInfix+hex.EncodeToString(rnd[:]))
+	tmp := "." + base + tmpInfix + hex.EncodeToString(rnd[:])
 
-	// O_EXCL also refuses to follow a symlink planted at the temp name.
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
+	// O_EXCL (and the O_NOFOLLOW OpenFile adds) refuse whatever was planted
+	// at the temporary name.
+	f, err := d.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return fmt.Errorf("token file %s: create temporary file: %w", path, stripPath(err))
 	}
@@ -53,7 +64,7 @@ func Write(path string, data []byte, mode fs.FileMode, gid int) error {
 	defer func() {
 		if !ok {
 			f.Close()
-			os.Remove(tmp)
+			d.Remove(tmp)
 		}
 	}()
 	if _, err := f.Write(data); err != nil {
@@ -74,29 +85,44 @@ func Write(path string, data []byte, mode fs.FileMode, gid int) error {
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("token file %s: close: %w", path, stripPath(err))
 	}
-	// Check again right before the rename: the window is small, and rename
-	// replaces a symlink itself rather than writing through it anyway.
-	if err := checkTarget(path); err != nil {
+	// Check the target again right before the rename: in a shared sticky
+	// directory another user may have claimed the name meanwhile (rename
+	// replaces a symlink itself rather than writing through it anyway).
+	if err := checkTarget(d, path, base); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := d.Rename(tmp, base); err != nil {
 		return fmt.Errorf("token file %s: rename: %w", path, stripPath(err))
 	}
 	ok = true
-	if err := syncDir(dir); err != nil {
+	if err := d.Sync(); err != nil {
 		return fmt.Errorf("token file %s: fsync directory: %w", path, err)
 	}
 	return nil
 }
 
-// checkTarget refuses to replace anything but a regular file.
-func checkTarget(path string) error {
-	// The directory must be a real one: writing through a symlinked
-	// directory would put the token (and a rename) wherever it points.
-	if di, err := os.Lstat(filepath.Dir(path)); err == nil && (di.Mode()&fs.ModeSymlink != 0 || !di.IsDir()) {
-		return fmt.Errorf("token file %s: its directory is a symlink or not a directory, refusing", path)
+// openDir opens path's directory through safedir and returns it with the
+// file's base name.
+func openDir(path string) (*safedir.Dir, string, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, "", fmt.Errorf("token file %s: %w", path, err)
 	}
-	fi, err := os.Lstat(path)
+	dir, base := filepath.Split(abs)
+	if base == "" {
+		return nil, "", fmt.Errorf("token file %s: no file name", path)
+	}
+	d, err := safedir.Open(filepath.Clean(dir), safedir.Options{})
+	if err != nil {
+		return nil, "", fmt.Errorf("token file %s: directory refused: %w", path, err)
+	}
+	return d, base, nil
+}
+
+// checkTarget refuses to replace anything but a regular file owned by this
+// user or root.
+func checkTarget(d *safedir.Dir, path, base string) error {
+	fi, err := d.Lstat(base)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		return nil
@@ -109,16 +135,10 @@ func checkTarget(path string) error {
 	case !fi.Mode().IsRegular():
 		return fmt.Errorf("token file %s: not a regular file (%s)", path, fi.Mode().Type())
 	}
-	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return stripPath(err)
+	if err := safedir.CheckOwner(path, fi, safedir.SelfOrRoot); err != nil {
+		return fmt.Errorf("token file: refusing to replace it: %w", err)
 	}
-	defer d.Close()
-	return stripPath(d.Sync())
+	return nil
 }
 
 // stripPath drops the *PathError wrapper (whose path is the temporary
@@ -137,24 +157,39 @@ func stripPath(err error) error {
 
 // RemoveStale removes temporary files a crashed writer left next to path.
 // They hold a token, mode 0600, so only the writer's user could read them.
+// Only regular files this user owns are removed, through the directory's
+// descriptor: in a shared directory another user's files are left alone.
 func RemoveStale(path string) error {
-	dir, base := filepath.Split(path)
-	if dir == "" {
-		dir = "."
+	d, base, err := openDir(path)
+	if err != nil {
+		return err
 	}
-	entries, err := os.ReadDir(dir)
+	defer d.Close()
+	names, err := d.Names()
 	if err != nil {
 		return err
 	}
 	prefix := "." + base + tmpInfix
+	euid := uint32(os.Geteuid())
 	var errs []error
-	for _, e := range entries {
-		if !strings.HasPrefix(e.Name(), prefix) || !e.Type().IsRegular() {
+	for _, name := range names {
+		if !strings.HasPrefix(name, prefix) {
 			continue
 		}
-		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		fi, err := d.Lstat(name)
+		if err != nil || !fi.Mode().IsRegular() {
+			continue
+		}
+		if uid, ok := safedir.UID(fi); !ok || uid != euid {
+			continue
+		}
+		if err := d.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
 }
+
+// testHookDirChecked runs once the directory has been opened and checked,
+// before anything is created: a test swaps the directory there.
+var testHookDirChecked func()

@@ -449,12 +449,12 @@ func TestCreateDir_PlantedSymlinkNotFollowed(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := filepath.Join(d, "sockets")
-	// As if planted right after prepareDir's Lstat found nothing.
+	// As if planted right before prepareDir looks.
 	if err := os.Symlink(victim, dir); err != nil {
 		t.Fatal(err)
 	}
-	if err := createDir(dir, 0o700, -1); err != nil {
-		t.Fatalf("createDir: %v", err)
+	if err := prepareDir(dir, 0o700, -1); err == nil || !strings.Contains(err.Error(), "symlink") {
+		t.Fatalf("prepareDir over a planted symlink: %v, want a symlink refusal", err)
 	}
 	if fi, _ := os.Stat(victim); fi.Mode().Perm() != 0o755 {
 		t.Errorf("symlink target chmodded to %v", fi.Mode().Perm())

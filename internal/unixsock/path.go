@@ -4,10 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
+
+	"github.com/wicket-sh/wicket/internal/safedir"
 )
 
 // MaxPathLen is the longest socket path accepted: sun_path holds 108 bytes
@@ -39,74 +39,18 @@ func ValidatePath(path string) error {
 }
 
 // prepareDir makes sure the socket's parent directory exists and is safe
-// (S-path). A missing directory is created with dirMode and owned by this
-// process. An existing one must be a real directory (not a symlink), owned by
-// this process's user or root, and not writable by group or others unless it
-// is root-owned and sticky (like /tmp): otherwise another user could swap the
-// socket for something else between our checks and our use.
+// (S-path), through safedir: the path is walked from / without following
+// any symlink, and the directory and every ancestor must be owned by this
+// process's user or root and not writable by group or others unless
+// root-owned and sticky (like /tmp). Otherwise another user could rename
+// a component away and put one of its own in its place between our checks
+// and the bind. A missing directory (and missing ancestors) is created
+// with dirMode, the directory itself with group gid (unless -1), its mode
+// and group set through its descriptor, never by path.
 func prepareDir(dir string, dirMode fs.FileMode, gid int) error {
-	fi, err := os.Lstat(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		if err := createDir(dir, dirMode, gid); err != nil {
-			return err
-		}
-		fi, err = os.Lstat(dir)
-	}
+	d, err := safedir.MkdirAll(dir, dirMode, gid, safedir.SelfOrRoot)
 	if err != nil {
-		return fmt.Errorf("inspect socket directory %q: %w", dir, err)
+		return fmt.Errorf("socket directory %q refused: %w", dir, err)
 	}
-	if fi.Mode()&fs.ModeSymlink != 0 {
-		return fmt.Errorf("socket directory %q is a symlink; refusing", dir)
-	}
-	if !fi.IsDir() {
-		return fmt.Errorf("socket directory %q is not a directory", dir)
-	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return fmt.Errorf("socket directory %q: cannot read owner", dir)
-	}
-	euid := uint32(os.Geteuid())
-	if st.Uid != euid && st.Uid != 0 {
-		return fmt.Errorf("socket directory %q is owned by uid %d, not by uid %d or root", dir, st.Uid, euid)
-	}
-	perm := fi.Mode()
-	if perm&0o022 != 0 {
-		sticky := perm&fs.ModeSticky != 0
-		if !(sticky && st.Uid == 0) {
-			return fmt.Errorf("socket directory %q is writable by group or others (mode %04o); refusing", dir, perm.Perm())
-		}
-	}
-	return nil
-}
-
-// createDir makes dir with mode and group. The last component is made with
-// Mkdir, which fails if anything (a planted symlink) appeared since our
-// Lstat, and its owner and mode are set through a descriptor opened with
-// O_NOFOLLOW, never by path: a path-based chmod would follow a symlink
-// swapped in meanwhile and change a directory that is not ours.
-func createDir(dir string, mode fs.FileMode, gid int) error {
-	if err := os.MkdirAll(filepath.Dir(dir), mode); err != nil {
-		return fmt.Errorf("create socket directory %q: %w", dir, err)
-	}
-	if err := os.Mkdir(dir, mode); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return nil // whatever is there now is inspected by the caller
-		}
-		return fmt.Errorf("create socket directory %q: %w", dir, err)
-	}
-	fd, err := syscall.Open(dir, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("open socket directory %q: %w", dir, err)
-	}
-	defer syscall.Close(fd)
-	if gid >= 0 {
-		if err := syscall.Fchown(fd, -1, gid); err != nil {
-			return fmt.Errorf("set group of socket directory %q: %w", dir, err)
-		}
-	}
-	// Mkdir is subject to the umask; set the exact mode we promised.
-	if err := syscall.Fchmod(fd, uint32(mode.Perm())); err != nil {
-		return fmt.Errorf("set mode of socket directory %q: %w", dir, err)
-	}
-	return nil
+	return d.Close()
 }

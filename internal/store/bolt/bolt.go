@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -47,6 +48,10 @@ type Options struct {
 	// LockTimeout bounds the wait for the file lock held by another
 	// process; 0 means DefaultLockTimeout.
 	LockTimeout time.Duration
+	// OpenFile, when set, opens the state file instead of os.OpenFile (it
+	// gets Open's path): the issuer opens it relative to a directory
+	// descriptor it has checked, and checks the file's owner.
+	OpenFile func(name string, flag int, perm os.FileMode) (*os.File, error)
 }
 
 // Store is a store.Store backed by a bbolt file.
@@ -74,12 +79,16 @@ var _ store.Store = (*Store)(nil)
 // after the lock timeout instead of hanging.
 func Open(path string, opts *Options) (*Store, error) {
 	timeout := DefaultLockTimeout
-	if opts != nil && opts.LockTimeout > 0 {
-		timeout = opts.LockTimeout
+	var openFile func(string, int, os.FileMode) (*os.File, error)
+	if opts != nil {
+		if opts.LockTimeout > 0 {
+			timeout = opts.LockTimeout
+		}
+		openFile = opts.OpenFile
 	}
 	// 0600: the file holds sealed keys and the revocation list; sealing
 	// protects the keys, the mode keeps everything else private too.
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: timeout})
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: timeout, OpenFile: openFile})
 	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("bolt: opening %s: %w (waited %v)", path, ErrLocked, timeout)
 	}
