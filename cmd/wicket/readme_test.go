@@ -49,7 +49,7 @@ func TestREADME_TryIt(t *testing.T) {
 		if os.Getenv("CI") != "" {
 			t.Fatal("curl is needed to run the README examples (.ci/run installs it)")
 		}
-		t.Skip("skipping: curl not installed; the README examples use it")
+		sockettest.Unavailable(t, "curl not installed; the README examples use it")
 	}
 	dir := shortDir(t)
 	d := startDev(t, dir)

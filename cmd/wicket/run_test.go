@@ -216,9 +216,7 @@ func probeBinary(t *testing.T) string {
 
 func requireRunRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("skipping: `wicket agent run` tests need root to switch the workload's uid (CI runs tests as root)")
-	}
+	sockettest.RequireRoot(t, "`wicket agent run` tests need root to switch the workload's uid")
 }
 
 // runDir is a directory the workload can traverse and write to, with an
@@ -995,7 +993,7 @@ func TestAgentRun_DocExamples(t *testing.T) {
 
 	requireRunRoot(t)
 	if _, err := exec.LookPath("curl"); err != nil {
-		t.Skip("skipping the curl examples: curl not installed")
+		sockettest.Unavailable(t, "curl not installed; the curl examples need it")
 	}
 	var curls []string
 	for _, l := range strings.Split(docs, "\n") {
@@ -1066,7 +1064,7 @@ func invokerTerminal(t *testing.T) (master *os.File, slave *os.File, out *socket
 	// Non-blocking, so the master is pollable and Close ends its reader.
 	mfd, err := unix.Open("/dev/ptmx", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
-		t.Skipf("skipping: no pseudo-terminal: %v", err)
+		sockettest.Unavailable(t, "no pseudo-terminal: %v", err)
 	}
 	master = os.NewFile(uintptr(mfd), "ptmx")
 	if err := unix.IoctlSetPointerInt(mfd, unix.TIOCSPTLCK, 0); err != nil {

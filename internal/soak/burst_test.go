@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/wicket-sh/wicket/internal/sockettest"
 )
 
 // raiseNoFile lifts this process's open-file limit to at least need (the
@@ -30,7 +32,7 @@ func raiseNoFile(t *testing.T, need uint64) {
 	// Setting it explicitly also makes os/exec pass it on to children
 	// instead of restoring the soft limit the process started with.
 	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		t.Skipf("skipping: RLIMIT_NOFILE cannot be raised to %d (%v); run as root or raise the hard limit", need, err)
+		sockettest.Unavailable(t, "RLIMIT_NOFILE cannot be raised to %d (%v); run as root or raise the hard limit", need, err)
 	}
 }
 

@@ -12,38 +12,21 @@ import (
 	"syscall"
 	"testing"
 	"time"
-)
 
-// tokenFileSupport reports whether the agent accepts a [[token_file]]
-// table, asking the binary itself; why is the reason when it does not.
-func tokenFileSupport(t *testing.T, dir string) (ok bool, why string) {
-	t.Helper()
-	cfg := filepath.Join(dir, "probe.toml")
-	body := agentConfig{Extra: fmt.Sprintf("[[token_file]]\npath = %q\naudience = \"soak-file\"\n", filepath.Join(dir, "probe-token"))}.
-		render(filepath.Join(dir, "p", "api.sock"), filepath.Join(dir, "p", "admin.sock"), "http://127.0.0.1:1")
-	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command(wicketBin, "agent", "--check-config", cfg).CombinedOutput()
-	if err != nil {
-		return false, fmt.Sprintf("`wicket agent --check-config` refuses a [[token_file]] table: %s", bytes.TrimSpace(out))
-	}
-	return true, ""
-}
+	"github.com/wicket-sh/wicket/internal/sockettest"
+)
 
 // mountTmpfs mounts a size-limited tmpfs, or skips.
 func mountTmpfs(t *testing.T, size string) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("skipping: mounting a size-limited tmpfs needs root")
-	}
+	sockettest.RequireRoot(t, "mounting a size-limited tmpfs needs root")
 	dir := shortDir(t)
 	mnt := filepath.Join(dir, "full")
 	if err := os.Mkdir(mnt, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size+",mode=0700", "tmpfs", mnt).CombinedOutput(); err != nil {
-		t.Skipf("skipping: cannot mount tmpfs (%v: %s)", err, bytes.TrimSpace(out))
+		sockettest.Unavailable(t, "cannot mount tmpfs (%v: %s)", err, bytes.TrimSpace(out))
 	}
 	// Registered after shortDir's cleanup, so it runs before it.
 	t.Cleanup(func() {
@@ -95,10 +78,6 @@ func listNames(t *testing.T, dir string) string {
 // left behind, the failures are counted in /metrics, and once there is
 // room again the file is refreshed.
 func TestTokenFileOnFullFilesystem(t *testing.T) {
-	probe := shortDir(t)
-	if ok, why := tokenFileSupport(t, probe); !ok {
-		t.Skipf("skipping: the agent has no [[token_file]] support yet (%s)", why)
-	}
 	mnt := mountTmpfs(t, "64k")
 	path := filepath.Join(mnt, "token")
 	// Tokens live one minute (the issuer's shortest) and the file is

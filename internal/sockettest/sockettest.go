@@ -138,12 +138,35 @@ func helperBinary() (string, error) {
 	return exePath, exeErr
 }
 
-// RequireRoot skips the test, with the reason logged, unless running as root.
-func RequireRoot(t *testing.T) {
+// RequireRoot skips the test, with the reason logged (why, or running a
+// client as another uid), unless running as root; when CI is set it fails
+// instead, so CI never passes by skipping.
+func RequireRoot(t *testing.T, why ...string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("skipping: needs root to run a client as another uid (CI runs tests as root)")
+	if os.Geteuid() == 0 {
+		return
 	}
+	reason := "needs root to run a client as another uid"
+	if len(why) > 0 {
+		reason = strings.Join(why, " ")
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatalf("%s, and CI is set: CI runs tests as root", reason)
+	}
+	t.Skipf("skipping: %s (CI runs tests as root)", reason)
+}
+
+// Unavailable skips the test because something it needs is missing from
+// this machine (a tool, a kernel feature), with the reason logged; when CI
+// is set it fails instead: CI installs what the tests need, so a missing
+// piece there is a broken set-up, not a reason to pass.
+func Unavailable(t testing.TB, format string, args ...any) {
+	t.Helper()
+	reason := fmt.Sprintf(format, args...)
+	if os.Getenv("CI") != "" {
+		t.Fatalf("%s, and CI is set: .ci/run must provide it", reason)
+	}
+	t.Skipf("skipping: %s", reason)
 }
 
 // RequestAs makes one request on socket from a child process running as

@@ -111,7 +111,7 @@ func newInvokerTTY(t *testing.T) *invokerTTY {
 	// reader below.
 	mfd, err := unix.Open("/dev/ptmx", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
-		t.Skipf("skipping: no pseudo-terminal: %v", err)
+		sockettest.Unavailable(t, "no pseudo-terminal: %v", err)
 	}
 	p := &invokerTTY{mfd: mfd, master: os.NewFile(uintptr(mfd), "ptmx"), out: &sockettest.Buffer{}, outDone: make(chan struct{})}
 	if err := unix.IoctlSetPointerInt(mfd, unix.TIOCSPTLCK, 0); err != nil {

@@ -222,9 +222,7 @@ func helperBinary(t *testing.T) string {
 
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("skipping: needs root to run the workload as another uid (CI runs tests as root)")
-	}
+	sockettest.RequireRoot(t, "needs root to run the workload as another uid")
 }
 
 // sharedDir returns a directory every uid may write to.
@@ -632,7 +630,7 @@ func TestRun_ReapsOrphans(t *testing.T) {
 func TestRun_TerminalForeground(t *testing.T) {
 	ptmx, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
 	if err != nil {
-		t.Skipf("skipping: no pseudo-terminal: %v", err)
+		sockettest.Unavailable(t, "no pseudo-terminal: %v", err)
 	}
 	defer ptmx.Close()
 	if err := unix.IoctlSetPointerInt(int(ptmx.Fd()), unix.TIOCSPTLCK, 0); err != nil {

@@ -86,7 +86,7 @@ func TestTokenFile_DirSwapRaceNoFileOutside(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := unix.Renameat2(unix.AT_FDCWD, dir, unix.AT_FDCWD, link, unix.RENAME_EXCHANGE); err != nil {
-		t.Skipf("skipping: renameat2 RENAME_EXCHANGE unavailable here: %v", err)
+		sockettest.Unavailable(t, "renameat2 RENAME_EXCHANGE unavailable here: %v", err)
 	}
 	unix.Renameat2(unix.AT_FDCWD, dir, unix.AT_FDCWD, link, unix.RENAME_EXCHANGE) // back
 

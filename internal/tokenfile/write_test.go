@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/wicket-sh/wicket/internal/sockettest"
 )
 
 // token returns a distinct, self-checking token: a reader can tell a whole
@@ -141,9 +143,7 @@ func TestWrite_Mode(t *testing.T) {
 }
 
 func TestWrite_Group(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("skipping: changing a file's group to an arbitrary gid needs root")
-	}
+	sockettest.RequireRoot(t, "changing a file's group to an arbitrary gid needs root")
 	path := filepath.Join(t.TempDir(), "token")
 	for _, gid := range []int{4242, 0, 31337} {
 		if err := Write(path, []byte("t"), 0o440, gid); err != nil {
@@ -216,12 +216,10 @@ func TestWrite_RefusesNonRegularTarget(t *testing.T) {
 // mountTmpfs mounts a size-limited tmpfs on a new directory, or skips.
 func mountTmpfs(t *testing.T, size string) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("skipping: mounting a size-limited tmpfs needs root")
-	}
+	sockettest.RequireRoot(t, "mounting a size-limited tmpfs needs root")
 	dir := t.TempDir()
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size+",mode=0700", "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Skipf("skipping: cannot mount tmpfs (%v: %s)", err, bytes.TrimSpace(out))
+		sockettest.Unavailable(t, "cannot mount tmpfs (%v: %s)", err, bytes.TrimSpace(out))
 	}
 	t.Logf("tmpfs of %s mounted on %s", size, dir)
 	t.Cleanup(func() {
@@ -318,7 +316,7 @@ func TestWrite_UnwritableDirKeepsOldFile(t *testing.T) {
 	}
 	if want == syscall.EROFS {
 		if out, err := exec.Command("mount", "-o", "remount,ro", dir).CombinedOutput(); err != nil {
-			t.Skipf("skipping: cannot remount read-only (%v: %s)", err, bytes.TrimSpace(out))
+			sockettest.Unavailable(t, "cannot remount read-only (%v: %s)", err, bytes.TrimSpace(out))
 		}
 	} else {
 		os.Chmod(dir, 0o500)

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/wicket-sh/wicket/internal/sockettest"
 )
 
 // sockDir returns a short private directory: t.TempDir paths can exceed the
@@ -258,9 +260,7 @@ func TestSocketMode_NeverLooserThanConfigured(t *testing.T) {
 }
 
 func TestSocketOwner_GroupApplied(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("skipping: chown to another group needs root (tests run as root in CI)")
-	}
+	sockettest.RequireRoot(t, "chown to another group needs root")
 	d := sockDir(t)
 	p := filepath.Join(d, "g.sock")
 	mustListen(t, Config{Path: p, Mode: 0o660, SetGroup: true, GID: 65534})
@@ -314,7 +314,7 @@ func TestParentDir(t *testing.T) {
 	t.Run("root-owned sticky accepted", func(t *testing.T) {
 		fi, err := os.Lstat("/tmp")
 		if err != nil || fi.Mode()&fs.ModeSticky == 0 || fi.Sys().(*syscall.Stat_t).Uid != 0 {
-			t.Skip("skipping: /tmp is not a root-owned sticky directory here")
+			sockettest.Unavailable(t, "/tmp is not a root-owned sticky directory here")
 		}
 		p := filepath.Join("/tmp", filepath.Base(d)+"-sticky.sock")
 		mustListen(t, Config{Path: p})
