@@ -200,6 +200,7 @@ func (s *Issuer) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	admCfg.Logger = s.log
 	s.adm, err = unixsock.Listen(admCfg)
 	if err != nil {
 		return fmt.Errorf("admin socket: %w", err)
@@ -264,6 +265,7 @@ func (s *Issuer) Run(ctx context.Context) error {
 			srv.Close()
 		}
 	}
+	s.admin.FlushDenials() // pending per-uid denial counts reach the log
 	return runErr
 }
 
