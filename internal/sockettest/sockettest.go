@@ -85,7 +85,12 @@ func Do(socket, method, path, body string, header map[string]string) Result {
 	for k, v := range header {
 		req.Header.Set(k, v)
 	}
-	resp, err := Client(socket).Do(req)
+	c := Client(socket)
+	// One request, one connection: an idle keep-alive connection left
+	// behind would count against the socket's per-uid cap until the
+	// server's idle timeout.
+	defer c.CloseIdleConnections()
+	resp, err := c.Do(req)
 	if err != nil {
 		return Result{Err: err.Error()}
 	}
