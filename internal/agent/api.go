@@ -40,6 +40,9 @@ func (a *Agent) apiHandler() http.Handler {
 	guard := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p, ok := unixsock.PeerFromContext(r.Context())
 		if !apierror.CanonicalPath(r.URL.Path) || apierror.EncodedSeparator(r) {
+			// Refused before the policy, so possibly to a caller it would
+			// deny: it keeps no connection either.
+			unixsock.CloseAfterReply(w)
 			apierror.BadRequest(w)
 			return
 		}

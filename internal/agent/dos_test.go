@@ -92,6 +92,14 @@ func TestForbidden_ClosesConnection(t *testing.T) {
 	}
 	expectClosed(t, "POST with an unsent body", c, br)
 
+	// So does the 400 for a non-canonical path, which comes before the
+	// policy.
+	resp, c, br = rawRequest(t, h.api, "POST /v1//tokens HTTP/1.1\r\nHost: wicket\r\nContent-Length: 1000\r\n\r\n")
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("non-canonical path: status %d, want 400", resp.StatusCode)
+	}
+	expectClosed(t, "400 with an unsent body", c, br)
+
 	// The admin socket's refusals close the connection too. Root passes
 	// its peer check, so refuse it by the admin token it does not send.
 	tokFile := filepath.Join(t.TempDir(), "admin-token")
