@@ -56,13 +56,25 @@ type Server struct {
 	log     *slog.Logger
 	mux     *http.ServeMux
 
-	denied atomic.Uint64
+	// bodyLimits, when set (LimitBodies), caps request bodies; they are
+	// read only after the caller is authorized.
+	bodyLimits  func() unixsock.BodyLimits
+	onBodyError func(http.ResponseWriter, *http.Request, error)
+
+	denied  atomic.Uint64
+	denials *unixsock.DenialLog
 }
 
 // New returns the admin handler for svc. auth is called on every request so
 // reloads take effect at once.
 func New(svc Service, auth func() Auth, selfUID uint32, logger *slog.Logger) *Server {
-	s := &Server{svc: svc, auth: auth, selfUID: selfUID, log: logger, mux: http.NewServeMux()}
+	s := &Server{svc: svc, auth: auth, selfUID: selfUID, log: logger, mux: http.NewServeMux(),
+		// Denials are audited like every request, but summarized per uid
+		// so a refused caller in a loop cannot flood the log.
+		denials: unixsock.NewDenialLog(logger, unixsock.DenialLogConfig{
+			Msg: "admin request", SummaryMsg: "admin denials suppressed", Level: slog.LevelInfo,
+		}),
+	}
 	s.mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
 		WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
@@ -76,6 +88,7 @@ func New(svc Service, auth func() Auth, selfUID uint32, logger *slog.Logger) *Se
 			Name: "wicket_admin_denied_total", Help: "Admin requests refused (peer or token).",
 			Type: metrics.Counter, Value: float64(s.denied.Load()),
 		})
+		samples = append(samples, unixsock.DenialMetrics("admin", s.denials)...)
 		metrics.Write(w, samples)
 	})
 	return s
@@ -86,6 +99,21 @@ func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, 
 
 // Denied returns how many admin requests were refused.
 func (s *Server) Denied() uint64 { return s.denied.Load() }
+
+// LimitBodies caps request bodies (see unixsock.ReadBody); onError writes
+// the reply when a body is refused. A body is read only once its caller is
+// authorized. Call it before serving.
+func (s *Server) LimitBodies(limits func() unixsock.BodyLimits, onError func(http.ResponseWriter, *http.Request, error)) {
+	s.bodyLimits, s.onBodyError = limits, onError
+}
+
+// FlushDenials writes the pending per-uid denial summaries to the log; call
+// it at shutdown. A nil Server is ignored.
+func (s *Server) FlushDenials() {
+	if s != nil {
+		s.denials.Flush()
+	}
+}
 
 func (s *Server) reload(w http.ResponseWriter, r *http.Request) {
 	res, err := s.svc.Reload(r.Context())
@@ -113,8 +141,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r = r.WithContext(context.WithValue(r.Context(), logKey{}, logger))
 	outcome := "ok"
 	defer func() {
-		logger.Info("admin request", "outcome", outcome, "status", lw.status,
-			"duration_ms", time.Since(start).Milliseconds())
+		args := []any{"outcome", outcome, "status", lw.status, "duration_ms", time.Since(start).Milliseconds()}
+		if strings.HasPrefix(outcome, "denied") {
+			// Logged in full once per uid and interval, then counted.
+			s.denials.Deny(r.Context(), p, strings.TrimPrefix(outcome, "denied_"), append([]any{"peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID,
+				"command", r.Method + " " + truncate(r.URL.Path, 128)}, args...)...)
+			return
+		}
+		logger.Info("admin request", args...)
 	}()
 
 	auth := s.auth()
@@ -129,6 +163,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if outcome != "ok" {
 		s.denied.Add(1)
+		// A refused caller keeps no connection slot.
+		unixsock.CloseAfterReply(lw)
 		apierror.Forbidden(lw)
 		return
 	}
@@ -144,6 +180,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		apierror.NotFound(lw)
+		return
+	}
+	if s.bodyLimits != nil && !unixsock.ReadBody(lw, r, s.bodyLimits(), s.onBodyError) {
+		outcome = "bad_body"
 		return
 	}
 	// Dispatch through the mux itself: only ServeMux.ServeHTTP fills in

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -146,4 +147,76 @@ func validMethodToken(m string) bool {
 		}
 	}
 	return true
+}
+
+// countingBody counts the bytes read from a request body.
+type countingBody struct {
+	r io.Reader
+	n int
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	b.n += n
+	return n, err
+}
+func (b *countingBody) Close() error { return nil }
+
+// S-limits: the admin socket reads a body only once the caller is
+// authorized; a refused caller's body is never read.
+func TestAdmin_PolicyDecidedBeforeBody(t *testing.T) {
+	s, _ := newServer(false, "")
+	var limited int
+	s.LimitBodies(func() unixsock.BodyLimits { limited++; return unixsock.BodyLimits{MaxBytes: 1 << 20} },
+		func(w http.ResponseWriter, _ *http.Request, _ error) { w.WriteHeader(413) })
+	for _, tc := range []struct {
+		name string
+		peer unixsock.Peer
+		want int
+		read bool
+	}{
+		{"stranger", unixsock.Peer{UID: 1001, GID: 1001, PID: 4}, 403, false},
+		{"root", unixsock.Peer{}, 200, true},
+	} {
+		body := &countingBody{r: strings.NewReader(strings.Repeat("x", 100000))}
+		r := httptest.NewRequest("POST", "/v1/reload", nil)
+		r.Body, r.ContentLength = body, 100000
+		r = r.WithContext(unixsock.WithPeer(r.Context(), tc.peer))
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, r)
+		if w.Code != tc.want || (body.n > 0) != tc.read {
+			t.Errorf("%s: status %d, %d body bytes read; want %d and read=%v", tc.name, w.Code, body.n, tc.want, tc.read)
+		}
+		if tc.want == 403 && w.Header().Get("Connection") != "close" {
+			t.Errorf("%s: 403 without Connection: close", tc.name)
+		}
+	}
+	if limited != 1 {
+		t.Errorf("body limits consulted %d times, want once (for root)", limited)
+	}
+}
+
+// S-audit: a refused caller in a loop gets one full audit line, and the
+// rest are counted (log summary and metrics), not logged one by one.
+func TestAdmin_DenialsSummarized(t *testing.T) {
+	s, logs := newServer(false, "")
+	stranger := &unixsock.Peer{UID: 1001, GID: 1001, PID: 4}
+	for i := 0; i < 1000; i++ {
+		if w := do(s, stranger, "GET", "/v1/status", "", nil); w.Code != 403 {
+			t.Fatalf("request %d: %d", i, w.Code)
+		}
+	}
+	if n := strings.Count(logs.String(), "outcome=denied_peer"); n != 1 {
+		t.Errorf("%d audit lines for 1000 denials, want 1", n)
+	}
+	s.FlushDenials()
+	if !strings.Contains(logs.String(), `msg="admin denials suppressed" peer_uid=1001 suppressed=999`) {
+		t.Errorf("no summary with the count:\n%s", logs)
+	}
+	w := do(s, &unixsock.Peer{}, "GET", "/metrics", "", nil)
+	for _, want := range []string{"wicket_admin_denied_total 1000\n", `wicket_denials_total{reason="peer",socket="admin"} 1000` + "\n"} {
+		if !strings.Contains(w.Body.String(), want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
 }

@@ -64,6 +64,7 @@ type Agent struct {
 	api, adm  *unixsock.Listener
 	admin     *admin.Server
 	denied    atomic.Uint64
+	denials   *unixsock.DenialLog // the API socket's denials, summarized per uid
 	reloadsOK atomic.Uint64
 	reloadsKO atomic.Uint64
 
@@ -105,12 +106,15 @@ func New(opts Options) (*Agent, error) {
 		opts.Logger = slog.Default()
 	}
 	a := &Agent{
-		opts:         opts,
-		log:          opts.Logger,
-		selfUID:      uint32(os.Geteuid()),
-		ready:        make(chan struct{}),
-		started:      time.Now(),
-		limiter:      newRateLimiter(),
+		opts:    opts,
+		log:     opts.Logger,
+		selfUID: uint32(os.Geteuid()),
+		ready:   make(chan struct{}),
+		started: time.Now(),
+		limiter: newRateLimiter(),
+		denials: unixsock.NewDenialLog(opts.Logger, unixsock.DenialLogConfig{
+			Msg: "request denied", SummaryMsg: "request denials suppressed",
+		}),
 		upstreamWait: upstreamWaitDefault,
 		backoffMin:   backoffMinDefault,
 		backoffMax:   backoffMaxDefault,
@@ -278,6 +282,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	apiCfg.Logger, admCfg.Logger = a.log, a.log
 	a.api, err = unixsock.Listen(apiCfg)
 	if err != nil {
 		return fmt.Errorf("api socket: %w", err)
@@ -291,8 +296,10 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	lim := cfg.HTTP.Limits()
 	a.admin = admin.New(a, func() admin.Auth { return a.rt.Load().adminAuth }, a.selfUID, a.log.With("socket", "admin"))
+	// Admin bodies are read only once the caller is authorized.
+	a.admin.LimitBodies(a.bodyLimits, writeBodyError)
 	apiSrv := unixsock.NewHTTPServer(a.apiHandler(), lim, a.log)
-	admSrv := unixsock.NewHTTPServer(unixsock.LimitBody(a.bodyLimits, writeBodyError, a.admin), lim, a.log)
+	admSrv := unixsock.NewHTTPServer(a.admin, lim, a.log)
 
 	defer a.stopBackground()
 	if a.issuer != nil {
@@ -328,6 +335,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			s.Close()
 		}
 	}
+	// The counts still waiting for their summary line go to the log now.
+	a.denials.Flush()
+	a.admin.FlushDenials()
 	return runErr
 }
 
@@ -448,6 +458,7 @@ func (a *Agent) Metrics() []metrics.Sample {
 		{Name: "wicket_metadata_waiters", Help: "Local metadata long polls waiting.", Type: metrics.Gauge, Value: float64(a.meta.waiters.Load())},
 	}
 	s = append(s, unixsock.Metrics(a.api, a.adm)...)
+	s = append(s, unixsock.DenialMetrics("api", a.denials)...)
 	s = append(s, a.tokenFilesMetrics()...)
 	return s
 }

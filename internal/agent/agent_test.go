@@ -21,6 +21,7 @@ type harness struct {
 	dir, cfgPath, api, admin string
 	agent                    *Agent
 	logs                     *sockettest.Buffer
+	stop                     func() // ends the agent and waits for it; idempotent
 }
 
 // startAgent writes cfg (with %[1]s replaced by the socket directory) and
@@ -62,12 +63,16 @@ func startAgentWith(t *testing.T, cfg string, opts Options, before func(*Agent))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	var stopOnce sync.Once
+	h.stop = func() {
+		stopOnce.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		})
+	}
+	t.Cleanup(h.stop)
 	select {
 	case <-a.Ready():
 	case err := <-done:

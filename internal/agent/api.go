@@ -22,10 +22,12 @@ import (
 	"github.com/wicket-sh/wicket/internal/unixsock"
 )
 
-// apiHandler is the guest API. Every request passes, in order: body limits,
-// path canonicalization, peer policy, then routing (built-in endpoints
-// first, then the proxy allowlist). The Host header is ignored: the socket
-// is the address.
+// apiHandler is the guest API. Every request passes, in order: path
+// canonicalization, peer policy, body limits, then routing (built-in
+// endpoints first, then the proxy allowlist). The policy needs only the
+// method, path and peer, so it comes before the body is read: a caller it
+// refuses never makes the agent buffer anything. The Host header is
+// ignored: the socket is the address.
 func (a *Agent) apiHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
@@ -40,6 +42,9 @@ func (a *Agent) apiHandler() http.Handler {
 	guard := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p, ok := unixsock.PeerFromContext(r.Context())
 		if !apierror.CanonicalPath(r.URL.Path) || apierror.EncodedSeparator(r) {
+			// Refused before the policy, so possibly to a caller it would
+			// deny: it keeps no connection either.
+			unixsock.CloseAfterReply(w)
 			apierror.BadRequest(w)
 			return
 		}
@@ -49,20 +54,10 @@ func (a *Agent) apiHandler() http.Handler {
 			d = rt.policy.Decide(p, r.Method, r.URL.Path)
 		}
 		if !d.Allowed {
-			a.denied.Add(1)
-			// The path is caller input: log it quoted by slog, cut short.
-			args := []any{"peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID,
-				"method", r.Method, "route", truncate(r.URL.Path, 128), "outcome", "denied"}
-			if d.Exe != "" {
-				args = append(args, "peer_exe", d.Exe)
-			}
-			if d.ExeErr != nil {
-				// A rule naming exes could not be checked: say why, so an
-				// operator on an old kernel learns rules with exes fail closed.
-				args = append(args, "exe_error", d.ExeErr.Error())
-			}
-			a.log.Warn("request denied", args...)
-			apierror.Forbidden(w)
+			a.deny(w, r, p, ok, d)
+			return
+		}
+		if !unixsock.ReadBody(w, r, a.bodyLimits(), writeBodyError) {
 			return
 		}
 		// Dispatch through the mux itself: only ServeMux.ServeHTTP fills in
@@ -82,7 +77,35 @@ func (a *Agent) apiHandler() http.Handler {
 		}
 		a.handleProxy(w, r, rt, p)
 	})
-	return unixsock.LimitBody(a.bodyLimits, writeBodyError, guard)
+	return guard
+}
+
+// deny answers 403 and closes the connection, so a refused caller holds no
+// slot, and logs the denial through the per-uid summary (a denied loop
+// cannot flood the log).
+func (a *Agent) deny(w http.ResponseWriter, r *http.Request, p unixsock.Peer, havePeer bool, d peer.Decision) {
+	a.denied.Add(1)
+	reason := "policy"
+	switch {
+	case !havePeer:
+		reason = "no_peer"
+	case d.ExeErr != nil:
+		reason = "exe_unavailable"
+	}
+	// The path is caller input: log it quoted by slog, cut short.
+	args := []any{"peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID,
+		"method", r.Method, "route", truncate(r.URL.Path, 128), "outcome", "denied", "reason", reason}
+	if d.Exe != "" {
+		args = append(args, "peer_exe", d.Exe)
+	}
+	if d.ExeErr != nil {
+		// A rule naming exes could not be checked: say why, so an
+		// operator on an old kernel learns rules with exes fail closed.
+		args = append(args, "exe_error", d.ExeErr.Error())
+	}
+	a.denials.Deny(r.Context(), p, reason, args...)
+	unixsock.CloseAfterReply(w)
+	apierror.Forbidden(w)
 }
 
 func reservedPath(p string) bool {

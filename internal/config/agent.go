@@ -29,6 +29,26 @@ type Socket struct {
 	Mode     Mode   `toml:"socket_mode"`
 	Group    string `toml:"socket_group"` // name or numeric gid; "" keeps the service's group
 	MaxConns int    `toml:"max_conns"`
+	// MaxConnsPerUID caps one peer uid's connections (root's and the
+	// service's own included); 0 means max_conns/4.
+	MaxConnsPerUID int `toml:"max_conns_per_uid"`
+}
+
+// MaxBodyBytesLimit is the largest limits.max_body_bytes accepted: each
+// body is buffered whole before its handler runs, so the cap times
+// max_conns is memory callers can make the agent hold.
+const MaxBodyBytesLimit = 1 << 20
+
+// validateConns checks max_conns and max_conns_per_uid of the socket name.
+func (s Socket) validateConns(name string) []error {
+	var errs []error
+	if s.MaxConns < 1 || s.MaxConns > 100000 {
+		errs = append(errs, fmt.Errorf("%s.max_conns %d: want 1..100000", name, s.MaxConns))
+	}
+	if s.MaxConnsPerUID < 0 || s.MaxConnsPerUID > max(s.MaxConns, 1) {
+		errs = append(errs, fmt.Errorf("%s.max_conns_per_uid %d: want 1..max_conns (%d), or 0 for max_conns/4", name, s.MaxConnsPerUID, s.MaxConns))
+	}
+	return errs
 }
 
 // GID resolves Group to a numeric gid, or -1 when it is empty.
@@ -67,6 +87,8 @@ func (s Socket) UnixSock(name string, dirMode Mode) (unixsock.Config, error) {
 		SetGroup: gid >= 0,
 		GID:      gid,
 		MaxConns: s.MaxConns,
+		// unixsock turns 0 into MaxConns/4.
+		MaxConnsPerUID: s.MaxConnsPerUID,
 	}, nil
 }
 
@@ -284,9 +306,7 @@ func (c *Agent) Validate() error {
 		if s.s.Mode&0o007 != 0 {
 			errs = append(errs, fmt.Errorf("%s.socket_mode %04o: access for others is not allowed; use socket_group", s.name, uint32(s.s.Mode)))
 		}
-		if s.s.MaxConns < 1 || s.s.MaxConns > 100000 {
-			errs = append(errs, fmt.Errorf("%s.max_conns %d: want 1..100000", s.name, s.s.MaxConns))
-		}
+		errs = append(errs, s.s.validateConns(s.name)...)
 		if _, err := s.s.GID(); err != nil {
 			errs = append(errs, fmt.Errorf("%s.socket_group: %w", s.name, err))
 		}
@@ -303,8 +323,8 @@ func (c *Agent) Validate() error {
 	if c.HTTP.MaxHeaderBytes < 1024 || c.HTTP.MaxHeaderBytes > 1<<20 {
 		errs = append(errs, fmt.Errorf("http.max_header_bytes %d: want 1024..1048576", c.HTTP.MaxHeaderBytes))
 	}
-	if c.Limits.MaxBodyBytes < 1024 || c.Limits.MaxBodyBytes > 16<<20 {
-		errs = append(errs, fmt.Errorf("limits.max_body_bytes %d: want 1024..16777216", c.Limits.MaxBodyBytes))
+	if c.Limits.MaxBodyBytes < 1024 || c.Limits.MaxBodyBytes > MaxBodyBytesLimit {
+		errs = append(errs, fmt.Errorf("limits.max_body_bytes %d: want 1024..%d (1 MiB): every body is held in memory whole before its handler runs", c.Limits.MaxBodyBytes, MaxBodyBytesLimit))
 	}
 	if c.Limits.BodyTimeout.Duration <= 0 {
 		errs = append(errs, errors.New("limits.body_timeout must be positive"))

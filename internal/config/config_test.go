@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -76,6 +77,8 @@ func TestLoadAgent_Invalid(t *testing.T) {
 		"empty policy":    "[[policy]]\nallow=[\"*\"]",
 		"unknown group":   "[api]\nsocket_group = \"no-such-group-wicket\"",
 		"zero conns":      "[api]\nmax_conns = 0",
+		"per-uid > cap":   "[api]\nmax_conns = 10\nmax_conns_per_uid = 11",
+		"per-uid < 0":     "[admin]\nmax_conns_per_uid = -1",
 	} {
 		if _, err := LoadAgent(writeFile(t, body)); err == nil {
 			t.Errorf("%s: accepted", name)
@@ -160,4 +163,21 @@ func FuzzLoadAgent(f *testing.F) {
 			t.Fatalf("validated config grants access to others")
 		}
 	})
+}
+
+// limits.max_body_bytes is capped at 1 MiB: the agent buffers each body in
+// full before a handler runs, so a larger cap times max_conns is memory a
+// caller can make the agent hold.
+func TestConfig_MaxBodyBytesCapped(t *testing.T) {
+	for _, n := range []int{1024, 65536, 1 << 20} {
+		if _, err := LoadAgent(writeFile(t, fmt.Sprintf("[limits]\nmax_body_bytes = %d\n", n))); err != nil {
+			t.Errorf("max_body_bytes %d refused: %v", n, err)
+		}
+	}
+	for _, n := range []int{1<<20 + 1, 16 << 20} {
+		_, err := LoadAgent(writeFile(t, fmt.Sprintf("[limits]\nmax_body_bytes = %d\n", n)))
+		if err == nil || !strings.Contains(err.Error(), "limits.max_body_bytes") || !strings.Contains(err.Error(), "1048576") {
+			t.Errorf("max_body_bytes %d: err = %v, want a refusal naming the key and the 1048576 maximum", n, err)
+		}
+	}
 }

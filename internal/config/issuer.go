@@ -189,6 +189,8 @@ func (c *Issuer) Validate() error {
 	}
 	if c.Admin.MaxConns < 1 {
 		errs = append(errs, errors.New("admin.max_conns must be at least 1"))
+	} else if n := c.Admin.MaxConnsPerUID; n < 0 || n > c.Admin.MaxConns {
+		errs = append(errs, fmt.Errorf("admin.max_conns_per_uid %d: want 1..max_conns (%d), or 0 for max_conns/4", n, c.Admin.MaxConns))
 	}
 	if c.Admin.TokenFile != "" && c.Admin.TokenEnv != "" {
 		errs = append(errs, errors.New("admin: set token_file or token_env, not both"))

@@ -199,11 +199,14 @@ func TestCluster_TwoReplicasShareState(t *testing.T) {
 // TestCluster_ConcurrentUpdatesNoLostUpdate: admin updates of one machine
 // through both replicas at once all land.
 func TestCluster_ConcurrentUpdatesNoLostUpdate(t *testing.T) {
-	cl := newCluster(t, 1)
-	a := cl.replica(t, nil, nil)
-	b := cl.replica(t, nil, nil)
-	m, _ := a.addMachine(t, devSpec)
 	const n = 20
+	cl := newCluster(t, 1)
+	// Every update comes from our one uid, n at a time per replica: more
+	// than the admin socket's default per-uid share (max_conns/4).
+	oneUID := func(c *config.Issuer) { c.Admin.MaxConnsPerUID = c.Admin.MaxConns }
+	a := cl.replica(t, oneUID, nil)
+	b := cl.replica(t, oneUID, nil)
+	m, _ := a.addMachine(t, devSpec)
 	var wg sync.WaitGroup
 	for i := range n {
 		for name, ti := range map[string]*testIssuer{"a": a, "b": b} {

@@ -199,6 +199,7 @@ func (s *Issuer) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	admCfg.Logger = s.log
 	s.adm, err = unixsock.Listen(admCfg)
 	if err != nil {
 		return fmt.Errorf("admin socket: %w", err)
@@ -263,6 +264,7 @@ func (s *Issuer) Run(ctx context.Context) error {
 			srv.Close()
 		}
 	}
+	s.admin.FlushDenials() // pending per-uid denial counts reach the log
 	return runErr
 }
 

@@ -260,7 +260,10 @@ func (is *issuer) addMachine(t *testing.T, name string) string {
 // agentConfig is the part of the agent's TOML a test varies; zero values
 // take the suite's defaults below.
 type agentConfig struct {
-	MaxConns          int
+	MaxConns int
+	// MaxConnsPerUID defaults to MaxConns: the suite's load all comes
+	// from one uid, so the per-uid cap would otherwise be what it measures.
+	MaxConnsPerUID    int
 	ReadHeaderTimeout string
 	BodyTimeout       string
 	MaxHeaderBytes    int
@@ -276,6 +279,9 @@ type agentConfig struct {
 func (c agentConfig) render(api, admin, issuerURL string) string {
 	if c.MaxConns == 0 {
 		c.MaxConns = 1024
+	}
+	if c.MaxConnsPerUID == 0 {
+		c.MaxConnsPerUID = c.MaxConns
 	}
 	if c.ReadHeaderTimeout == "" {
 		c.ReadHeaderTimeout = "5s"
@@ -302,7 +308,7 @@ func (c agentConfig) render(api, admin, issuerURL string) string {
 		c.MaxAudiences = 1000
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "[api]\nsocket_path = %q\nmax_conns = %d\n", api, c.MaxConns)
+	fmt.Fprintf(&b, "[api]\nsocket_path = %q\nmax_conns = %d\nmax_conns_per_uid = %d\n", api, c.MaxConns, c.MaxConnsPerUID)
 	fmt.Fprintf(&b, "[admin]\nsocket_path = %q\n", admin)
 	fmt.Fprintf(&b, "[http]\nread_header_timeout = %q\nmax_header_bytes = %d\n", c.ReadHeaderTimeout, c.MaxHeaderBytes)
 	fmt.Fprintf(&b, "[issuer]\nurl = %q\nrequest_timeout = %q\n", issuerURL, c.RequestTimeout)

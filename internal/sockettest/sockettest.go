@@ -5,9 +5,11 @@
 package sockettest
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -15,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,13 +25,19 @@ import (
 	"time"
 )
 
-const helperEnv = "WICKET_SOCKETTEST_REQUEST"
+const (
+	helperEnv = "WICKET_SOCKETTEST_REQUEST"
+	holdEnv   = "WICKET_SOCKETTEST_HOLD"
+)
 
 // Main runs the tests, or, in a helper child, the one request it was asked
 // to make. Call it from TestMain.
 func Main(m *testing.M) {
 	if spec := os.Getenv(helperEnv); spec != "" {
 		os.Exit(runHelper(spec))
+	}
+	if spec := os.Getenv(holdEnv); spec != "" {
+		os.Exit(runHold(spec))
 	}
 	os.Exit(m.Run())
 }
@@ -77,8 +86,9 @@ func Do(socket, method, path, body string, header map[string]string) Result {
 		req.Header.Set(k, v)
 	}
 	c := Client(socket)
-	// One request, one connection: an idle keep-alive left behind would
-	// count against the server's connection cap for the rest of the test.
+	// One request, one connection: an idle keep-alive connection left
+	// behind would count against the socket's per-uid cap until the
+	// server's idle timeout.
 	defer c.CloseIdleConnections()
 	resp, err := c.Do(req)
 	if err != nil {
@@ -215,4 +225,134 @@ func (s *Buffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+type holdSpec struct {
+	Socket, Request string
+	Conns           int
+}
+
+// Held is a set of connections a child process, running as another uid,
+// keeps open on a socket (see HoldAs).
+type Held struct {
+	// Outcomes has one entry per connection, in order: the reply's status
+	// code ("403"), "closed" when the server closed the connection before
+	// replying, "open" when no request was sent, or "error: ..." for
+	// anything else (a failed dial included).
+	Outcomes []string
+	cmd      *exec.Cmd
+	stdin    io.Closer
+	once     sync.Once
+}
+
+// Count returns how many outcomes equal o.
+func (h *Held) Count(o string) int {
+	n := 0
+	for _, x := range h.Outcomes {
+		if x == o {
+			n++
+		}
+	}
+	return n
+}
+
+// Release closes every held connection (the child exits) and waits for it.
+func (h *Held) Release() {
+	h.once.Do(func() {
+		h.stdin.Close()
+		h.cmd.Wait()
+	})
+}
+
+// HoldAs opens n connections to socket, one after the other, from a child
+// process running as uid/gid with no supplementary groups. On each it sends
+// request (raw HTTP/1.1; nothing when empty) and reads one reply, body
+// included. It returns once every connection has its outcome; the child
+// keeps them all open, as an attacker would, until Release or the end of the
+// test. It needs root.
+func HoldAs(t *testing.T, uid, gid uint32, socket string, n int, request string) *Held {
+	t.Helper()
+	RequireRoot(t)
+	exe, err := helperBinary()
+	if err != nil {
+		t.Fatalf("helper binary: %v", err)
+	}
+	spec, _ := json.Marshal(holdSpec{Socket: socket, Request: request, Conns: n})
+	cmd := exec.Command(exe)
+	cmd.Env = []string{holdEnv + "=" + string(spec)}
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid, Groups: []uint32{}}}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("holder as uid %d: %v", uid, err)
+	}
+	h := &Held{cmd: cmd, stdin: stdin}
+	t.Cleanup(h.Release)
+	// Bounded: the child gives up on each connection after 10s, and is
+	// killed if it has not reported within a minute.
+	timer := time.AfterFunc(time.Minute, func() { cmd.Process.Kill() })
+	defer timer.Stop()
+	line, err := bufio.NewReader(stdout).ReadBytes('\n')
+	if err != nil {
+		t.Fatalf("holder as uid %d: no report: %v", uid, err)
+	}
+	if err := json.Unmarshal(line, &h.Outcomes); err != nil {
+		t.Fatalf("holder output %q: %v", line, err)
+	}
+	return h
+}
+
+func runHold(spec string) int {
+	var hs holdSpec
+	if err := json.Unmarshal([]byte(spec), &hs); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	var conns []net.Conn
+	outcomes := make([]string, 0, hs.Conns)
+	for i := 0; i < hs.Conns; i++ {
+		c, err := net.DialTimeout("unix", hs.Socket, 10*time.Second)
+		if err != nil {
+			outcomes = append(outcomes, "error: "+err.Error())
+			continue
+		}
+		conns = append(conns, c)
+		if hs.Request == "" {
+			outcomes = append(outcomes, "open")
+			continue
+		}
+		outcomes = append(outcomes, holdRequest(c, hs.Request))
+	}
+	json.NewEncoder(os.Stdout).Encode(outcomes)
+	// Hold everything until the parent closes our stdin.
+	io.Copy(io.Discard, os.Stdin)
+	for _, c := range conns {
+		c.Close()
+	}
+	return 0
+}
+
+func holdRequest(c net.Conn, request string) string {
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	defer c.SetDeadline(time.Time{})
+	if _, err := io.WriteString(c, request); err != nil {
+		return "closed"
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
+			return "closed"
+		}
+		return "error: " + err.Error()
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return strconv.Itoa(resp.StatusCode)
 }

@@ -1,9 +1,11 @@
 package unixsock
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -39,6 +41,14 @@ type Config struct {
 	// MaxConns caps concurrent connections; excess ones are closed at once.
 	// Zero means the default of 1024.
 	MaxConns int
+	// MaxConnsPerUID caps the concurrent connections of any one peer uid
+	// (root and the service's own uid included), so one uid cannot take
+	// every slot; excess ones are closed at once. Zero means MaxConns/4
+	// (at least 1).
+	MaxConnsPerUID int
+	// Logger receives the (rate-limited) lines about connections refused
+	// by the per-uid cap; nil means slog.Default().
+	Logger *slog.Logger
 }
 
 func (c Config) withDefaults() Config {
@@ -50,6 +60,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxConns <= 0 {
 		c.MaxConns = 1024
+	}
+	if c.MaxConnsPerUID <= 0 {
+		c.MaxConnsPerUID = max(1, c.MaxConns/4)
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
 	}
 	return c
 }
@@ -70,11 +86,19 @@ type Listener struct {
 	ln       *net.UnixListener
 	dev, ino uint64
 	max      int64
+	maxUID   int
 
-	open     atomic.Int64
-	accepted atomic.Uint64
-	rejected atomic.Uint64 // over the cap
-	credErrs atomic.Uint64 // peer credentials unreadable
+	open        atomic.Int64
+	accepted    atomic.Uint64
+	rejected    atomic.Uint64 // over the cap
+	rejectedUID atomic.Uint64 // over the per-uid cap
+	credErrs    atomic.Uint64 // peer credentials unreadable
+
+	// perUID counts open connections by peer uid; a uid leaves the map
+	// when its last connection closes, so it holds at most max entries.
+	uidMu  sync.Mutex
+	perUID map[uint32]int
+	uidLog *DenialLog
 
 	closeOnce sync.Once
 	closeErr  error
@@ -106,6 +130,15 @@ func Listen(cfg Config) (*Listener, error) {
 		dev:  uint64(st.Dev),
 		ino:  st.Ino,
 		max:  int64(cfg.MaxConns),
+		// The per-uid cap applies to every uid, root and the service's
+		// own included: exempting one would let anything running as it
+		// take every slot. The default leaves room for normal use.
+		maxUID: cfg.MaxConnsPerUID,
+		perUID: map[uint32]int{},
+		uidLog: NewDenialLog(cfg.Logger.With("socket", cfg.Name), DenialLogConfig{
+			Msg:        "connection refused: uid at its connection cap",
+			SummaryMsg: "connections refused at the uid cap suppressed",
+		}),
 	}, nil
 }
 
@@ -161,9 +194,10 @@ func (l *Listener) Name() string { return l.name }
 // Addr implements net.Listener.
 func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
 
-// Accept waits for the next connection that fits under the cap and whose
-// peer credentials could be read. Excess connections are closed at once and
-// counted; Accept never waits for a slot to free up.
+// Accept waits for the next connection that fits under the socket's cap and
+// its peer uid's cap and whose peer credentials could be read. Excess
+// connections are closed at once and counted; Accept never waits for a slot
+// to free up.
 func (l *Listener) Accept() (net.Conn, error) {
 	for {
 		c, err := l.ln.AcceptUnix()
@@ -183,9 +217,40 @@ func (l *Listener) Accept() (net.Conn, error) {
 			c.Close()
 			continue
 		}
+		if n, ok := l.takeUID(p.UID); !ok {
+			l.open.Add(-1)
+			l.rejectedUID.Add(1)
+			c.Close()
+			l.uidLog.Deny(context.Background(), p, "uid_conn_cap", "peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID,
+				"open", n, "max_conns_per_uid", l.maxUID)
+			continue
+		}
 		l.accepted.Add(1)
 		p.proc = newPeerProc(c)
 		return &Conn{UnixConn: c, peer: p, l: l}, nil
+	}
+}
+
+// takeUID counts one more connection for uid, unless uid is at its cap;
+// it returns the uid's open connections.
+func (l *Listener) takeUID(uid uint32) (int, bool) {
+	l.uidMu.Lock()
+	defer l.uidMu.Unlock()
+	n := l.perUID[uid]
+	if n >= l.maxUID {
+		return n, false
+	}
+	l.perUID[uid] = n + 1
+	return n + 1, true
+}
+
+func (l *Listener) releaseUID(uid uint32) {
+	l.uidMu.Lock()
+	defer l.uidMu.Unlock()
+	if n := l.perUID[uid]; n > 1 {
+		l.perUID[uid] = n - 1
+	} else {
+		delete(l.perUID, uid)
 	}
 }
 
@@ -195,6 +260,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 func (l *Listener) Close() error {
 	l.closeOnce.Do(func() {
 		l.closeErr = l.ln.Close()
+		l.uidLog.Flush()
 		fi, err := os.Lstat(l.path)
 		if err != nil {
 			return
@@ -211,21 +277,27 @@ func (l *Listener) Close() error {
 
 // Stats is a snapshot of a listener's connection counters.
 type Stats struct {
-	Open      int64  `json:"open"`
-	Accepted  uint64 `json:"accepted"`
-	Rejected  uint64 `json:"rejected_over_cap"`
-	CredError uint64 `json:"peer_cred_errors"`
-	Max       int64  `json:"max"`
+	Open     int64  `json:"open"`
+	Accepted uint64 `json:"accepted"`
+	Rejected uint64 `json:"rejected_over_cap"`
+	// RejectedUID counts connections closed because their uid was at
+	// MaxConnsPerUID (not included in Rejected).
+	RejectedUID uint64 `json:"rejected_over_uid_cap"`
+	CredError   uint64 `json:"peer_cred_errors"`
+	Max         int64  `json:"max"`
+	MaxPerUID   int    `json:"max_per_uid"`
 }
 
 // Stats returns the current counters.
 func (l *Listener) Stats() Stats {
 	return Stats{
-		Open:      l.open.Load(),
-		Accepted:  l.accepted.Load(),
-		Rejected:  l.rejected.Load(),
-		CredError: l.credErrs.Load(),
-		Max:       l.max,
+		Open:        l.open.Load(),
+		Accepted:    l.accepted.Load(),
+		Rejected:    l.rejected.Load(),
+		RejectedUID: l.rejectedUID.Load(),
+		CredError:   l.credErrs.Load(),
+		Max:         l.max,
+		MaxPerUID:   l.maxUID,
 	}
 }
 
@@ -245,6 +317,7 @@ func (c *Conn) Peer() Peer { return c.peer }
 func (c *Conn) Close() error {
 	if c.closed.CompareAndSwap(false, true) {
 		c.l.open.Add(-1)
+		c.l.releaseUID(c.peer.UID)
 		c.peer.proc.close()
 	}
 	return c.UnixConn.Close()

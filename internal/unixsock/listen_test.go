@@ -346,7 +346,8 @@ func TestPeerCredentials(t *testing.T) {
 
 func TestConnectionCap_ExcessClosedAndCounted(t *testing.T) {
 	d := sockDir(t)
-	l := mustListen(t, Config{Path: filepath.Join(d, "cap.sock"), MaxConns: 2})
+	// The per-uid cap is set to the socket cap: every client here is us.
+	l := mustListen(t, Config{Path: filepath.Join(d, "cap.sock"), MaxConns: 2, MaxConnsPerUID: 2})
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })}
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })

@@ -77,53 +77,71 @@ var (
 
 // LimitBody reads the whole request body, up to limits().MaxBytes and within
 // limits().Timeout, before calling next, so a slow or oversized body never
-// ties up a handler. The deadline is set only while the body is read:
-// a read deadline left in place would cancel long-poll requests later.
-// On failure onError writes the response (413 or 408 by convention).
+// ties up a handler (see ReadBody). On failure onError writes the response
+// (413 or 408 by convention).
 func LimitBody(limits func() BodyLimits, onError func(http.ResponseWriter, *http.Request, error), next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Body == nil || r.Body == http.NoBody {
+		if ReadBody(w, r, limits(), onError) {
 			next.ServeHTTP(w, r)
-			return
 		}
-		lim := limits()
-		if lim.MaxBytes <= 0 {
-			lim.MaxBytes = 64 << 10
-		}
-		if lim.Timeout <= 0 {
-			lim.Timeout = 10 * time.Second
-		}
-		// On failure the connection is closed after the reply: otherwise
-		// net/http would try to drain the rest of the body first, which
-		// is exactly what a slow or oversized sender wants.
-		fail := func(err error) {
-			w.Header().Set("Connection", "close")
-			onError(w, r, err)
-		}
-		if r.ContentLength > lim.MaxBytes {
-			fail(ErrBodyTooLarge)
-			return
-		}
-		rc := http.NewResponseController(w)
-		_ = rc.SetReadDeadline(time.Now().Add(lim.Timeout))
-		body, err := io.ReadAll(io.LimitReader(r.Body, lim.MaxBytes+1))
-		var ne net.Error
-		switch {
-		case errors.As(err, &ne) && ne.Timeout():
-			fail(ErrBodyTimeout)
-			return
-		case err != nil:
-			fail(err)
-			return
-		case int64(len(body)) > lim.MaxBytes:
-			fail(ErrBodyTooLarge)
-			return
-		}
-		_ = rc.SetReadDeadline(time.Time{})
-		r.Body = &bufferedBody{Reader: bytes.NewReader(body), b: body}
-		r.ContentLength = int64(len(body))
-		next.ServeHTTP(w, r)
 	})
+}
+
+// ReadBody reads the whole request body, up to lim.MaxBytes and within
+// lim.Timeout, and replaces r.Body with the buffered copy (see
+// BufferedBody). Call it only once the caller is authorized: the buffer is
+// memory the caller makes the service hold. The deadline is set only while
+// the body is read: a read deadline left in place would cancel long-poll
+// requests later. On failure it has onError write the response, closes the
+// connection after it, and returns false.
+func ReadBody(w http.ResponseWriter, r *http.Request, lim BodyLimits, onError func(http.ResponseWriter, *http.Request, error)) bool {
+	if r.Body == nil || r.Body == http.NoBody {
+		return true
+	}
+	if lim.MaxBytes <= 0 {
+		lim.MaxBytes = 64 << 10
+	}
+	if lim.Timeout <= 0 {
+		lim.Timeout = 10 * time.Second
+	}
+	// On failure the connection is closed after the reply: otherwise
+	// net/http would try to drain the rest of the body first, which is
+	// exactly what a slow or oversized sender wants.
+	fail := func(err error) bool {
+		CloseAfterReply(w)
+		onError(w, r, err)
+		return false
+	}
+	if r.ContentLength > lim.MaxBytes {
+		return fail(ErrBodyTooLarge)
+	}
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(lim.Timeout))
+	body, err := io.ReadAll(io.LimitReader(r.Body, lim.MaxBytes+1))
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout():
+		return fail(ErrBodyTimeout)
+	case err != nil:
+		return fail(err)
+	case int64(len(body)) > lim.MaxBytes:
+		return fail(ErrBodyTooLarge)
+	}
+	_ = rc.SetReadDeadline(time.Time{})
+	r.Body = &bufferedBody{Reader: bytes.NewReader(body), b: body}
+	r.ContentLength = int64(len(body))
+	return true
+}
+
+// CloseAfterReply makes net/http close the connection once the reply is
+// written, without reading more from it: "Connection: close" ends
+// keep-alive, and a read deadline in the past stops net/http from waiting to
+// drain a body the handler never read (it would otherwise read up to 256 KiB
+// of it, with no deadline, before closing). Use it for refusals (403, 413):
+// a refused caller must not keep a connection slot.
+func CloseAfterReply(w http.ResponseWriter) {
+	w.Header().Set("Connection", "close")
+	_ = http.NewResponseController(w).SetReadDeadline(time.Unix(1, 0))
 }
 
 // bufferedBody is a request body LimitBody has already read in full.
