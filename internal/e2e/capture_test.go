@@ -187,7 +187,7 @@ func TestExternalUpstreamCopy_RefusedByIssuer(t *testing.T) {
 [[proxy.route]]
 match = "GET /v1/apps/{app}/things"
 upstream = "`+ext.URL+`"
-features = ["metadata", "oidc", "proxy"]
+features = ["metadata", "proxy"]
 [[proxy.route]]
 match = "GET /v1/apps/{app}/gateway"
 `)

@@ -167,8 +167,13 @@ func compileRoute(c RouteConfig, reserved []string) (*Route, error) {
 	}
 	for _, f := range feats {
 		switch machinetoken.Feature(f) {
-		case machinetoken.FeatureMetadata, machinetoken.FeatureOIDC, machinetoken.FeatureProxy:
+		case machinetoken.FeatureMetadata, machinetoken.FeatureProxy:
 			r.features = append(r.features, machinetoken.Feature(f))
+		case machinetoken.FeatureOIDC:
+			// A copy with the oidc feature but no audience caveat would buy
+			// a JWT for any audience from whoever captures it upstream; the
+			// agent mints OIDC tokens itself, bound to one audience each.
+			return nil, fmt.Errorf("feature %q is not allowed on a proxy route: OIDC tokens come from POST /v1/tokens/oidc, bound to their audience", f)
 		default:
 			return nil, fmt.Errorf("unknown feature %q", f)
 		}

@@ -132,6 +132,7 @@ func TestCompile(t *testing.T) {
 		{Match: "GET /x", Upstream: "https://h?q=1"},
 		{Match: "GET /x", Upstream: "https:///nohost"},
 		{Match: "GET /x", Features: []string{"admin"}},
+		{Match: "GET /x", Features: []string{"proxy", "oidc"}}, // an unbound oidc copy: TestCompile_OIDCFeatureRefused
 		{Match: "GET /x", Timeout: -time.Second},
 		{Match: "GET /x", Timeout: time.Hour},
 	} {
@@ -148,4 +149,15 @@ func TestCompile(t *testing.T) {
 	}
 	// The guest API's own prefixes are not matched by a sibling path.
 	mustTable(t, RouteConfig{Match: "GET /v1/metadatax"}, RouteConfig{Match: "GET /v1/{app}"})
+}
+
+// TestCompile_OIDCFeatureRefused: a proxy route may not send a copy with the
+// oidc feature. Such a copy carries no audience caveat (the route does not
+// know an audience), so whoever captured it upstream could mint a JWT for
+// any audience with it until it expires.
+func TestCompile_OIDCFeatureRefused(t *testing.T) {
+	_, err := Compile([]RouteConfig{{Match: "GET /x", Features: []string{"metadata", "oidc"}}}, reserved)
+	if err == nil || !strings.Contains(err.Error(), "not allowed on a proxy route") {
+		t.Errorf("oidc feature on a route: err = %v", err)
+	}
 }
