@@ -138,3 +138,45 @@ func TestGateway_HeaderAllowlist(t *testing.T) {
 		})
 	}
 }
+
+// TestGateway_CallerTrailersDropped: trailers are headers that arrive
+// after the body; a machine must not be able to send X-Wicket-* or an
+// override that way either.
+func TestGateway_CallerTrailersDropped(t *testing.T) {
+	var got atomic.Pointer[http.Header]
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body) // trailers are known once the body is read
+		tr := r.Trailer.Clone()
+		if tr == nil {
+			tr = http.Header{}
+		}
+		got.Store(&tr)
+	}))
+	t.Cleanup(up.Close)
+	ti := startIssuer(t, shortDir(t), func(c *config.Issuer) { c.Gateway.Upstream = up.URL })
+	_, tok := ti.addMachine(t, devSpec)
+
+	pr, pw := io.Pipe()
+	req, _ := http.NewRequest("POST", ti.url+"/v1/apps/dev-app/machines", pr)
+	req.Header.Set("Authorization", "FlyV1 "+tok)
+	req.Trailer = http.Header{"X-Wicket-Machine-Id": nil, "X-Http-Method-Override": nil}
+	go func() {
+		io.WriteString(pw, "body")
+		req.Trailer.Set("X-Wicket-Machine-Id", "m-forged")
+		req.Trailer.Set("X-Http-Method-Override", "DELETE")
+		pw.Close()
+	}()
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	tr := got.Load()
+	if res.StatusCode != 200 || tr == nil {
+		t.Fatalf("gateway: %d, forwarded %v", res.StatusCode, tr != nil)
+	}
+	if len(*tr) != 0 {
+		t.Errorf("upstream received the caller's trailers: %v", *tr)
+	}
+}

@@ -428,6 +428,9 @@ func (s *Issuer) handleGateway(w http.ResponseWriter, r *http.Request) {
 			// method, URL or client-address override (proxy.NeverForwarded).
 			h := fwd.Filter(pr.In.Header)
 			pr.Out.Header = h
+			// Trailers are headers sent after the body: none of the
+			// caller's are forwarded.
+			pr.Out.Trailer = nil
 			h.Set("X-Wicket-Machine-Id", m.ID)
 			h.Set("X-Wicket-App", m.App)
 			h.Set("X-Wicket-Org", m.Org)
