@@ -224,7 +224,10 @@ func (s *Issuer) Run(ctx context.Context) error {
 		IdleTimeout:       lim.IdleTimeout,
 		WriteTimeout:      lim.WriteTimeout,
 		MaxHeaderBytes:    lim.MaxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		// "OPTIONS *" reaches the handler (and its JSON errors) instead
+		// of net/http's own empty 200.
+		DisableGeneralOptionsHandler: true,
+		ErrorLog:                     slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 
 	bg, stopBG := context.WithCancel(ctx)

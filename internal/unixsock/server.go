@@ -49,6 +49,9 @@ func NewHTTPServer(h http.Handler, lim HTTPLimits, logger *slog.Logger) *http.Se
 		IdleTimeout:       lim.IdleTimeout,
 		WriteTimeout:      lim.WriteTimeout,
 		MaxHeaderBytes:    lim.MaxHeaderBytes,
+		// "OPTIONS *" reaches the handler (and its JSON errors) instead
+		// of net/http's own empty 200.
+		DisableGeneralOptionsHandler: true,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if pc, ok := c.(*Conn); ok {
 				return WithPeer(ctx, pc.Peer())
