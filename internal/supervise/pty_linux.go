@@ -25,6 +25,19 @@ import (
 // it, or this long when an orphan keeps it open.
 const relayDrain = 500 * time.Millisecond
 
+// relayStuck bounds how long close waits for the copies to end once the
+// drain is over: a write to an invoker's terminal that stopped reading
+// (^S, a stalled ssh session) would otherwise hold wicket forever.
+const relayStuck = 2 * time.Second
+
+// relayReplyWait is how long close waits before discarding what the
+// invoker's terminal sent after input stopped being relayed: a terminal
+// answers some escape sequences (cursor position, device attributes,
+// on some emulators the window title) by "typing" the answer, and an
+// answer to what the workload printed last must not reach the invoker's
+// shell as input.
+const relayReplyWait = 100 * time.Millisecond
+
 // ttyRelay is the workload's pseudo-terminal and the copying between it
 // and the invoker's terminal.
 type ttyRelay struct {
@@ -271,12 +284,22 @@ func (r *ttyRelay) close() {
 		// Input nobody reads any more is dropped, not waited for.
 		r.master.SetWriteDeadline(time.Now())
 		r.master.SetReadDeadline(time.Now().Add(relayDrain))
-		r.wg.Wait()
+		done := make(chan struct{})
+		go func() { r.wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(relayDrain + relayStuck):
+			// The output copy is blocked writing to a terminal that does
+			// not read; leave it (it ends with the process) rather than
+			// hang here.
+			r.log.Warn("terminal relay: the terminal does not take output; giving up on it")
+		}
 		if r.saved != nil {
 			if err := unix.IoctlSetTermios(r.in, unix.TCSETS, r.saved); err != nil {
 				r.log.Warn("terminal relay: could not restore the terminal's mode", "err", err)
 			}
 		}
+		r.discardReplies()
 		r.master.Close()
 		for _, fd := range []int{r.stopR, r.stopW} {
 			if fd >= 0 {
@@ -284,6 +307,21 @@ func (r *ttyRelay) close() {
 			}
 		}
 	})
+}
+
+// discardReplies flushes the input queue of the invoker's terminal once
+// its answers to the workload's last escape sequences had time to arrive
+// (relayReplyWait), so they are not read by the invoker's shell. Only
+// done as the terminal's foreground process group: tcflush from a
+// background job would stop wicket with SIGTTOU.
+func (r *ttyRelay) discardReplies() {
+	if pg, err := unix.IoctlGetInt(r.size, unix.TIOCGPGRP); err != nil || pg != unix.Getpgrp() {
+		return
+	}
+	time.Sleep(relayReplyWait)
+	if err := unix.IoctlSetInt(r.size, unix.TCFLSH, unix.TCIFLUSH); err != nil {
+		r.log.Debug("terminal relay: input not flushed", "err", err)
+	}
 }
 
 // TerminalWriter returns w for a log written to f: f itself, unless f is a

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -103,6 +104,9 @@ type invokerTTY struct {
 	rdev          uint64
 	out           *sockettest.Buffer // everything the supervisor displayed
 	outDone       chan struct{}
+	// stalled, while set, stops reading the terminal's output, as a
+	// terminal does after ^S or a stalled ssh session.
+	stalled atomic.Bool
 }
 
 func newInvokerTTY(t *testing.T) *invokerTTY {
@@ -135,6 +139,9 @@ func newInvokerTTY(t *testing.T) *invokerTTY {
 		defer close(p.outDone)
 		buf := make([]byte, 4096)
 		for {
+			for p.stalled.Load() {
+				time.Sleep(5 * time.Millisecond)
+			}
 			n, err := p.master.Read(buf)
 			p.out.Write(buf[:n])
 			if err != nil {
@@ -413,6 +420,56 @@ func TestRun_WorkloadTerminalRelay(t *testing.T) {
 			t.Errorf("workload read %q, want the typed line", b)
 		}
 	})
+}
+
+// TestRun_TerminalRepliesNotLeftForInvokerShell: a terminal answers some
+// escape sequences (here the cursor-position query ESC[6n) by typing the
+// answer. An answer to what the workload printed last arrives after input
+// stopped being relayed; it must not wait in the invoker's terminal for
+// the root shell to read as a command line.
+func TestRun_TerminalRepliesNotLeftForInvokerShell(t *testing.T) {
+	sockettest.RequireRoot(t)
+	tty := newInvokerTTY(t)
+	replied := make(chan struct{})
+	go func() { // the terminal emulator
+		defer close(replied)
+		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
+			if strings.Contains(tty.out.String(), "\x1b[6n") {
+				tty.master.Write([]byte("\x1b[12;1R"))
+				return
+			}
+		}
+	}()
+	h := startSupervisor(t, helperSpec{Args: []string{"/bin/sh", "-c", `printf '\033[6n'; exit 0`}, Cred: &Credential{UID: ttyTestUID, GID: ttyTestUID}}, tty.attach)
+	if code := h.wait(t, 30*time.Second); code != 0 {
+		t.Errorf("exit %d\n%s", code, h.stderr)
+	}
+	<-replied
+	time.Sleep(20 * time.Millisecond) // let the reply reach the input queue
+	if got := tty.pendingInput(t); got != "" {
+		t.Errorf("the invoker's shell would read %q", got)
+	}
+}
+
+// TestRun_StalledTerminalDoesNotHangWicket: when the invoker's terminal
+// stops taking output, the workload blocks on its pty; once it is
+// stopped, wicket must still exit (and restore the terminal) instead of
+// waiting forever to write the rest.
+func TestRun_StalledTerminalDoesNotHangWicket(t *testing.T) {
+	sockettest.RequireRoot(t)
+	tty := newInvokerTTY(t)
+	before := tty.termios(t)
+	tty.stalled.Store(true)
+	h := startSupervisor(t, helperSpec{Args: []string{"/bin/sh", "-c", "while :; do echo flooding-the-terminal-flooding-the-terminal; done"}, Cred: &Credential{UID: ttyTestUID, GID: ttyTestUID}}, tty.attach)
+	time.Sleep(300 * time.Millisecond) // every buffer on the way fills
+	h.signal(t, syscall.SIGTERM)
+	if code := h.wait(t, 20*time.Second); code != 143 {
+		t.Errorf("exit %d, want 143\n%s", code, h.stderr)
+	}
+	if after := tty.termios(t); after != before {
+		t.Errorf("terminal mode not restored:\nbefore %+v\nafter  %+v", before, after)
+	}
+	tty.stalled.Store(false)
 }
 
 // Log lines written to a terminal that a relay has put in raw mode still
