@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/wicket-sh/wicket/internal/agent"
+	"github.com/wicket-sh/wicket/internal/cli"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/issuer"
 	"github.com/wicket-sh/wicket/internal/supervise"
@@ -75,7 +76,7 @@ func runDev(parent context.Context, out io.Writer, dir, addr, logFormat string) 
 	}
 	ctx, stop := signal.NotifyContext(parent, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	logger, level, err := newLogger(os.Stderr, logFormat)
+	logger, level, err := cli.NewLogger(os.Stderr, logFormat)
 	if err != nil {
 		return err
 	}
@@ -169,7 +170,7 @@ func runDev(parent context.Context, out io.Writer, dir, addr, logFormat string) 
 		<-issDone
 		return err
 	}
-	go reloadOnHUP(runCtx, a.Reload, logger)
+	go cli.ReloadOnHUP(runCtx, a.Reload, logger)
 
 	api := a.Config().API.Path
 	// Print paths relative to where the user is, so the examples are short

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -65,7 +65,7 @@ func runWorkload(parent context.Context, f *runFlags, argv []string) error {
 	}
 	// On a terminal the workload's pty relay may hold in raw mode, log
 	// lines still need their CR.
-	logger, level, err := newLogger(supervise.TerminalWriter(os.Stderr), f.logFormat)
+	logger, level, err := NewLogger(supervise.TerminalWriter(os.Stderr), f.logFormat)
 	if err != nil {
 		return err
 	}
@@ -86,11 +86,11 @@ func runWorkload(parent context.Context, f *runFlags, argv []string) error {
 	switch {
 	case err != nil && code != 1:
 		fmt.Fprintf(os.Stderr, "wicket: %v\n", err)
-		return exitError{code}
+		return ExitError{code}
 	case err != nil:
 		return err
 	case code != 0:
-		return exitError{code}
+		return ExitError{code}
 	}
 	return nil
 }
