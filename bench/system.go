@@ -193,21 +193,12 @@ func measureMinting(ctx context.Context, o options) ([]comparison, error) {
 			c.OIDC.Alg = alg
 			c.Log.Level = "error"
 		}}
-		cfg, err := config.LoadIssuer("", ov...)
+		r, err := issuer.Start(ctx, issuer.StartOptions{Init: true, Options: issuer.Options{Overrides: ov, Listener: ln, Logger: slog.New(slog.DiscardHandler)}})
 		if err != nil {
 			return nil, err
 		}
-		if _, err := issuer.Init(ctx, cfg); err != nil {
-			return nil, err
-		}
-		s, err := issuer.New(ctx, issuer.Options{Overrides: ov, Listener: ln, Logger: slog.New(slog.DiscardHandler)})
-		if err != nil {
-			return nil, err
-		}
-		rctx, cancel := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() { done <- s.Run(rctx) }()
-		<-s.Ready()
+		s, cancel := r.Issuer, func() { r.Stop() }
+		done := r.Done()
 		m, err := s.EnsureMachine(ctx, issuer.MachineSpec{Org: "dev", App: "dev-app", Name: "mint", Region: "local"})
 		if err != nil {
 			cancel()

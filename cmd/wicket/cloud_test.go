@@ -26,6 +26,7 @@ import (
 	"golang.org/x/oauth2/google/externalaccount"
 
 	"github.com/wicket-sh/wicket/client"
+	"github.com/wicket-sh/wicket/internal/cli"
 	"github.com/wicket-sh/wicket/internal/cloud/aws"
 	"github.com/wicket-sh/wicket/internal/cloud/gcp"
 	"github.com/wicket-sh/wicket/internal/config"
@@ -35,32 +36,14 @@ import (
 // cloudCLIEnv makes the test binary act as `wicket` with the cloud
 // commands (see init), so these tests run the real command line as a
 // process — exit code, stdout, stderr — and Google's library can run it
-// as its executable, whether or not newRoot registers the commands yet.
+// as its executable.
 const cloudCLIEnv = "WICKET_TEST_CLOUD_CLI"
 
 func init() {
 	if os.Getenv(cloudCLIEnv) != "1" {
 		return
 	}
-	root := newRoot()
-	registered := false
-	for _, c := range root.Commands() {
-		registered = registered || c.Name() == "aws"
-	}
-	if !registered {
-		root.AddCommand(cloudCommands()...)
-	}
-	root.SetArgs(os.Args[1:])
-	// As main does.
-	if err := root.Execute(); err != nil {
-		var ee exitError
-		if errors.As(err, &ee) {
-			os.Exit(ee.code)
-		}
-		fmt.Fprintln(os.Stderr, "wicket:", err)
-		os.Exit(1)
-	}
-	os.Exit(0)
+	os.Exit(cli.Run(newRoot(), os.Args[1:]))
 }
 
 // runCloud runs `wicket args...` with extra environment.
@@ -474,13 +457,6 @@ func TestFederationDoc_Commands(t *testing.T) {
 				t.Fatal(err)
 			}
 			root := newRoot()
-			registered := false
-			for _, c := range root.Commands() {
-				registered = registered || c.Name() == "aws"
-			}
-			if !registered {
-				root.AddCommand(cloudCommands()...)
-			}
 			cmd, rest, err := root.Find(args[1:])
 			if err != nil || cmd == root || !cmd.Runnable() {
 				t.Fatalf("no such command: %v", err)

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/wicket-sh/wicket/internal/agent"
+	"github.com/wicket-sh/wicket/internal/cli"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/issuer"
 	"github.com/wicket-sh/wicket/internal/supervise"
@@ -75,7 +76,7 @@ func runDev(parent context.Context, out io.Writer, dir, addr, logFormat string) 
 	}
 	ctx, stop := signal.NotifyContext(parent, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	logger, level, err := newLogger(os.Stderr, logFormat)
+	logger, level, err := cli.NewLogger(os.Stderr, logFormat)
 	if err != nil {
 		return err
 	}
@@ -98,31 +99,28 @@ func runDev(parent context.Context, out io.Writer, dir, addr, logFormat string) 
 		c.Admin.Path = filepath.Join(abs, "issuer.sock")
 		c.Server.Listen, c.Server.PublicURL = addr, publicURL
 	}}
-	cfg, err := config.LoadIssuer("", ov...)
-	if err != nil {
-		return err
-	}
-	if _, err := issuer.Init(ctx, cfg); err != nil {
-		return err
-	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("issuer address %s: %w (choose another with --issuer-addr)", addr, err)
 	}
-	iss, err := issuer.New(ctx, issuer.Options{Overrides: ov, Listener: ln, Logger: logger.With("service", "issuer"), LogLevel: level})
+	iss, err := issuer.Start(ctx, issuer.StartOptions{Init: true, Options: issuer.Options{
+		Overrides: ov, Listener: ln, Logger: logger.With("service", "issuer"), LogLevel: level,
+	}})
 	if err != nil {
-		ln.Close()
 		return err
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// The issuer stops with runCtx or on its own; issDone carries its
+	// result once, like agDone the agent's.
 	issDone := make(chan error, 1)
-	go func() { issDone <- iss.Run(runCtx) }()
-	select {
-	case <-iss.Ready():
-	case err := <-issDone:
-		return err
-	}
+	go func() {
+		select {
+		case <-runCtx.Done():
+		case <-iss.Done():
+		}
+		issDone <- iss.Stop()
+	}()
 
 	m, err := iss.EnsureMachine(ctx, devMachine)
 	if err != nil {
@@ -172,7 +170,7 @@ func runDev(parent context.Context, out io.Writer, dir, addr, logFormat string) 
 		<-issDone
 		return err
 	}
-	go reloadOnHUP(runCtx, a.Reload, logger)
+	go cli.ReloadOnHUP(runCtx, a.Reload, logger)
 
 	api := a.Config().API.Path
 	// Print paths relative to where the user is, so the examples are short

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/wicket-sh/wicket/internal/cli"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/issuer"
 )
@@ -92,7 +93,7 @@ func newIssuerCmd() *cobra.Command {
 }
 
 func runIssuer(parent context.Context, f *issuerFlags) error {
-	logger, level, err := newLogger(os.Stderr, f.logFormat)
+	logger, level, err := cli.NewLogger(os.Stderr, f.logFormat)
 	if err != nil {
 		return err
 	}
@@ -105,7 +106,7 @@ func runIssuer(parent context.Context, f *issuerFlags) error {
 	if err != nil {
 		return err
 	}
-	go reloadOnHUP(ctx, s.Reload, logger)
+	go cli.ReloadOnHUP(ctx, s.Reload, logger)
 	return s.Run(ctx)
 }
 
@@ -113,7 +114,7 @@ func runIssuer(parent context.Context, f *issuerFlags) error {
 type adminFlags struct{ socket, tokenFile string }
 
 func (a *adminFlags) register(cmd *cobra.Command, def string) {
-	cmd.PersistentFlags().StringVar(&a.socket, "socket", envOr("WICKET_ISSUER_SOCKET", def), "issuer admin socket ($WICKET_ISSUER_SOCKET)")
+	cmd.PersistentFlags().StringVar(&a.socket, "socket", cli.EnvOr("WICKET_ISSUER_SOCKET", def), "issuer admin socket ($WICKET_ISSUER_SOCKET)")
 	cmd.PersistentFlags().StringVar(&a.tokenFile, "token-file", "", "file holding the admin token (or $WICKET_ADMIN_TOKEN)")
 }
 
@@ -127,9 +128,9 @@ func (a *adminFlags) call(cmd *cobra.Command, method, path string, body any) err
 		rd = bytes.NewReader(b)
 	}
 	if rd == nil {
-		return adminCall(cmd, a.socket, a.tokenFile, method, path, nil)
+		return cli.AdminCall(cmd, a.socket, a.tokenFile, method, path, nil)
 	}
-	return adminCall(cmd, a.socket, a.tokenFile, method, path, rd)
+	return cli.AdminCall(cmd, a.socket, a.tokenFile, method, path, rd)
 }
 
 // parseTags turns k=v flags into a map.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/wicket-sh/wicket/internal/cli"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/issuer"
 	"github.com/wicket-sh/wicket/internal/store/bolt"
@@ -132,7 +133,7 @@ func runMigrate(cmd *cobra.Command, f *migrateFlags) error {
 		return err
 	}
 
-	logger, _, err := newLogger(cmd.ErrOrStderr(), "text")
+	logger, _, err := cli.NewLogger(cmd.ErrOrStderr(), "text")
 	if err != nil {
 		return err
 	}

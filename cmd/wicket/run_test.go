@@ -20,7 +20,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/sockettest"
 )
 
@@ -845,43 +844,6 @@ func regexpNSpid1(status string) bool {
 	return false
 }
 
-// Run mode lets the workload's uid in and gives it the API socket's group,
-// unless the config decides; the overrides hold on reload too (S-flags),
-// since they are overrides.
-func TestRunOverrides(t *testing.T) {
-	dir := t.TempDir()
-	plain := filepath.Join(dir, "plain.toml")
-	os.WriteFile(plain, []byte(fmt.Sprintf("[api]\nsocket_path = %q\n[admin]\nsocket_path = %q\n", filepath.Join(dir, "a.sock"), filepath.Join(dir, "b.sock"))), 0o600)
-	own := filepath.Join(dir, "own.toml")
-	os.WriteFile(own, []byte(fmt.Sprintf(`[api]
-socket_path = %q
-socket_group = "7"
-[admin]
-socket_path = %q
-[[policy]]
-uids = [1234]
-allow = ["GET /v1/health"]
-`, filepath.Join(dir, "a.sock"), filepath.Join(dir, "b.sock"))), 0o600)
-
-	c, err := config.LoadAgent(plain, runOverrides(1000, 4242, 4243))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c.API.Group != "4243" || c.API.Mode != 0o660 {
-		t.Errorf("api socket group %q mode %o, want the workload's gid and 0660", c.API.Group, c.API.Mode)
-	}
-	if len(c.Policy) != 1 || !slices.Equal(c.Policy[0].UIDs, []uint32{0, 1000, 4242}) || !slices.Equal(c.Policy[0].Allow, []string{"*"}) {
-		t.Errorf("policy %+v, want root, the agent and the workload allowed everything", c.Policy)
-	}
-	c, err = config.LoadAgent(own, runOverrides(1000, 4242, 4243))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c.API.Group != "7" || len(c.Policy) != 1 || !slices.Equal(c.Policy[0].UIDs, []uint32{1234}) {
-		t.Errorf("the config's own group and policy were overridden: %q %+v", c.API.Group, c.Policy)
-	}
-}
-
 // A socket directory that existed before, closed to the workload, is
 // named in the log: the agent only sets the group of one it creates.
 func TestAgentRun_WarnsWhenSocketUnreachable(t *testing.T) {
@@ -902,43 +864,6 @@ func TestAgentRun_WarnsWhenSocketUnreachable(t *testing.T) {
 	w = startRun(t, nil, nil, "--config", cfg, "--user", "4242", "--group", "4242", "--", "/bin/true")
 	if code := w.wait(t, 60*time.Second); code != 0 || strings.Contains(w.stderr.String(), "cannot reach") {
 		t.Errorf("exit %d, unexpected warning:\n%s", code, w.stderr)
-	}
-}
-
-func TestWorkloadCanReach(t *testing.T) {
-	requireRunRoot(t)
-	top := shortDir(t)
-	os.Chmod(top, 0o755)
-	dir := filepath.Join(top, "run")
-	os.Mkdir(dir, 0)
-	os.Chmod(dir, 0o750) // exact, whatever the umask
-	sock := filepath.Join(dir, "s.sock")
-	os.WriteFile(sock, nil, 0)
-	os.Chmod(sock, 0o660)
-	for _, p := range []string{dir, sock} {
-		if err := os.Chown(p, 4242, 4300); err != nil {
-			t.Fatal(err)
-		}
-	}
-	tests := []struct {
-		uid     uint32
-		gids    []uint32
-		blocked string
-	}{
-		{0, nil, ""},
-		{4242, nil, ""},                   // owner
-		{4243, []uint32{4300}, ""},        // group
-		{4243, []uint32{4301}, dir + " "}, // others: no search on the directory
-	}
-	for _, tt := range tests {
-		err := workloadCanReach(sock, tt.uid, tt.gids)
-		if tt.blocked == "" && err != nil || tt.blocked != "" && (err == nil || !strings.HasPrefix(err.Error(), tt.blocked)) {
-			t.Errorf("uid %d gids %v: %v, want blocked at %q", tt.uid, tt.gids, err, tt.blocked)
-		}
-	}
-	os.Chmod(dir, 0o751)
-	if err := workloadCanReach(sock, 4243, nil); err == nil || !strings.HasPrefix(err.Error(), sock+" ") {
-		t.Errorf("others on a 0660 socket: %v, want blocked at the socket", err)
 	}
 }
 

@@ -64,29 +64,19 @@ func StartIssuerWith(t testing.TB, extra func(*config.Issuer)) *Issuer {
 			extra(c)
 		}
 	}}
-	cfg, err := config.LoadIssuer("", ov...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	if _, err := issuer.Init(ctx, cfg); err != nil {
-		t.Fatalf("issuer init: %v", err)
-	}
 	logs := &sockettest.Buffer{}
-	s, err := issuer.New(ctx, issuer.Options{
+	r, err := issuer.Start(context.Background(), issuer.StartOptions{Init: true, Options: issuer.Options{
 		Overrides: ov, Listener: ln,
 		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
+	}})
 	if err != nil {
-		t.Fatalf("issuer: %v", err)
+		t.Fatalf("issuer: %v\n%s", err, logs)
 	}
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- s.Run(runCtx) }()
 	t.Cleanup(func() {
-		cancel()
+		stopped := make(chan error, 1)
+		go func() { stopped <- r.Stop() }()
 		select {
-		case err := <-done:
+		case err := <-stopped:
 			if err != nil {
 				t.Errorf("issuer Run: %v", err)
 			}
@@ -97,14 +87,7 @@ func StartIssuerWith(t testing.TB, extra func(*config.Issuer)) *Issuer {
 			t.Logf("issuer log:\n%s", logs)
 		}
 	})
-	select {
-	case <-s.Ready():
-	case err := <-done:
-		t.Fatalf("issuer Run: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("issuer not ready after 10s")
-	}
-	return &Issuer{Issuer: s, URL: url, logs: logs}
+	return &Issuer{Issuer: r.Issuer, URL: url, logs: logs}
 }
 
 // MachineToken registers a machine and returns its machine token.

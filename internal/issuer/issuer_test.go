@@ -74,13 +74,6 @@ func startIssuerWith(t *testing.T, dir string, extra func(*config.Issuer), opt f
 	ov := []config.IssuerOverride{issuerConfig(dir, extra), func(c *config.Issuer) {
 		c.Server.PublicURL, c.Server.Listen = url, ln.Addr().String()
 	}}
-	cfg, err := config.LoadIssuer("", ov...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := Init(context.Background(), cfg); err != nil {
-		t.Fatalf("Init: %v", err)
-	}
 	logs := &sockettest.Buffer{}
 	clk := &clock{}
 	opts := Options{
@@ -90,29 +83,22 @@ func startIssuerWith(t *testing.T, dir string, extra func(*config.Issuer), opt f
 	if opt != nil {
 		opt(&opts)
 	}
-	s, err := New(context.Background(), opts)
+	r, err := Start(context.Background(), StartOptions{Options: opts, Init: true})
 	if err != nil {
-		t.Fatalf("New: %v", err)
+		t.Fatalf("Start: %v\n%s", err, logs)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
 	var once sync.Once
 	stop := func() {
 		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
+			if err := r.Stop(); err != nil {
 				t.Errorf("Run: %v", err)
 			}
 		})
 	}
 	t.Cleanup(stop)
-	select {
-	case <-s.Ready():
-	case err := <-done:
-		t.Fatalf("Run: %v", err)
-	}
-	return &testIssuer{Issuer: s, url: url, dir: dir, adminSock: cfg.Admin.Path, logs: logs, clock: clk, stop: stop}
+	s := r.Issuer
+	adminSock := s.cfg().Admin.Path
+	return &testIssuer{Issuer: s, url: url, dir: dir, adminSock: adminSock, logs: logs, clock: clk, stop: stop}
 }
 
 func shortDir(t *testing.T) string {
@@ -699,16 +685,12 @@ func BenchmarkOIDCTokenEndpoint(b *testing.B) {
 			ln, _ := net.Listen("tcp", "127.0.0.1:0")
 			ov := []config.IssuerOverride{issuerConfig(dir, func(c *config.Issuer) { c.OIDC.Alg = alg }),
 				func(c *config.Issuer) { c.Server.PublicURL = "http://" + ln.Addr().String() }}
-			cfg, _ := config.LoadIssuer("", ov...)
-			Init(context.Background(), cfg)
-			s, err := New(context.Background(), Options{Overrides: ov, Listener: ln, Logger: slog.New(slog.DiscardHandler)})
+			r, err := Start(context.Background(), StartOptions{Init: true, Options: Options{Overrides: ov, Listener: ln, Logger: slog.New(slog.DiscardHandler)}})
 			if err != nil {
 				b.Fatal(err)
 			}
-			ctx, cancel := context.WithCancel(context.Background())
-			go s.Run(ctx)
-			defer cancel()
-			<-s.Ready()
+			defer r.Stop()
+			s, ctx := r.Issuer, context.Background()
 			_, tok, err := s.AddMachine(ctx, devSpec)
 			if err != nil {
 				b.Fatal(err)

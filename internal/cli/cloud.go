@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -23,7 +23,7 @@ import (
 )
 
 // cloudCommands are the cloud integration commands: aws, gcp and env.
-func cloudCommands() []*cobra.Command {
+func CloudCommands() []*cobra.Command {
 	return []*cobra.Command{newAWSCmd(), newGCPCmd(), newEnvCmd()}
 }
 

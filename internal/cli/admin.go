@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -27,13 +27,13 @@ func unixClient(path string, timeout time.Duration) *http.Client {
 	}
 }
 
-func newAdminCmd() *cobra.Command {
+func NewAdminCmd() *cobra.Command {
 	var socket, tokenFile string
 	cmd := &cobra.Command{
 		Use:   "admin",
 		Short: "Talk to a wicket admin socket (agent or issuer)",
 	}
-	cmd.PersistentFlags().StringVar(&socket, "socket", envOr("WICKET_ADMIN_SOCKET", "/run/wicket/admin.sock"), "admin socket path ($WICKET_ADMIN_SOCKET)")
+	cmd.PersistentFlags().StringVar(&socket, "socket", EnvOr("WICKET_ADMIN_SOCKET", "/run/wicket/admin.sock"), "admin socket path ($WICKET_ADMIN_SOCKET)")
 	cmd.PersistentFlags().StringVar(&tokenFile, "token-file", "", "file holding the admin token (or set $WICKET_ADMIN_TOKEN)")
 	for _, c := range []struct{ name, method, path, short string }{
 		{"status", http.MethodGet, "/v1/status", "Print the service's status"},
@@ -47,7 +47,7 @@ func newAdminCmd() *cobra.Command {
 			Short: c.short,
 			Args:  cobra.NoArgs,
 			RunE: func(cmd *cobra.Command, _ []string) error {
-				return adminCall(cmd, socket, tokenFile, c.method, c.path, nil)
+				return AdminCall(cmd, socket, tokenFile, c.method, c.path, nil)
 			},
 		})
 	}
@@ -56,7 +56,7 @@ func newAdminCmd() *cobra.Command {
 
 // adminCall sends one admin request and prints the reply; a non-2xx reply
 // is printed to stderr and gives a non-zero exit.
-func adminCall(cmd *cobra.Command, socket, tokenFile, method, path string, body io.Reader) error {
+func AdminCall(cmd *cobra.Command, socket, tokenFile, method, path string, body io.Reader) error {
 	req, err := http.NewRequestWithContext(cmd.Context(), method, "http://wicket"+path, body)
 	if err != nil {
 		return err
@@ -82,7 +82,7 @@ func adminCall(cmd *cobra.Command, socket, tokenFile, method, path string, body 
 	}
 	if resp.StatusCode/100 != 2 {
 		fmt.Fprint(cmd.ErrOrStderr(), string(data))
-		return exitError{1}
+		return ExitError{1}
 	}
 	fmt.Fprint(cmd.OutOrStdout(), string(data))
 	return nil
@@ -108,7 +108,7 @@ func unwrapURLError(err error) error {
 	return err
 }
 
-func envOr(k, def string) string {
+func EnvOr(k, def string) string {
 	if v := os.Getenv(k); v != "" {
 		return v
 	}

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -43,7 +43,7 @@ func (f *agentFlags) overrides() []config.Override {
 	return o
 }
 
-func newAgentCmd() *cobra.Command {
+func NewAgentCmd() *cobra.Command {
 	f := &agentFlags{}
 	cmd := &cobra.Command{
 		Use:   "agent",
@@ -53,7 +53,7 @@ func newAgentCmd() *cobra.Command {
 			if f.checkConfig != "" {
 				if _, err := config.LoadAgent(f.checkConfig, f.overrides()...); err != nil {
 					fmt.Fprintf(cmd.ErrOrStderr(), "config invalid: %v\n", err)
-					return exitError{1}
+					return ExitError{1}
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "config ok: %s\n", f.checkConfig)
 				return nil
@@ -80,7 +80,7 @@ func runAgent(parent context.Context, f *agentFlags) error {
 	if err := supervise.SetNonDumpable(); err != nil {
 		return err
 	}
-	logger, level, err := newLogger(os.Stderr, f.logFormat)
+	logger, level, err := NewLogger(os.Stderr, f.logFormat)
 	if err != nil {
 		return err
 	}
@@ -99,6 +99,6 @@ func runAgent(parent context.Context, f *agentFlags) error {
 	}
 	ctx, stop := signal.NotifyContext(parent, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	go reloadOnHUP(ctx, a.Reload, logger)
+	go ReloadOnHUP(ctx, a.Reload, logger)
 	return a.Run(ctx)
 }

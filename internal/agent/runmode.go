@@ -1,4 +1,4 @@
-package main
+package agent
 
 import (
 	"context"
@@ -13,85 +13,75 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/spf13/cobra"
-
-	"github.com/wicket-sh/wicket/internal/agent"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/peer"
 	"github.com/wicket-sh/wicket/internal/supervise"
 )
 
-type runFlags struct {
-	agentFlags
-	user, group, workdir string
-	allowRoot            bool
-	stopTimeout          time.Duration
-	sighup               string
+// RunOptions configure RunWorkload: the agent as the machine's init,
+// with the workload as its child (`wicket agent run`).
+type RunOptions struct {
+	// Options are the agent's. Logger should write CRLF on a terminal
+	// (supervise.TerminalWriter): the workload's pty relay may hold it in
+	// raw mode. MachineToken is ignored; see ReadMachineToken.
+	Options
+	// ReadMachineToken, when set, supplies the machine token (from
+	// --token-fd). It is called after the checks that need no token, so a
+	// refused run does not read it.
+	ReadMachineToken func() (MachineToken, error)
+	// Argv is the workload's command line. Argv[0] without a slash is
+	// looked up in PATH; with one it is left to exec, relative to Dir.
+	Argv []string
+	// Dir is the workload's working directory; empty means ours.
+	Dir string
+	// User and Group name the workload's identity (see
+	// supervise.LookupCredential); both empty means ours.
+	User, Group string
+	// AllowRoot lets the workload run as root, which can read the agent's
+	// memory and so the machine token.
+	AllowRoot bool
+	// StopTimeout is how long the workload has after SIGTERM before its
+	// process group is killed; it must be positive.
+	StopTimeout time.Duration
+	// ForwardSIGHUP sends SIGHUP to the workload instead of reloading the
+	// agent's config.
+	ForwardSIGHUP bool
 }
 
-func newAgentRunCmd() *cobra.Command {
-	f := &runFlags{}
-	cmd := &cobra.Command{
-		Use:   "run [flags] -- CMD [ARGS...]",
-		Short: "Run the agent as the machine's init: start CMD under a dropped identity and broker its credentials",
-		Long: `Start the agent, wait until its sockets accept connections, then run CMD as
-its child under --user/--group with WICKET_SOCKET set. CMD never sees the
-machine token: the agent is non-dumpable, WICKET_* variables are removed
-from CMD's environment, and CMD inherits no descriptor beyond 0-2.
-SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2 and SIGWINCH go to CMD's process
-group; SIGHUP reloads the agent's config (or, with --sighup=forward, goes to
-CMD too). Orphaned processes are reaped. When CMD exits the agent stops and
-exits with CMD's status (128+N when killed by signal N).
-Started from a terminal, a CMD of another uid gets a pseudo-terminal of its
-own, relayed to that terminal (as su --pty does), and never the terminal
-itself: it cannot push input into the invoking shell.`,
-		Args: cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return runWorkload(cmd.Context(), f, args)
-		},
-	}
-	fl := cmd.Flags()
-	// Flags end at CMD: `run --user app prog -v` passes -v to prog.
-	fl.SetInterspersed(false)
-	fl.StringVar(&f.config, "config", "", "agent config file (TOML); built-in defaults when empty")
-	fl.StringVar(&f.apiSocket, "api-socket", "", "override api.socket_path")
-	fl.StringVar(&f.adminSocket, "admin-socket", "", "override admin.socket_path")
-	fl.StringVar(&f.logLevel, "log-level", "", "override log.level (debug, info, warn, error)")
-	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
-	fl.IntVar(&f.tokenFD, "token-fd", -1, "read the machine token from this inherited file descriptor, then close it")
-	fl.StringVar(&f.user, "user", "", "run CMD as this user (name or uid); with a name, also its primary and supplementary groups from /etc/group")
-	fl.StringVar(&f.group, "group", "", "run CMD with this group (name or gid) and no supplementary groups")
-	fl.StringVar(&f.workdir, "workdir", "", "working directory of CMD (default: the current one)")
-	fl.BoolVar(&f.allowRoot, "allow-root-workload", false, "allow CMD to run as root (root can read the agent's memory, so the machine token too)")
-	fl.DurationVar(&f.stopTimeout, "stop-timeout", supervise.DefaultStopTimeout, "after SIGTERM, how long CMD has to exit before its process group is killed")
-	fl.StringVar(&f.sighup, "sighup", "reload", "on SIGHUP: reload (the agent's config) or forward (to CMD)")
-	return cmd
-}
+// workloadStartWait bounds how long the workload's start waits for the
+// agent's first metadata and token files.
+const workloadStartWait = 15 * time.Second
 
-func runWorkload(parent context.Context, f *runFlags, argv []string) error {
+// RunWorkload runs the agent and, once it is ready, the workload under
+// its own identity, until the workload exits; then it stops the agent.
+// The workload never gets the machine token: the process is made
+// non-dumpable first, WICKET_* variables (and the admin token's) are
+// removed from the workload's environment, a machine token file the
+// workload would own is refused, and without [[policy]] rules only root,
+// the agent's uid and the workload's may call the API.
+//
+// It returns the code the process should exit with. With err nil that is
+// the workload's (128+N when killed by signal N; a workload that could
+// not start is logged and gets 126 or 127). With err set the run failed:
+// 127 when Argv[0] is not found, else 1.
+func RunWorkload(ctx context.Context, opts RunOptions) (int, error) {
 	// Before anything else: the machine token may sit in this process's
 	// initial environment block (WICKET_MACHINE_TOKEN), which unsetenv does
 	// not erase and /proc/<pid>/environ shows to every process of the same
 	// user. Non-dumpable closes that, /proc/<pid>/mem and ptrace to anyone
 	// without CAP_SYS_PTRACE, and keeps the token out of core dumps.
 	if err := supervise.SetNonDumpable(); err != nil {
-		return err
+		return 1, err
 	}
-	if f.sighup != "reload" && f.sighup != "forward" {
-		return fmt.Errorf("--sighup %q: want reload or forward", f.sighup)
+	if opts.StopTimeout <= 0 {
+		return 1, fmt.Errorf("--stop-timeout %v: want a positive duration", opts.StopTimeout)
 	}
-	if f.stopTimeout <= 0 {
-		return fmt.Errorf("--stop-timeout %v: want a positive duration", f.stopTimeout)
+	if len(opts.Argv) == 0 {
+		return 1, errors.New("no workload command")
 	}
-	// On a terminal the workload's pty relay may hold in raw mode, log
-	// lines still need their CR.
-	logger, level, err := newLogger(supervise.TerminalWriter(os.Stderr), f.logFormat)
+	cred, err := supervise.LookupCredential(opts.User, opts.Group)
 	if err != nil {
-		return err
-	}
-	cred, err := supervise.LookupCredential(f.user, f.group)
-	if err != nil {
-		return err
+		return 1, err
 	}
 	selfUID := uint32(os.Geteuid())
 	uid, gid := selfUID, uint32(os.Getegid())
@@ -100,36 +90,32 @@ func runWorkload(parent context.Context, f *runFlags, argv []string) error {
 	}
 	// Root in the workload can read the agent's memory whatever else we
 	// do (CAP_SYS_PTRACE), so running it is an explicit choice.
-	if uid == 0 && !f.allowRoot {
-		return errors.New("refusing to run the workload as root: give --user (and --group), or --allow-root-workload")
+	if uid == 0 && !opts.AllowRoot {
+		return 1, errors.New("refusing to run the workload as root: give --user (and --group), or --allow-root-workload")
 	}
-	path := argv[0]
+	path := opts.Argv[0]
 	if !strings.Contains(path, "/") {
-		// A path with a slash is left to exec, relative to --workdir.
 		if path, err = exec.LookPath(path); err != nil {
-			fmt.Fprintf(os.Stderr, "wicket: %v\n", err)
-			return exitError{127}
+			return 127, err
 		}
 	}
 
-	opts := agent.Options{
-		ConfigPath: f.config,
-		Overrides:  append(f.overrides(), runOverrides(selfUID, uid, gid)),
-		Logger:     logger,
-		LogLevel:   level,
-	}
-	if f.tokenFD >= 0 {
-		if opts.MachineToken, err = agent.MachineTokenFromFD(f.tokenFD); err != nil {
-			return err
+	agentOpts := opts.Options
+	agentOpts.Overrides = append(slices.Clip(agentOpts.Overrides), runOverrides(selfUID, uid, gid))
+	agentOpts.MachineToken = MachineToken{}
+	if opts.ReadMachineToken != nil {
+		if agentOpts.MachineToken, err = opts.ReadMachineToken(); err != nil {
+			return 1, err
 		}
 	}
-	a, err := agent.New(opts)
+	a, err := New(agentOpts)
 	if err != nil {
-		return err
+		return 1, err
 	}
+	logger := a.log
 	cfg := a.Config()
 	if err := checkTokenFile(cfg.Issuer, uid); err != nil {
-		return err
+		return 1, err
 	}
 	if uid == 0 {
 		logger.Warn("the workload runs as root: it can read the agent's memory, machine token included")
@@ -145,7 +131,7 @@ func runWorkload(parent context.Context, f *runFlags, argv []string) error {
 		drop = append(drop, cfg.Admin.TokenEnv)
 	}
 	var reload func()
-	if f.sighup == "reload" {
+	if !opts.ForwardSIGHUP {
 		reload = func() {
 			if _, err := a.Reload(context.Background()); err != nil {
 				logger.Error("reload on SIGHUP failed; keeping running config", "err", err)
@@ -154,27 +140,27 @@ func runWorkload(parent context.Context, f *runFlags, argv []string) error {
 	}
 	sup, err := supervise.New(supervise.Config{
 		Path:        path,
-		Args:        argv,
-		Dir:         f.workdir,
+		Args:        opts.Argv,
+		Dir:         opts.Dir,
 		Env:         supervise.ChildEnv(os.Environ(), add, drop...),
 		Cred:        cred,
-		StopTimeout: f.stopTimeout,
+		StopTimeout: opts.StopTimeout,
 		Reload:      reload,
 		Logger:      logger.With("component", "supervise"),
 	})
 	if err != nil {
-		return err
+		return 1, err
 	}
 	// Signals stay caught until we return, so one that arrives while the
 	// agent shuts down does not cut its cleanup short.
 	defer sup.Close()
 
-	if parent == nil {
-		parent = context.Background()
+	if ctx == nil {
+		ctx = context.Background()
 	}
 	agentCtx, stopAgent := context.WithCancel(context.Background())
 	defer stopAgent()
-	supCtx, stopWorkload := context.WithCancelCause(parent)
+	supCtx, stopWorkload := context.WithCancelCause(ctx)
 	defer stopWorkload(nil)
 	agentDone := make(chan error, 1)
 	go func() {
@@ -223,21 +209,15 @@ func runWorkload(parent context.Context, f *runFlags, argv []string) error {
 	var startErr *supervise.StartError
 	switch {
 	case agentErr != nil:
-		return agentErr
+		return 1, agentErr
 	case errors.As(supErr, &startErr):
 		logger.Error("cannot start the workload", "err", startErr)
-		return exitError{startErr.ExitCode()}
+		return startErr.ExitCode(), nil
 	case supErr != nil:
-		return supErr
-	case st.ExitCode() != 0:
-		return exitError{st.ExitCode()}
+		return 1, supErr
 	}
-	return nil
+	return st.ExitCode(), nil
 }
-
-// workloadStartWait bounds how long the workload's start waits for the
-// agent's first metadata and token files.
-const workloadStartWait = 15 * time.Second
 
 // runOverrides adapt the config to an agent whose workload is its own
 // child. They apply at every reload too (S-flags).

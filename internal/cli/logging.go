@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -13,7 +13,7 @@ import (
 )
 
 // newLogger returns a logger whose level can be changed at run time.
-func newLogger(w io.Writer, format string) (*slog.Logger, *slog.LevelVar, error) {
+func NewLogger(w io.Writer, format string) (*slog.Logger, *slog.LevelVar, error) {
 	lv := new(slog.LevelVar)
 	opts := &slog.HandlerOptions{Level: lv}
 	switch format {
@@ -27,7 +27,7 @@ func newLogger(w io.Writer, format string) (*slog.Logger, *slog.LevelVar, error)
 
 // reloadOnHUP calls reload on every SIGHUP until ctx ends (S-reload: a
 // failed reload keeps the running config and is logged in full).
-func reloadOnHUP(ctx context.Context, reload func(context.Context) (admin.ReloadResult, error), logger *slog.Logger) {
+func ReloadOnHUP(ctx context.Context, reload func(context.Context) (admin.ReloadResult, error), logger *slog.Logger) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)

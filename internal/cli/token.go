@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -13,7 +13,7 @@ import (
 	"github.com/wicket-sh/wicket/client"
 )
 
-func newTokenCmd() *cobra.Command {
+func NewTokenCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "token",
 		Short: "Get tokens from the local agent",

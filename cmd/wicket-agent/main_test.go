@@ -1,0 +1,65 @@
+package main
+
+import (
+	"bytes"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// The guest's binary links none of the issuer's cluster stack: a package
+// that pulls in etcd, grpc, protobuf or zap (an import of the issuer or
+// a store backend from internal/cli, say) fails this test.
+func TestDeps_NoClusterStack(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", ".").Output()
+	if err != nil {
+		t.Fatalf("go list -deps: %v", err)
+	}
+	deps := strings.Fields(string(out))
+	// A list without the agent is not the binary's: the check below
+	// would pass for the wrong reason.
+	if !slices.Contains(deps, "github.com/wicket-sh/wicket/internal/agent") {
+		t.Fatalf("go list -deps does not list internal/agent: %q", out)
+	}
+	forbidden := []string{
+		"go.etcd.io/",
+		"google.golang.org/grpc",
+		"google.golang.org/protobuf",
+		"go.uber.org/zap",
+		"github.com/wicket-sh/wicket/internal/issuer",
+		"github.com/wicket-sh/wicket/internal/store",
+	}
+	for _, d := range deps {
+		for _, f := range forbidden {
+			if strings.HasPrefix(d, f) {
+				t.Errorf("wicket-agent depends on %s", d)
+			}
+		}
+	}
+}
+
+// The guest's commands are there, the platform's are not.
+func TestCommands(t *testing.T) {
+	root := newRoot()
+	for _, path := range [][]string{
+		{"agent"}, {"agent", "run"}, {"token", "oidc"}, {"admin", "status"}, {"admin", "reload"}, {"version"},
+		{"aws", "credential-process"}, {"gcp", "executable"}, {"gcp", "config"}, {"env", "aws"}, {"env", "azure"},
+	} {
+		c, _, err := root.Find(path)
+		if err != nil || c == root || c.Name() != path[len(path)-1] {
+			t.Errorf("wicket-agent %s: not a command (%v)", strings.Join(path, " "), err)
+		}
+	}
+	for _, name := range []string{"issuer", "dev", "migrate"} {
+		if c, _, err := root.Find([]string{name}); err == nil && c != root {
+			t.Errorf("wicket-agent has the platform's %q command", name)
+		}
+	}
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetArgs([]string{"version"})
+	if err := root.Execute(); err != nil || !strings.HasPrefix(out.String(), "wicket-agent ") {
+		t.Errorf("version: %q, %v", out.String(), err)
+	}
+}
