@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/apierror"
 	"github.com/wicket-sh/wicket/internal/metrics"
 	"github.com/wicket-sh/wicket/internal/peer"
@@ -30,20 +31,13 @@ type Auth struct {
 	Token []byte
 }
 
-// ReloadResult is the reply to a successful reload.
-type ReloadResult struct {
-	Status          string   `json:"status"`
-	Generation      uint64   `json:"generation"`
-	RestartRequired []string `json:"restart_required"`
-}
-
 // Service is what the admin socket administers.
 type Service interface {
 	// Status returns the service's status document (JSON-encodable).
 	Status() any
 	// Reload re-reads and applies the configuration. The error is for the
 	// log only; the caller gets a generic reply.
-	Reload(ctx context.Context) (ReloadResult, error)
+	Reload(ctx context.Context) (api.ReloadResult, error)
 	// Metrics returns the service's metric samples.
 	Metrics() []metrics.Sample
 }
@@ -76,7 +70,7 @@ func New(svc Service, auth func() Auth, selfUID uint32, logger *slog.Logger) *Se
 		}),
 	}
 	s.mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
-		WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		WriteJSON(w, http.StatusOK, api.HealthReply{Status: api.HealthOK})
 	})
 	s.mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		WriteJSON(w, http.StatusOK, s.svc.Status())
@@ -121,7 +115,7 @@ func (s *Server) reload(w http.ResponseWriter, r *http.Request) {
 		// The full reason (file path, parse error) is for the operator's
 		// log; the client only learns that it failed.
 		LogFrom(r.Context()).Error("reload failed", "err", err)
-		apierror.Write(w, http.StatusInternalServerError, apierror.CodeReloadFailed, "reload failed")
+		apierror.Write(w, http.StatusInternalServerError, api.CodeReloadFailed, "reload failed")
 		return
 	}
 	if res.RestartRequired == nil {

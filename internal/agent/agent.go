@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/admin"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/metrics"
@@ -153,7 +154,7 @@ func (a *Agent) initUpstream(cfg *config.Agent, envTok MachineToken, envSet bool
 		sources = append(sources, "env")
 	}
 	if len(sources) > 1 {
-		return fmt.Errorf("machine token given more than once (%s): give exactly one of issuer.token_file, --token-fd or %s", strings.Join(sources, ", "), MachineTokenEnv)
+		return fmt.Errorf("machine token given more than once (%s): give exactly one of issuer.token_file, --token-fd or %s", strings.Join(sources, ", "), api.MachineTokenEnv)
 	}
 	switch {
 	case !a.opts.MachineToken.IsZero():
@@ -175,7 +176,7 @@ func (a *Agent) initUpstream(cfg *config.Agent, envTok MachineToken, envSet bool
 		return nil
 	}
 	if a.token.IsZero() {
-		return fmt.Errorf("issuer.url is set but no machine token was given (issuer.token_file, --token-fd or %s)", MachineTokenEnv)
+		return fmt.Errorf("issuer.url is set but no machine token was given (issuer.token_file, --token-fd or %s)", api.MachineTokenEnv)
 	}
 	u, err := proxy.ParseUpstream(cfg.Issuer.URL)
 	if err != nil {
@@ -246,14 +247,14 @@ func (a *Agent) Ready() <-chan struct{} { return a.ready }
 // Reload re-reads the config file and swaps in the new dynamic settings if
 // the whole file is valid; otherwise the running config stays untouched.
 // Static fields that changed are reported, not applied.
-func (a *Agent) Reload(ctx context.Context) (admin.ReloadResult, error) {
+func (a *Agent) Reload(ctx context.Context) (api.ReloadResult, error) {
 	a.reloadMu.Lock()
 	defer a.reloadMu.Unlock()
 	old := a.rt.Load()
 	next, err := a.load()
 	if err != nil {
 		a.reloadsKO.Add(1)
-		return admin.ReloadResult{}, err
+		return api.ReloadResult{}, err
 	}
 	restart := config.RestartRequired(old.cfg, next.cfg)
 	if len(restart) > 0 {
@@ -267,7 +268,7 @@ func (a *Agent) Reload(ctx context.Context) (admin.ReloadResult, error) {
 	a.syncTokenFiles()
 	a.reloadsOK.Add(1)
 	a.log.Info("config reloaded", "generation", next.generation, "restart_required", restart)
-	return admin.ReloadResult{Status: "ok", Generation: next.generation, RestartRequired: restart}, nil
+	return api.ReloadResult{Status: "ok", Generation: next.generation, RestartRequired: restart}, nil
 }
 
 // Run opens the sockets and serves until ctx ends, then shuts down cleanly

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/apierror"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
@@ -32,7 +33,7 @@ func (a *Agent) apiHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		w.Write([]byte("{\"status\":\"ok\"}\n"))
+		json.NewEncoder(w).Encode(api.HealthReply{Status: api.HealthOK})
 	})
 	mux.HandleFunc("GET /v1/metadata", a.handleMetadata)
 	mux.HandleFunc("GET /v1/metadata/{key}", a.handleMetadataKey)
@@ -133,9 +134,9 @@ func allowedMethods(mux *http.ServeMux, r *http.Request) string {
 func writeBodyError(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.Is(err, unixsock.ErrBodyTooLarge):
-		apierror.Write(w, http.StatusRequestEntityTooLarge, apierror.CodeBodyTooLarge, "request body too large")
+		apierror.Write(w, http.StatusRequestEntityTooLarge, api.CodeBodyTooLarge, "request body too large")
 	case errors.Is(err, unixsock.ErrBodyTimeout):
-		apierror.Write(w, http.StatusRequestTimeout, apierror.CodeRequestTimeout, "request timeout")
+		apierror.Write(w, http.StatusRequestTimeout, api.CodeRequestTimeout, "request timeout")
 	default:
 		apierror.BadRequest(w)
 	}
@@ -157,13 +158,8 @@ func (a *Agent) rateLimited(w http.ResponseWriter, rt *runtime, p unixsock.Peer)
 	}
 	a.rateLimitedN.Add(1)
 	w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(wait)))
-	apierror.Write(w, http.StatusTooManyRequests, apierror.CodeRateLimited, "rate limited")
+	apierror.Write(w, http.StatusTooManyRequests, api.CodeRateLimited, "rate limited")
 	return true
-}
-
-// tokenRequest is the body of POST /v1/tokens/oidc.
-type tokenRequest struct {
-	Aud *string `json:"aud"`
 }
 
 // parseTokenRequest reads the optional body; ok is false if it is invalid.
@@ -183,7 +179,7 @@ func parseTokenRequest(r *http.Request) (aud string, ok bool) {
 	}
 	dec := json.NewDecoder(strings.NewReader(string(body)))
 	dec.DisallowUnknownFields()
-	var req tokenRequest
+	var req api.TokenRequest
 	if dec.Decode(&req) != nil || dec.More() {
 		return "", false
 	}
@@ -269,7 +265,7 @@ func (a *Agent) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
 	}
 	if a.tokens == nil {
 		logIssue("unavailable", aud, issued{}, errors.New("no issuer configured"))
-		apierror.Write(w, http.StatusServiceUnavailable, apierror.CodeUnavailable, "token unavailable")
+		apierror.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "token unavailable")
 		return
 	}
 	tok, src, err := a.tokens.get(r.Context(), aud)
@@ -283,7 +279,7 @@ func (a *Agent) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
 		return
 	case err != nil:
 		logIssue("unavailable", aud, issued{}, err)
-		apierror.Write(w, http.StatusServiceUnavailable, apierror.CodeUnavailable, "token unavailable")
+		apierror.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "token unavailable")
 		return
 	}
 	a.tokensServed.Add(1)
@@ -293,10 +289,8 @@ func (a *Agent) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Content-Type-Options", "nosniff")
 	if wantsJSON(r) {
 		h.Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(struct {
-			Token     string `json:"token"`
-			ExpiresAt string `json:"expires_at"`
-		}{tok.token, tok.expires.Format(time.RFC3339)})
+		// Whole seconds, as the JWT's exp.
+		json.NewEncoder(w).Encode(api.TokenReply{Token: tok.token, ExpiresAt: tok.expires.Truncate(time.Second)})
 		return
 	}
 	h.Set("Content-Type", "application/jwt")
@@ -307,7 +301,8 @@ func (a *Agent) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
 func (a *Agent) fetchToken(ctx context.Context, aud string) (issued, error) {
 	body := []byte("{}")
 	if aud != "" {
-		body, _ = json.Marshal(map[string]string{"aud": aud})
+		raw, _ := json.Marshal(aud)
+		body, _ = json.Marshal(api.IssuerTokenRequest{Aud: raw})
 	}
 	// The copy lives as long as the JWT should (the issuer never lets a
 	// JWT outlive it, so the cache stays useful) and is bound to aud: a
@@ -349,7 +344,7 @@ func (a *Agent) handleProxy(w http.ResponseWriter, r *http.Request, rt *runtime,
 		if snap == nil && rt.routes.UsesVars() {
 			// {self} and {app} are unknown until the first metadata
 			// fetch: the caller should retry, not conclude "no route".
-			apierror.Write(w, http.StatusServiceUnavailable, apierror.CodeUnavailable, "upstream unavailable")
+			apierror.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "upstream unavailable")
 			return
 		}
 		apierror.NotFound(w)
@@ -365,7 +360,7 @@ func (a *Agent) handleProxy(w http.ResponseWriter, r *http.Request, rt *runtime,
 		base = a.issuerURL
 	}
 	if base == nil || a.token.IsZero() {
-		apierror.Write(w, http.StatusServiceUnavailable, apierror.CodeUnavailable, "upstream unavailable")
+		apierror.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "upstream unavailable")
 		return
 	}
 	scope := machinetoken.Scope{Features: route.Features()}
@@ -381,7 +376,7 @@ func (a *Agent) handleProxy(w http.ResponseWriter, r *http.Request, rt *runtime,
 		return
 	}
 	start := time.Now()
-	res := a.forwarder.Forward(w, r, route, base, "FlyV1 "+tok)
+	res := a.forwarder.Forward(w, r, route, base, api.AuthScheme+" "+tok)
 	a.proxied.Add(1)
 	args := []any{"peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID, "method", r.Method,
 		"route", route.Name(), "upstream", base.Host, "status", res.Status, "outcome", string(res.Outcome),

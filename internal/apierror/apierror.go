@@ -9,27 +9,13 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+
+	"github.com/wicket-sh/wicket/api"
 )
 
-// Stable error codes. Clients may match on these; they never change meaning.
-const (
-	CodeBadRequest       = "bad_request"
-	CodeForbidden        = "forbidden"
-	CodeUnauthorized     = "unauthorized"
-	CodeNotFound         = "not_found"
-	CodeMethodNotAllowed = "method_not_allowed"
-	CodeBodyTooLarge     = "body_too_large"
-	CodeRequestTimeout   = "request_timeout"
-	CodeRateLimited      = "rate_limited"
-	CodeInternal         = "internal_error"
-	CodeUnavailable      = "upstream_unavailable"
-	CodeUpstreamTimeout  = "upstream_timeout"
-	CodeBadGateway       = "bad_gateway"
-	CodeReloadFailed     = "reload_failed"
-)
-
-// Write sends {"error":msg,"code":code} with status. msg and code must be
-// constants from the program, never derived from the request.
+// Write sends {"error":msg,"code":code} (an api.ErrorReply) with status.
+// code is one of the api.Code constants; msg must be a constant from the
+// program, never derived from the request.
 func Write(w http.ResponseWriter, status int, code, msg string) {
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
@@ -41,25 +27,25 @@ func Write(w http.ResponseWriter, status int, code, msg string) {
 }
 
 // Common responses.
-func NotFound(w http.ResponseWriter) { Write(w, http.StatusNotFound, CodeNotFound, "not found") }
+func NotFound(w http.ResponseWriter) { Write(w, http.StatusNotFound, api.CodeNotFound, "not found") }
 
 // MethodNotAllowed answers 405 with the allowed methods.
 func MethodNotAllowed(w http.ResponseWriter, allow string) {
 	w.Header().Set("Allow", allow)
-	Write(w, http.StatusMethodNotAllowed, CodeMethodNotAllowed, "method not allowed")
+	Write(w, http.StatusMethodNotAllowed, api.CodeMethodNotAllowed, "method not allowed")
 }
 
 // Forbidden answers 403.
-func Forbidden(w http.ResponseWriter) { Write(w, http.StatusForbidden, CodeForbidden, "forbidden") }
+func Forbidden(w http.ResponseWriter) { Write(w, http.StatusForbidden, api.CodeForbidden, "forbidden") }
 
 // BadRequest answers 400.
 func BadRequest(w http.ResponseWriter) {
-	Write(w, http.StatusBadRequest, CodeBadRequest, "bad request")
+	Write(w, http.StatusBadRequest, api.CodeBadRequest, "bad request")
 }
 
 // Internal answers 500.
 func Internal(w http.ResponseWriter) {
-	Write(w, http.StatusInternalServerError, CodeInternal, "internal error")
+	Write(w, http.StatusInternalServerError, api.CodeInternal, "internal error")
 }
 
 // CanonicalPath reports whether p is an absolute, clean URL path: no dot

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/proxy"
 	"github.com/wicket-sh/wicket/internal/unixsock"
 )
@@ -125,7 +126,7 @@ func (c *Issuer) GatewayHeaders() *proxy.HeaderAllowlist {
 func DefaultIssuer() *Issuer {
 	return &Issuer{
 		Server: IssuerServer{PublicURL: "http://127.0.0.1:8650", Listen: "127.0.0.1:8650"},
-		Admin:  Admin{Socket: Socket{Path: "/run/wicket/issuer-admin.sock", Mode: 0o600, MaxConns: 32}},
+		Admin:  Admin{Socket: Socket{Path: api.DefaultIssuerAdminSocket, Mode: 0o600, MaxConns: 32}},
 		State: State{
 			Backend: "bolt", Dir: "/var/lib/wicket",
 			Prefix: "/wicket/", DialTimeout: Duration{5 * time.Second}, RequestTimeout: Duration{5 * time.Second},

@@ -19,23 +19,17 @@ import (
 
 	"github.com/superfly/macaroon"
 
+	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/apierror"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/oidc"
 	"github.com/wicket-sh/wicket/internal/store"
 )
 
-// Long-poll bounds for GET /v1/machines/self?wait=true.
-const (
-	defaultWait = 30 * time.Second
-	minWait     = time.Second
-	maxWait     = 120 * time.Second
-)
-
 func (s *Issuer) publicHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		writeJSON(w, http.StatusOK, api.HealthReply{Status: api.HealthOK})
 	})
 	mux.HandleFunc("POST /v1/tokens/oidc", s.handleOIDCToken)
 	mux.HandleFunc("GET /v1/machines/self", s.handleSelf)
@@ -77,11 +71,11 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // storeUnavailable answers a request that needs the state store while it
 // cannot be reached (cluster mode, etcd down past the cache grace).
 func storeUnavailable(w http.ResponseWriter) {
-	apierror.Write(w, http.StatusServiceUnavailable, apierror.CodeUnavailable, "service unavailable")
+	apierror.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "service unavailable")
 }
 
 func unauthorized(w http.ResponseWriter) {
-	apierror.Write(w, http.StatusUnauthorized, apierror.CodeUnauthorized, "unauthorized")
+	apierror.Write(w, http.StatusUnauthorized, api.CodeUnauthorized, "unauthorized")
 }
 
 // authenticate verifies the request's machine token for feature (and app,
@@ -131,7 +125,7 @@ func (s *Issuer) authenticateAud(w http.ResponseWriter, r *http.Request, feature
 		// Not the caller's fault: the state store is out of reach past its
 		// cache grace. 503 tells agents to keep their cached answers.
 		s.log.Error("machine lookup: state store unavailable", "machine_id", ver.MachineID, "err", err)
-		apierror.Write(w, http.StatusServiceUnavailable, apierror.CodeUnavailable, "service unavailable")
+		apierror.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "service unavailable")
 		return nil, nil, false
 	}
 	if err != nil {
@@ -168,12 +162,6 @@ func addrAllowed(a netip.Addr, cidrs []string) bool {
 	return false
 }
 
-// oidcRequest is the body of POST /v1/tokens/oidc.
-type oidcRequest struct {
-	Aud json.RawMessage `json:"aud"`
-	TTL string          `json:"ttl"`
-}
-
 func parseAud(raw json.RawMessage) ([]string, error) {
 	if len(raw) == 0 || string(raw) == "null" {
 		return nil, nil
@@ -193,7 +181,7 @@ func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
 	// The body is read before the token is checked because the audience it
 	// asks for is part of the check (a copy may be bound to one); a bad
 	// body is still answered only once the token passes.
-	var req oidcRequest
+	var req api.IssuerTokenRequest
 	var reqErr error
 	body, err := io.ReadAll(io.LimitReader(r.Body, 64<<10))
 	if err != nil {
@@ -290,7 +278,7 @@ func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
 	s.log.Info("oidc token issued", "machine_id", m.ID, "org", m.Org, "app", m.App, "aud", strings.Join(aud, ","),
 		"kid", key.ID, "jti", claims.ID, "token_id", ver.TokenID, "expires_at", claims.Expiry.UTC().Format(time.RFC3339),
 		"capped_at_token_end", capped)
-	writeJSON(w, http.StatusOK, map[string]string{"token": tok, "expires_at": claims.Expiry.UTC().Format(time.RFC3339)})
+	writeJSON(w, http.StatusOK, api.TokenReply{Token: tok, ExpiresAt: claims.Expiry.UTC().Truncate(time.Second)})
 }
 
 func otherAlg(a oidc.Alg) oidc.Alg {
@@ -302,26 +290,14 @@ func otherAlg(a oidc.Alg) oidc.Alg {
 
 func newJTI() string { return rand.Text() }
 
-// Metadata is what a machine learns about itself (GET /v1/machines/self and
+// metadataOf is what m learns about itself (GET /v1/machines/self, and so
 // the agent's GET /v1/metadata).
-type Metadata struct {
-	MachineID   string            `json:"machine_id"`
-	MachineName string            `json:"machine_name"`
-	App         string            `json:"app"`
-	Org         string            `json:"org"`
-	Region      string            `json:"region"`
-	Image       string            `json:"image"`
-	ImageDigest string            `json:"image_digest"`
-	PrivateIP   string            `json:"private_ip"`
-	Tags        map[string]string `json:"tags"`
-}
-
-func metadataOf(m *store.Machine) Metadata {
+func metadataOf(m *store.Machine) api.Metadata {
 	tags := m.Tags
 	if tags == nil {
 		tags = map[string]string{}
 	}
-	return Metadata{MachineID: m.ID, MachineName: m.Name, App: m.App, Org: m.Org, Region: m.Region,
+	return api.Metadata{MachineID: m.ID, MachineName: m.Name, App: m.App, Org: m.Org, Region: m.Region,
 		Image: m.Image, ImageDigest: m.ImageDigest, PrivateIP: m.PrivateIP, Tags: tags}
 }
 
@@ -345,10 +321,10 @@ func (s *Issuer) handleSelf(w http.ResponseWriter, r *http.Request) {
 		writeMetadata(w, body, etag)
 		return
 	}
-	wait := defaultWait
+	wait := api.DefaultWait
 	if t := q.Get("timeout"); t != "" {
 		d, err := time.ParseDuration(t)
-		if err != nil || d < minWait || d > maxWait {
+		if err != nil || d < api.MinWait || d > api.MaxWait {
 			apierror.BadRequest(w)
 			return
 		}
@@ -436,10 +412,10 @@ func (s *Issuer) handleGateway(w http.ResponseWriter, r *http.Request) {
 			s.log.Warn("gateway upstream error", "machine_id", m.ID, "token_id", ver.TokenID, "err", err)
 			var ne net.Error
 			if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
-				apierror.Write(w, http.StatusGatewayTimeout, apierror.CodeUpstreamTimeout, "upstream timeout")
+				apierror.Write(w, http.StatusGatewayTimeout, api.CodeUpstreamTimeout, "upstream timeout")
 				return
 			}
-			apierror.Write(w, http.StatusBadGateway, apierror.CodeBadGateway, "bad gateway")
+			apierror.Write(w, http.StatusBadGateway, api.CodeBadGateway, "bad gateway")
 		},
 	}
 	rp.ServeHTTP(w, r.WithContext(ctx))
