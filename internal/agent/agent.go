@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -19,6 +18,7 @@ import (
 	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/admin"
 	"github.com/wicket-sh/wicket/internal/config"
+	"github.com/wicket-sh/wicket/internal/httpapi"
 	"github.com/wicket-sh/wicket/internal/metrics"
 	"github.com/wicket-sh/wicket/internal/peer"
 	"github.com/wicket-sh/wicket/internal/proxy"
@@ -182,7 +182,7 @@ func (a *Agent) initUpstream(cfg *config.Agent, envTok MachineToken, envSet bool
 	if err != nil {
 		return fmt.Errorf("issuer.url: %w", err)
 	}
-	if u.Scheme == "http" && !loopbackHost(u.Hostname()) {
+	if u.Scheme == "http" && !httpapi.LoopbackHost(u.Hostname()) {
 		a.log.Warn("issuer.url is plain http to a non-loopback host: attenuated machine tokens travel unencrypted", "issuer", u.Host)
 	}
 	a.issuerURL = u
@@ -192,14 +192,6 @@ func (a *Agent) initUpstream(cfg *config.Agent, envTok MachineToken, envSet bool
 		return tokenCacheConfig{refreshAt: c.Tokens.RefreshAt, maxAudiences: c.Tokens.MaxAudiences, timeout: c.Issuer.RequestTimeout.Duration}
 	})
 	return nil
-}
-
-func loopbackHost(h string) bool {
-	if h == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(h)
-	return ip != nil && ip.IsLoopback()
 }
 
 // load reads and validates the config and everything derived from it.

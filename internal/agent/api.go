@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/wicket-sh/wicket/api"
-	"github.com/wicket-sh/wicket/internal/apierror"
 	"github.com/wicket-sh/wicket/internal/config"
+	"github.com/wicket-sh/wicket/internal/httpapi"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/oidc"
 	"github.com/wicket-sh/wicket/internal/peer"
@@ -42,11 +42,11 @@ func (a *Agent) apiHandler() http.Handler {
 
 	guard := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p, ok := unixsock.PeerFromContext(r.Context())
-		if !apierror.CanonicalPath(r.URL.Path) || apierror.EncodedSeparator(r) {
+		if !httpapi.CanonicalPath(r.URL.Path) || httpapi.EncodedSeparator(r) {
 			// Refused before the policy, so possibly to a caller it would
 			// deny: it keeps no connection either.
 			unixsock.CloseAfterReply(w)
-			apierror.BadRequest(w)
+			httpapi.BadRequest(w)
 			return
 		}
 		rt := a.rt.Load()
@@ -63,17 +63,17 @@ func (a *Agent) apiHandler() http.Handler {
 		}
 		// Dispatch through the mux itself: only ServeMux.ServeHTTP fills in
 		// the request's path values.
-		if apierror.MuxPattern(mux, r) != "" {
+		if httpapi.MuxPattern(mux, r) != "" {
 			mux.ServeHTTP(w, r)
 			return
 		}
 		if reservedPath(r.URL.Path) {
 			// The guest API's own paths never reach the proxy.
-			if allow := allowedMethods(mux, r); allow != "" {
-				apierror.MethodNotAllowed(w, allow)
+			if allow := httpapi.AllowedMethods(mux, r, http.MethodGet, http.MethodPost); allow != "" {
+				httpapi.MethodNotAllowed(w, allow)
 				return
 			}
-			apierror.NotFound(w)
+			httpapi.NotFound(w)
 			return
 		}
 		a.handleProxy(w, r, rt, p)
@@ -95,7 +95,7 @@ func (a *Agent) deny(w http.ResponseWriter, r *http.Request, p unixsock.Peer, ha
 	}
 	// The path is caller input: log it quoted by slog, cut short.
 	args := []any{"peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID,
-		"method", r.Method, "route", truncate(r.URL.Path, 128), "outcome", "denied", "reason", reason}
+		"method", r.Method, "route", httpapi.Truncate(r.URL.Path, httpapi.MaxLoggedPath), "outcome", "denied", "reason", reason}
 	if d.Exe != "" {
 		args = append(args, "peer_exe", d.Exe)
 	}
@@ -106,7 +106,7 @@ func (a *Agent) deny(w http.ResponseWriter, r *http.Request, p unixsock.Peer, ha
 	}
 	a.denials.Deny(r.Context(), p, reason, args...)
 	unixsock.CloseAfterReply(w)
-	apierror.Forbidden(w)
+	httpapi.Forbidden(w)
 }
 
 func reservedPath(p string) bool {
@@ -118,35 +118,15 @@ func reservedPath(p string) bool {
 	return false
 }
 
-// allowedMethods lists the methods the path is registered under, for a 405.
-func allowedMethods(mux *http.ServeMux, r *http.Request) string {
-	var allow []string
-	for _, m := range []string{http.MethodGet, http.MethodPost} {
-		r2 := r.Clone(r.Context())
-		r2.Method = m
-		if apierror.MuxPattern(mux, r2) != "" {
-			allow = append(allow, m)
-		}
-	}
-	return strings.Join(allow, ", ")
-}
-
 func writeBodyError(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.Is(err, unixsock.ErrBodyTooLarge):
-		apierror.Write(w, http.StatusRequestEntityTooLarge, api.CodeBodyTooLarge, "request body too large")
+		httpapi.Write(w, http.StatusRequestEntityTooLarge, api.CodeBodyTooLarge, "request body too large")
 	case errors.Is(err, unixsock.ErrBodyTimeout):
-		apierror.Write(w, http.StatusRequestTimeout, api.CodeRequestTimeout, "request timeout")
+		httpapi.Write(w, http.StatusRequestTimeout, api.CodeRequestTimeout, "request timeout")
 	default:
-		apierror.BadRequest(w)
+		httpapi.BadRequest(w)
 	}
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "…"
-	}
-	return s
 }
 
 // rateLimited applies the per-uid token bucket; when it refuses, it answers
@@ -158,7 +138,7 @@ func (a *Agent) rateLimited(w http.ResponseWriter, rt *runtime, p unixsock.Peer)
 	}
 	a.rateLimitedN.Add(1)
 	w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(wait)))
-	apierror.Write(w, http.StatusTooManyRequests, api.CodeRateLimited, "rate limited")
+	httpapi.Write(w, http.StatusTooManyRequests, api.CodeRateLimited, "rate limited")
 	return true
 }
 
@@ -260,26 +240,26 @@ func (a *Agent) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
 	aud, ok := parseTokenRequest(r)
 	if !ok {
 		logIssue("bad_request", "", issued{}, nil)
-		apierror.BadRequest(w)
+		httpapi.BadRequest(w)
 		return
 	}
 	if a.tokens == nil {
 		logIssue("unavailable", aud, issued{}, errors.New("no issuer configured"))
-		apierror.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "token unavailable")
+		httpapi.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "token unavailable")
 		return
 	}
 	tok, src, err := a.tokens.get(r.Context(), aud)
 	switch {
 	case errors.Is(err, errBadAudience):
 		logIssue("bad_request", aud, issued{}, err)
-		apierror.BadRequest(w)
+		httpapi.BadRequest(w)
 		return
 	case r.Context().Err() != nil:
 		logIssue("canceled", aud, issued{}, nil)
 		return
 	case err != nil:
 		logIssue("unavailable", aud, issued{}, err)
-		apierror.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "token unavailable")
+		httpapi.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "token unavailable")
 		return
 	}
 	a.tokensServed.Add(1)
@@ -344,10 +324,10 @@ func (a *Agent) handleProxy(w http.ResponseWriter, r *http.Request, rt *runtime,
 		if snap == nil && rt.routes.UsesVars() {
 			// {self} and {app} are unknown until the first metadata
 			// fetch: the caller should retry, not conclude "no route".
-			apierror.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "upstream unavailable")
+			httpapi.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "upstream unavailable")
 			return
 		}
-		apierror.NotFound(w)
+		httpapi.NotFound(w)
 		return
 	}
 	if a.rateLimited(w, rt, p) {
@@ -360,7 +340,7 @@ func (a *Agent) handleProxy(w http.ResponseWriter, r *http.Request, rt *runtime,
 		base = a.issuerURL
 	}
 	if base == nil || a.token.IsZero() {
-		apierror.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "upstream unavailable")
+		httpapi.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "upstream unavailable")
 		return
 	}
 	scope := machinetoken.Scope{Features: route.Features()}
@@ -372,7 +352,7 @@ func (a *Agent) handleProxy(w http.ResponseWriter, r *http.Request, rt *runtime,
 	tok, err := a.token.restrictScope(time.Now(), attenuatedTTL, scope)
 	if err != nil {
 		a.log.Error("attenuate machine token", "err", err)
-		apierror.Internal(w)
+		httpapi.Internal(w)
 		return
 	}
 	start := time.Now()

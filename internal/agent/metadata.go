@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/wicket-sh/wicket/api"
-	"github.com/wicket-sh/wicket/internal/apierror"
+	"github.com/wicket-sh/wicket/internal/httpapi"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/proxy"
 )
@@ -256,7 +256,7 @@ func parseWait(q url.Values) (p waitParams, ok bool) {
 func (a *Agent) snapshotFor(w http.ResponseWriter, r *http.Request) (*metaSnapshot, bool) {
 	p, ok := parseWait(r.URL.Query())
 	if !ok {
-		apierror.BadRequest(w)
+		httpapi.BadRequest(w)
 		return nil, false
 	}
 	snap := a.meta.cur.Load()
@@ -273,7 +273,7 @@ func (a *Agent) snapshotFor(w http.ResponseWriter, r *http.Request) (*metaSnapsh
 		snap = a.meta.cur.Load()
 	}
 	if snap == nil {
-		apierror.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "metadata unavailable")
+		httpapi.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "metadata unavailable")
 		return nil, false
 	}
 	if !p.wait || !sameETag(snap.etag, p.etag) {
@@ -326,7 +326,7 @@ func (a *Agent) handleMetadataKey(w http.ResponseWriter, r *http.Request) {
 	}
 	v, found := s.fields[key]
 	if !found {
-		apierror.NotFound(w)
+		httpapi.NotFound(w)
 		return
 	}
 	writeSnapshotHeaders(w, s, "text/plain; charset=utf-8")
@@ -340,7 +340,7 @@ func (a *Agent) handleMetadataTag(w http.ResponseWriter, r *http.Request) {
 	}
 	v, found := s.tags[r.PathValue("name")]
 	if !found {
-		apierror.NotFound(w)
+		httpapi.NotFound(w)
 		return
 	}
 	writeSnapshotHeaders(w, s, "text/plain; charset=utf-8")

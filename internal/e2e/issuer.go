@@ -144,10 +144,7 @@ func (ti *Issuer) OIDCSource(mt, aud string) TokenSource {
 		if resp.StatusCode != http.StatusOK {
 			return "", time.Time{}, fmt.Errorf("issuer: %d %s", resp.StatusCode, strings.TrimSpace(string(b)))
 		}
-		var out struct {
-			Token     string    `json:"token"`
-			ExpiresAt time.Time `json:"expires_at"`
-		}
+		var out api.TokenReply
 		if err := json.Unmarshal(b, &out); err != nil {
 			return "", time.Time{}, fmt.Errorf("issuer reply: %w", err)
 		}

@@ -15,8 +15,8 @@ import (
 
 	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/admin"
-	"github.com/wicket-sh/wicket/internal/apierror"
 	"github.com/wicket-sh/wicket/internal/config"
+	"github.com/wicket-sh/wicket/internal/httpapi"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/oidc"
 	"github.com/wicket-sh/wicket/internal/store"
@@ -231,19 +231,19 @@ func (s *Issuer) registerAdmin(a *admin.Server) {
 		switch {
 		case errors.As(err, &ve):
 			admin.LogFrom(r.Context()).Info("admin request invalid", "err", err)
-			apierror.Write(w, http.StatusBadRequest, api.CodeBadRequest, ve.msg)
+			httpapi.Write(w, http.StatusBadRequest, api.CodeBadRequest, ve.msg)
 		case errors.Is(err, store.ErrNotFound), errors.Is(err, errUnknownOrg):
-			apierror.NotFound(w)
+			httpapi.NotFound(w)
 		case errors.Is(err, store.ErrConflict):
-			apierror.Write(w, http.StatusConflict, api.CodeConflict, "version conflict")
+			httpapi.Write(w, http.StatusConflict, api.CodeConflict, "version conflict")
 		case unavailable(err):
 			// Retrying later helps, unlike a 500; which members failed
 			// and why is for the log, not the caller.
 			admin.LogFrom(r.Context()).Error("admin request failed: state store unavailable", "err", err)
-			apierror.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "state store unavailable")
+			httpapi.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "state store unavailable")
 		default:
 			admin.LogFrom(r.Context()).Error("admin request failed", "err", err)
-			apierror.Internal(w)
+			httpapi.Internal(w)
 		}
 	}
 	a.Handle("POST /v1/machines", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

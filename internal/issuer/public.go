@@ -20,7 +20,7 @@ import (
 	"github.com/superfly/macaroon"
 
 	"github.com/wicket-sh/wicket/api"
-	"github.com/wicket-sh/wicket/internal/apierror"
+	"github.com/wicket-sh/wicket/internal/httpapi"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/oidc"
 	"github.com/wicket-sh/wicket/internal/store"
@@ -49,12 +49,12 @@ func (s *Issuer) publicHandler() http.Handler {
 	mux.Handle("GET /{org}/.well-known/", disco)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// The gateway forwards paths: the same refusals as the agent's.
-		if !apierror.CanonicalPath(r.URL.Path) || apierror.EncodedSeparator(r) {
-			apierror.BadRequest(w)
+		if !httpapi.CanonicalPath(r.URL.Path) || httpapi.EncodedSeparator(r) {
+			httpapi.BadRequest(w)
 			return
 		}
-		if apierror.MuxPattern(mux, r) == "" {
-			apierror.NotFound(w)
+		if httpapi.MuxPattern(mux, r) == "" {
+			httpapi.NotFound(w)
 			return
 		}
 		mux.ServeHTTP(w, r) // fills in path values, unlike mux.Handler
@@ -71,11 +71,11 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // storeUnavailable answers a request that needs the state store while it
 // cannot be reached (cluster mode, etcd down past the cache grace).
 func storeUnavailable(w http.ResponseWriter) {
-	apierror.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "service unavailable")
+	httpapi.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "service unavailable")
 }
 
 func unauthorized(w http.ResponseWriter) {
-	apierror.Write(w, http.StatusUnauthorized, api.CodeUnauthorized, "unauthorized")
+	httpapi.Write(w, http.StatusUnauthorized, api.CodeUnauthorized, "unauthorized")
 }
 
 // authenticate verifies the request's machine token for feature (and app,
@@ -91,7 +91,7 @@ func (s *Issuer) authenticateAud(w http.ResponseWriter, r *http.Request, feature
 	remote := remoteAddr(r)
 	fail := func(reason error) (*store.Machine, *machinetoken.Verified, bool) {
 		s.authFailed.Add(1)
-		s.log.Warn("machine token refused", "remote", remote.String(), "path", truncate(r.URL.Path, 128), "reason", reason.Error())
+		s.log.Warn("machine token refused", "remote", remote.String(), "path", httpapi.Truncate(r.URL.Path, httpapi.MaxLoggedPath), "reason", reason.Error())
 		unauthorized(w)
 		return nil, nil, false
 	}
@@ -125,7 +125,7 @@ func (s *Issuer) authenticateAud(w http.ResponseWriter, r *http.Request, feature
 		// Not the caller's fault: the state store is out of reach past its
 		// cache grace. 503 tells agents to keep their cached answers.
 		s.log.Error("machine lookup: state store unavailable", "machine_id", ver.MachineID, "err", err)
-		apierror.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "service unavailable")
+		httpapi.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "service unavailable")
 		return nil, nil, false
 	}
 	if err != nil {
@@ -201,7 +201,7 @@ func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
 	}
 	if reqErr != nil {
 		s.log.Info("bad token request", "machine_id", m.ID, "err", reqErr)
-		apierror.BadRequest(w)
+		httpapi.BadRequest(w)
 		return
 	}
 	cfg := s.cfg()
@@ -219,7 +219,7 @@ func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		s.log.Info("bad token request", "machine_id", m.ID, "err", err)
-		apierror.BadRequest(w)
+		httpapi.BadRequest(w)
 		return
 	}
 	if err := s.ensureOrgKeys(r.Context(), m.Org); err != nil {
@@ -228,7 +228,7 @@ func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
 			storeUnavailable(w)
 			return
 		}
-		apierror.Internal(w)
+		httpapi.Internal(w)
 		return
 	}
 	now := s.now()
@@ -241,13 +241,13 @@ func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		s.log.Error("no signing key", "org", m.Org, "err", err)
-		apierror.Internal(w)
+		httpapi.Internal(w)
 		return
 	}
 	sub, err := oidc.Subject(m.Org, m.App, m.Name)
 	if err != nil {
 		s.log.Error("subject", "machine_id", m.ID, "err", err)
-		apierror.Internal(w)
+		httpapi.Internal(w)
 		return
 	}
 	// A JWT never outlives the machine token that bought it: a copy
@@ -271,7 +271,7 @@ func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
 	tok, err := oidc.Sign(key, claims)
 	if err != nil {
 		s.log.Error("sign", "org", m.Org, "err", err)
-		apierror.Internal(w)
+		httpapi.Internal(w)
 		return
 	}
 	s.tokensIssued.Add(1)
@@ -325,7 +325,7 @@ func (s *Issuer) handleSelf(w http.ResponseWriter, r *http.Request) {
 	if t := q.Get("timeout"); t != "" {
 		d, err := time.ParseDuration(t)
 		if err != nil || d < api.MinWait || d > api.MaxWait {
-			apierror.BadRequest(w)
+			httpapi.BadRequest(w)
 			return
 		}
 		wait = d
@@ -380,7 +380,7 @@ func (s *Issuer) handleGateway(w http.ResponseWriter, r *http.Request) {
 	cfg := s.cfg()
 	gw, fwd := cfg.Gateway, cfg.GatewayHeaders()
 	if gw.Upstream == "" {
-		apierror.NotFound(w)
+		httpapi.NotFound(w)
 		return
 	}
 	m, ver, ok := s.authenticate(w, r, machinetoken.FeatureProxy, r.PathValue("app"))
@@ -389,7 +389,7 @@ func (s *Issuer) handleGateway(w http.ResponseWriter, r *http.Request) {
 	}
 	up, err := url.Parse(gw.Upstream)
 	if err != nil {
-		apierror.Internal(w)
+		httpapi.Internal(w)
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), gw.Timeout.Duration)
@@ -412,18 +412,11 @@ func (s *Issuer) handleGateway(w http.ResponseWriter, r *http.Request) {
 			s.log.Warn("gateway upstream error", "machine_id", m.ID, "token_id", ver.TokenID, "err", err)
 			var ne net.Error
 			if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
-				apierror.Write(w, http.StatusGatewayTimeout, api.CodeUpstreamTimeout, "upstream timeout")
+				httpapi.Write(w, http.StatusGatewayTimeout, api.CodeUpstreamTimeout, "upstream timeout")
 				return
 			}
-			apierror.Write(w, http.StatusBadGateway, api.CodeBadGateway, "bad gateway")
+			httpapi.Write(w, http.StatusBadGateway, api.CodeBadGateway, "bad gateway")
 		},
 	}
 	rp.ServeHTTP(w, r.WithContext(ctx))
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "…"
-	}
-	return s
 }

@@ -1,4 +1,4 @@
-package apierror
+package httpapi
 
 import (
 	"net/http"
