@@ -290,7 +290,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	lim := cfg.HTTP.Limits()
 	a.admin = admin.New(a, func() admin.Auth { return a.rt.Load().adminAuth }, a.selfUID, a.log.With("socket", "admin"))
 	// Admin bodies are read only once the caller is authorized.
-	a.admin.LimitBodies(a.bodyLimits, writeBodyError)
+	a.admin.LimitBodies(a.bodyLimits, httpapi.WriteBodyError)
 	apiSrv := unixsock.NewHTTPServer(a.apiHandler(), lim, a.log)
 	admSrv := unixsock.NewHTTPServer(a.admin, lim, a.log)
 

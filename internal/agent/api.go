@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"mime"
 	"net"
@@ -58,7 +59,7 @@ func (a *Agent) apiHandler() http.Handler {
 			a.deny(w, r, p, ok, d)
 			return
 		}
-		if !unixsock.ReadBody(w, r, a.bodyLimits(), writeBodyError) {
+		if !unixsock.ReadBody(w, r, a.bodyLimits(), httpapi.WriteBodyError) {
 			return
 		}
 		// Dispatch through the mux itself: only ServeMux.ServeHTTP fills in
@@ -116,17 +117,6 @@ func reservedPath(p string) bool {
 		}
 	}
 	return false
-}
-
-func writeBodyError(w http.ResponseWriter, r *http.Request, err error) {
-	switch {
-	case errors.Is(err, unixsock.ErrBodyTooLarge):
-		httpapi.Write(w, http.StatusRequestEntityTooLarge, api.CodeBodyTooLarge, "request body too large")
-	case errors.Is(err, unixsock.ErrBodyTimeout):
-		httpapi.Write(w, http.StatusRequestTimeout, api.CodeRequestTimeout, "request timeout")
-	default:
-		httpapi.BadRequest(w)
-	}
 }
 
 // rateLimited applies the per-uid token bucket; when it refuses, it answers
@@ -351,8 +341,7 @@ func (a *Agent) handleProxy(w http.ResponseWriter, r *http.Request, rt *runtime,
 	}
 	tok, err := a.token.restrictScope(time.Now(), attenuatedTTL, scope)
 	if err != nil {
-		a.log.Error("attenuate machine token", "err", err)
-		httpapi.Internal(w)
+		httpapi.WriteError(w, r, a.log, httpapi.InternalError(fmt.Errorf("attenuate machine token: %w", err)))
 		return
 	}
 	start := time.Now()

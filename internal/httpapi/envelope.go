@@ -1,10 +1,12 @@
 package httpapi
 
 import (
+	"errors"
 	"net/http"
 	"strconv"
 
 	"github.com/wicket-sh/wicket/api"
+	"github.com/wicket-sh/wicket/internal/unixsock"
 )
 
 // Write sends {"error":msg,"code":code} (an api.ErrorReply) with status.
@@ -40,4 +42,18 @@ func BadRequest(w http.ResponseWriter) {
 // Internal answers 500.
 func Internal(w http.ResponseWriter) {
 	Write(w, http.StatusInternalServerError, api.CodeInternal, "internal error")
+}
+
+// WriteBodyError answers a request whose body unixsock.ReadBody refused:
+// 413 body_too_large, 408 request_timeout, or 400 for a body that could
+// not be read. Pass it as ReadBody's onError.
+func WriteBodyError(w http.ResponseWriter, _ *http.Request, err error) {
+	switch {
+	case errors.Is(err, unixsock.ErrBodyTooLarge):
+		Write(w, http.StatusRequestEntityTooLarge, api.CodeBodyTooLarge, "request body too large")
+	case errors.Is(err, unixsock.ErrBodyTimeout):
+		Write(w, http.StatusRequestTimeout, api.CodeRequestTimeout, "request timeout")
+	default:
+		BadRequest(w)
+	}
 }

@@ -224,27 +224,30 @@ func (s *Issuer) RevokeToken(ctx context.Context, tokenID, reason string) error 
 	return s.refreshKeys(ctx)
 }
 
+// adminError is what an admin command's caller is told of err.
+func adminError(err error) *httpapi.Error {
+	var ve validationError
+	switch {
+	case errors.As(err, &ve):
+		// Its text names the field, never the value (validationError).
+		return httpapi.NewError(http.StatusBadRequest, api.CodeBadRequest, ve.msg, err)
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, errUnknownOrg):
+		return httpapi.NotFoundError(nil)
+	case errors.Is(err, store.ErrConflict):
+		return httpapi.NewError(http.StatusConflict, api.CodeConflict, "version conflict", nil)
+	case unavailable(err):
+		// Retrying later helps, unlike a 500; which members failed and
+		// why is for the log, not the caller.
+		return httpapi.UnavailableError("state store unavailable", err)
+	}
+	return httpapi.InternalError(err)
+}
+
 // registerAdmin adds the issuer's commands to its admin socket.
 func (s *Issuer) registerAdmin(a *admin.Server) {
 	fail := func(w http.ResponseWriter, r *http.Request, err error) {
-		var ve validationError
-		switch {
-		case errors.As(err, &ve):
-			admin.LogFrom(r.Context()).Info("admin request invalid", "err", err)
-			httpapi.Write(w, http.StatusBadRequest, api.CodeBadRequest, ve.msg)
-		case errors.Is(err, store.ErrNotFound), errors.Is(err, errUnknownOrg):
-			httpapi.NotFound(w)
-		case errors.Is(err, store.ErrConflict):
-			httpapi.Write(w, http.StatusConflict, api.CodeConflict, "version conflict")
-		case unavailable(err):
-			// Retrying later helps, unlike a 500; which members failed
-			// and why is for the log, not the caller.
-			admin.LogFrom(r.Context()).Error("admin request failed: state store unavailable", "err", err)
-			httpapi.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "state store unavailable")
-		default:
-			admin.LogFrom(r.Context()).Error("admin request failed", "err", err)
-			httpapi.Internal(w)
-		}
+		// The request's audit logger already names the peer and command.
+		httpapi.WriteError(w, r, admin.LogFrom(r.Context()), adminError(err))
 	}
 	a.Handle("POST /v1/machines", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var spec api.MachineSpec

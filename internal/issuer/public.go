@@ -31,8 +31,10 @@ func (s *Issuer) publicHandler() http.Handler {
 	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, api.HealthReply{Status: api.HealthOK})
 	})
-	mux.HandleFunc("POST /v1/tokens/oidc", s.handleOIDCToken)
-	mux.HandleFunc("GET /v1/machines/self", s.handleSelf)
+	// Their failures go through httpapi.WriteError: logged with the
+	// caller's address, answered with the generic envelope only.
+	mux.Handle("POST /v1/tokens/oidc", httpapi.Handle(s.log, s.handleOIDCToken))
+	mux.Handle("GET /v1/machines/self", httpapi.Handle(s.log, s.handleSelf))
 	mux.Handle("/v1/apps/{app}/", http.HandlerFunc(s.handleGateway))
 	disco := &oidc.Handler{
 		PublicURL: s.PublicURL(),
@@ -68,10 +70,11 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
-// storeUnavailable answers a request that needs the state store while it
-// cannot be reached (cluster mode, etcd down past the cache grace).
-func storeUnavailable(w http.ResponseWriter) {
-	httpapi.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "service unavailable")
+// storeUnavailable is the answer to a request that needs the state store
+// while it cannot be reached (cluster mode, etcd down past the cache
+// grace): not the caller's fault, and retrying later helps.
+func storeUnavailable(cause error) *httpapi.Error {
+	return httpapi.UnavailableError("service unavailable", cause)
 }
 
 func unauthorized(w http.ResponseWriter) {
@@ -124,8 +127,7 @@ func (s *Issuer) authenticateAud(w http.ResponseWriter, r *http.Request, feature
 	if unavailable(err) {
 		// Not the caller's fault: the state store is out of reach past its
 		// cache grace. 503 tells agents to keep their cached answers.
-		s.log.Error("machine lookup: state store unavailable", "machine_id", ver.MachineID, "err", err)
-		httpapi.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "service unavailable")
+		httpapi.WriteError(w, r, s.log, storeUnavailable(fmt.Errorf("machine %s lookup: %w", ver.MachineID, err)))
 		return nil, nil, false
 	}
 	if err != nil {
@@ -177,7 +179,7 @@ func parseAud(raw json.RawMessage) ([]string, error) {
 	return many, nil
 }
 
-func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
+func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) error {
 	// The body is read before the token is checked because the audience it
 	// asks for is part of the check (a copy may be bound to one); a bad
 	// body is still answered only once the token passes.
@@ -197,12 +199,10 @@ func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
 	}
 	m, ver, ok := s.authenticateAud(w, r, machinetoken.FeatureOIDC, "", aud)
 	if !ok {
-		return
+		return nil // answered
 	}
 	if reqErr != nil {
-		s.log.Info("bad token request", "machine_id", m.ID, "err", reqErr)
-		httpapi.BadRequest(w)
-		return
+		return httpapi.BadRequestError(fmt.Errorf("token request of machine %s: %w", m.ID, reqErr))
 	}
 	cfg := s.cfg()
 	issuer := oidc.IssuerURL(cfg.Server.PublicURL, m.Org)
@@ -218,18 +218,14 @@ func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if err != nil {
-		s.log.Info("bad token request", "machine_id", m.ID, "err", err)
-		httpapi.BadRequest(w)
-		return
+		return httpapi.BadRequestError(fmt.Errorf("token request of machine %s: %w", m.ID, err))
 	}
 	if err := s.ensureOrgKeys(r.Context(), m.Org); err != nil {
-		s.log.Error("org keys", "org", m.Org, "err", err)
+		err = fmt.Errorf("org %s keys: %w", m.Org, err)
 		if unavailable(err) {
-			storeUnavailable(w)
-			return
+			return storeUnavailable(err)
 		}
-		httpapi.Internal(w)
-		return
+		return httpapi.InternalError(err)
 	}
 	now := s.now()
 	set := s.keys.Load().oidcSets[m.Org]
@@ -240,15 +236,11 @@ func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
 		key, err = set.Signer(otherAlg(oidc.Alg(cfg.OIDC.Alg)), now)
 	}
 	if err != nil {
-		s.log.Error("no signing key", "org", m.Org, "err", err)
-		httpapi.Internal(w)
-		return
+		return httpapi.InternalError(fmt.Errorf("no signing key for org %s: %w", m.Org, err))
 	}
 	sub, err := oidc.Subject(m.Org, m.App, m.Name)
 	if err != nil {
-		s.log.Error("subject", "machine_id", m.ID, "err", err)
-		httpapi.Internal(w)
-		return
+		return httpapi.InternalError(fmt.Errorf("subject of machine %s: %w", m.ID, err))
 	}
 	// A JWT never outlives the machine token that bought it: a copy
 	// captured on its way here buys at most what is left of the copy.
@@ -258,9 +250,9 @@ func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
 	}
 	if !exp.After(now) {
 		s.authFailed.Add(1)
-		s.log.Warn("machine token refused", "remote", remoteAddr(r).String(), "path", r.URL.Path, "reason", "token ends now", "token_id", ver.TokenID)
+		s.log.Warn("machine token refused", "remote", remoteAddr(r).String(), "path", httpapi.Truncate(r.URL.Path, httpapi.MaxLoggedPath), "reason", "token ends now", "token_id", ver.TokenID)
 		unauthorized(w)
-		return
+		return nil
 	}
 	claims := oidc.Claims{
 		Issuer: issuer, Subject: sub, Audience: aud,
@@ -270,15 +262,14 @@ func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
 	}
 	tok, err := oidc.Sign(key, claims)
 	if err != nil {
-		s.log.Error("sign", "org", m.Org, "err", err)
-		httpapi.Internal(w)
-		return
+		return httpapi.InternalError(fmt.Errorf("sign for org %s: %w", m.Org, err))
 	}
 	s.tokensIssued.Add(1)
 	s.log.Info("oidc token issued", "machine_id", m.ID, "org", m.Org, "app", m.App, "aud", strings.Join(aud, ","),
 		"kid", key.ID, "jti", claims.ID, "token_id", ver.TokenID, "expires_at", claims.Expiry.UTC().Format(time.RFC3339),
 		"capped_at_token_end", capped)
 	writeJSON(w, http.StatusOK, api.TokenReply{Token: tok, ExpiresAt: claims.Expiry.UTC().Truncate(time.Second)})
+	return nil
 }
 
 func otherAlg(a oidc.Alg) oidc.Alg {
@@ -310,29 +301,28 @@ func encodeMetadata(m *store.Machine) ([]byte, string) {
 	return b, `"` + hex.EncodeToString(sum[:12]) + `"`
 }
 
-func (s *Issuer) handleSelf(w http.ResponseWriter, r *http.Request) {
+func (s *Issuer) handleSelf(w http.ResponseWriter, r *http.Request) error {
 	m, _, ok := s.authenticate(w, r, machinetoken.FeatureMetadata, "")
 	if !ok {
-		return
+		return nil // answered
 	}
 	q := r.URL.Query()
 	body, etag := encodeMetadata(m)
 	if q.Get("wait") != "true" {
 		writeMetadata(w, body, etag)
-		return
+		return nil
 	}
 	wait := api.DefaultWait
 	if t := q.Get("timeout"); t != "" {
 		d, err := time.ParseDuration(t)
 		if err != nil || d < api.MinWait || d > api.MaxWait {
-			httpapi.BadRequest(w)
-			return
+			return httpapi.BadRequestError(nil)
 		}
 		wait = d
 	}
 	if want := q.Get("etag"); want != etag {
 		writeMetadata(w, body, etag)
-		return
+		return nil
 	}
 	s.longPolls.Add(1)
 	defer s.longPolls.Add(-1)
@@ -340,30 +330,29 @@ func (s *Issuer) handleSelf(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	events, err := s.store.WatchMachine(ctx, m.ID)
 	if unavailable(err) {
-		s.log.Error("long poll", "machine_id", m.ID, "err", err)
-		storeUnavailable(w)
-		return
+		return storeUnavailable(fmt.Errorf("long poll of machine %s: %w", m.ID, err))
 	}
 	if err != nil {
 		unauthorized(w) // removed in the meantime
-		return
+		return nil
 	}
 	for ev := range events {
 		if ev.Machine == nil {
 			s.log.Info("machine removed during long poll", "machine_id", m.ID)
 			unauthorized(w)
-			return
+			return nil
 		}
 		b, e := encodeMetadata(ev.Machine)
 		if e != etag {
 			writeMetadata(w, b, e)
-			return
+			return nil
 		}
 	}
 	if r.Context().Err() != nil {
-		return // caller went away
+		return nil // caller went away
 	}
 	writeMetadata(w, body, etag)
+	return nil
 }
 
 func writeMetadata(w http.ResponseWriter, body []byte, etag string) {
@@ -389,7 +378,7 @@ func (s *Issuer) handleGateway(w http.ResponseWriter, r *http.Request) {
 	}
 	up, err := url.Parse(gw.Upstream)
 	if err != nil {
-		httpapi.Internal(w)
+		httpapi.WriteError(w, r, s.log, httpapi.InternalError(fmt.Errorf("gateway upstream: %w", err)))
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), gw.Timeout.Duration)
