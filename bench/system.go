@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/issuer"
 	"github.com/wicket-sh/wicket/internal/oidc"
@@ -130,7 +131,7 @@ level = "info"
 	s.agent = exec.Command(bin, "agent", "--config", cfg)
 	// The token reaches the agent through its environment, which the agent
 	// scrubs right after reading.
-	s.agent.Env = append(os.Environ(), "WICKET_MACHINE_TOKEN="+added.Token.Token)
+	s.agent.Env = append(os.Environ(), api.MachineTokenEnv+"="+added.Token.Token)
 	// The production default log level, written to a file as a service
 	// manager would: the audit lines are part of what is measured.
 	agentLog, err := os.Create(filepath.Join(work, "agent.log"))
@@ -199,7 +200,7 @@ func measureMinting(ctx context.Context, o options) ([]comparison, error) {
 		}
 		s, cancel := r.Issuer, func() { r.Stop() }
 		done := r.Done()
-		m, err := s.EnsureMachine(ctx, issuer.MachineSpec{Org: "dev", App: "dev-app", Name: "mint", Region: "local"})
+		m, err := s.EnsureMachine(ctx, api.MachineSpec{Org: "dev", App: "dev-app", Name: "mint", Region: "local"})
 		if err != nil {
 			cancel()
 			return nil, err
@@ -221,7 +222,7 @@ func measureMinting(ctx context.Context, o options) ([]comparison, error) {
 		endpoint := func() error {
 			req, _ := http.NewRequest("POST", "/v1/tokens/oidc", strings.NewReader(`{"aud":"bench"}`))
 			req.RemoteAddr = "127.0.0.1:1"
-			req.Header.Set("Authorization", "FlyV1 "+tok.Token)
+			req.Header.Set("Authorization", api.AuthScheme+" "+tok.Token)
 			w := &nullWriter{h: http.Header{}}
 			h.ServeHTTP(w, req)
 			if w.status != 0 && w.status != 200 {

@@ -5,7 +5,8 @@
 //	c := client.New("") // $WICKET_SOCKET or /run/wicket/api.sock
 //	tok, exp, err := c.OIDCToken(ctx, "sts.amazonaws.com")
 //
-// Errors from the agent are *Error values carrying its stable code.
+// Errors from the agent are *Error values carrying its stable code, one of
+// the api.Code constants. The bodies are the types of package api.
 package client
 
 import (
@@ -21,30 +22,8 @@ import (
 	"os"
 	"strings"
 	"time"
-)
 
-// DefaultSocket is the agent's API socket when neither New's argument nor
-// $WICKET_SOCKET names one.
-const DefaultSocket = "/run/wicket/api.sock"
-
-// SocketEnv names the environment variable holding the socket path.
-const SocketEnv = "WICKET_SOCKET"
-
-// Stable error codes the agent answers with (see Error.Code).
-const (
-	CodeBadRequest          = "bad_request"
-	CodeForbidden           = "forbidden"
-	CodeNotFound            = "not_found"
-	CodeRateLimited         = "rate_limited"
-	CodeUpstreamUnavailable = "upstream_unavailable"
-	CodeUpstreamTimeout     = "upstream_timeout"
-	CodeBadGateway          = "bad_gateway"
-)
-
-// Long-poll bounds the agent accepts.
-const (
-	MinWatchTimeout = time.Second
-	MaxWatchTimeout = 120 * time.Second
+	"github.com/wicket-sh/wicket/api"
 )
 
 // maxReply bounds a reply read from the agent.
@@ -53,7 +32,7 @@ const maxReply = 1 << 20
 // Error is an error reply from the agent.
 type Error struct {
 	Status  int    // HTTP status
-	Code    string // stable code, e.g. "not_found"; "" if the reply had none
+	Code    string // stable code (api.CodeNotFound, ...); "" if the reply had none
 	Message string // the agent's generic message
 	// RetryAfter is the agent's Retry-After on a 429 (zero otherwise).
 	RetryAfter time.Duration
@@ -70,19 +49,6 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("wicket agent: %s (%s, HTTP %d)", msg, e.Code, e.Status)
 }
 
-// Metadata is the machine's identity as the agent reports it.
-type Metadata struct {
-	MachineID   string            `json:"machine_id"`
-	MachineName string            `json:"machine_name"`
-	App         string            `json:"app"`
-	Org         string            `json:"org"`
-	Region      string            `json:"region"`
-	Image       string            `json:"image"`
-	ImageDigest string            `json:"image_digest"`
-	PrivateIP   string            `json:"private_ip"`
-	Tags        map[string]string `json:"tags"`
-}
-
 // Client is a guest API client. It is safe for concurrent use.
 type Client struct {
 	socket string
@@ -92,14 +58,14 @@ type Client struct {
 	Timeout time.Duration
 }
 
-// New returns a client for the agent at socketPath; "" means $WICKET_SOCKET,
-// or DefaultSocket when that is unset.
+// New returns a client for the agent at socketPath; "" means $WICKET_SOCKET
+// (api.SocketEnv), or api.DefaultAPISocket when that is unset.
 func New(socketPath string) *Client {
 	if socketPath == "" {
-		socketPath = os.Getenv(SocketEnv)
+		socketPath = os.Getenv(api.SocketEnv)
 	}
 	if socketPath == "" {
-		socketPath = DefaultSocket
+		socketPath = api.DefaultAPISocket
 	}
 	return &Client{
 		socket:  socketPath,
@@ -165,10 +131,7 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte, hdr m
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		e := &Error{Status: resp.StatusCode}
-		var body struct {
-			Error string `json:"error"`
-			Code  string `json:"code"`
-		}
+		var body api.ErrorReply
 		if json.Unmarshal(data, &body) == nil {
 			e.Code, e.Message = body.Code, body.Error
 		}
@@ -184,30 +147,30 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte, hdr m
 }
 
 // Metadata returns the machine's metadata and its ETag.
-func (c *Client) Metadata(ctx context.Context) (Metadata, string, error) {
+func (c *Client) Metadata(ctx context.Context) (api.Metadata, string, error) {
 	return c.metadata(ctx, "/v1/metadata", c.Timeout)
 }
 
 // Watch waits until the metadata's ETag differs from etag, or timeout
-// (1s..120s) passes, and returns the metadata then current with its ETag.
+// (api.MinWait..api.MaxWait, 1s..120s) passes, and returns the metadata then current with its ETag.
 // An empty etag returns at once. Call it in a loop, passing the ETag it
 // returned, to follow changes.
-func (c *Client) Watch(ctx context.Context, etag string, timeout time.Duration) (Metadata, string, error) {
-	if timeout < MinWatchTimeout || timeout > MaxWatchTimeout {
-		return Metadata{}, "", fmt.Errorf("wicket: watch timeout %v outside %v..%v", timeout, MinWatchTimeout, MaxWatchTimeout)
+func (c *Client) Watch(ctx context.Context, etag string, timeout time.Duration) (api.Metadata, string, error) {
+	if timeout < api.MinWait || timeout > api.MaxWait {
+		return api.Metadata{}, "", fmt.Errorf("wicket: watch timeout %v outside %v..%v", timeout, api.MinWait, api.MaxWait)
 	}
 	q := url.Values{"wait": {"true"}, "etag": {etag}, "timeout": {timeout.String()}}
 	return c.metadata(ctx, "/v1/metadata?"+q.Encode(), timeout+10*time.Second)
 }
 
-func (c *Client) metadata(ctx context.Context, path string, timeout time.Duration) (Metadata, string, error) {
+func (c *Client) metadata(ctx context.Context, path string, timeout time.Duration) (api.Metadata, string, error) {
 	data, h, err := c.do(ctx, http.MethodGet, path, nil, nil, timeout)
 	if err != nil {
-		return Metadata{}, "", err
+		return api.Metadata{}, "", err
 	}
-	var m Metadata
+	var m api.Metadata
 	if err := json.Unmarshal(data, &m); err != nil {
-		return Metadata{}, "", fmt.Errorf("wicket agent at %s: metadata is not JSON: %w", c.socket, err)
+		return api.Metadata{}, "", fmt.Errorf("wicket agent at %s: metadata is not JSON: %w", c.socket, err)
 	}
 	return m, h.Get("ETag"), nil
 }
@@ -239,17 +202,14 @@ func (c *Client) Get(ctx context.Context, key string) (string, error) {
 func (c *Client) OIDCToken(ctx context.Context, aud string) (string, time.Time, error) {
 	var body []byte
 	if aud != "" {
-		body, _ = json.Marshal(map[string]string{"aud": aud})
+		body, _ = json.Marshal(api.TokenRequest{Aud: &aud})
 	}
 	data, _, err := c.do(ctx, http.MethodPost, "/v1/tokens/oidc", body,
 		map[string]string{"Accept": "application/json", "Content-Type": "application/json"}, c.Timeout)
 	if err != nil {
 		return "", time.Time{}, err
 	}
-	var rep struct {
-		Token     string    `json:"token"`
-		ExpiresAt time.Time `json:"expires_at"`
-	}
+	var rep api.TokenReply
 	if err := json.Unmarshal(data, &rep); err != nil || rep.Token == "" {
 		return "", time.Time{}, fmt.Errorf("wicket agent at %s: unexpected token reply", c.socket)
 	}

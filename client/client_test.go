@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/client"
 	"github.com/wicket-sh/wicket/internal/agent"
 	"github.com/wicket-sh/wicket/internal/agent/agenttest"
@@ -74,7 +75,7 @@ func TestClient(t *testing.T) {
 	}
 	_, err = c.Get(ctx, "tags/absent")
 	var ce *client.Error
-	if !errors.As(err, &ce) || ce.Status != 404 || ce.Code != client.CodeNotFound {
+	if !errors.As(err, &ce) || ce.Status != 404 || ce.Code != api.CodeNotFound {
 		t.Errorf("Get absent: %v", err)
 	}
 	for _, bad := range []string{"", "a/b", "tags/", "tags/..", "../x", "tags/a/b"} {
@@ -109,7 +110,7 @@ func TestClient(t *testing.T) {
 		t.Errorf("default audience: %v", err)
 	}
 	_, _, err = c.OIDCToken(ctx, "bad audience")
-	if !errors.As(err, &ce) || ce.Status != 400 || ce.Code != client.CodeBadRequest || strings.Contains(err.Error(), "audience") {
+	if !errors.As(err, &ce) || ce.Status != 400 || ce.Code != api.CodeBadRequest || strings.Contains(err.Error(), "audience") {
 		t.Errorf("bad audience: %v", err)
 	}
 }
@@ -120,7 +121,7 @@ func TestClient_Errors(t *testing.T) {
 	c := client.New(sock)
 	_, _, err := c.OIDCToken(context.Background(), "never-cached")
 	var ce *client.Error
-	if !errors.As(err, &ce) || ce.Status != 503 || ce.Code != client.CodeUpstreamUnavailable {
+	if !errors.As(err, &ce) || ce.Status != 503 || ce.Code != api.CodeUpstreamUnavailable {
 		t.Errorf("issuer down: %v", err)
 	}
 	if !strings.Contains(err.Error(), "upstream_unavailable") {
@@ -135,11 +136,11 @@ func TestClient_Errors(t *testing.T) {
 }
 
 func TestClient_DefaultSocket(t *testing.T) {
-	t.Setenv(client.SocketEnv, "")
-	if got := client.New("").Socket(); got != client.DefaultSocket {
+	t.Setenv(api.SocketEnv, "")
+	if got := client.New("").Socket(); got != api.DefaultAPISocket {
 		t.Errorf("default socket = %q", got)
 	}
-	t.Setenv(client.SocketEnv, "/run/x/api.sock")
+	t.Setenv(api.SocketEnv, "/run/x/api.sock")
 	if got := client.New("").Socket(); got != "/run/x/api.sock" {
 		t.Errorf("socket from env = %q", got)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/client"
 )
 
@@ -14,7 +15,7 @@ func ExampleClient_OIDCToken() {
 	tok, exp, err := c.OIDCToken(context.Background(), "sts.amazonaws.com")
 	var ae *client.Error
 	switch {
-	case errors.As(err, &ae) && ae.Code == client.CodeUpstreamUnavailable:
+	case errors.As(err, &ae) && ae.Code == api.CodeUpstreamUnavailable:
 		fmt.Println("issuer unreachable and no cached token; retry later")
 	case err != nil:
 		fmt.Println(err)
@@ -28,7 +29,7 @@ func ExampleClient_Watch() {
 	ctx := context.Background()
 	_, etag, err := c.Metadata(ctx)
 	for err == nil {
-		var m client.Metadata
+		var m api.Metadata
 		m, etag, err = c.Watch(ctx, etag, time.Minute)
 		if err == nil {
 			fmt.Println("role:", m.Tags["role"])

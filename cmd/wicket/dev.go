@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/agent"
 	"github.com/wicket-sh/wicket/internal/cli"
 	"github.com/wicket-sh/wicket/internal/config"
@@ -23,7 +24,7 @@ import (
 )
 
 // The dev machine registered by `wicket dev`.
-var devMachine = issuer.MachineSpec{
+var devMachine = api.MachineSpec{
 	Org: "dev", App: "dev-app", Name: "dev-machine", Region: "local",
 	Image: "wicket/dev:latest", PrivateIP: "fdaa::2", Tags: map[string]string{"env": "dev"},
 }

@@ -14,11 +14,10 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/wicket-sh/wicket/internal/cli"
+	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/issuer"
 )
-
-const defaultIssuerAdmin = "/run/wicket/issuer-admin.sock"
 
 type issuerFlags struct {
 	config, stateDir, adminSocket, listen, publicURL, logLevel, logFormat string
@@ -114,7 +113,7 @@ func runIssuer(parent context.Context, f *issuerFlags) error {
 type adminFlags struct{ socket, tokenFile string }
 
 func (a *adminFlags) register(cmd *cobra.Command, def string) {
-	cmd.PersistentFlags().StringVar(&a.socket, "socket", cli.EnvOr("WICKET_ISSUER_SOCKET", def), "issuer admin socket ($WICKET_ISSUER_SOCKET)")
+	cmd.PersistentFlags().StringVar(&a.socket, "socket", cli.EnvOr(api.IssuerSocketEnv, def), "issuer admin socket ($WICKET_ISSUER_SOCKET)")
 	cmd.PersistentFlags().StringVar(&a.tokenFile, "token-file", "", "file holding the admin token (or $WICKET_ADMIN_TOKEN)")
 }
 
@@ -152,9 +151,9 @@ func parseTags(kvs []string) (map[string]string, error) {
 func newIssuerMachineCmd() *cobra.Command {
 	af := &adminFlags{}
 	cmd := &cobra.Command{Use: "machine", Short: "Manage registered machines"}
-	af.register(cmd, defaultIssuerAdmin)
+	af.register(cmd, api.DefaultIssuerAdminSocket)
 
-	var spec issuer.MachineSpec
+	var spec api.MachineSpec
 	var tags []string
 	add := &cobra.Command{
 		Use:   "add",
@@ -181,7 +180,7 @@ func newIssuerMachineCmd() *cobra.Command {
 	af2.StringArrayVar(&spec.SourceAddrs, "source-addr", nil, "CIDR the machine's token may be used from (repeatable)")
 	af2.StringVar(&spec.TokenTTL, "token-ttl", "", "machine token lifetime (default from config, 720h)")
 
-	var upd issuer.MachineUpdate
+	var upd api.MachineUpdate
 	var setTags, region, image, digest, privIP []string
 	update := &cobra.Command{
 		Use:   "update ID|ORG/APP/NAME",
@@ -230,7 +229,7 @@ func newIssuerMachineCmd() *cobra.Command {
 func newIssuerTokenCmd() *cobra.Command {
 	af := &adminFlags{}
 	cmd := &cobra.Command{Use: "token", Short: "Mint or revoke machine tokens"}
-	af.register(cmd, defaultIssuerAdmin)
+	af.register(cmd, api.DefaultIssuerAdminSocket)
 	var machine, ttl, reason string
 	mint := &cobra.Command{Use: "mint", Short: "Mint a new token for a machine (printed once)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -253,7 +252,7 @@ func newIssuerTokenCmd() *cobra.Command {
 func newIssuerKeysCmd() *cobra.Command {
 	af := &adminFlags{}
 	cmd := &cobra.Command{Use: "keys", Short: "List or rotate signing keys"}
-	af.register(cmd, defaultIssuerAdmin)
+	af.register(cmd, api.DefaultIssuerAdminSocket)
 	var kind, org, alg string
 	list := &cobra.Command{Use: "list", Short: "List keys (never private material)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return af.call(cmd, "GET", "/v1/keys", nil) }}

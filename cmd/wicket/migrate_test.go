@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/issuer"
 	"github.com/wicket-sh/wicket/internal/store/bolt"
@@ -35,7 +36,7 @@ func TestIssuerMigrateCLI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := s.AddMachine(ctx, issuer.MachineSpec{Org: "dev", App: "web", Name: "m1"}); err != nil {
+	if _, _, err := s.AddMachine(ctx, api.MachineSpec{Org: "dev", App: "web", Name: "m1"}); err != nil {
 		t.Fatal(err)
 	}
 	s.Store().Close()

@@ -17,7 +17,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/wicket-sh/wicket/internal/apierror"
+	"github.com/wicket-sh/wicket/api"
+	"github.com/wicket-sh/wicket/internal/httpapi"
 	"github.com/wicket-sh/wicket/internal/metrics"
 	"github.com/wicket-sh/wicket/internal/peer"
 	"github.com/wicket-sh/wicket/internal/unixsock"
@@ -30,20 +31,13 @@ type Auth struct {
 	Token []byte
 }
 
-// ReloadResult is the reply to a successful reload.
-type ReloadResult struct {
-	Status          string   `json:"status"`
-	Generation      uint64   `json:"generation"`
-	RestartRequired []string `json:"restart_required"`
-}
-
 // Service is what the admin socket administers.
 type Service interface {
 	// Status returns the service's status document (JSON-encodable).
 	Status() any
 	// Reload re-reads and applies the configuration. The error is for the
 	// log only; the caller gets a generic reply.
-	Reload(ctx context.Context) (ReloadResult, error)
+	Reload(ctx context.Context) (api.ReloadResult, error)
 	// Metrics returns the service's metric samples.
 	Metrics() []metrics.Sample
 }
@@ -76,7 +70,7 @@ func New(svc Service, auth func() Auth, selfUID uint32, logger *slog.Logger) *Se
 		}),
 	}
 	s.mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
-		WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		WriteJSON(w, http.StatusOK, api.HealthReply{Status: api.HealthOK})
 	})
 	s.mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		WriteJSON(w, http.StatusOK, s.svc.Status())
@@ -121,7 +115,7 @@ func (s *Server) reload(w http.ResponseWriter, r *http.Request) {
 		// The full reason (file path, parse error) is for the operator's
 		// log; the client only learns that it failed.
 		LogFrom(r.Context()).Error("reload failed", "err", err)
-		apierror.Write(w, http.StatusInternalServerError, apierror.CodeReloadFailed, "reload failed")
+		httpapi.Write(w, http.StatusInternalServerError, api.CodeReloadFailed, "reload failed")
 		return
 	}
 	if res.RestartRequired == nil {
@@ -137,7 +131,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	lw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 	// The request path is logged quoted and cut short: it is caller input.
 	logger := s.log.With("peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID,
-		"command", r.Method+" "+truncate(r.URL.Path, 128))
+		"command", r.Method+" "+httpapi.Truncate(r.URL.Path, httpapi.MaxLoggedPath))
 	r = r.WithContext(context.WithValue(r.Context(), logKey{}, logger))
 	outcome := "ok"
 	defer func() {
@@ -145,7 +139,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(outcome, "denied") {
 			// Logged in full once per uid and interval, then counted.
 			s.denials.Deny(r.Context(), p, strings.TrimPrefix(outcome, "denied_"), append([]any{"peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID,
-				"command", r.Method + " " + truncate(r.URL.Path, 128)}, args...)...)
+				"command", r.Method + " " + httpapi.Truncate(r.URL.Path, httpapi.MaxLoggedPath)}, args...)...)
 			return
 		}
 		logger.Info("admin request", args...)
@@ -165,21 +159,21 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.denied.Add(1)
 		// A refused caller keeps no connection slot.
 		unixsock.CloseAfterReply(lw)
-		apierror.Forbidden(lw)
+		httpapi.Forbidden(lw)
 		return
 	}
-	if !apierror.CanonicalPath(r.URL.Path) {
+	if !httpapi.CanonicalPath(r.URL.Path) {
 		outcome = "bad_path"
-		apierror.BadRequest(lw)
+		httpapi.BadRequest(lw)
 		return
 	}
-	if apierror.MuxPattern(s.mux, r) == "" {
+	if httpapi.MuxPattern(s.mux, r) == "" {
 		outcome = "unknown_command"
-		if allow := allowedMethods(s.mux, r); allow != "" {
-			apierror.MethodNotAllowed(lw, allow)
+		if allow := httpapi.AllowedMethods(s.mux, r, http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete); allow != "" {
+			httpapi.MethodNotAllowed(lw, allow)
 			return
 		}
-		apierror.NotFound(lw)
+		httpapi.NotFound(lw)
 		return
 	}
 	if s.bodyLimits != nil && !unixsock.ReadBody(lw, r, s.bodyLimits(), s.onBodyError) {
@@ -192,19 +186,6 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if lw.status >= 400 {
 		outcome = "error"
 	}
-}
-
-// allowedMethods lists the methods the path is registered under, for a 405.
-func allowedMethods(mux *http.ServeMux, r *http.Request) string {
-	var allow []string
-	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
-		r2 := r.Clone(r.Context())
-		r2.Method = m
-		if apierror.MuxPattern(mux, r2) != "" {
-			allow = append(allow, m)
-		}
-	}
-	return strings.Join(allow, ", ")
 }
 
 // tokenOK compares the presented bearer token with want in constant time
@@ -251,13 +232,6 @@ func ReadJSON(r *http.Request, v any) error {
 		return io.ErrUnexpectedEOF
 	}
 	return nil
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "…"
-	}
-	return s
 }
 
 type statusWriter struct {

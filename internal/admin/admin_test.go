@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/metrics"
 	"github.com/wicket-sh/wicket/internal/peer"
 	"github.com/wicket-sh/wicket/internal/unixsock"
@@ -19,11 +20,11 @@ import (
 type svc struct{ fail bool }
 
 func (s *svc) Status() any { return map[string]string{"service": "test"} }
-func (s *svc) Reload(context.Context) (ReloadResult, error) {
+func (s *svc) Reload(context.Context) (api.ReloadResult, error) {
 	if s.fail {
-		return ReloadResult{}, errors.New("config /etc/secret/path.toml: line 3: bad")
+		return api.ReloadResult{}, errors.New("config /etc/secret/path.toml: line 3: bad")
 	}
-	return ReloadResult{Status: "ok", Generation: 2}, nil
+	return api.ReloadResult{Status: "ok", Generation: 2}, nil
 }
 func (s *svc) Metrics() []metrics.Sample { return nil }
 

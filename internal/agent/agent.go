@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -16,8 +15,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/admin"
 	"github.com/wicket-sh/wicket/internal/config"
+	"github.com/wicket-sh/wicket/internal/httpapi"
 	"github.com/wicket-sh/wicket/internal/metrics"
 	"github.com/wicket-sh/wicket/internal/peer"
 	"github.com/wicket-sh/wicket/internal/proxy"
@@ -153,7 +154,7 @@ func (a *Agent) initUpstream(cfg *config.Agent, envTok MachineToken, envSet bool
 		sources = append(sources, "env")
 	}
 	if len(sources) > 1 {
-		return fmt.Errorf("machine token given more than once (%s): give exactly one of issuer.token_file, --token-fd or %s", strings.Join(sources, ", "), MachineTokenEnv)
+		return fmt.Errorf("machine token given more than once (%s): give exactly one of issuer.token_file, --token-fd or %s", strings.Join(sources, ", "), api.MachineTokenEnv)
 	}
 	switch {
 	case !a.opts.MachineToken.IsZero():
@@ -175,13 +176,13 @@ func (a *Agent) initUpstream(cfg *config.Agent, envTok MachineToken, envSet bool
 		return nil
 	}
 	if a.token.IsZero() {
-		return fmt.Errorf("issuer.url is set but no machine token was given (issuer.token_file, --token-fd or %s)", MachineTokenEnv)
+		return fmt.Errorf("issuer.url is set but no machine token was given (issuer.token_file, --token-fd or %s)", api.MachineTokenEnv)
 	}
 	u, err := proxy.ParseUpstream(cfg.Issuer.URL)
 	if err != nil {
 		return fmt.Errorf("issuer.url: %w", err)
 	}
-	if u.Scheme == "http" && !loopbackHost(u.Hostname()) {
+	if u.Scheme == "http" && !httpapi.LoopbackHost(u.Hostname()) {
 		a.log.Warn("issuer.url is plain http to a non-loopback host: attenuated machine tokens travel unencrypted", "issuer", u.Host)
 	}
 	a.issuerURL = u
@@ -191,14 +192,6 @@ func (a *Agent) initUpstream(cfg *config.Agent, envTok MachineToken, envSet bool
 		return tokenCacheConfig{refreshAt: c.Tokens.RefreshAt, maxAudiences: c.Tokens.MaxAudiences, timeout: c.Issuer.RequestTimeout.Duration}
 	})
 	return nil
-}
-
-func loopbackHost(h string) bool {
-	if h == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(h)
-	return ip != nil && ip.IsLoopback()
 }
 
 // load reads and validates the config and everything derived from it.
@@ -246,14 +239,14 @@ func (a *Agent) Ready() <-chan struct{} { return a.ready }
 // Reload re-reads the config file and swaps in the new dynamic settings if
 // the whole file is valid; otherwise the running config stays untouched.
 // Static fields that changed are reported, not applied.
-func (a *Agent) Reload(ctx context.Context) (admin.ReloadResult, error) {
+func (a *Agent) Reload(ctx context.Context) (api.ReloadResult, error) {
 	a.reloadMu.Lock()
 	defer a.reloadMu.Unlock()
 	old := a.rt.Load()
 	next, err := a.load()
 	if err != nil {
 		a.reloadsKO.Add(1)
-		return admin.ReloadResult{}, err
+		return api.ReloadResult{}, err
 	}
 	restart := config.RestartRequired(old.cfg, next.cfg)
 	if len(restart) > 0 {
@@ -267,7 +260,7 @@ func (a *Agent) Reload(ctx context.Context) (admin.ReloadResult, error) {
 	a.syncTokenFiles()
 	a.reloadsOK.Add(1)
 	a.log.Info("config reloaded", "generation", next.generation, "restart_required", restart)
-	return admin.ReloadResult{Status: "ok", Generation: next.generation, RestartRequired: restart}, nil
+	return api.ReloadResult{Status: "ok", Generation: next.generation, RestartRequired: restart}, nil
 }
 
 // Run opens the sockets and serves until ctx ends, then shuts down cleanly
@@ -297,7 +290,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	lim := cfg.HTTP.Limits()
 	a.admin = admin.New(a, func() admin.Auth { return a.rt.Load().adminAuth }, a.selfUID, a.log.With("socket", "admin"))
 	// Admin bodies are read only once the caller is authorized.
-	a.admin.LimitBodies(a.bodyLimits, writeBodyError)
+	a.admin.LimitBodies(a.bodyLimits, httpapi.WriteBodyError)
 	apiSrv := unixsock.NewHTTPServer(a.apiHandler(), lim, a.log)
 	admSrv := unixsock.NewHTTPServer(a.admin, lim, a.log)
 

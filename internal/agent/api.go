@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"mime"
 	"net"
@@ -13,8 +14,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/wicket-sh/wicket/internal/apierror"
+	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/config"
+	"github.com/wicket-sh/wicket/internal/httpapi"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/oidc"
 	"github.com/wicket-sh/wicket/internal/peer"
@@ -32,7 +34,7 @@ func (a *Agent) apiHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		w.Write([]byte("{\"status\":\"ok\"}\n"))
+		json.NewEncoder(w).Encode(api.HealthReply{Status: api.HealthOK})
 	})
 	mux.HandleFunc("GET /v1/metadata", a.handleMetadata)
 	mux.HandleFunc("GET /v1/metadata/{key}", a.handleMetadataKey)
@@ -41,11 +43,11 @@ func (a *Agent) apiHandler() http.Handler {
 
 	guard := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p, ok := unixsock.PeerFromContext(r.Context())
-		if !apierror.CanonicalPath(r.URL.Path) || apierror.EncodedSeparator(r) {
+		if !httpapi.CanonicalPath(r.URL.Path) || httpapi.EncodedSeparator(r) {
 			// Refused before the policy, so possibly to a caller it would
 			// deny: it keeps no connection either.
 			unixsock.CloseAfterReply(w)
-			apierror.BadRequest(w)
+			httpapi.BadRequest(w)
 			return
 		}
 		rt := a.rt.Load()
@@ -57,22 +59,22 @@ func (a *Agent) apiHandler() http.Handler {
 			a.deny(w, r, p, ok, d)
 			return
 		}
-		if !unixsock.ReadBody(w, r, a.bodyLimits(), writeBodyError) {
+		if !unixsock.ReadBody(w, r, a.bodyLimits(), httpapi.WriteBodyError) {
 			return
 		}
 		// Dispatch through the mux itself: only ServeMux.ServeHTTP fills in
 		// the request's path values.
-		if apierror.MuxPattern(mux, r) != "" {
+		if httpapi.MuxPattern(mux, r) != "" {
 			mux.ServeHTTP(w, r)
 			return
 		}
 		if reservedPath(r.URL.Path) {
 			// The guest API's own paths never reach the proxy.
-			if allow := allowedMethods(mux, r); allow != "" {
-				apierror.MethodNotAllowed(w, allow)
+			if allow := httpapi.AllowedMethods(mux, r, http.MethodGet, http.MethodPost); allow != "" {
+				httpapi.MethodNotAllowed(w, allow)
 				return
 			}
-			apierror.NotFound(w)
+			httpapi.NotFound(w)
 			return
 		}
 		a.handleProxy(w, r, rt, p)
@@ -94,7 +96,7 @@ func (a *Agent) deny(w http.ResponseWriter, r *http.Request, p unixsock.Peer, ha
 	}
 	// The path is caller input: log it quoted by slog, cut short.
 	args := []any{"peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID,
-		"method", r.Method, "route", truncate(r.URL.Path, 128), "outcome", "denied", "reason", reason}
+		"method", r.Method, "route", httpapi.Truncate(r.URL.Path, httpapi.MaxLoggedPath), "outcome", "denied", "reason", reason}
 	if d.Exe != "" {
 		args = append(args, "peer_exe", d.Exe)
 	}
@@ -105,7 +107,7 @@ func (a *Agent) deny(w http.ResponseWriter, r *http.Request, p unixsock.Peer, ha
 	}
 	a.denials.Deny(r.Context(), p, reason, args...)
 	unixsock.CloseAfterReply(w)
-	apierror.Forbidden(w)
+	httpapi.Forbidden(w)
 }
 
 func reservedPath(p string) bool {
@@ -117,37 +119,6 @@ func reservedPath(p string) bool {
 	return false
 }
 
-// allowedMethods lists the methods the path is registered under, for a 405.
-func allowedMethods(mux *http.ServeMux, r *http.Request) string {
-	var allow []string
-	for _, m := range []string{http.MethodGet, http.MethodPost} {
-		r2 := r.Clone(r.Context())
-		r2.Method = m
-		if apierror.MuxPattern(mux, r2) != "" {
-			allow = append(allow, m)
-		}
-	}
-	return strings.Join(allow, ", ")
-}
-
-func writeBodyError(w http.ResponseWriter, r *http.Request, err error) {
-	switch {
-	case errors.Is(err, unixsock.ErrBodyTooLarge):
-		apierror.Write(w, http.StatusRequestEntityTooLarge, apierror.CodeBodyTooLarge, "request body too large")
-	case errors.Is(err, unixsock.ErrBodyTimeout):
-		apierror.Write(w, http.StatusRequestTimeout, apierror.CodeRequestTimeout, "request timeout")
-	default:
-		apierror.BadRequest(w)
-	}
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "…"
-	}
-	return s
-}
-
 // rateLimited applies the per-uid token bucket; when it refuses, it answers
 // 429 with Retry-After and returns true.
 func (a *Agent) rateLimited(w http.ResponseWriter, rt *runtime, p unixsock.Peer) bool {
@@ -157,13 +128,8 @@ func (a *Agent) rateLimited(w http.ResponseWriter, rt *runtime, p unixsock.Peer)
 	}
 	a.rateLimitedN.Add(1)
 	w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(wait)))
-	apierror.Write(w, http.StatusTooManyRequests, apierror.CodeRateLimited, "rate limited")
+	httpapi.Write(w, http.StatusTooManyRequests, api.CodeRateLimited, "rate limited")
 	return true
-}
-
-// tokenRequest is the body of POST /v1/tokens/oidc.
-type tokenRequest struct {
-	Aud *string `json:"aud"`
 }
 
 // parseTokenRequest reads the optional body; ok is false if it is invalid.
@@ -183,7 +149,7 @@ func parseTokenRequest(r *http.Request) (aud string, ok bool) {
 	}
 	dec := json.NewDecoder(strings.NewReader(string(body)))
 	dec.DisallowUnknownFields()
-	var req tokenRequest
+	var req api.TokenRequest
 	if dec.Decode(&req) != nil || dec.More() {
 		return "", false
 	}
@@ -264,26 +230,26 @@ func (a *Agent) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
 	aud, ok := parseTokenRequest(r)
 	if !ok {
 		logIssue("bad_request", "", issued{}, nil)
-		apierror.BadRequest(w)
+		httpapi.BadRequest(w)
 		return
 	}
 	if a.tokens == nil {
 		logIssue("unavailable", aud, issued{}, errors.New("no issuer configured"))
-		apierror.Write(w, http.StatusServiceUnavailable, apierror.CodeUnavailable, "token unavailable")
+		httpapi.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "token unavailable")
 		return
 	}
 	tok, src, err := a.tokens.get(r.Context(), aud)
 	switch {
 	case errors.Is(err, errBadAudience):
 		logIssue("bad_request", aud, issued{}, err)
-		apierror.BadRequest(w)
+		httpapi.BadRequest(w)
 		return
 	case r.Context().Err() != nil:
 		logIssue("canceled", aud, issued{}, nil)
 		return
 	case err != nil:
 		logIssue("unavailable", aud, issued{}, err)
-		apierror.Write(w, http.StatusServiceUnavailable, apierror.CodeUnavailable, "token unavailable")
+		httpapi.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "token unavailable")
 		return
 	}
 	a.tokensServed.Add(1)
@@ -293,10 +259,8 @@ func (a *Agent) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Content-Type-Options", "nosniff")
 	if wantsJSON(r) {
 		h.Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(struct {
-			Token     string `json:"token"`
-			ExpiresAt string `json:"expires_at"`
-		}{tok.token, tok.expires.Format(time.RFC3339)})
+		// Whole seconds, as the JWT's exp.
+		json.NewEncoder(w).Encode(api.TokenReply{Token: tok.token, ExpiresAt: tok.expires.Truncate(time.Second)})
 		return
 	}
 	h.Set("Content-Type", "application/jwt")
@@ -307,7 +271,8 @@ func (a *Agent) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
 func (a *Agent) fetchToken(ctx context.Context, aud string) (issued, error) {
 	body := []byte("{}")
 	if aud != "" {
-		body, _ = json.Marshal(map[string]string{"aud": aud})
+		raw, _ := json.Marshal(aud)
+		body, _ = json.Marshal(api.IssuerTokenRequest{Aud: raw})
 	}
 	// The copy lives as long as the JWT should (the issuer never lets a
 	// JWT outlive it, so the cache stays useful) and is bound to aud: a
@@ -349,10 +314,10 @@ func (a *Agent) handleProxy(w http.ResponseWriter, r *http.Request, rt *runtime,
 		if snap == nil && rt.routes.UsesVars() {
 			// {self} and {app} are unknown until the first metadata
 			// fetch: the caller should retry, not conclude "no route".
-			apierror.Write(w, http.StatusServiceUnavailable, apierror.CodeUnavailable, "upstream unavailable")
+			httpapi.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "upstream unavailable")
 			return
 		}
-		apierror.NotFound(w)
+		httpapi.NotFound(w)
 		return
 	}
 	if a.rateLimited(w, rt, p) {
@@ -365,7 +330,7 @@ func (a *Agent) handleProxy(w http.ResponseWriter, r *http.Request, rt *runtime,
 		base = a.issuerURL
 	}
 	if base == nil || a.token.IsZero() {
-		apierror.Write(w, http.StatusServiceUnavailable, apierror.CodeUnavailable, "upstream unavailable")
+		httpapi.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "upstream unavailable")
 		return
 	}
 	scope := machinetoken.Scope{Features: route.Features()}
@@ -376,12 +341,11 @@ func (a *Agent) handleProxy(w http.ResponseWriter, r *http.Request, rt *runtime,
 	}
 	tok, err := a.token.restrictScope(time.Now(), attenuatedTTL, scope)
 	if err != nil {
-		a.log.Error("attenuate machine token", "err", err)
-		apierror.Internal(w)
+		httpapi.WriteError(w, r, a.log, httpapi.InternalError(fmt.Errorf("attenuate machine token: %w", err)))
 		return
 	}
 	start := time.Now()
-	res := a.forwarder.Forward(w, r, route, base, "FlyV1 "+tok)
+	res := a.forwarder.Forward(w, r, route, base, api.AuthScheme+" "+tok)
 	a.proxied.Add(1)
 	args := []any{"peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID, "method", r.Method,
 		"route", route.Name(), "upstream", base.Host, "status", res.Status, "outcome", string(res.Outcome),

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/config"
 )
 
@@ -17,7 +18,7 @@ const defaultAWSSessionName = "wicket"
 // files the agent keeps. It never includes the machine token or a token.
 func (a *Agent) WorkloadEnv() []string {
 	cfg := a.rt.Load().cfg
-	env := []string{"WICKET_SOCKET=" + cfg.API.Path}
+	env := []string{api.SocketEnv + "=" + cfg.API.Path}
 	if aw := cfg.AWS; aw.RoleARN != "" {
 		env = append(env,
 			"AWS_ROLE_ARN="+aw.RoleARN,

@@ -18,6 +18,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 
+	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/agent/agenttest"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/sockettest"
@@ -118,7 +119,7 @@ func TestMetadata(t *testing.T) {
 	is := agenttest.New(t)
 	g := startGuest(t, is, "")
 	r := g.waitMetadata(t)
-	var m agenttest.Machine
+	var m api.Metadata
 	if err := json.Unmarshal([]byte(r.Body), &m); err != nil {
 		t.Fatal(err)
 	}

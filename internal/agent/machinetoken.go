@@ -12,13 +12,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/safedir"
 )
-
-// MachineTokenEnv is the environment variable the agent takes the machine
-// token from when no other source is given. The agent unsets it at once.
-const MachineTokenEnv = "WICKET_MACHINE_TOKEN"
 
 // redacted is what every formatting of a MachineToken prints.
 const redacted = "[redacted]"
@@ -222,18 +219,18 @@ func MachineTokenFromFD(fd int) (MachineToken, error) {
 	return tok, nil
 }
 
-// takeEnvToken reads MachineTokenEnv and unsets it before anything else can
+// takeEnvToken reads api.MachineTokenEnv and unsets it before anything else can
 // run (a child started later must not inherit it). set reports whether it
 // was present.
 func takeEnvToken() (tok MachineToken, set bool, err error) {
-	v, set := os.LookupEnv(MachineTokenEnv)
+	v, set := os.LookupEnv(api.MachineTokenEnv)
 	if !set {
 		return MachineToken{}, false, nil
 	}
-	os.Unsetenv(MachineTokenEnv)
+	os.Unsetenv(api.MachineTokenEnv)
 	tok, err = ParseMachineToken(v)
 	if err != nil {
-		return MachineToken{}, true, fmt.Errorf("%s: %w", MachineTokenEnv, err)
+		return MachineToken{}, true, fmt.Errorf("%s: %w", api.MachineTokenEnv, err)
 	}
 	return tok, true, nil
 }

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/agent/agenttest"
 	"github.com/wicket-sh/wicket/internal/sockettest"
 )
@@ -122,10 +123,10 @@ func TestMachineTokenFromFD(t *testing.T) {
 func TestMachineTokenFromEnv(t *testing.T) {
 	is := agenttest.New(t)
 	tok := is.MachineToken(t)
-	t.Setenv(MachineTokenEnv, tok)
+	t.Setenv(api.MachineTokenEnv, tok)
 	g := &guest{is: is, token: tok}
 	g.harness = startAgentWith(t, baseCfg+fmt.Sprintf("[issuer]\nurl = %q\n", is.URL), Options{}, fastRetries)
-	if _, set := os.LookupEnv(MachineTokenEnv); set {
+	if _, set := os.LookupEnv(api.MachineTokenEnv); set {
 		t.Fatal("WICKET_MACHINE_TOKEN still set after New")
 	}
 	for _, kv := range os.Environ() {
@@ -183,7 +184,7 @@ func TestMachineTokenSources_Conflicts(t *testing.T) {
 				if tc.name == "malformed env" {
 					v = "fm2_bogusSECRETbytes"
 				}
-				t.Setenv(MachineTokenEnv, v)
+				t.Setenv(api.MachineTokenEnv, v)
 			}
 			opts := Options{ConfigPath: cfgPath}
 			if tc.opt {
@@ -196,7 +197,7 @@ func TestMachineTokenSources_Conflicts(t *testing.T) {
 			if strings.Contains(err.Error(), tok[4:24]) || strings.Contains(err.Error(), "SECRET") {
 				t.Errorf("error quotes the token: %v", err)
 			}
-			if _, set := os.LookupEnv(MachineTokenEnv); set {
+			if _, set := os.LookupEnv(api.MachineTokenEnv); set {
 				t.Error("env var left set after a failed New")
 			}
 		})
@@ -253,7 +254,7 @@ func TestLeak_MachineTokenNowhere(t *testing.T) {
 	}))
 	up := newUpstream(t)
 	tok := is.MachineToken(t)
-	t.Setenv(MachineTokenEnv, tok)
+	t.Setenv(api.MachineTokenEnv, tok)
 	cfg := baseCfg + fmt.Sprintf("[issuer]\nurl = %q\n", is.URL) + proxyCfg(up.srv.URL)
 	h := startAgentWith(t, cfg, Options{}, fastRetries)
 	g := &guest{harness: h, is: is, token: tok}

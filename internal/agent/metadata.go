@@ -15,16 +15,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/wicket-sh/wicket/internal/apierror"
+	"github.com/wicket-sh/wicket/api"
+	"github.com/wicket-sh/wicket/internal/httpapi"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/proxy"
-)
-
-// Long-poll bounds, the same as the issuer's.
-const (
-	defaultWait = 30 * time.Second
-	minWait     = time.Second
-	maxWait     = 120 * time.Second
 )
 
 // Watch timing defaults; tests shorten them.
@@ -234,7 +228,7 @@ type waitParams struct {
 
 // parseWait reads wait, etag and timeout; ok is false for bad values.
 func parseWait(q url.Values) (p waitParams, ok bool) {
-	p.timeout = defaultWait
+	p.timeout = api.DefaultWait
 	switch q.Get("wait") {
 	case "", "false":
 	case "true":
@@ -244,7 +238,7 @@ func parseWait(q url.Values) (p waitParams, ok bool) {
 	}
 	if t := q.Get("timeout"); t != "" {
 		d, err := time.ParseDuration(t)
-		if err != nil || d < minWait || d > maxWait {
+		if err != nil || d < api.MinWait || d > api.MaxWait {
 			return p, false
 		}
 		p.timeout = d
@@ -262,7 +256,7 @@ func parseWait(q url.Values) (p waitParams, ok bool) {
 func (a *Agent) snapshotFor(w http.ResponseWriter, r *http.Request) (*metaSnapshot, bool) {
 	p, ok := parseWait(r.URL.Query())
 	if !ok {
-		apierror.BadRequest(w)
+		httpapi.BadRequest(w)
 		return nil, false
 	}
 	snap := a.meta.cur.Load()
@@ -279,7 +273,7 @@ func (a *Agent) snapshotFor(w http.ResponseWriter, r *http.Request) (*metaSnapsh
 		snap = a.meta.cur.Load()
 	}
 	if snap == nil {
-		apierror.Write(w, http.StatusServiceUnavailable, apierror.CodeUnavailable, "metadata unavailable")
+		httpapi.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "metadata unavailable")
 		return nil, false
 	}
 	if !p.wait || !sameETag(snap.etag, p.etag) {
@@ -332,7 +326,7 @@ func (a *Agent) handleMetadataKey(w http.ResponseWriter, r *http.Request) {
 	}
 	v, found := s.fields[key]
 	if !found {
-		apierror.NotFound(w)
+		httpapi.NotFound(w)
 		return
 	}
 	writeSnapshotHeaders(w, s, "text/plain; charset=utf-8")
@@ -346,7 +340,7 @@ func (a *Agent) handleMetadataTag(w http.ResponseWriter, r *http.Request) {
 	}
 	v, found := s.tags[r.PathValue("name")]
 	if !found {
-		apierror.NotFound(w)
+		httpapi.NotFound(w)
 		return
 	}
 	writeSnapshotHeaders(w, s, "text/plain; charset=utf-8")

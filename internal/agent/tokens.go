@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/wicket-sh/wicket/api"
 )
 
 // errBadAudience is the issuer refusing the audience (400): the caller's
@@ -251,10 +253,7 @@ const maxJWTLen = 16 << 10
 
 // parseTokenReply checks the issuer's {"token","expires_at"} reply.
 func parseTokenReply(body []byte, now time.Time) (issued, error) {
-	var rep struct {
-		Token     string    `json:"token"`
-		ExpiresAt time.Time `json:"expires_at"`
-	}
+	var rep api.TokenReply
 	if err := json.Unmarshal(body, &rep); err != nil {
 		return issued{}, errors.New("token reply is not the expected JSON")
 	}

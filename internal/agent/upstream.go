@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/proxy"
 )
@@ -82,7 +83,7 @@ func (c *issuerClient) callScoped(ctx context.Context, method, path string, quer
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Authorization", "FlyV1 "+tok)
+	req.Header.Set("Authorization", api.AuthScheme+" "+tok)
 	req.Header.Set("Accept", "application/json")
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")

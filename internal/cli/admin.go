@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/wicket-sh/wicket/api"
 )
 
 // unixClient returns an HTTP client that always dials the socket at path.
@@ -33,7 +35,7 @@ func NewAdminCmd() *cobra.Command {
 		Use:   "admin",
 		Short: "Talk to a wicket admin socket (agent or issuer)",
 	}
-	cmd.PersistentFlags().StringVar(&socket, "socket", EnvOr("WICKET_ADMIN_SOCKET", "/run/wicket/admin.sock"), "admin socket path ($WICKET_ADMIN_SOCKET)")
+	cmd.PersistentFlags().StringVar(&socket, "socket", EnvOr(api.AdminSocketEnv, api.DefaultAdminSocket), "admin socket path ($WICKET_ADMIN_SOCKET)")
 	cmd.PersistentFlags().StringVar(&tokenFile, "token-file", "", "file holding the admin token (or set $WICKET_ADMIN_TOKEN)")
 	for _, c := range []struct{ name, method, path, short string }{
 		{"status", http.MethodGet, "/v1/status", "Print the service's status"},
@@ -96,7 +98,7 @@ func adminToken(file string) (string, error) {
 		}
 		return strings.TrimSpace(string(b)), nil
 	}
-	return strings.TrimSpace(os.Getenv("WICKET_ADMIN_TOKEN")), nil
+	return strings.TrimSpace(os.Getenv(api.AdminTokenEnv)), nil
 }
 
 func unwrapURLError(err error) error {

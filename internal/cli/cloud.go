@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/client"
 	"github.com/wicket-sh/wicket/internal/cloud/aws"
 	"github.com/wicket-sh/wicket/internal/cloud/gcp"
@@ -28,7 +29,7 @@ func CloudCommands() []*cobra.Command {
 }
 
 func socketFlag(cmd *cobra.Command, socket *string) {
-	cmd.Flags().StringVar(socket, "socket", "", "agent API socket (default $WICKET_SOCKET or "+client.DefaultSocket+")")
+	cmd.Flags().StringVar(socket, "socket", "", "agent API socket (default $WICKET_SOCKET or "+api.DefaultAPISocket+")")
 }
 
 func newAWSCmd() *cobra.Command {

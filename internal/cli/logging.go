@@ -9,7 +9,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/wicket-sh/wicket/internal/admin"
+	"github.com/wicket-sh/wicket/api"
 )
 
 // newLogger returns a logger whose level can be changed at run time.
@@ -27,7 +27,7 @@ func NewLogger(w io.Writer, format string) (*slog.Logger, *slog.LevelVar, error)
 
 // reloadOnHUP calls reload on every SIGHUP until ctx ends (S-reload: a
 // failed reload keeps the running config and is logged in full).
-func ReloadOnHUP(ctx context.Context, reload func(context.Context) (admin.ReloadResult, error), logger *slog.Logger) {
+func ReloadOnHUP(ctx context.Context, reload func(context.Context) (api.ReloadResult, error), logger *slog.Logger) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)

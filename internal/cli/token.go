@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/client"
 )
 
@@ -50,17 +51,14 @@ The token is printed alone on one line, ready for $(...) or a token file;
 				return tokenError(err)
 			}
 			if asJSON {
-				return json.NewEncoder(cmd.OutOrStdout()).Encode(struct {
-					Token     string `json:"token"`
-					ExpiresAt string `json:"expires_at"`
-				}{tok, exp.UTC().Format(time.RFC3339)})
+				return json.NewEncoder(cmd.OutOrStdout()).Encode(api.TokenReply{Token: tok, ExpiresAt: exp.UTC().Truncate(time.Second)})
 			}
 			_, err = fmt.Fprintln(cmd.OutOrStdout(), tok)
 			return err
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&socket, "socket", "", "agent API socket (default $WICKET_SOCKET or "+client.DefaultSocket+")")
+	fl.StringVar(&socket, "socket", "", "agent API socket (default $WICKET_SOCKET or "+api.DefaultAPISocket+")")
 	fl.StringVar(&aud, "aud", "", "audience; default: the issuer's default for this org")
 	fl.BoolVar(&asJSON, "json", false, `print {"token","expires_at"} as JSON`)
 	fl.DurationVar(&timeout, "timeout", 30*time.Second, "give up after this long")
@@ -74,13 +72,13 @@ func tokenError(err error) error {
 	if errors.As(err, &ce) {
 		hint := ""
 		switch ce.Code {
-		case client.CodeForbidden:
+		case api.CodeForbidden:
 			hint = "; the agent's policy does not allow this uid (or executable) to get tokens"
-		case client.CodeUpstreamUnavailable:
+		case api.CodeUpstreamUnavailable:
 			hint = "; the issuer is unreachable and no cached token is valid"
-		case client.CodeBadRequest:
+		case api.CodeBadRequest:
 			hint = "; check --aud (printable ASCII, no spaces, at most 256 bytes)"
-		case client.CodeRateLimited:
+		case api.CodeRateLimited:
 			if ce.RetryAfter > 0 {
 				hint = fmt.Sprintf("; retry in %v", ce.RetryAfter)
 			}

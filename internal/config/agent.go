@@ -17,6 +17,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/oidc"
 	"github.com/wicket-sh/wicket/internal/peer"
 	"github.com/wicket-sh/wicket/internal/proxy"
@@ -237,8 +238,8 @@ type Agent struct {
 // DefaultAgent returns the configuration used when no file is given.
 func DefaultAgent() *Agent {
 	return &Agent{
-		API:   Socket{Path: "/run/wicket/api.sock", Mode: 0o660, MaxConns: 1024},
-		Admin: Admin{Socket: Socket{Path: "/run/wicket/admin.sock", Mode: 0o600, MaxConns: 32}},
+		API:   Socket{Path: api.DefaultAPISocket, Mode: 0o660, MaxConns: 1024},
+		Admin: Admin{Socket: Socket{Path: api.DefaultAdminSocket, Mode: 0o600, MaxConns: 32}},
 		HTTP: HTTP{
 			ReadHeaderTimeout: Duration{5 * time.Second},
 			IdleTimeout:       Duration{60 * time.Second},

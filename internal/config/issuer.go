@@ -7,9 +7,10 @@ import (
 	"net/url"
 	"path/filepath"
 	"regexp"
-	"strings"
 	"time"
 
+	"github.com/wicket-sh/wicket/api"
+	"github.com/wicket-sh/wicket/internal/httpapi"
 	"github.com/wicket-sh/wicket/internal/proxy"
 	"github.com/wicket-sh/wicket/internal/unixsock"
 )
@@ -125,7 +126,7 @@ func (c *Issuer) GatewayHeaders() *proxy.HeaderAllowlist {
 func DefaultIssuer() *Issuer {
 	return &Issuer{
 		Server: IssuerServer{PublicURL: "http://127.0.0.1:8650", Listen: "127.0.0.1:8650"},
-		Admin:  Admin{Socket: Socket{Path: "/run/wicket/issuer-admin.sock", Mode: 0o600, MaxConns: 32}},
+		Admin:  Admin{Socket: Socket{Path: api.DefaultIssuerAdminSocket, Mode: 0o600, MaxConns: 32}},
 		State: State{
 			Backend: "bolt", Dir: "/var/lib/wicket",
 			Prefix: "/wicket/", DialTimeout: Duration{5 * time.Second}, RequestTimeout: Duration{5 * time.Second},
@@ -176,7 +177,7 @@ func (c *Issuer) Validate() error {
 		errs = append(errs, fmt.Errorf("server.listen %q: want host:port", c.Server.Listen))
 	} else if (c.Server.TLSCert == "") != (c.Server.TLSKey == "") {
 		errs = append(errs, errors.New("server: set both tls_cert and tls_key, or neither"))
-	} else if c.Server.TLSCert == "" && !isLoopback(host) && !c.Server.AllowPlaintext {
+	} else if c.Server.TLSCert == "" && !httpapi.LoopbackHost(host) && !c.Server.AllowPlaintext {
 		// Machine tokens travel on this listener: never in clear text over
 		// a real network unless the operator says TLS ends in front of it.
 		errs = append(errs, fmt.Errorf("server.listen %q is not loopback: configure tls_cert/tls_key or set allow_plaintext (TLS terminated in front)", c.Server.Listen))
@@ -267,7 +268,7 @@ func (s *State) validateEtcd() []error {
 		// Machine records and revocations travel on this connection (keys
 		// are sealed): not in clear text over a real network unless the
 		// operator says so.
-		if u.Scheme == "http" && !isLoopback(u.Hostname()) && !s.AllowPlaintext {
+		if u.Scheme == "http" && !httpapi.LoopbackHost(u.Hostname()) && !s.AllowPlaintext {
 			errs = append(errs, fmt.Errorf("state.endpoints %q is not loopback: use https (tls_ca, tls_cert, tls_key) or set state.allow_plaintext", e))
 		}
 	}
@@ -284,14 +285,6 @@ func (s *State) validateEtcd() []error {
 		errs = append(errs, errors.New("state.cache_grace must not be negative"))
 	}
 	return errs
-}
-
-func isLoopback(host string) bool {
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(strings.Trim(host, "[]"))
-	return ip != nil && ip.IsLoopback()
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)

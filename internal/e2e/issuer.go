@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/sockettest"
 	"io"
 	"log/slog"
@@ -93,7 +94,7 @@ func StartIssuerWith(t testing.TB, extra func(*config.Issuer)) *Issuer {
 // MachineToken registers a machine and returns its machine token.
 func (ti *Issuer) MachineToken(t testing.TB, org, app, name string) string {
 	t.Helper()
-	_, tok, err := ti.AddMachine(context.Background(), issuer.MachineSpec{
+	_, tok, err := ti.AddMachine(context.Background(), api.MachineSpec{
 		Name: name, Org: org, App: app, Region: "local", Image: "registry.test/app:1",
 	})
 	if err != nil {
@@ -115,7 +116,7 @@ func (ti *Issuer) OIDCSource(mt, aud string) TokenSource {
 		if err != nil {
 			return "", time.Time{}, err
 		}
-		req.Header.Set("Authorization", "FlyV1 "+mt)
+		req.Header.Set("Authorization", api.AuthScheme+" "+mt)
 		req.Header.Set("Content-Type", "application/json")
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -126,10 +127,7 @@ func (ti *Issuer) OIDCSource(mt, aud string) TokenSource {
 		if resp.StatusCode != http.StatusOK {
 			return "", time.Time{}, fmt.Errorf("issuer: %d %s", resp.StatusCode, strings.TrimSpace(string(b)))
 		}
-		var out struct {
-			Token     string    `json:"token"`
-			ExpiresAt time.Time `json:"expires_at"`
-		}
+		var out api.TokenReply
 		if err := json.Unmarshal(b, &out); err != nil {
 			return "", time.Time{}, fmt.Errorf("issuer reply: %w", err)
 		}

@@ -13,63 +13,22 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/admin"
-	"github.com/wicket-sh/wicket/internal/apierror"
 	"github.com/wicket-sh/wicket/internal/config"
+	"github.com/wicket-sh/wicket/internal/httpapi"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/oidc"
 	"github.com/wicket-sh/wicket/internal/store"
 )
 
-// MachineSpec is the body of POST /v1/machines on the admin socket.
-type MachineSpec struct {
-	Name        string            `json:"name"`
-	Org         string            `json:"org"`
-	App         string            `json:"app"`
-	Region      string            `json:"region"`
-	Image       string            `json:"image"`
-	ImageDigest string            `json:"image_digest"`
-	PrivateIP   string            `json:"private_ip"`
-	Tags        map[string]string `json:"tags"`
-	SourceAddrs []string          `json:"source_addrs"`
-	// TokenTTL is the machine token's lifetime ("720h"); empty = default.
-	TokenTTL string `json:"token_ttl"`
-}
-
-// MachineUpdate is the body of PATCH /v1/machines/{id}: nil fields are kept.
-type MachineUpdate struct {
-	Region        *string           `json:"region"`
-	Image         *string           `json:"image"`
-	ImageDigest   *string           `json:"image_digest"`
-	PrivateIP     *string           `json:"private_ip"`
-	SetTags       map[string]string `json:"set_tags"`
-	RemoveTags    []string          `json:"remove_tags"`
-	SourceAddrs   *[]string         `json:"source_addrs"`
-	ExpectVersion uint64            `json:"expect_version"`
-}
-
-// MachineView is a machine as the admin API shows it.
-type MachineView struct {
-	Metadata
-	SourceAddrs []string  `json:"source_addrs"`
-	Version     uint64    `json:"version"`
-	CreatedAt   time.Time `json:"created_at"`
-	UpdatedAt   time.Time `json:"updated_at"`
-}
-
-func viewOf(m *store.Machine) MachineView {
+// viewOf is m as the admin API shows it.
+func viewOf(m *store.Machine) api.MachineView {
 	sa := m.SourceAddrs
 	if sa == nil {
 		sa = []string{}
 	}
-	return MachineView{Metadata: metadataOf(m), SourceAddrs: sa, Version: m.Version, CreatedAt: m.CreatedAt, UpdatedAt: m.UpdatedAt}
-}
-
-// MintedToken is a machine token as returned once by the admin API.
-type MintedToken struct {
-	Token     string    `json:"token"`
-	TokenID   string    `json:"token_id"`
-	ExpiresAt time.Time `json:"expires_at"`
+	return api.MachineView{Metadata: metadataOf(m), SourceAddrs: sa, Version: m.Version, CreatedAt: m.CreatedAt, UpdatedAt: m.UpdatedAt}
 }
 
 // validationError is a user mistake in an admin request; its text is safe
@@ -148,7 +107,7 @@ func newMachineID() string {
 }
 
 // AddMachine registers a machine and mints its first token.
-func (s *Issuer) AddMachine(ctx context.Context, spec MachineSpec) (*store.Machine, *MintedToken, error) {
+func (s *Issuer) AddMachine(ctx context.Context, spec api.MachineSpec) (*store.Machine, *api.MintedToken, error) {
 	m := &store.Machine{ID: newMachineID(), Name: spec.Name, Org: spec.Org, App: spec.App, Region: spec.Region,
 		Image: spec.Image, ImageDigest: spec.ImageDigest, PrivateIP: spec.PrivateIP, Tags: spec.Tags, SourceAddrs: spec.SourceAddrs}
 	if err := validateMachine(m); err != nil {
@@ -186,7 +145,7 @@ func (s *Issuer) tokenTTL(v string) (time.Duration, error) {
 	return d, nil
 }
 
-func (s *Issuer) mint(m *store.Machine, ttl time.Duration) (*MintedToken, error) {
+func (s *Issuer) mint(m *store.Machine, ttl time.Duration) (*api.MintedToken, error) {
 	var addrs []netip.Prefix
 	for _, c := range m.SourceAddrs {
 		p, err := netip.ParsePrefix(c)
@@ -207,11 +166,11 @@ func (s *Issuer) mint(m *store.Machine, ttl time.Duration) (*MintedToken, error)
 	}
 	s.machineTokensMinted.Add(1)
 	s.log.Info("machine token minted", "machine_id", m.ID, "token_id", id, "expires_at", now.Add(ttl).UTC().Format(time.RFC3339))
-	return &MintedToken{Token: tok, TokenID: id, ExpiresAt: now.Add(ttl).UTC().Truncate(time.Second)}, nil
+	return &api.MintedToken{Token: tok, TokenID: id, ExpiresAt: now.Add(ttl).UTC().Truncate(time.Second)}, nil
 }
 
 // UpdateMachine changes a machine's metadata; long polls on it wake up.
-func (s *Issuer) UpdateMachine(ctx context.Context, id string, u MachineUpdate) (*store.Machine, error) {
+func (s *Issuer) UpdateMachine(ctx context.Context, id string, u api.MachineUpdate) (*store.Machine, error) {
 	var verr error
 	m, err := s.store.UpdateMachine(ctx, id, u.ExpectVersion, func(m *store.Machine) error {
 		for _, f := range []struct {
@@ -265,30 +224,33 @@ func (s *Issuer) RevokeToken(ctx context.Context, tokenID, reason string) error 
 	return s.refreshKeys(ctx)
 }
 
+// adminError is what an admin command's caller is told of err.
+func adminError(err error) *httpapi.Error {
+	var ve validationError
+	switch {
+	case errors.As(err, &ve):
+		// Its text names the field, never the value (validationError).
+		return httpapi.NewError(http.StatusBadRequest, api.CodeBadRequest, ve.msg, err)
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, errUnknownOrg):
+		return httpapi.NotFoundError(nil)
+	case errors.Is(err, store.ErrConflict):
+		return httpapi.NewError(http.StatusConflict, api.CodeConflict, "version conflict", nil)
+	case unavailable(err):
+		// Retrying later helps, unlike a 500; which members failed and
+		// why is for the log, not the caller.
+		return httpapi.UnavailableError("state store unavailable", err)
+	}
+	return httpapi.InternalError(err)
+}
+
 // registerAdmin adds the issuer's commands to its admin socket.
 func (s *Issuer) registerAdmin(a *admin.Server) {
 	fail := func(w http.ResponseWriter, r *http.Request, err error) {
-		var ve validationError
-		switch {
-		case errors.As(err, &ve):
-			admin.LogFrom(r.Context()).Info("admin request invalid", "err", err)
-			apierror.Write(w, http.StatusBadRequest, apierror.CodeBadRequest, ve.msg)
-		case errors.Is(err, store.ErrNotFound), errors.Is(err, errUnknownOrg):
-			apierror.NotFound(w)
-		case errors.Is(err, store.ErrConflict):
-			apierror.Write(w, http.StatusConflict, "conflict", "version conflict")
-		case unavailable(err):
-			// Retrying later helps, unlike a 500; which members failed
-			// and why is for the log, not the caller.
-			admin.LogFrom(r.Context()).Error("admin request failed: state store unavailable", "err", err)
-			apierror.Write(w, http.StatusServiceUnavailable, apierror.CodeUnavailable, "state store unavailable")
-		default:
-			admin.LogFrom(r.Context()).Error("admin request failed", "err", err)
-			apierror.Internal(w)
-		}
+		// The request's audit logger already names the peer and command.
+		httpapi.WriteError(w, r, admin.LogFrom(r.Context()), adminError(err))
 	}
 	a.Handle("POST /v1/machines", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var spec MachineSpec
+		var spec api.MachineSpec
 		if err := admin.ReadJSON(r, &spec); err != nil {
 			fail(w, r, invalidf("body: want a JSON machine spec"))
 			return
@@ -299,7 +261,7 @@ func (s *Issuer) registerAdmin(a *admin.Server) {
 			return
 		}
 		admin.LogFrom(r.Context()).Info("machine added", "machine_id", m.ID, "org", m.Org, "app", m.App, "name", m.Name, "token_id", tok.TokenID)
-		admin.WriteJSON(w, http.StatusCreated, map[string]any{"machine": viewOf(m), "token": tok})
+		admin.WriteJSON(w, http.StatusCreated, api.MachineAdded{Machine: viewOf(m), Token: tok})
 	}))
 	a.Handle("GET /v1/machines", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ms, err := s.store.ListMachines(r.Context())
@@ -307,11 +269,11 @@ func (s *Issuer) registerAdmin(a *admin.Server) {
 			fail(w, r, err)
 			return
 		}
-		out := make([]MachineView, 0, len(ms))
+		out := make([]api.MachineView, 0, len(ms))
 		for _, m := range ms {
 			out = append(out, viewOf(m))
 		}
-		admin.WriteJSON(w, http.StatusOK, map[string]any{"machines": out})
+		admin.WriteJSON(w, http.StatusOK, api.MachineList{Machines: out})
 	}))
 	a.Handle("GET /v1/machines/{id}", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		m, err := s.findMachine(r.Context(), r.PathValue("id"))
@@ -322,7 +284,7 @@ func (s *Issuer) registerAdmin(a *admin.Server) {
 		admin.WriteJSON(w, http.StatusOK, viewOf(m))
 	}))
 	a.Handle("PATCH /v1/machines/{id}", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var u MachineUpdate
+		var u api.MachineUpdate
 		if err := admin.ReadJSON(r, &u); err != nil {
 			fail(w, r, invalidf("body: want a JSON machine update"))
 			return
@@ -350,12 +312,10 @@ func (s *Issuer) registerAdmin(a *admin.Server) {
 			return
 		}
 		admin.LogFrom(r.Context()).Info("machine removed", "machine_id", m.ID)
-		admin.WriteJSON(w, http.StatusOK, map[string]string{"status": "removed", "machine_id": m.ID})
+		admin.WriteJSON(w, http.StatusOK, api.MachineRemoved{MachineID: m.ID, Status: "removed"})
 	}))
 	a.Handle("POST /v1/machines/{id}/tokens", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var body struct {
-			TTL string `json:"ttl"`
-		}
+		var body api.MintRequest
 		if err := admin.ReadJSON(r, &body); err != nil {
 			fail(w, r, invalidf("body: want {\"ttl\": \"720h\"}"))
 			return
@@ -378,10 +338,7 @@ func (s *Issuer) registerAdmin(a *admin.Server) {
 		admin.WriteJSON(w, http.StatusCreated, tok)
 	}))
 	a.Handle("POST /v1/revocations", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var body struct {
-			TokenID string `json:"token_id"`
-			Reason  string `json:"reason"`
-		}
+		var body api.RevokeRequest
 		if err := admin.ReadJSON(r, &body); err != nil {
 			fail(w, r, invalidf("body: want {\"token_id\": \"…\"}"))
 			return
@@ -395,21 +352,17 @@ func (s *Issuer) registerAdmin(a *admin.Server) {
 			return
 		}
 		admin.LogFrom(r.Context()).Info("machine token revoked", "token_id", body.TokenID)
-		admin.WriteJSON(w, http.StatusOK, map[string]string{"status": "revoked", "token_id": body.TokenID})
+		admin.WriteJSON(w, http.StatusOK, api.TokenRevoked{Status: "revoked", TokenID: body.TokenID})
 	}))
 	a.Handle("GET /v1/keys", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		keys := s.keys.Load().meta
 		if keys == nil {
-			keys = []KeyInfo{}
+			keys = []api.KeyInfo{}
 		}
-		admin.WriteJSON(w, http.StatusOK, map[string]any{"keys": keys})
+		admin.WriteJSON(w, http.StatusOK, api.KeyList{Keys: keys})
 	}))
 	a.Handle("POST /v1/keys/rotate", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var body struct {
-			Kind string `json:"kind"` // "oidc" (default) or "macaroon"
-			Org  string `json:"org"`
-			Alg  string `json:"alg"`
-		}
+		var body api.RotateRequest
 		if err := admin.ReadJSON(r, &body); err != nil {
 			fail(w, r, invalidf("body: want {\"org\": \"…\"}"))
 			return
@@ -422,7 +375,7 @@ func (s *Issuer) registerAdmin(a *admin.Server) {
 				return
 			}
 			admin.LogFrom(r.Context()).Info("machine token key rotated", "key_id", id)
-			admin.WriteJSON(w, http.StatusOK, map[string]string{"kind": "macaroon", "id": id})
+			admin.WriteJSON(w, http.StatusOK, api.MacaroonKeyRotated{ID: id, Kind: "macaroon"})
 		case "", "oidc":
 			if body.Alg != "" && body.Alg != "RS256" && body.Alg != "ES256" {
 				fail(w, r, invalidf("alg: want RS256 or ES256"))
@@ -463,7 +416,7 @@ func (s *Issuer) findMachine(ctx context.Context, ref string) (*store.Machine, e
 
 // EnsureMachine returns the machine org/app/name, registering it from spec
 // when absent (dev mode: the same machine across restarts).
-func (s *Issuer) EnsureMachine(ctx context.Context, spec MachineSpec) (*store.Machine, error) {
+func (s *Issuer) EnsureMachine(ctx context.Context, spec api.MachineSpec) (*store.Machine, error) {
 	if m, err := s.findMachine(ctx, spec.Org+"/"+spec.App+"/"+spec.Name); err == nil {
 		return m, nil
 	} else if !errors.Is(err, store.ErrNotFound) {
@@ -474,7 +427,7 @@ func (s *Issuer) EnsureMachine(ctx context.Context, spec MachineSpec) (*store.Ma
 }
 
 // MintToken mints a new machine token for the machine id (or org/app/name).
-func (s *Issuer) MintToken(ctx context.Context, ref string, ttl time.Duration) (*MintedToken, error) {
+func (s *Issuer) MintToken(ctx context.Context, ref string, ttl time.Duration) (*api.MintedToken, error) {
 	m, err := s.findMachine(ctx, ref)
 	if err != nil {
 		return nil, err

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/sockettest"
 	"github.com/wicket-sh/wicket/internal/store"
@@ -75,13 +76,13 @@ func (ti *testIssuer) admin(t *testing.T, method, path, body string) sockettest.
 	return sockettest.Do(ti.adminSock, method, path, body, nil)
 }
 
-func (ti *testIssuer) mintToken(t *testing.T, machineID string) MintedToken {
+func (ti *testIssuer) mintToken(t *testing.T, machineID string) api.MintedToken {
 	t.Helper()
 	r := ti.admin(t, "POST", "/v1/machines/"+machineID+"/tokens", `{}`)
 	if r.Status != 201 {
 		t.Fatalf("mint: %+v", r)
 	}
-	var tok MintedToken
+	var tok api.MintedToken
 	if err := json.Unmarshal([]byte(r.Body), &tok); err != nil {
 		t.Fatal(err)
 	}
@@ -219,7 +220,7 @@ func TestCluster_ConcurrentUpdatesNoLostUpdate(t *testing.T) {
 		}
 	}
 	wg.Wait()
-	var got MachineView
+	var got api.MachineView
 	json.Unmarshal([]byte(b.admin(t, "GET", "/v1/machines/"+m.MachineID, "").Body), &got)
 	for i := range n {
 		for _, name := range []string{"a", "b"} {

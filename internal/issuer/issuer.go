@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/admin"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/metrics"
@@ -170,14 +171,14 @@ func (s *Issuer) Ready() <-chan struct{} { return s.ready }
 func (s *Issuer) PublicURL() string { return s.cfg().Server.PublicURL }
 
 // Reload re-reads the config; only dynamic settings take effect.
-func (s *Issuer) Reload(ctx context.Context) (admin.ReloadResult, error) {
+func (s *Issuer) Reload(ctx context.Context) (api.ReloadResult, error) {
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
 	old := s.rt.Load()
 	next, err := s.load()
 	if err != nil {
 		s.reloadsKO.Add(1)
-		return admin.ReloadResult{}, err
+		return api.ReloadResult{}, err
 	}
 	restart := config.RestartRequired(old.cfg, next.cfg)
 	if len(restart) > 0 {
@@ -188,7 +189,7 @@ func (s *Issuer) Reload(ctx context.Context) (admin.ReloadResult, error) {
 	s.applyLogLevel(next.cfg)
 	s.reloadsOK.Add(1)
 	s.log.Info("config reloaded", "generation", next.generation, "restart_required", restart)
-	return admin.ReloadResult{Status: "ok", Generation: next.generation, RestartRequired: restart}, nil
+	return api.ReloadResult{Status: "ok", Generation: next.generation, RestartRequired: restart}, nil
 }
 
 // Run serves the public API and the admin socket until ctx ends.

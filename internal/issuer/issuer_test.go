@@ -22,6 +22,7 @@ import (
 
 	gooidc "github.com/coreos/go-oidc/v3/oidc"
 
+	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/oidc"
@@ -111,7 +112,7 @@ func shortDir(t *testing.T) string {
 	return d
 }
 
-func (ti *testIssuer) addMachine(t *testing.T, spec MachineSpec) (*MachineView, string) {
+func (ti *testIssuer) addMachine(t *testing.T, spec api.MachineSpec) (*api.MachineView, string) {
 	t.Helper()
 	b, _ := json.Marshal(spec)
 	r := sockettest.Do(ti.adminSock, "POST", "/v1/machines", string(b), nil)
@@ -119,8 +120,8 @@ func (ti *testIssuer) addMachine(t *testing.T, spec MachineSpec) (*MachineView, 
 		t.Fatalf("add machine: %+v", r)
 	}
 	var out struct {
-		Machine MachineView `json:"machine"`
-		Token   MintedToken `json:"token"`
+		Machine api.MachineView `json:"machine"`
+		Token   api.MintedToken `json:"token"`
 	}
 	if err := json.Unmarshal([]byte(r.Body), &out); err != nil {
 		t.Fatal(err)
@@ -163,7 +164,7 @@ func (ti *testIssuer) oidcToken(t *testing.T, token, body string) string {
 	return out.Token
 }
 
-var devSpec = MachineSpec{Name: "m1", Org: "dev", App: "dev-app", Region: "local", Image: "registry/app:1",
+var devSpec = api.MachineSpec{Name: "m1", Org: "dev", App: "dev-app", Region: "local", Image: "registry/app:1",
 	ImageDigest: "sha256:" + strings.Repeat("ab", 32), PrivateIP: "fdaa::2", Tags: map[string]string{"env": "dev"}}
 
 func TestOIDCToken_VerifiedByGoOIDC(t *testing.T) {
@@ -296,7 +297,7 @@ func TestKeyRotation(t *testing.T) {
 	if r.Status != 200 {
 		t.Fatalf("rotate: %+v", r)
 	}
-	var nk KeyInfo
+	var nk api.KeyInfo
 	json.Unmarshal([]byte(r.Body), &nk)
 	// Published before it signs anything.
 	if kids := jwksKids(t, ti); len(kids) != 2 || !contains(kids, nk.ID) {
@@ -375,7 +376,7 @@ func TestMachineToken_Refusals(t *testing.T) {
 
 	// Revoked: mint a second token for m1 and revoke it.
 	r := sockettest.Do(ti.adminSock, "POST", "/v1/machines/"+m1.MachineID+"/tokens", `{"ttl":"1h"}`, nil)
-	var minted MintedToken
+	var minted api.MintedToken
 	json.Unmarshal([]byte(r.Body), &minted)
 	if r := sockettest.Do(ti.adminSock, "POST", "/v1/revocations", `{"token_id":"`+minted.TokenID+`"}`, nil); r.Status != 200 {
 		t.Fatalf("revoke: %+v", r)
@@ -488,7 +489,7 @@ func TestLongPoll(t *testing.T) {
 	done := make(chan resp, 1)
 	go func() { done <- ti.call(t, "GET", "/v1/machines/self?wait=true&etag="+etag+"&timeout=60s", tok, "") }()
 	waitFor(t, func() bool { return ti.longPolls.Load() == 1 })
-	if _, err := ti.UpdateMachine(context.Background(), m.MachineID, MachineUpdate{SetTags: map[string]string{"color": "blue"}}); err != nil {
+	if _, err := ti.UpdateMachine(context.Background(), m.MachineID, api.MachineUpdate{SetTags: map[string]string{"color": "blue"}}); err != nil {
 		t.Fatal(err)
 	}
 	select {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/superfly/macaroon"
 
+	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/oidc"
 	"github.com/wicket-sh/wicket/internal/store"
@@ -29,19 +30,7 @@ type keyring struct {
 	oidcKeys map[string][]*oidc.Key         // org → keys
 	oidcSets map[string]*oidc.KeySet        // org → snapshot for signing and JWKS
 	revoked  map[string]struct{}
-	meta     []KeyInfo
-}
-
-// KeyInfo describes a key without any private material (keys list).
-type KeyInfo struct {
-	Kind       string    `json:"kind"`
-	Org        string    `json:"org,omitempty"`
-	ID         string    `json:"id"`
-	Alg        string    `json:"alg,omitempty"`
-	State      string    `json:"state"`
-	CreatedAt  time.Time `json:"created_at"`
-	ActivateAt time.Time `json:"activate_at,omitzero"`
-	RetiredAt  time.Time `json:"retired_at,omitzero"`
+	meta     []api.KeyInfo // the keys list, without private material
 }
 
 // sealAD binds a sealed blob to its record, so one key's ciphertext cannot
@@ -68,7 +57,7 @@ func (s *Issuer) loadKeys(ctx context.Context) (*keyring, error) {
 			// Wrong seal key or tampered state: refuse to run on it.
 			return nil, fmt.Errorf("unseal %s key %s: %w", k.Kind, k.ID, err)
 		}
-		info := KeyInfo{Kind: k.Kind, ID: k.ID, Alg: k.Alg, State: k.State, CreatedAt: k.CreatedAt, ActivateAt: k.ActivateAt, RetiredAt: k.RetiredAt}
+		info := api.KeyInfo{Kind: k.Kind, ID: k.ID, Alg: k.Alg, State: k.State, CreatedAt: k.CreatedAt, ActivateAt: k.ActivateAt, RetiredAt: k.RetiredAt}
 		switch {
 		case k.Kind == store.KindMacaroon:
 			id, err := hex.DecodeString(k.ID)
@@ -192,7 +181,7 @@ func (s *Issuer) ensureOrgKeys(ctx context.Context, org string) error {
 // RotateOrgKey publishes a new signing key for org that starts signing
 // after the configured prepublish delay; the current key is retired at that
 // moment and stays in the JWKS for the grace period.
-func (s *Issuer) RotateOrgKey(ctx context.Context, org string, alg oidc.Alg) (*KeyInfo, error) {
+func (s *Issuer) RotateOrgKey(ctx context.Context, org string, alg oidc.Alg) (*api.KeyInfo, error) {
 	s.rotateMu.Lock()
 	defer s.rotateMu.Unlock()
 	cfg := s.cfg()
@@ -216,7 +205,7 @@ func (s *Issuer) RotateOrgKey(ctx context.Context, org string, alg oidc.Alg) (*K
 		return nil, err
 	}
 	s.log.Info("rotated org signing key", "org", org, "kid", newKey.ID, "alg", newKey.Alg, "activate_at", newKey.ActivateAt)
-	return &KeyInfo{Kind: store.KindOIDC, Org: org, ID: newKey.ID, Alg: string(newKey.Alg), State: string(newKey.StateAt(s.now())),
+	return &api.KeyInfo{Kind: store.KindOIDC, Org: org, ID: newKey.ID, Alg: string(newKey.Alg), State: string(newKey.StateAt(s.now())),
 		CreatedAt: newKey.CreatedAt, ActivateAt: newKey.ActivateAt}, nil
 }
 

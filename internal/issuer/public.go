@@ -19,26 +19,22 @@ import (
 
 	"github.com/superfly/macaroon"
 
-	"github.com/wicket-sh/wicket/internal/apierror"
+	"github.com/wicket-sh/wicket/api"
+	"github.com/wicket-sh/wicket/internal/httpapi"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/oidc"
 	"github.com/wicket-sh/wicket/internal/store"
 )
 
-// Long-poll bounds for GET /v1/machines/self?wait=true.
-const (
-	defaultWait = 30 * time.Second
-	minWait     = time.Second
-	maxWait     = 120 * time.Second
-)
-
 func (s *Issuer) publicHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		writeJSON(w, http.StatusOK, api.HealthReply{Status: api.HealthOK})
 	})
-	mux.HandleFunc("POST /v1/tokens/oidc", s.handleOIDCToken)
-	mux.HandleFunc("GET /v1/machines/self", s.handleSelf)
+	// Their failures go through httpapi.WriteError: logged with the
+	// caller's address, answered with the generic envelope only.
+	mux.Handle("POST /v1/tokens/oidc", httpapi.Handle(s.log, s.handleOIDCToken))
+	mux.Handle("GET /v1/machines/self", httpapi.Handle(s.log, s.handleSelf))
 	mux.Handle("/v1/apps/{app}/", http.HandlerFunc(s.handleGateway))
 	disco := &oidc.Handler{
 		PublicURL: s.PublicURL(),
@@ -55,12 +51,12 @@ func (s *Issuer) publicHandler() http.Handler {
 	mux.Handle("GET /{org}/.well-known/", disco)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// The gateway forwards paths: the same refusals as the agent's.
-		if !apierror.CanonicalPath(r.URL.Path) || apierror.EncodedSeparator(r) {
-			apierror.BadRequest(w)
+		if !httpapi.CanonicalPath(r.URL.Path) || httpapi.EncodedSeparator(r) {
+			httpapi.BadRequest(w)
 			return
 		}
-		if apierror.MuxPattern(mux, r) == "" {
-			apierror.NotFound(w)
+		if httpapi.MuxPattern(mux, r) == "" {
+			httpapi.NotFound(w)
 			return
 		}
 		mux.ServeHTTP(w, r) // fills in path values, unlike mux.Handler
@@ -74,14 +70,15 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
-// storeUnavailable answers a request that needs the state store while it
-// cannot be reached (cluster mode, etcd down past the cache grace).
-func storeUnavailable(w http.ResponseWriter) {
-	apierror.Write(w, http.StatusServiceUnavailable, apierror.CodeUnavailable, "service unavailable")
+// storeUnavailable is the answer to a request that needs the state store
+// while it cannot be reached (cluster mode, etcd down past the cache
+// grace): not the caller's fault, and retrying later helps.
+func storeUnavailable(cause error) *httpapi.Error {
+	return httpapi.UnavailableError("service unavailable", cause)
 }
 
 func unauthorized(w http.ResponseWriter) {
-	apierror.Write(w, http.StatusUnauthorized, apierror.CodeUnauthorized, "unauthorized")
+	httpapi.Write(w, http.StatusUnauthorized, api.CodeUnauthorized, "unauthorized")
 }
 
 // authenticate verifies the request's machine token for feature (and app,
@@ -97,7 +94,7 @@ func (s *Issuer) authenticateAud(w http.ResponseWriter, r *http.Request, feature
 	remote := remoteAddr(r)
 	fail := func(reason error) (*store.Machine, *machinetoken.Verified, bool) {
 		s.authFailed.Add(1)
-		s.log.Warn("machine token refused", "remote", remote.String(), "path", truncate(r.URL.Path, 128), "reason", reason.Error())
+		s.log.Warn("machine token refused", "remote", remote.String(), "path", httpapi.Truncate(r.URL.Path, httpapi.MaxLoggedPath), "reason", reason.Error())
 		unauthorized(w)
 		return nil, nil, false
 	}
@@ -130,8 +127,7 @@ func (s *Issuer) authenticateAud(w http.ResponseWriter, r *http.Request, feature
 	if unavailable(err) {
 		// Not the caller's fault: the state store is out of reach past its
 		// cache grace. 503 tells agents to keep their cached answers.
-		s.log.Error("machine lookup: state store unavailable", "machine_id", ver.MachineID, "err", err)
-		apierror.Write(w, http.StatusServiceUnavailable, apierror.CodeUnavailable, "service unavailable")
+		httpapi.WriteError(w, r, s.log, storeUnavailable(fmt.Errorf("machine %s lookup: %w", ver.MachineID, err)))
 		return nil, nil, false
 	}
 	if err != nil {
@@ -168,12 +164,6 @@ func addrAllowed(a netip.Addr, cidrs []string) bool {
 	return false
 }
 
-// oidcRequest is the body of POST /v1/tokens/oidc.
-type oidcRequest struct {
-	Aud json.RawMessage `json:"aud"`
-	TTL string          `json:"ttl"`
-}
-
 func parseAud(raw json.RawMessage) ([]string, error) {
 	if len(raw) == 0 || string(raw) == "null" {
 		return nil, nil
@@ -189,11 +179,11 @@ func parseAud(raw json.RawMessage) ([]string, error) {
 	return many, nil
 }
 
-func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
+func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) error {
 	// The body is read before the token is checked because the audience it
 	// asks for is part of the check (a copy may be bound to one); a bad
 	// body is still answered only once the token passes.
-	var req oidcRequest
+	var req api.IssuerTokenRequest
 	var reqErr error
 	body, err := io.ReadAll(io.LimitReader(r.Body, 64<<10))
 	if err != nil {
@@ -209,12 +199,10 @@ func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
 	}
 	m, ver, ok := s.authenticateAud(w, r, machinetoken.FeatureOIDC, "", aud)
 	if !ok {
-		return
+		return nil // answered
 	}
 	if reqErr != nil {
-		s.log.Info("bad token request", "machine_id", m.ID, "err", reqErr)
-		apierror.BadRequest(w)
-		return
+		return httpapi.BadRequestError(fmt.Errorf("token request of machine %s: %w", m.ID, reqErr))
 	}
 	cfg := s.cfg()
 	issuer := oidc.IssuerURL(cfg.Server.PublicURL, m.Org)
@@ -230,18 +218,14 @@ func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if err != nil {
-		s.log.Info("bad token request", "machine_id", m.ID, "err", err)
-		apierror.BadRequest(w)
-		return
+		return httpapi.BadRequestError(fmt.Errorf("token request of machine %s: %w", m.ID, err))
 	}
 	if err := s.ensureOrgKeys(r.Context(), m.Org); err != nil {
-		s.log.Error("org keys", "org", m.Org, "err", err)
+		err = fmt.Errorf("org %s keys: %w", m.Org, err)
 		if unavailable(err) {
-			storeUnavailable(w)
-			return
+			return storeUnavailable(err)
 		}
-		apierror.Internal(w)
-		return
+		return httpapi.InternalError(err)
 	}
 	now := s.now()
 	set := s.keys.Load().oidcSets[m.Org]
@@ -252,15 +236,11 @@ func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
 		key, err = set.Signer(otherAlg(oidc.Alg(cfg.OIDC.Alg)), now)
 	}
 	if err != nil {
-		s.log.Error("no signing key", "org", m.Org, "err", err)
-		apierror.Internal(w)
-		return
+		return httpapi.InternalError(fmt.Errorf("no signing key for org %s: %w", m.Org, err))
 	}
 	sub, err := oidc.Subject(m.Org, m.App, m.Name)
 	if err != nil {
-		s.log.Error("subject", "machine_id", m.ID, "err", err)
-		apierror.Internal(w)
-		return
+		return httpapi.InternalError(fmt.Errorf("subject of machine %s: %w", m.ID, err))
 	}
 	// A JWT never outlives the machine token that bought it: a copy
 	// captured on its way here buys at most what is left of the copy.
@@ -270,9 +250,9 @@ func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
 	}
 	if !exp.After(now) {
 		s.authFailed.Add(1)
-		s.log.Warn("machine token refused", "remote", remoteAddr(r).String(), "path", r.URL.Path, "reason", "token ends now", "token_id", ver.TokenID)
+		s.log.Warn("machine token refused", "remote", remoteAddr(r).String(), "path", httpapi.Truncate(r.URL.Path, httpapi.MaxLoggedPath), "reason", "token ends now", "token_id", ver.TokenID)
 		unauthorized(w)
-		return
+		return nil
 	}
 	claims := oidc.Claims{
 		Issuer: issuer, Subject: sub, Audience: aud,
@@ -282,15 +262,14 @@ func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
 	}
 	tok, err := oidc.Sign(key, claims)
 	if err != nil {
-		s.log.Error("sign", "org", m.Org, "err", err)
-		apierror.Internal(w)
-		return
+		return httpapi.InternalError(fmt.Errorf("sign for org %s: %w", m.Org, err))
 	}
 	s.tokensIssued.Add(1)
 	s.log.Info("oidc token issued", "machine_id", m.ID, "org", m.Org, "app", m.App, "aud", strings.Join(aud, ","),
 		"kid", key.ID, "jti", claims.ID, "token_id", ver.TokenID, "expires_at", claims.Expiry.UTC().Format(time.RFC3339),
 		"capped_at_token_end", capped)
-	writeJSON(w, http.StatusOK, map[string]string{"token": tok, "expires_at": claims.Expiry.UTC().Format(time.RFC3339)})
+	writeJSON(w, http.StatusOK, api.TokenReply{Token: tok, ExpiresAt: claims.Expiry.UTC().Truncate(time.Second)})
+	return nil
 }
 
 func otherAlg(a oidc.Alg) oidc.Alg {
@@ -302,26 +281,14 @@ func otherAlg(a oidc.Alg) oidc.Alg {
 
 func newJTI() string { return rand.Text() }
 
-// Metadata is what a machine learns about itself (GET /v1/machines/self and
+// metadataOf is what m learns about itself (GET /v1/machines/self, and so
 // the agent's GET /v1/metadata).
-type Metadata struct {
-	MachineID   string            `json:"machine_id"`
-	MachineName string            `json:"machine_name"`
-	App         string            `json:"app"`
-	Org         string            `json:"org"`
-	Region      string            `json:"region"`
-	Image       string            `json:"image"`
-	ImageDigest string            `json:"image_digest"`
-	PrivateIP   string            `json:"private_ip"`
-	Tags        map[string]string `json:"tags"`
-}
-
-func metadataOf(m *store.Machine) Metadata {
+func metadataOf(m *store.Machine) api.Metadata {
 	tags := m.Tags
 	if tags == nil {
 		tags = map[string]string{}
 	}
-	return Metadata{MachineID: m.ID, MachineName: m.Name, App: m.App, Org: m.Org, Region: m.Region,
+	return api.Metadata{MachineID: m.ID, MachineName: m.Name, App: m.App, Org: m.Org, Region: m.Region,
 		Image: m.Image, ImageDigest: m.ImageDigest, PrivateIP: m.PrivateIP, Tags: tags}
 }
 
@@ -334,29 +301,28 @@ func encodeMetadata(m *store.Machine) ([]byte, string) {
 	return b, `"` + hex.EncodeToString(sum[:12]) + `"`
 }
 
-func (s *Issuer) handleSelf(w http.ResponseWriter, r *http.Request) {
+func (s *Issuer) handleSelf(w http.ResponseWriter, r *http.Request) error {
 	m, _, ok := s.authenticate(w, r, machinetoken.FeatureMetadata, "")
 	if !ok {
-		return
+		return nil // answered
 	}
 	q := r.URL.Query()
 	body, etag := encodeMetadata(m)
 	if q.Get("wait") != "true" {
 		writeMetadata(w, body, etag)
-		return
+		return nil
 	}
-	wait := defaultWait
+	wait := api.DefaultWait
 	if t := q.Get("timeout"); t != "" {
 		d, err := time.ParseDuration(t)
-		if err != nil || d < minWait || d > maxWait {
-			apierror.BadRequest(w)
-			return
+		if err != nil || d < api.MinWait || d > api.MaxWait {
+			return httpapi.BadRequestError(nil)
 		}
 		wait = d
 	}
 	if want := q.Get("etag"); want != etag {
 		writeMetadata(w, body, etag)
-		return
+		return nil
 	}
 	s.longPolls.Add(1)
 	defer s.longPolls.Add(-1)
@@ -364,30 +330,29 @@ func (s *Issuer) handleSelf(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	events, err := s.store.WatchMachine(ctx, m.ID)
 	if unavailable(err) {
-		s.log.Error("long poll", "machine_id", m.ID, "err", err)
-		storeUnavailable(w)
-		return
+		return storeUnavailable(fmt.Errorf("long poll of machine %s: %w", m.ID, err))
 	}
 	if err != nil {
 		unauthorized(w) // removed in the meantime
-		return
+		return nil
 	}
 	for ev := range events {
 		if ev.Machine == nil {
 			s.log.Info("machine removed during long poll", "machine_id", m.ID)
 			unauthorized(w)
-			return
+			return nil
 		}
 		b, e := encodeMetadata(ev.Machine)
 		if e != etag {
 			writeMetadata(w, b, e)
-			return
+			return nil
 		}
 	}
 	if r.Context().Err() != nil {
-		return // caller went away
+		return nil // caller went away
 	}
 	writeMetadata(w, body, etag)
+	return nil
 }
 
 func writeMetadata(w http.ResponseWriter, body []byte, etag string) {
@@ -404,7 +369,7 @@ func (s *Issuer) handleGateway(w http.ResponseWriter, r *http.Request) {
 	cfg := s.cfg()
 	gw, fwd := cfg.Gateway, cfg.GatewayHeaders()
 	if gw.Upstream == "" {
-		apierror.NotFound(w)
+		httpapi.NotFound(w)
 		return
 	}
 	m, ver, ok := s.authenticate(w, r, machinetoken.FeatureProxy, r.PathValue("app"))
@@ -413,7 +378,7 @@ func (s *Issuer) handleGateway(w http.ResponseWriter, r *http.Request) {
 	}
 	up, err := url.Parse(gw.Upstream)
 	if err != nil {
-		apierror.Internal(w)
+		httpapi.WriteError(w, r, s.log, httpapi.InternalError(fmt.Errorf("gateway upstream: %w", err)))
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), gw.Timeout.Duration)
@@ -439,18 +404,11 @@ func (s *Issuer) handleGateway(w http.ResponseWriter, r *http.Request) {
 			s.log.Warn("gateway upstream error", "machine_id", m.ID, "token_id", ver.TokenID, "err", err)
 			var ne net.Error
 			if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
-				apierror.Write(w, http.StatusGatewayTimeout, apierror.CodeUpstreamTimeout, "upstream timeout")
+				httpapi.Write(w, http.StatusGatewayTimeout, api.CodeUpstreamTimeout, "upstream timeout")
 				return
 			}
-			apierror.Write(w, http.StatusBadGateway, apierror.CodeBadGateway, "bad gateway")
+			httpapi.Write(w, http.StatusBadGateway, api.CodeBadGateway, "bad gateway")
 		},
 	}
 	rp.ServeHTTP(w, r.WithContext(ctx))
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "…"
-	}
-	return s
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/config/configtest"
 	"github.com/wicket-sh/wicket/internal/sockettest"
@@ -147,12 +148,12 @@ func TestReload_EveryDynamicFieldTakesEffect(t *testing.T) {
 			}
 		}
 	}
-	rotate := func(t *testing.T) KeyInfo {
+	rotate := func(t *testing.T) api.KeyInfo {
 		r := sockettest.Do(ti.adminSock, "POST", "/v1/keys/rotate", `{"org":"dev"}`, hdr())
 		if r.Status != 200 {
 			t.Fatalf("rotate: %+v", r)
 		}
-		var k KeyInfo
+		var k api.KeyInfo
 		json.Unmarshal([]byte(r.Body), &k)
 		return k
 	}
@@ -191,7 +192,7 @@ func TestReload_EveryDynamicFieldTakesEffect(t *testing.T) {
 			// that is pending (published, not yet signing).
 			pending := 0
 			r := sockettest.Do(ti.adminSock, "GET", "/v1/keys", "", hdr())
-			var keys struct{ Keys []KeyInfo }
+			var keys struct{ Keys []api.KeyInfo }
 			if err := json.Unmarshal([]byte(r.Body), &keys); err != nil {
 				t.Fatalf("keys: %s", r.Body)
 			}

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/wicket-sh/wicket/internal/httpapi"
 )
 
 // Well-known paths, relative to an org's issuer URL.
@@ -73,19 +75,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rest, ok := strings.CutPrefix(r.URL.Path, "/")
 	org, doc, ok2 := strings.Cut(rest, "/.well-known/")
 	if !ok || !ok2 || org == "" || strings.Contains(org, "/") {
-		writeError(w, http.StatusNotFound, "not found", "not_found")
+		httpapi.NotFound(w)
 		return
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		w.Header().Set("Allow", "GET, HEAD")
-		writeError(w, http.StatusMethodNotAllowed, "method not allowed", "method_not_allowed")
+		httpapi.MethodNotAllowed(w, "GET, HEAD")
 		return
 	}
 	// Unknown orgs get the same 404 as unknown paths, so the issuer never
 	// reflects an arbitrary org name into an issuer URL.
 	set := h.Keys(org)
 	if set == nil {
-		writeError(w, http.StatusNotFound, "not found", "not_found")
+		httpapi.NotFound(w)
 		return
 	}
 	ps := h.Settings()
@@ -100,25 +101,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		v = set.JWKS(now, ps.Grace)
 	default:
-		writeError(w, http.StatusNotFound, "not found", "not_found")
+		httpapi.NotFound(w)
 		return
 	}
 	body, err := json.Marshal(v)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "internal error", "internal")
+		httpapi.Internal(w)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", fmt.Sprintf("public, max-age=%d", int(ps.MaxAge.Seconds())))
 	w.Write(body)
-}
-
-func writeError(w http.ResponseWriter, status int, msg, code string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(struct {
-		Error string `json:"error"`
-		Code  string `json:"code"`
-	}{msg, code})
 }

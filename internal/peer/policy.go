@@ -4,11 +4,11 @@ package peer
 
 import (
 	"fmt"
-	"net/http"
 	"path/filepath"
 	"slices"
 	"strings"
 
+	"github.com/wicket-sh/wicket/internal/httpapi"
 	"github.com/wicket-sh/wicket/internal/unixsock"
 )
 
@@ -43,7 +43,7 @@ func ParsePattern(s string) (Pattern, error) {
 	if !ok || method == "" || path == "" {
 		return Pattern{}, fmt.Errorf("pattern %q: want \"METHOD /path\"", s)
 	}
-	if method != "*" && !validMethod(method) {
+	if method != "*" && !httpapi.ValidMethod(method) {
 		return Pattern{}, fmt.Errorf("pattern %q: unknown method %q", s, method)
 	}
 	if !strings.HasPrefix(path, "/") || strings.ContainsAny(path, " \t?#") {
@@ -62,15 +62,6 @@ func ParsePattern(s string) (Pattern, error) {
 		}
 	}
 	return p, nil
-}
-
-func validMethod(m string) bool {
-	switch m {
-	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut,
-		http.MethodPatch, http.MethodDelete, http.MethodOptions:
-		return true
-	}
-	return false
 }
 
 // Match reports whether the pattern allows method on path. The method is

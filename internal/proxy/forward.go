@@ -14,7 +14,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/wicket-sh/wicket/internal/apierror"
+	"github.com/wicket-sh/wicket/api"
+	"github.com/wicket-sh/wicket/internal/httpapi"
 )
 
 // DefaultMaxResponseBytes caps an upstream response body the proxy relays.
@@ -109,11 +110,11 @@ type Result struct {
 // body must already have been read into memory (unixsock.LimitBody does).
 func (f *Forwarder) Forward(w http.ResponseWriter, r *http.Request, rt *Route, base *url.URL, authorization string) Result {
 	if strings.ContainsAny(r.URL.RawQuery, "\x00\r\n") {
-		apierror.BadRequest(w)
+		httpapi.BadRequest(w)
 		return Result{Outcome: OutcomeBadRequest, Status: http.StatusBadRequest, Err: errors.New("control characters in query")}
 	}
 	if _, err := url.ParseQuery(r.URL.RawQuery); err != nil {
-		apierror.BadRequest(w)
+		httpapi.BadRequest(w)
 		return Result{Outcome: OutcomeBadRequest, Status: http.StatusBadRequest, Err: errors.New("malformed query")}
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), rt.timeout)
@@ -131,7 +132,7 @@ func (f *Forwarder) Forward(w http.ResponseWriter, r *http.Request, rt *Route, b
 	}
 	out, err := http.NewRequestWithContext(ctx, r.Method, target.String(), body)
 	if err != nil {
-		apierror.BadRequest(w)
+		httpapi.BadRequest(w)
 		return Result{Outcome: OutcomeBadRequest, Status: http.StatusBadRequest, Err: fmt.Errorf("build upstream request: %w", err)}
 	}
 	out.ContentLength = max(r.ContentLength, 0)
@@ -147,23 +148,23 @@ func (f *Forwarder) Forward(w http.ResponseWriter, r *http.Request, rt *Route, b
 	}
 	defer resp.Body.Close()
 
-	sent := strings.TrimSpace(strings.TrimPrefix(authorization, "FlyV1"))
+	sent := strings.TrimSpace(strings.TrimPrefix(authorization, api.AuthScheme))
 	switch {
 	case resp.StatusCode >= 500:
 		// Upstream error pages may describe internals; the caller learns
 		// only that the gateway failed.
-		apierror.Write(w, http.StatusBadGateway, apierror.CodeBadGateway, "bad gateway")
+		httpapi.Write(w, http.StatusBadGateway, api.CodeBadGateway, "bad gateway")
 		return Result{Outcome: OutcomeBadGateway, Status: http.StatusBadGateway, Err: fmt.Errorf("upstream status %d", resp.StatusCode)}
 	case resp.StatusCode < 200:
-		apierror.Write(w, http.StatusBadGateway, apierror.CodeBadGateway, "bad gateway")
+		httpapi.Write(w, http.StatusBadGateway, api.CodeBadGateway, "bad gateway")
 		return Result{Outcome: OutcomeBadGateway, Status: http.StatusBadGateway, Err: fmt.Errorf("upstream status %d", resp.StatusCode)}
 	case !identityEncoding(resp.Header.Get("Content-Encoding")):
 		// The transport decodes the gzip it asked for; anything else could
 		// not be checked for token material.
-		apierror.Write(w, http.StatusBadGateway, apierror.CodeBadGateway, "bad gateway")
+		httpapi.Write(w, http.StatusBadGateway, api.CodeBadGateway, "bad gateway")
 		return Result{Outcome: OutcomeBadGateway, Status: http.StatusBadGateway, Err: errors.New("upstream used an unrequested content encoding")}
 	case resp.ContentLength > f.maxBody:
-		apierror.Write(w, http.StatusBadGateway, apierror.CodeBadGateway, "bad gateway")
+		httpapi.Write(w, http.StatusBadGateway, api.CodeBadGateway, "bad gateway")
 		return Result{Outcome: OutcomeBadGateway, Status: http.StatusBadGateway, Err: fmt.Errorf("upstream body of %d bytes exceeds %d", resp.ContentLength, f.maxBody)}
 	}
 	// The whole body is read before anything is written, within the route
@@ -174,11 +175,11 @@ func (f *Forwarder) Forward(w http.ResponseWriter, r *http.Request, rt *Route, b
 		return f.fail(w, r.Context(), ctx, fmt.Errorf("read upstream body: %w", err))
 	}
 	if int64(len(data)) > f.maxBody {
-		apierror.Write(w, http.StatusBadGateway, apierror.CodeBadGateway, "bad gateway")
+		httpapi.Write(w, http.StatusBadGateway, api.CodeBadGateway, "bad gateway")
 		return Result{Outcome: OutcomeBadGateway, Status: http.StatusBadGateway, Err: fmt.Errorf("upstream body exceeds %d bytes", f.maxBody)}
 	}
 	if f.tokenMaterial(data, sent) {
-		apierror.Write(w, http.StatusBadGateway, apierror.CodeBadGateway, "bad gateway")
+		httpapi.Write(w, http.StatusBadGateway, api.CodeBadGateway, "bad gateway")
 		return Result{Outcome: OutcomeLeak, Status: http.StatusBadGateway, Err: errors.New("upstream reply body holds token material; withheld")}
 	}
 
@@ -209,10 +210,10 @@ func (f *Forwarder) fail(w http.ResponseWriter, parent, ctx context.Context, err
 	case parent.Err() != nil:
 		return Result{Outcome: OutcomeCanceled, Err: err}
 	case errors.Is(ctx.Err(), context.DeadlineExceeded), errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
-		apierror.Write(w, http.StatusGatewayTimeout, apierror.CodeUpstreamTimeout, "upstream timeout")
+		httpapi.Write(w, http.StatusGatewayTimeout, api.CodeUpstreamTimeout, "upstream timeout")
 		return Result{Outcome: OutcomeTimeout, Status: http.StatusGatewayTimeout, Err: err}
 	}
-	apierror.Write(w, http.StatusBadGateway, apierror.CodeBadGateway, "bad gateway")
+	httpapi.Write(w, http.StatusBadGateway, api.CodeBadGateway, "bad gateway")
 	return Result{Outcome: OutcomeBadGateway, Status: http.StatusBadGateway, Err: err}
 }
 

@@ -12,11 +12,11 @@ package proxy
 import (
 	"errors"
 	"fmt"
-	"net/http"
 	"net/url"
 	"strings"
 	"time"
 
+	"github.com/wicket-sh/wicket/internal/httpapi"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 )
 
@@ -229,7 +229,7 @@ func ParseMatch(s string) (method string, segs []segment, deeper bool, err error
 		return "", nil, false, fmt.Errorf("match longer than %d bytes", MaxTemplateLen)
 	}
 	method, tmpl, ok := strings.Cut(s, " ")
-	if !ok || !validMethod(method) {
+	if !ok || !httpapi.ValidMethod(method) {
 		return "", nil, false, fmt.Errorf("match %q: want \"METHOD /path\" with an explicit method", s)
 	}
 	if !strings.HasPrefix(tmpl, "/") || tmpl == "/" {
@@ -256,15 +256,6 @@ func ParseMatch(s string) (method string, segs []segment, deeper bool, err error
 		}
 	}
 	return method, segs, deeper, nil
-}
-
-func validMethod(m string) bool {
-	switch m {
-	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut,
-		http.MethodPatch, http.MethodDelete, http.MethodOptions:
-		return true
-	}
-	return false
 }
 
 func validLiteral(s string) bool {
@@ -302,7 +293,7 @@ func validVar(v string) bool {
 // the cleaned, decoded request path; anything not canonical (empty or dot
 // segments, doubled slashes, NUL, backslash) matches no route.
 func (t *Table) Lookup(method, path string, v Vars) (*Route, bool) {
-	if t == nil || !canonical(path) {
+	if t == nil || !httpapi.CanonicalPath(path) {
 		return nil, false
 	}
 	for _, r := range t.routes {
@@ -317,7 +308,7 @@ func (t *Table) Lookup(method, path string, v Vars) (*Route, bool) {
 // substituted for the placeholders. Method first, then the path, anchored
 // at both ends.
 func (r *Route) Match(method, path string, v Vars) bool {
-	if method != r.method || !canonical(path) {
+	if method != r.method || !httpapi.CanonicalPath(path) {
 		return false
 	}
 	parts := strings.Split(path[1:], "/")
@@ -342,23 +333,6 @@ func (r *Route) Match(method, path string, v Vars) bool {
 	if r.deeper {
 		// "/x/*" is anything below /x, not /x itself nor "/x/".
 		return len(parts) > len(r.segs) && parts[len(r.segs)] != ""
-	}
-	return true
-}
-
-// canonical reports whether p is an absolute path with no empty (except a
-// trailing one), "." or ".." segment, no NUL and no backslash (which some
-// upstreams treat as a separator).
-func canonical(p string) bool {
-	if p == "" || p[0] != '/' || strings.ContainsAny(p, "\x00\\;") {
-		return false
-	}
-	parts := strings.Split(p[1:], "/")
-	for i, s := range parts {
-		// "..;" and friends are ".." to some upstream servers.
-		if s == "." || strings.HasPrefix(s, "..") || (s == "" && i != len(parts)-1) {
-			return false
-		}
 	}
 	return true
 }

@@ -3,15 +3,9 @@ package supervise
 import (
 	"slices"
 	"strings"
+
+	"github.com/wicket-sh/wicket/api"
 )
-
-// SecretEnvPrefix marks the variables meant for wicket itself: the machine
-// token, admin tokens, seal keys. None of them reaches the workload.
-const SecretEnvPrefix = "WICKET_"
-
-// SocketEnv is the one WICKET_ variable a workload may see: where the
-// agent's API socket is.
-const SocketEnv = "WICKET_SOCKET"
 
 // ChildEnv returns the workload's environment: parent without every
 // WICKET_* variable except WICKET_SOCKET, without the variables named in
@@ -30,7 +24,9 @@ func ChildEnv(parent, add []string, drop ...string) []string {
 		k, _, ok := strings.Cut(kv, "=")
 		switch {
 		case !ok || k == "":
-		case strings.HasPrefix(k, SecretEnvPrefix) && k != SocketEnv:
+		// WICKET_* is meant for wicket itself (the machine token, admin
+		// tokens, seal keys); only the socket's path reaches the workload.
+		case strings.HasPrefix(k, api.EnvPrefix) && k != api.SocketEnv:
 		case slices.Contains(drop, k) || slices.Contains(addKeys, k):
 		default:
 			env = append(env, kv)

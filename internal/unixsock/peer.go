@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 )
 
 // Peer is the identity of the process at the other end of a connection, as
@@ -43,6 +44,13 @@ func (p Peer) Exe() (string, error) {
 }
 
 func (p Peer) String() string { return fmt.Sprintf("uid=%d gid=%d pid=%d", p.UID, p.GID, p.PID) }
+
+// LogValue makes slog log a Peer as its kernel-reported identity, a group
+// of uid, gid and pid ("peer", p gives peer.uid=… in text, "peer":{"uid":…}
+// in JSON), and never the process handle it may carry.
+func (p Peer) LogValue() slog.Value {
+	return slog.GroupValue(slog.Any("uid", p.UID), slog.Any("gid", p.GID), slog.Any("pid", p.PID))
+}
 
 type peerKey struct{}
 

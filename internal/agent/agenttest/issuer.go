@@ -24,26 +24,16 @@ import (
 
 	"github.com/superfly/macaroon"
 
+	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/oidc"
 )
 
-// Machine is the registered machine the issuer knows.
-type Machine struct {
-	MachineID   string            `json:"machine_id"`
-	MachineName string            `json:"machine_name"`
-	App         string            `json:"app"`
-	Org         string            `json:"org"`
-	Region      string            `json:"region"`
-	Image       string            `json:"image"`
-	ImageDigest string            `json:"image_digest"`
-	PrivateIP   string            `json:"private_ip"`
-	Tags        map[string]string `json:"tags"`
-}
-
-// DefaultMachine is the machine a new Issuer registers.
-func DefaultMachine() Machine {
-	return Machine{
+// DefaultMachine is the machine a new Issuer registers, as GET
+// /v1/machines/self reports it: the wire type itself, so the test issuer's
+// body cannot drift from the real one's.
+func DefaultMachine() api.Metadata {
+	return api.Metadata{
 		MachineID: "m-0123abcd", MachineName: "web-1", App: "web", Org: "acme",
 		Region: "ams", Image: "registry.example/web:1", ImageDigest: "sha256:abc123",
 		PrivateIP: "fdaa::2", Tags: map[string]string{"role": "frontend"},
@@ -68,7 +58,7 @@ type Issuer struct {
 	addr     string
 
 	mu        sync.Mutex
-	machine   Machine
+	machine   api.Metadata
 	changed   chan struct{} // closed on every machine change
 	srv       *http.Server
 	gateway   http.Handler
@@ -141,7 +131,7 @@ func (is *Issuer) MachineToken(t testing.TB, features ...machinetoken.Feature) s
 func (is *Issuer) serve(ln net.Listener) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, 200, map[string]string{"status": "ok"})
+		writeJSON(w, 200, api.HealthReply{Status: api.HealthOK})
 	})
 	mux.HandleFunc("POST /v1/tokens/oidc", is.handleToken)
 	mux.HandleFunc("GET /v1/machines/self", is.handleSelf)
@@ -182,7 +172,7 @@ func (is *Issuer) Start(t testing.TB) {
 }
 
 // Machine returns the registered machine.
-func (is *Issuer) Machine() Machine {
+func (is *Issuer) Machine() api.Metadata {
 	is.mu.Lock()
 	defer is.mu.Unlock()
 	m := is.machine
@@ -259,7 +249,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 func writeError(w http.ResponseWriter, status int, code, msg string) {
-	writeJSON(w, status, map[string]string{"error": msg, "code": code})
+	writeJSON(w, status, api.ErrorReply{Error: msg, Code: code})
 }
 
 // authenticate verifies the request's machine token for feature (and app,
@@ -286,7 +276,7 @@ func (is *Issuer) authenticate(w http.ResponseWriter, r *http.Request, feature m
 	}
 	if err != nil {
 		is.Unauthorized.Add(1)
-		writeError(w, http.StatusUnauthorized, "unauthorized", "unauthorized")
+		writeError(w, http.StatusUnauthorized, api.CodeUnauthorized, "unauthorized")
 		return nil, nil, false
 	}
 	is.mu.Lock()
@@ -330,15 +320,12 @@ func (is *Issuer) handleToken(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	m := is.Machine()
-	var req struct {
-		Aud json.RawMessage `json:"aud"`
-		TTL string          `json:"ttl"`
-	}
+	var req api.IssuerTokenRequest
 	if len(strings.TrimSpace(string(body))) > 0 {
 		dec := json.NewDecoder(strings.NewReader(string(body)))
 		dec.DisallowUnknownFields()
 		if dec.Decode(&req) != nil {
-			writeError(w, 400, "bad_request", "bad request")
+			writeError(w, 400, api.CodeBadRequest, "bad request")
 			return
 		}
 	}
@@ -352,18 +339,18 @@ func (is *Issuer) handleToken(w http.ResponseWriter, r *http.Request) {
 		case json.Unmarshal(req.Aud, &many) == nil:
 			aud = many
 		default:
-			writeError(w, 400, "bad_request", "bad request")
+			writeError(w, 400, api.CodeBadRequest, "bad request")
 			return
 		}
 	}
 	if oidc.ValidateAudience(aud) != nil {
-		writeError(w, 400, "bad_request", "bad request")
+		writeError(w, 400, api.CodeBadRequest, "bad request")
 		return
 	}
 	if req.TTL != "" {
 		d, err := time.ParseDuration(req.TTL)
 		if err != nil || d <= 0 || d > time.Hour {
-			writeError(w, 400, "bad_request", "bad request")
+			writeError(w, 400, api.CodeBadRequest, "bad request")
 			return
 		}
 		ttl = d
@@ -383,12 +370,12 @@ func (is *Issuer) handleToken(w http.ResponseWriter, r *http.Request) {
 		Region: m.Region, Image: m.Image, ImageDigest: m.ImageDigest,
 	})
 	if err != nil {
-		writeError(w, 500, "internal_error", "internal error")
+		writeError(w, 500, api.CodeInternal, "internal error")
 		return
 	}
 	is.TokenCalls.Add(1)
 	// exp is whole seconds in the JWT; report what the token says.
-	writeJSON(w, 200, map[string]string{"token": tok, "expires_at": now.Add(ttl).UTC().Truncate(time.Second).Format(time.RFC3339)})
+	writeJSON(w, 200, api.TokenReply{Token: tok, ExpiresAt: now.Add(ttl).UTC().Truncate(time.Second)})
 }
 
 func (is *Issuer) metadata() ([]byte, string, chan struct{}) {
@@ -418,11 +405,11 @@ func (is *Issuer) handleSelf(w http.ResponseWriter, r *http.Request) {
 		writeMetadata(w, body, etag)
 		return
 	}
-	wait := 30 * time.Second
+	wait := api.DefaultWait
 	if t := q.Get("timeout"); t != "" {
 		d, err := time.ParseDuration(t)
-		if err != nil || d < time.Second || d > 120*time.Second {
-			writeError(w, 400, "bad_request", "bad request")
+		if err != nil || d < api.MinWait || d > api.MaxWait {
+			writeError(w, 400, api.CodeBadRequest, "bad request")
 			return
 		}
 		wait = d
@@ -448,7 +435,7 @@ func (is *Issuer) handleSelf(w http.ResponseWriter, r *http.Request) {
 			removed := is.removed
 			is.mu.Unlock()
 			if removed {
-				writeError(w, http.StatusUnauthorized, "unauthorized", "unauthorized")
+				writeError(w, http.StatusUnauthorized, api.CodeUnauthorized, "unauthorized")
 				return
 			}
 			b, e, ch := is.metadata()
@@ -472,7 +459,7 @@ func (is *Issuer) handleGateway(w http.ResponseWriter, r *http.Request) {
 	gw := is.gateway
 	is.mu.Unlock()
 	if gw == nil {
-		writeError(w, 404, "not_found", "not found")
+		writeError(w, 404, api.CodeNotFound, "not found")
 		return
 	}
 	v, body, ok := is.authenticate(w, r, machinetoken.FeatureProxy, r.PathValue("app"))

@@ -1,66 +1,10 @@
-// Package apierror writes the error responses wicket's sockets give their
-// callers (S-errors): a generic message and a stable code, never the
-// caller's input, a file path, an upstream body or an internal error. The
-// details belong in the server log, next to the peer that caused them.
-package apierror
+package httpapi
 
 import (
 	"net/http"
 	"reflect"
-	"strconv"
 	"strings"
 )
-
-// Stable error codes. Clients may match on these; they never change meaning.
-const (
-	CodeBadRequest       = "bad_request"
-	CodeForbidden        = "forbidden"
-	CodeUnauthorized     = "unauthorized"
-	CodeNotFound         = "not_found"
-	CodeMethodNotAllowed = "method_not_allowed"
-	CodeBodyTooLarge     = "body_too_large"
-	CodeRequestTimeout   = "request_timeout"
-	CodeRateLimited      = "rate_limited"
-	CodeInternal         = "internal_error"
-	CodeUnavailable      = "upstream_unavailable"
-	CodeUpstreamTimeout  = "upstream_timeout"
-	CodeBadGateway       = "bad_gateway"
-	CodeReloadFailed     = "reload_failed"
-)
-
-// Write sends {"error":msg,"code":code} with status. msg and code must be
-// constants from the program, never derived from the request.
-func Write(w http.ResponseWriter, status int, code, msg string) {
-	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Cache-Control", "no-store")
-	body := `{"error":` + strconv.Quote(msg) + `,"code":` + strconv.Quote(code) + "}\n"
-	w.WriteHeader(status)
-	w.Write([]byte(body))
-}
-
-// Common responses.
-func NotFound(w http.ResponseWriter) { Write(w, http.StatusNotFound, CodeNotFound, "not found") }
-
-// MethodNotAllowed answers 405 with the allowed methods.
-func MethodNotAllowed(w http.ResponseWriter, allow string) {
-	w.Header().Set("Allow", allow)
-	Write(w, http.StatusMethodNotAllowed, CodeMethodNotAllowed, "method not allowed")
-}
-
-// Forbidden answers 403.
-func Forbidden(w http.ResponseWriter) { Write(w, http.StatusForbidden, CodeForbidden, "forbidden") }
-
-// BadRequest answers 400.
-func BadRequest(w http.ResponseWriter) {
-	Write(w, http.StatusBadRequest, CodeBadRequest, "bad request")
-}
-
-// Internal answers 500.
-func Internal(w http.ResponseWriter) {
-	Write(w, http.StatusInternalServerError, CodeInternal, "internal error")
-}
 
 // CanonicalPath reports whether p is an absolute, clean URL path: no dot
 // segments, no doubled slashes, no NUL, no backslash, no ';' and no
@@ -124,4 +68,31 @@ func MuxPattern(mux *http.ServeMux, r *http.Request) string {
 		return ""
 	}
 	return pattern
+}
+
+// ValidMethod reports whether m is one of the methods a wicket route or
+// policy rule may name: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS.
+// CONNECT and TRACE, and anything else, never are.
+func ValidMethod(m string) bool {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut,
+		http.MethodPatch, http.MethodDelete, http.MethodOptions:
+		return true
+	}
+	return false
+}
+
+// AllowedMethods lists, for a 405's Allow header, which of candidates mux
+// serves r's path under (through MuxPattern, so a redirect is no match);
+// "" when none does, and the answer is a 404.
+func AllowedMethods(mux *http.ServeMux, r *http.Request, candidates ...string) string {
+	var allow []string
+	for _, m := range candidates {
+		r2 := r.Clone(r.Context())
+		r2.Method = m
+		if MuxPattern(mux, r2) != "" {
+			allow = append(allow, m)
+		}
+	}
+	return strings.Join(allow, ", ")
 }

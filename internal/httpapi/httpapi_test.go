@@ -1,9 +1,11 @@
-package apierror
+package httpapi
 
 import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+
+	"github.com/wicket-sh/wicket/api"
 )
 
 func TestCanonicalPath(t *testing.T) {
@@ -21,7 +23,7 @@ func TestCanonicalPath(t *testing.T) {
 
 func TestWrite(t *testing.T) {
 	w := httptest.NewRecorder()
-	Write(w, 403, CodeForbidden, "forbidden")
+	Write(w, 403, api.CodeForbidden, "forbidden")
 	if w.Code != 403 || w.Body.String() != "{\"error\":\"forbidden\",\"code\":\"forbidden\"}\n" || w.Header().Get("Content-Type") != "application/json" {
 		t.Errorf("got %d %q %v", w.Code, w.Body.String(), w.Header())
 	}
