@@ -16,8 +16,22 @@ import (
 	"github.com/wicket-sh/wicket/internal/store/etcd"
 )
 
-// openStore opens the configured state backend.
+// openStore opens the configured state backend, and refuses a store
+// shared between replicas that cannot elect one of them: key maintenance
+// would run on every replica.
 func openStore(ctx context.Context, st config.State, log *slog.Logger) (store.Store, error) {
+	s, err := openBackend(ctx, st, log)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := store.ElectorFor(s); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("state backend %q: %w", st.Backend, err)
+	}
+	return s, nil
+}
+
+func openBackend(ctx context.Context, st config.State, log *slog.Logger) (store.Store, error) {
 	if st.Backend == "etcd" {
 		s, err := etcd.Open(ctx, EtcdConfig(st, log))
 		if err != nil {
@@ -125,7 +139,7 @@ func unavailable(err error) bool { return errors.Is(err, store.ErrUnavailable) }
 
 func (s *Issuer) stateStatus(st config.State) map[string]any {
 	out := map[string]any{"backend": st.Backend}
-	if r, ok := s.store.(interface{ Reachable() bool }); ok {
+	if r, ok := s.store.(store.Health); ok {
 		out["reachable"] = r.Reachable()
 	}
 	return out
