@@ -16,11 +16,15 @@ import (
 	"github.com/wicket-sh/wicket/internal/store/etcd"
 )
 
-// openStore opens the configured state backend, and refuses a store
-// shared between replicas that cannot elect one of them: key maintenance
-// would run on every replica.
+// openStore opens the configured state backend (stateBackends), and
+// refuses a store shared between replicas that cannot elect one of them:
+// key maintenance would run on every replica.
 func openStore(ctx context.Context, st config.State, log *slog.Logger) (store.Store, error) {
-	s, err := openBackend(ctx, st, log)
+	b, err := backendFor(st)
+	if err != nil {
+		return nil, err
+	}
+	s, err := b.open(ctx, st, log)
 	if err != nil {
 		return nil, err
 	}
@@ -31,14 +35,8 @@ func openStore(ctx context.Context, st config.State, log *slog.Logger) (store.St
 	return s, nil
 }
 
-func openBackend(ctx context.Context, st config.State, log *slog.Logger) (store.Store, error) {
-	if st.Backend == "etcd" {
-		s, err := etcd.Open(ctx, EtcdConfig(st, log))
-		if err != nil {
-			return nil, fmt.Errorf("state: %w", err)
-		}
-		return s, nil
-	}
+// openBoltState opens the bolt backend's state file, which Init created.
+func openBoltState(_ context.Context, st config.State, _ *slog.Logger) (store.Store, error) {
 	d, err := openStateDir(st.Dir, false)
 	if err != nil {
 		return nil, err
