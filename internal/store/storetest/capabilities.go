@@ -90,14 +90,7 @@ func testLeadExclusive(t *testing.T, s store.Store) {
 		t.Fatal("leader's context ended at once")
 	}
 	second := campaign(t.Context(), el, "a")
-	select {
-	case l := <-second:
-		if l.err == nil {
-			l.resign()
-		}
-		t.Fatalf("second campaign returned while the first leads (err %v)", l.err)
-	case <-time.After(notElected):
-	}
+	expectWaiting(t, second)
 	_, resignB := mustLead(t, el, "b") // another name: not blocked by "a"
 	resignB()
 
@@ -106,17 +99,36 @@ func testLeadExclusive(t *testing.T, s store.Store) {
 	if lost.Err() == nil {
 		t.Error("leader's context live after resigning")
 	}
+	expectElected(t, second)
+}
+
+// expectWaiting fails if a campaign returns while another leads.
+func expectWaiting(t *testing.T, c <-chan led) {
+	t.Helper()
 	select {
-	case l := <-second:
+	case l := <-c:
+		if l.err == nil {
+			l.resign()
+		}
+		t.Fatalf("a campaign returned while another leads (err %v)", l.err)
+	case <-time.After(notElected):
+	}
+}
+
+// expectElected waits for a campaign to lead, then resigns.
+func expectElected(t *testing.T, c <-chan led) {
+	t.Helper()
+	select {
+	case l := <-c:
 		if l.err != nil {
-			t.Fatalf("second campaign: %v", l.err)
+			t.Fatalf("campaign: %v", l.err)
 		}
 		if l.lost.Err() != nil {
 			t.Error("new leader's context already ended")
 		}
 		l.resign()
 	case <-time.After(waitTimeout):
-		t.Fatal("second campaign not elected after the leader resigned")
+		t.Fatal("campaign not elected after the leader resigned")
 	}
 }
 
@@ -380,22 +392,7 @@ func testSharedLead(t *testing.T, a, b store.Store) {
 	ea, eb := elector(t, a), elector(t, b)
 	_, resign := mustLead(t, ea, "keys")
 	second := campaign(t.Context(), eb, "keys")
-	select {
-	case l := <-second:
-		if l.err == nil {
-			l.resign()
-		}
-		t.Fatalf("other replica elected while the first leads (err %v)", l.err)
-	case <-time.After(notElected):
-	}
+	expectWaiting(t, second)
 	resign()
-	select {
-	case l := <-second:
-		if l.err != nil {
-			t.Fatal(l.err)
-		}
-		l.resign()
-	case <-time.After(waitTimeout):
-		t.Fatal("other replica not elected after the leader resigned")
-	}
+	expectElected(t, second)
 }
