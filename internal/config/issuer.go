@@ -7,6 +7,8 @@ import (
 	"net/url"
 	"path/filepath"
 	"regexp"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/wicket-sh/wicket/api"
@@ -26,6 +28,23 @@ type IssuerServer struct {
 	// AllowNonLoopback must be set to listen on a non-loopback address
 	// without TLS.
 	AllowPlaintext bool `toml:"allow_plaintext"`
+}
+
+// StateBackends returns the names state.backend accepts. Each has its
+// settings validated in Validate and a backend in the issuer's registry
+// (internal/issuer/backends.go); a test there keeps the two lists equal.
+func StateBackends() []string { return []string{"bolt", "etcd"} }
+
+// quotedOr lists names as "a", "b" or "c".
+func quotedOr(names []string) string {
+	q := make([]string, len(names))
+	for i, n := range names {
+		q[i] = strconv.Quote(n)
+	}
+	if len(q) < 2 {
+		return strings.Join(q, "")
+	}
+	return strings.Join(q[:len(q)-1], ", ") + " or " + q[len(q)-1]
 }
 
 // State selects the issuer's state backend (static).
@@ -204,7 +223,7 @@ func (c *Issuer) Validate() error {
 	case "etcd":
 		errs = append(errs, c.State.validateEtcd()...)
 	default:
-		errs = append(errs, fmt.Errorf("state.backend %q: want \"bolt\" or \"etcd\"", c.State.Backend))
+		errs = append(errs, fmt.Errorf("state.backend %q: want %s", c.State.Backend, quotedOr(StateBackends())))
 	}
 	if c.OIDC.Alg != "RS256" && c.OIDC.Alg != "ES256" {
 		errs = append(errs, fmt.Errorf("oidc.alg %q: want RS256 or ES256", c.OIDC.Alg))

@@ -24,9 +24,16 @@ type InitResult struct {
 // machine-token root key: a bbolt file, or, for the etcd backend, the keys
 // under the configured prefix. It is idempotent: existing state is kept.
 func Init(ctx context.Context, cfg *config.Issuer) (*InitResult, error) {
-	if cfg.State.Backend == "etcd" {
-		return initEtcd(ctx, cfg)
+	b, err := backendFor(cfg.State)
+	if err != nil {
+		return nil, err
 	}
+	return b.init(ctx, cfg)
+}
+
+// initBolt creates the state directory, the seal key file and the bbolt
+// state file.
+func initBolt(ctx context.Context, cfg *config.Issuer) (*InitResult, error) {
 	st := cfg.State
 	res := &InitResult{StateFile: st.BoltPath()}
 	d, err := openStateDir(st.Dir, true)

@@ -318,18 +318,18 @@ func (s *Issuer) reloadKeys(ctx context.Context) {
 	}
 }
 
-// leader is a store shared by several replicas that can elect one of them
-// (store/etcd). With any other store this replica is the only one.
-type leader interface {
-	Lead(ctx context.Context, name string) (lost context.Context, resign func(), err error)
-}
-
 // keyMaintenance runs the scheduled key work (pruning, rotate_every) on
-// exactly one replica: the elected leader when the store is shared, else
+// exactly one replica: the one the store elects when it is shared, else
 // this one. Other replicas see the results through watchKeys.
 func (s *Issuer) keyMaintenance(ctx context.Context) {
-	el, ok := s.store.(leader)
-	if !ok {
+	el, err := store.ElectorFor(s.store)
+	if err != nil {
+		// openStore refuses such a store; should one get here anyway, no
+		// maintenance is safer than maintenance on every replica.
+		s.log.Error("key maintenance disabled", "err", err)
+		return
+	}
+	if el == nil {
 		s.maintainLoop(ctx)
 		return
 	}

@@ -18,12 +18,6 @@ type MigrateResult struct {
 	Unchanged int `json:"unchanged"`
 }
 
-// machineImporter is a store that can take a machine as it is, version and
-// timestamps included (store/etcd).
-type machineImporter interface {
-	ImportMachine(ctx context.Context, m *store.Machine) error
-}
-
 // Migrate copies every sealed key, revocation and machine from src to dst.
 //
 // Sealed keys are copied byte for byte, never unsealed: dst must be served
@@ -33,9 +27,9 @@ type machineImporter interface {
 // revocations are rewritten as they are, machines already copied unchanged
 // are skipped, and a machine that differs in dst (changed there since)
 // stops the migration rather than being overwritten. The issuer must not
-// be running on either store meanwhile.
+// be running on either store meanwhile. dst must be a store.Importer.
 func Migrate(ctx context.Context, dst, src store.Store) (*MigrateResult, error) {
-	imp, ok := dst.(machineImporter)
+	imp, ok := dst.(store.Importer)
 	if !ok {
 		return nil, errors.New("migrate: the destination cannot take machines with their versions")
 	}

@@ -16,15 +16,27 @@ import (
 	"github.com/wicket-sh/wicket/internal/store/etcd"
 )
 
-// openStore opens the configured state backend.
+// openStore opens the configured state backend (stateBackends), and
+// refuses a store shared between replicas that cannot elect one of them:
+// key maintenance would run on every replica.
 func openStore(ctx context.Context, st config.State, log *slog.Logger) (store.Store, error) {
-	if st.Backend == "etcd" {
-		s, err := etcd.Open(ctx, EtcdConfig(st, log))
-		if err != nil {
-			return nil, fmt.Errorf("state: %w", err)
-		}
-		return s, nil
+	b, err := backendFor(st)
+	if err != nil {
+		return nil, err
 	}
+	s, err := b.open(ctx, st, log)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := store.ElectorFor(s); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("state backend %q: %w", st.Backend, err)
+	}
+	return s, nil
+}
+
+// openBoltState opens the bolt backend's state file, which Init created.
+func openBoltState(_ context.Context, st config.State, _ *slog.Logger) (store.Store, error) {
 	d, err := openStateDir(st.Dir, false)
 	if err != nil {
 		return nil, err
@@ -125,7 +137,7 @@ func unavailable(err error) bool { return errors.Is(err, store.ErrUnavailable) }
 
 func (s *Issuer) stateStatus(st config.State) map[string]any {
 	out := map[string]any{"backend": st.Backend}
-	if r, ok := s.store.(interface{ Reachable() bool }); ok {
+	if r, ok := s.store.(store.Health); ok {
 		out["reachable"] = r.Reachable()
 	}
 	return out

@@ -6,6 +6,10 @@
 // UpdateMachine is a read-modify-write with optimistic concurrency, every
 // write carries a store-wide revision, and watches push changes so replicas
 // can serve long polls and reload keys without polling the store.
+//
+// What only some backends can do is declared as optional interfaces in
+// capabilities.go (Elector, Importer, Health); Store.Shared says whether a
+// missing Elector is safe.
 package store
 
 import (
@@ -169,6 +173,15 @@ type Store interface {
 	// reload. It sends nothing initially: subscribe, then load. The channel
 	// is closed when ctx ends or the store is closed.
 	WatchKeys(ctx context.Context) (<-chan struct{}, error)
+
+	// Shared reports whether other processes (issuer replicas) may use the
+	// same state at the same time. It is part of the interface, not an
+	// optional capability, so that every backend has to answer it: a
+	// shared store must also implement Elector (ElectorFor), else the
+	// issuer refuses to start on it. false promises that nothing else
+	// writes the state while this Store is open (bolt holds the file's
+	// lock), so the process may do singleton work without an election.
+	Shared() bool
 
 	// Close releases the store and closes all watch channels.
 	Close() error

@@ -3,6 +3,12 @@
 // metadata with long polls, OIDC tokens, the /v1/apps gateway) with the real
 // machinetoken verifier and real OIDC signing, and that tests can stop,
 // restart, slow down, count and change.
+//
+// The fake is held to the real issuer's behaviour by the issuer-API
+// contract (internal/issuer/issuertest), which runs against both. Its
+// knobs (SetTokenTTL, SetTokenDelay) go beyond what a real issuer's config
+// allows, so that agent tests can be fast; everything else a default-config
+// issuer does, the fake does.
 package agenttest
 
 import (
@@ -27,6 +33,7 @@ import (
 	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/oidc"
+	"github.com/wicket-sh/wicket/internal/proxy"
 )
 
 // DefaultMachine is the machine a new Issuer registers, as GET
@@ -66,6 +73,7 @@ type Issuer struct {
 	tokenTTL  time.Duration
 	tokenWait time.Duration
 	removed   bool
+	revoked   map[string]bool // token ids
 
 	// Counters.
 	TokenCalls     atomic.Int64 // POST /v1/tokens/oidc answered 200
@@ -91,6 +99,7 @@ func New(t testing.TB) *Issuer {
 		machine:  DefaultMachine(),
 		changed:  make(chan struct{}),
 		tokenTTL: 10 * time.Minute,
+		revoked:  map[string]bool{},
 	}
 	is.Verifier = &machinetoken.Verifier{
 		Location: is.URL,
@@ -99,6 +108,11 @@ func New(t testing.TB) *Issuer {
 				return is.Key.Secret, true
 			}
 			return nil, false
+		},
+		Revoked: func(id string) bool {
+			is.mu.Lock()
+			defer is.mu.Unlock()
+			return is.revoked[id]
 		},
 	}
 	is.oidcKey, err = oidc.GenerateKey(oidc.ES256, time.Now(), 0)
@@ -187,6 +201,20 @@ func (is *Issuer) SetTags(tags map[string]string) {
 	is.machine.Tags = cloneTags(tags)
 	close(is.changed)
 	is.changed = make(chan struct{})
+}
+
+// Revoke revokes token, and with it every copy of it, as the issuer's
+// admin revoke does by the token's id: requests carrying it get 401 from
+// now on.
+func (is *Issuer) Revoke(t testing.TB, token string) {
+	t.Helper()
+	v, err := is.Verifier.Verify(token, machinetoken.Request{Feature: machinetoken.FeatureMetadata})
+	if err != nil {
+		t.Fatalf("revoke: not a token of this issuer: %v", err)
+	}
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	is.revoked[v.TokenID] = true
 }
 
 // Remove unregisters the machine: its tokens get 401 from now on.
@@ -349,7 +377,9 @@ func (is *Issuer) handleToken(w http.ResponseWriter, r *http.Request) {
 	}
 	if req.TTL != "" {
 		d, err := time.ParseDuration(req.TTL)
-		if err != nil || d <= 0 || d > time.Hour {
+		// The real issuer's bounds with its default config: at least a
+		// minute, at most oidc.max_ttl (1h).
+		if err != nil || d < time.Minute || d > time.Hour {
 			writeError(w, 400, api.CodeBadRequest, "bad request")
 			return
 		}
@@ -454,6 +484,15 @@ func (is *Issuer) handleSelf(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// gatewayHeaders is the issuer's default gateway.forward_headers.
+var gatewayHeaders = func() *proxy.HeaderAllowlist {
+	a, err := proxy.CompileHeaders(nil)
+	if err != nil {
+		panic(err)
+	}
+	return a
+}()
+
 func (is *Issuer) handleGateway(w http.ResponseWriter, r *http.Request) {
 	is.mu.Lock()
 	gw := is.gateway
@@ -468,7 +507,10 @@ func (is *Issuer) handleGateway(w http.ResponseWriter, r *http.Request) {
 	}
 	is.GatewayCalls.Add(1)
 	r2 := r.Clone(r.Context())
-	r2.Header.Del("Authorization")
+	// As the issuer's gateway does with its default forward_headers: only
+	// allowlisted headers pass, never a credential or anything that could
+	// pass for the identity set below.
+	r2.Header = gatewayHeaders.Filter(r.Header)
 	r2.Header.Set("X-Wicket-Machine-Id", v.MachineID)
 	r2.Header.Set("X-Wicket-App", v.App)
 	r2.Header.Set("X-Wicket-Org", v.Org)

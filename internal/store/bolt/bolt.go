@@ -120,6 +120,10 @@ func initSchema(tx *bbolt.Tx) error {
 	return nil
 }
 
+// Shared implements store.Store: the bbolt file is locked by the one
+// process that opens it, so no other replica shares the state.
+func (s *Store) Shared() bool { return false }
+
 // Close closes all watch channels and the file. It is safe to call twice.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {

@@ -255,6 +255,18 @@ func (s *Store) initSchema(ctx context.Context) error {
 	return nil
 }
 
+// The capabilities the issuer relies on: leader election for key
+// maintenance, migration from bolt, reachability for status.
+var (
+	_ store.Elector  = (*Store)(nil)
+	_ store.Importer = (*Store)(nil)
+	_ store.Health   = (*Store)(nil)
+)
+
+// Shared implements store.Store: every replica on the same endpoints and
+// prefix shares the state, and Lead elects one of them.
+func (s *Store) Shared() bool { return true }
+
 // Close stops the watch, closes all watch channels and the client. It is
 // safe to call twice.
 func (s *Store) Close() error {
@@ -818,5 +830,6 @@ func (s *Store) WatchKeys(ctx context.Context) (<-chan struct{}, error) {
 	return ch, nil
 }
 
-// Reachable reports whether etcd currently answers (for status pages).
+// Reachable implements store.Health: whether the last request or probe
+// that ended found etcd answering, without a new round trip.
 func (s *Store) Reachable() bool { return !s.degraded() }

@@ -62,6 +62,16 @@ func TestConformance(t *testing.T) {
 	})
 }
 
+// TestConformanceShared: two stores on one prefix behave as two replicas
+// of one state.
+func TestConformanceShared(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	storetest.RunShared(t, func(t *testing.T) (store.Store, store.Store) {
+		a := open(t, c, nil)
+		return a, open(t, c, func(cfg *Config) { cfg.Prefix = a.prefix })
+	})
+}
+
 func newMachine(id, name string) *store.Machine {
 	return &store.Machine{ID: id, Org: "acme", App: "web", Name: name, Tags: map[string]string{}}
 }

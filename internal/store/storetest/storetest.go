@@ -21,7 +21,9 @@ import (
 const waitTimeout = 10 * time.Second
 
 // Run runs the suite. open must return a new, empty store for each call;
-// Run closes it when the subtest ends.
+// Run closes it when the subtest ends. The cases of the optional
+// capabilities (store.Elector, store.Importer, store.Health) run for
+// those the store implements; a shared store must also pass RunShared.
 func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	fresh := func(t *testing.T) store.Store {
 		t.Helper()
@@ -63,6 +65,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"WatchMachineOwnCopies", testWatchMachineOwnCopies},
 		{"WatchKeys", testWatchKeys},
 	}
+	tests = append(tests, capabilityTests...)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, fresh(t)) })
 	}
