@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 )
 
@@ -183,10 +184,7 @@ func parseIssued(t *testing.T, r reply) issued {
 	if r.status != 200 {
 		t.Fatalf("token: status %d (body %.200q)", r.status, r.body)
 	}
-	var out struct {
-		Token     string    `json:"token"`
-		ExpiresAt time.Time `json:"expires_at"`
-	}
+	var out api.TokenReply
 	if err := json.Unmarshal([]byte(r.body), &out); err != nil {
 		t.Fatalf("token reply: %v", err)
 	}
