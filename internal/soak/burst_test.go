@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/wicket-sh/wicket/internal/sockettest"
+	"github.com/wicket-sh/wicket/internal/wait"
 )
 
 // raiseNoFile lifts this process's open-file limit to at least need (the
@@ -161,7 +162,7 @@ func TestBurst5000Connections(t *testing.T) {
 	// Wait (bounded) until every attempt connected or failed and the agent
 	// has dealt with every connection it was handed, then hold a moment
 	// longer so the sampler sees the steady state.
-	settled := waitFor(60*time.Second, func() bool {
+	settled := wait.Until(60*time.Second, func() bool {
 		if done.Load() < attempts {
 			return false
 		}
@@ -227,7 +228,7 @@ func TestBurst5000Connections(t *testing.T) {
 	// Afterwards: alive, memory bounded, health answers, every slot freed.
 	a.healthy(t)
 	checkRSS(t, a.proc, "after the burst")
-	if !waitFor(10*time.Second, func() bool { return a.status(t).Sockets["api"].Open == 0 }) {
+	if !wait.Until(10*time.Second, func() bool { return a.status(t).Sockets["api"].Open == 0 }) {
 		t.Errorf("api connections still open after every client left: %d", a.status(t).Sockets["api"].Open)
 	}
 }

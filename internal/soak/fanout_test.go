@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/wicket-sh/wicket/internal/wait"
 )
 
 // TestLongPollFanOut1000 is the long-poll side of "thousands of concurrent
@@ -45,7 +47,7 @@ func TestLongPollFanOut1000(t *testing.T) {
 			woken.Add(1)
 		}()
 	}
-	if !waitFor(60*time.Second, func() bool { return a.status(t).Upstream.Metadata.Waiters >= n }) {
+	if !wait.Until(60*time.Second, func() bool { return a.status(t).Upstream.Metadata.Waiters >= n }) {
 		t.Fatalf("only %d of %d long polls waiting", a.status(t).Upstream.Metadata.Waiters, n)
 	}
 	rssWaiting := checkRSS(t, a.proc, "with 1,000 long polls waiting")
@@ -61,7 +63,7 @@ func TestLongPollFanOut1000(t *testing.T) {
 	if woken.Load() != n || failures.failed.Load() != 0 {
 		t.Errorf("%d of %d long polls woken by the change: %s", woken.Load(), n, &failures)
 	}
-	if !waitFor(10*time.Second, func() bool {
+	if !wait.Until(10*time.Second, func() bool {
 		s := a.status(t)
 		return s.Sockets["api"].Open == 0 && s.Upstream.Metadata.Waiters == 0
 	}) {

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/wicket-sh/wicket/internal/wait"
 )
 
 // trickle is one slow client: it sends head at once, then drip one byte at
@@ -186,7 +188,7 @@ func TestSlowloris_HeadersAndBodies(t *testing.T) {
 	}
 	normalC.close()
 	a.healthy(t)
-	if !waitFor(10*time.Second, func() bool { return a.status(t).Sockets["api"].Open == 0 }) {
+	if !wait.Until(10*time.Second, func() bool { return a.status(t).Sockets["api"].Open == 0 }) {
 		t.Errorf("connections still open after every client left: %d", a.status(t).Sockets["api"].Open)
 	}
 	checkRSS(t, a.proc, "after slowloris")

@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/wicket-sh/wicket/internal/wait"
 )
 
 // TestSoak_MixedLoad is the sustained-load test: every kind of guest API
@@ -136,7 +138,7 @@ func TestSoak_MixedLoad(t *testing.T) {
 		t.Errorf("token cache holds %d audiences, cap %d", st.Upstream.CachedAudiences, maxAudiences)
 	}
 	c.close()
-	if !waitFor(10*time.Second, func() bool {
+	if !wait.Until(10*time.Second, func() bool {
 		s := a.status(t)
 		return s.Sockets["api"].Open == 0 && s.Upstream.Metadata.Waiters == 0
 	}) {
