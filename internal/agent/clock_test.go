@@ -479,3 +479,58 @@ func TestTokenFiles_IssuerDown(t *testing.T) {
 		}
 	})
 }
+
+// A local long poll answers at once when the caller's etag is not the
+// current one (quoted or not), waits its full timeout when nothing
+// changes, and wakes the moment the metadata changes.
+func TestMetadata_LongPollTiming(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		a, _ := bubbleAgent(t, "", &fakeIssuer{})
+		snap, err := parseMetadata([]byte(fuzzMetadata), `"e1"`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.meta.set(snap)
+		a.meta.markAttempted()
+		get := func(path string) (*httptest.ResponseRecorder, time.Duration) {
+			r := httptest.NewRequest("GET", path, nil)
+			r = r.WithContext(unixsock.WithPeer(r.Context(), unixsock.Peer{UID: uint32(os.Geteuid()), GID: uint32(os.Getegid()), PID: int32(os.Getpid())}))
+			w := httptest.NewRecorder()
+			start := time.Now()
+			a.apiHandler().ServeHTTP(w, r)
+			return w, time.Since(start)
+		}
+		if w, el := get(`/v1/metadata?wait=true&etag=%22other%22&timeout=30s`); w.Code != 200 || w.Header().Get("Etag") != `"e1"` || el != 0 {
+			t.Errorf("other etag: %d %q after %v, want at once", w.Code, w.Header().Get("Etag"), el)
+		}
+		if w, el := get(`/v1/metadata/region?wait=true&timeout=1s&etag=%22e1%22`); w.Code != 200 || w.Body.String() != "ams" || el != time.Second {
+			t.Errorf("same etag: %d %q after %v, want the 1s timeout", w.Code, w.Body.String(), el)
+		}
+		if w, el := get(`/v1/metadata?wait=true&timeout=7s&etag=e1`); w.Code != 200 || el != 7*time.Second {
+			t.Errorf("unquoted etag: %d after %v, want the 7s timeout", w.Code, el)
+		}
+		type reply struct {
+			w  *httptest.ResponseRecorder
+			el time.Duration
+		}
+		done := make(chan reply, 1)
+		go func() {
+			w, el := get(`/v1/metadata/tags/role?wait=true&timeout=120s&etag=%22e1%22`)
+			done <- reply{w, el}
+		}()
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		if n := a.meta.waiters.Load(); n != 1 {
+			t.Fatalf("%d waiters, want 1", n)
+		}
+		next, err := parseMetadata([]byte(strings.Replace(fuzzMetadata, `"role":"fz"`, `"role":"backend"`, 1)), `"e2"`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.meta.set(next)
+		r := <-done
+		if r.w.Code != 200 || r.w.Body.String() != "backend" || r.w.Header().Get("Etag") != `"e2"` || r.el != 5*time.Second {
+			t.Errorf("woken poll: %d %q %q after %v, want the change at 5s", r.w.Code, r.w.Body.String(), r.w.Header().Get("Etag"), r.el)
+		}
+	})
+}
