@@ -302,6 +302,9 @@ func TestCluster_ScheduledRotationElectedOnce(t *testing.T) {
 // losing all keeps verification and signing working from memory while
 // writes fail with 503; bringing etcd back needs no issuer restart.
 func TestCluster_EtcdFailures(t *testing.T) {
+	if testing.Short() {
+		t.Skip("stops and restarts etcd members under three replicas: skipped in -short mode")
+	}
 	cl := newCluster(t, 3)
 	a := cl.replica(t, nil, nil)
 	b := cl.replica(t, nil, nil)

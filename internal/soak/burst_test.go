@@ -43,6 +43,7 @@ func raiseNoFile(t *testing.T, need uint64) {
 // the agent never has more than max_conns open, closes the excess at once
 // and counts it, serves the ones it kept, and answers afterwards.
 func TestBurst5000Connections(t *testing.T) {
+	skipShort(t)
 	const (
 		attempts = 5000
 		maxConns = 512

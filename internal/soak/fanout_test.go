@@ -16,6 +16,7 @@ import (
 // every one of them with the new metadata, and afterwards no waiter and no
 // connection is left behind and memory stayed bounded.
 func TestLongPollFanOut1000(t *testing.T) {
+	skipShort(t)
 	const n = 1000
 	raiseNoFile(t, 2*n+1024)
 	sys := startSystem(t, agentConfig{MaxConns: 2 * n}, "")

@@ -29,6 +29,7 @@ const unavailableBody = `{"error":"token unavailable","code":"upstream_unavailab
 // audiences work again and a metadata long poll wakes on a change made
 // after the restart.
 func TestIssuerKilledAndRestarted(t *testing.T) {
+	skipShort(t)
 	const requestTimeout = time.Second
 	sys := startSystem(t, agentConfig{RequestTimeout: requestTimeout.String()}, "")
 	a, is := sys.agent, sys.issuer
@@ -206,6 +207,7 @@ func inode(t *testing.T, path string) uint64 {
 // with the same config replaces them, and the same clients reconnect and
 // get 200.
 func TestAgentKill9AndRestart(t *testing.T) {
+	skipShort(t)
 	sys := startSystem(t, agentConfig{}, "")
 	a := sys.agent
 

@@ -19,6 +19,10 @@ var wicketBin string
 
 func TestMain(m *testing.M) {
 	flag.Parse()
+	if testing.Short() {
+		// Every test skips (skipShort): no binary to build.
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "wicket-soak-bin")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -34,6 +38,16 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// skipShort skips a soak test under go test -short: the suite runs real
+// processes under load for tens of seconds, which the quick loop of
+// `go test -short ./...` leaves to the full run (and CI).
+func skipShort(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("soak suite: skipped in -short mode")
+	}
 }
 
 // sustained returns how long a sustained-load test runs: short by default,

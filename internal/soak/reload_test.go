@@ -68,6 +68,7 @@ func (a *agent) reload(t *testing.T, adminC *client, bySignal bool, want uint64)
 // running config or the load. -soak stretches it to more reloads over the
 // given time.
 func TestReloadUnderLoad(t *testing.T) {
+	skipShort(t)
 	reloads := 20
 	spacing := 100 * time.Millisecond
 	if *soakFor > 0 {

@@ -75,6 +75,7 @@ func runTrickle(socket, kind, head string, drip []byte, every time.Duration, lim
 // long they keep trickling, while normal clients on the same socket keep
 // getting 200s without a single error.
 func TestSlowloris_HeadersAndBodies(t *testing.T) {
+	skipShort(t)
 	const timeout = time.Second
 	sys := startSystem(t, agentConfig{ReadHeaderTimeout: timeout.String(), BodyTimeout: timeout.String()}, "")
 	a := sys.agent

@@ -19,6 +19,7 @@ import (
 // long polls are all released at the end, and the agent's RSS stays under
 // the bound at every sample.
 func TestSoak_MixedLoad(t *testing.T) {
+	skipShort(t)
 	d := sustained(t, 5*time.Second)
 	const maxAudiences = 200
 	sys := startSystem(t, agentConfig{MaxAudiences: maxAudiences}, issuerES256)

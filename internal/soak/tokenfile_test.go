@@ -79,6 +79,7 @@ func listNames(t *testing.T, dir string) string {
 // left behind, the failures are counted in /metrics, and once there is
 // room again the file is refreshed.
 func TestTokenFileOnFullFilesystem(t *testing.T) {
+	skipShort(t)
 	mnt := mountTmpfs(t, "64k")
 	path := filepath.Join(mnt, "token")
 	// Tokens live one minute (the issuer's shortest) and the file is

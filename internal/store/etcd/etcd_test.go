@@ -248,6 +248,9 @@ func TestWatch_RelistsAfterCompaction(t *testing.T) {
 // the mirror until the grace runs out and writes fail with
 // ErrUnavailable; once etcd is back the same store works again.
 func TestUnavailable_CacheGraceThenRecovery(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out a real cache grace against a stopped etcd: skipped in -short mode")
+	}
 	c := etcdtest.Start(t, 1)
 	const grace = 3 * time.Second
 	s := open(t, c, func(cfg *Config) { cfg.CacheGrace = grace; cfg.RequestTimeout = 500 * time.Millisecond })
