@@ -10,9 +10,9 @@ import (
 	"time"
 )
 
-// soakFor stretches the sustained-load tests; 0 is the short mode every
+// soakFor stretches the sustained-load tests; 0 is the default duration every
 // `go test ./...` runs.
-var soakFor = flag.Duration("soak", 0, "run the sustained-load tests for this long (0: short mode)")
+var soakFor = flag.Duration("soak", 0, "run the sustained-load tests for this long (0: the default duration)")
 
 // wicketBin is the real binary under test, built once in TestMain.
 var wicketBin string
