@@ -16,6 +16,7 @@ import (
 	"github.com/wicket-sh/wicket/client"
 	"github.com/wicket-sh/wicket/internal/agent"
 	"github.com/wicket-sh/wicket/internal/agent/agenttest"
+	"github.com/wicket-sh/wicket/internal/wait"
 )
 
 // startAgent runs a real agent wired to a test issuer and returns its API
@@ -46,16 +47,10 @@ func startAgent(t *testing.T) (*agenttest.Issuer, string) {
 	<-a.Ready()
 	sock := filepath.Join(dir, "run", "api.sock")
 	c := client.New(sock)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, _, err := c.Metadata(context.Background()); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("agent has no metadata")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	wait.Eventually(t, 5*time.Second, func() bool {
+		_, _, err := c.Metadata(context.Background())
+		return err == nil
+	}, "agent has metadata")
 	return is, sock
 }
 

@@ -41,6 +41,14 @@ type Options struct {
 	// variable. `wicket dev` and --token-fd pass it this way. Giving more
 	// than one source is an error.
 	MachineToken MachineToken
+	// Now replaces the clock in tests; nil means time.Now. It is the clock
+	// of the token cache, the rate limiter, the metadata watch and the
+	// token files' refreshers. Their timers still run on the time
+	// package's clock, so a test that needs time to pass runs them under
+	// testing/synctest, whose bubble fakes both. Machine-token attenuation
+	// keeps the wall clock: the issuer checks those windows against its
+	// own.
+	Now func() time.Time
 }
 
 // runtime is everything a reload swaps in one step.
@@ -106,12 +114,15 @@ func New(opts Options) (*Agent, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
 	a := &Agent{
 		opts:    opts,
 		log:     opts.Logger,
 		selfUID: uint32(os.Geteuid()),
 		ready:   make(chan struct{}),
-		started: time.Now(),
+		started: opts.Now(),
 		limiter: newRateLimiter(),
 		denials: unixsock.NewDenialLog(opts.Logger, unixsock.DenialLogConfig{
 			Msg: "request denied", SummaryMsg: "request denials suppressed",
@@ -140,6 +151,9 @@ func New(opts Options) (*Agent, error) {
 	a.applyLogLevel(rt.cfg)
 	return a, nil
 }
+
+// now is the agent's clock (Options.Now).
+func (a *Agent) now() time.Time { return a.opts.Now() }
 
 // initUpstream settles the machine token and the issuer client.
 func (a *Agent) initUpstream(cfg *config.Agent, envTok MachineToken, envSet bool) error {
@@ -187,11 +201,14 @@ func (a *Agent) initUpstream(cfg *config.Agent, envTok MachineToken, envSet bool
 	}
 	a.issuerURL = u
 	a.issuer = newIssuerClient(u, a.token)
-	a.tokens = newTokenCache(a.stop, a.fetchToken, func() tokenCacheConfig {
-		c := a.rt.Load().cfg
-		return tokenCacheConfig{refreshAt: c.Tokens.RefreshAt, maxAudiences: c.Tokens.MaxAudiences, timeout: c.Issuer.RequestTimeout.Duration}
-	})
+	a.tokens = newTokenCache(a.stop, a.now, a.fetchToken, a.tokenCacheConfig)
 	return nil
+}
+
+// tokenCacheConfig is the token cache's view of the live config.
+func (a *Agent) tokenCacheConfig() tokenCacheConfig {
+	c := a.rt.Load().cfg
+	return tokenCacheConfig{refreshAt: c.Tokens.RefreshAt, maxAudiences: c.Tokens.MaxAudiences, timeout: c.Issuer.RequestTimeout.Duration}
 }
 
 // load reads and validates the config and everything derived from it.
@@ -379,7 +396,7 @@ func (a *Agent) Status() any {
 		"service":           "agent",
 		"version":           v,
 		"commit":            c,
-		"uptime_seconds":    int64(time.Since(a.started).Seconds()),
+		"uptime_seconds":    int64(a.now().Sub(a.started).Seconds()),
 		"config_generation": rt.generation,
 		"sockets":           socks,
 		"counters": map[string]uint64{
@@ -436,7 +453,7 @@ func (a *Agent) upstreamStatus() map[string]any {
 func (a *Agent) Metrics() []metrics.Sample {
 	rt := a.rt.Load()
 	s := []metrics.Sample{
-		{Name: "wicket_uptime_seconds", Help: "Seconds since start.", Type: metrics.Gauge, Value: time.Since(a.started).Seconds()},
+		{Name: "wicket_uptime_seconds", Help: "Seconds since start.", Type: metrics.Gauge, Value: a.now().Sub(a.started).Seconds()},
 		{Name: "wicket_config_generation", Help: "Generation of the running config.", Type: metrics.Gauge, Value: float64(rt.generation)},
 		{Name: "wicket_reloads_total", Help: "Config reloads.", Type: metrics.Counter, Labels: map[string]string{"outcome": "ok"}, Value: float64(a.reloadsOK.Load())},
 		{Name: "wicket_reloads_total", Help: "Config reloads.", Type: metrics.Counter, Labels: map[string]string{"outcome": "failed"}, Value: float64(a.reloadsKO.Load())},

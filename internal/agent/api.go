@@ -122,7 +122,7 @@ func reservedPath(p string) bool {
 // rateLimited applies the per-uid token bucket; when it refuses, it answers
 // 429 with Retry-After and returns true.
 func (a *Agent) rateLimited(w http.ResponseWriter, rt *runtime, p unixsock.Peer) bool {
-	ok, wait := a.limiter.allow(p.UID, rt.cfg.Limits.TokenRate, rt.cfg.Limits.TokenBurst, time.Now())
+	ok, wait := a.limiter.allow(p.UID, rt.cfg.Limits.TokenRate, rt.cfg.Limits.TokenBurst, a.now())
 	if ok {
 		return false
 	}
@@ -292,7 +292,7 @@ func (a *Agent) fetchToken(ctx context.Context, aud string) (issued, error) {
 		a.upstreamErrors.Add(1)
 		return issued{}, errors.New("issuer answered " + strconv.Itoa(rep.status) + " " + rep.code())
 	}
-	tok, err := parseTokenReply(rep.body, time.Now())
+	tok, err := parseTokenReply(rep.body, a.now())
 	if err != nil {
 		a.upstreamErrors.Add(1)
 		return issued{}, err

@@ -20,6 +20,7 @@ import (
 	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/agent/agenttest"
 	"github.com/wicket-sh/wicket/internal/sockettest"
+	"github.com/wicket-sh/wicket/internal/wait"
 )
 
 func writeTokenFile(t *testing.T, tok string, mode fs.FileMode) string {
@@ -138,7 +139,7 @@ func TestMachineTokenFromEnv(t *testing.T) {
 		t.Errorf("source = %q", g.harness.agent.tokenSource)
 	}
 	// The token works: metadata arrives.
-	eventually(t, 5*time.Second, func() bool {
+	wait.Eventually(t, 5*time.Second, func() bool {
 		return sockettest.Do(g.api, "GET", "/v1/metadata/region", "", nil).Body == "ams"
 	})
 }
@@ -150,7 +151,7 @@ func TestMachineTokenFileViaConfig_Unlinked(t *testing.T) {
 	if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("token file not unlinked: %v", err)
 	}
-	eventually(t, 5*time.Second, func() bool {
+	wait.Eventually(t, 5*time.Second, func() bool {
 		return sockettest.Do(h.api, "GET", "/v1/metadata/region", "", nil).Body == "ams"
 	})
 }

@@ -147,12 +147,18 @@ func (m *metaCache) set(next *metaSnapshot) bool {
 // jittered exponential backoff when the issuer fails. The last good
 // snapshot stays in use meanwhile.
 func (a *Agent) watchMetadata(ctx context.Context) {
+	a.watchMetadataFrom(ctx, a.fetchMetadata)
+}
+
+// watchMetadataFrom is watchMetadata's loop with the upstream call given,
+// so tests can drive the backoff without an issuer.
+func (a *Agent) watchMetadataFrom(ctx context.Context, fetch func(context.Context, *metaSnapshot) (*metaSnapshot, error)) {
 	backoff := a.backoffMin
 	failing := false
 	for ctx.Err() == nil {
 		cur := a.meta.cur.Load()
-		start := time.Now()
-		next, err := a.fetchMetadata(ctx, cur)
+		start := a.now()
+		next, err := fetch(ctx, cur)
 		if ctx.Err() != nil {
 			return
 		}
@@ -177,13 +183,13 @@ func (a *Agent) watchMetadata(ctx context.Context) {
 		failing = false
 		a.metaFailing.Store(false)
 		backoff = a.backoffMin
-		a.metaOK.Store(time.Now().Unix())
+		a.metaOK.Store(a.now().Unix())
 		changed := a.meta.set(next)
 		a.meta.markAttempted()
 		if changed {
 			a.log.Debug("metadata changed", "etag", next.etag)
-		} else if time.Since(start) < minPollInterval {
-			sleepCtx(ctx, minPollInterval-time.Since(start))
+		} else if el := a.now().Sub(start); el < minPollInterval {
+			sleepCtx(ctx, minPollInterval-el)
 		}
 	}
 }

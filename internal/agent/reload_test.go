@@ -17,6 +17,7 @@ import (
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/config/configtest"
 	"github.com/wicket-sh/wicket/internal/sockettest"
+	"github.com/wicket-sh/wicket/internal/wait"
 )
 
 // TestReload_EveryDynamicFieldTakesEffect changes each dynamic field of
@@ -96,7 +97,7 @@ token_burst = 50
 				}
 				return
 			}
-			eventually(t, 5*time.Second, func() bool { _, err := os.Stat(p); return err == nil })
+			wait.Eventually(t, 5*time.Second, func() bool { _, err := os.Stat(p); return err == nil })
 		}
 	}
 	envHas := func(want string, has bool) func(*testing.T) {

@@ -105,7 +105,7 @@ func sameTokenFile(s, old config.TokenFileSpec) bool {
 func (a *Agent) newFileRunner(s config.TokenFileSpec) (*fileRunner, error) {
 	ref, err := tokenfile.NewRefresher(tokenfile.Config{
 		Path: s.Path, Source: a.tokenFileSource(s.Path, s.Audience), Mode: s.Mode, GID: s.GID,
-		Audience: s.Audience, RefreshFraction: s.Refresh, Logger: a.log,
+		Audience: s.Audience, RefreshFraction: s.Refresh, Logger: a.log, Now: a.now,
 	})
 	if err != nil {
 		return nil, err
@@ -193,7 +193,7 @@ func (a *Agent) fileToken(ctx context.Context, aud string) (issued, string, erro
 		return tok, src, nil
 	}
 	renewAt := iat.Add(time.Duration(float64(tok.expires.Sub(iat)) * a.rt.Load().cfg.Tokens.RefreshAt))
-	now := time.Now()
+	now := a.now()
 	if now.Before(renewAt) {
 		return tok, src, nil
 	}

@@ -64,6 +64,7 @@ type tokenCacheConfig struct {
 // audience evicted first), and a cached token still usable is served while
 // the issuer is down.
 type tokenCache struct {
+	now   func() time.Time // the agent's clock (Options.Now)
 	fetch func(ctx context.Context, aud string) (issued, error)
 	cfg   func() tokenCacheConfig
 	ctx   context.Context // ends at shutdown; parent of every fetch
@@ -78,8 +79,9 @@ type tokenCache struct {
 	hits, misses, fetches, fetchErrors, refreshes atomic.Uint64
 }
 
-func newTokenCache(ctx context.Context, fetch func(context.Context, string) (issued, error), cfg func() tokenCacheConfig) *tokenCache {
+func newTokenCache(ctx context.Context, now func() time.Time, fetch func(context.Context, string) (issued, error), cfg func() tokenCacheConfig) *tokenCache {
 	return &tokenCache{
+		now:     now,
 		fetch:   fetch,
 		cfg:     cfg,
 		ctx:     ctx,
@@ -99,7 +101,7 @@ const (
 // refresh once past the refresh point), else from the one issuer call in
 // flight for aud.
 func (c *tokenCache) get(ctx context.Context, aud string) (issued, string, error) {
-	now := time.Now()
+	now := c.now()
 	c.mu.Lock()
 	if e := c.entries[aud]; e != nil && now.Before(e.usableTil) {
 		e.used = true
@@ -168,7 +170,7 @@ func (c *tokenCache) storeLocked(aud string, tok issued, requested bool, cfg tok
 	if c.closed {
 		return
 	}
-	now := time.Now()
+	now := c.now()
 	life := tok.expires.Sub(now)
 	e := c.entries[aud]
 	if e == nil {
@@ -196,7 +198,7 @@ func (c *tokenCache) retryLocked(aud string) {
 	if e == nil || c.closed {
 		return
 	}
-	left := time.Until(e.usableTil)
+	left := e.usableTil.Sub(c.now())
 	if left <= 0 {
 		return
 	}
@@ -211,7 +213,7 @@ func (c *tokenCache) afterLocked(e *tokenEntry, d time.Duration) *time.Timer {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		// The entry may have been evicted or replaced since.
-		if c.closed || c.entries[e.aud] != e || !e.used || !time.Now().Before(e.usableTil) {
+		if c.closed || c.entries[e.aud] != e || !e.used || !c.now().Before(e.usableTil) {
 			return
 		}
 		c.refreshes.Add(1)

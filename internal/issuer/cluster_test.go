@@ -26,6 +26,7 @@ import (
 	"github.com/wicket-sh/wicket/internal/store/bolt"
 	"github.com/wicket-sh/wicket/internal/store/etcd"
 	"github.com/wicket-sh/wicket/internal/store/etcd/etcdtest"
+	"github.com/wicket-sh/wicket/internal/wait"
 )
 
 // propagation bounds how long a change on one replica may take to show on
@@ -106,19 +107,6 @@ func (ti *testIssuer) kids(t *testing.T) []string {
 	return out
 }
 
-// eventually polls cond until it holds, and fails after within.
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for !cond() {
-		if time.Since(start) > within {
-			t.Fatalf("%s: not within %v", what, within)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return time.Since(start)
-}
-
 // longPoll starts a metadata long poll on ti and waits until it waits.
 func (ti *testIssuer) longPoll(t *testing.T, tok, etag string) <-chan resp {
 	t.Helper()
@@ -127,7 +115,7 @@ func (ti *testIssuer) longPoll(t *testing.T, tok, etag string) <-chan resp {
 	go func() {
 		done <- ti.call(t, "GET", "/v1/machines/self?wait=true&timeout=30s&etag="+url.QueryEscape(etag), tok, "")
 	}()
-	eventually(t, propagation, "long poll waiting", func() bool { return ti.longPolls.Load() > before })
+	wait.Eventually(t, propagation, func() bool { return ti.longPolls.Load() > before }, "long poll waiting")
 	return done
 }
 
@@ -180,9 +168,9 @@ func TestCluster_TwoReplicasShareState(t *testing.T) {
 	if res := a.admin(t, "POST", "/v1/revocations", `{"token_id":"`+tok2.TokenID+`"}`); res.Status != 200 {
 		t.Fatalf("revoke on A: %+v", res)
 	}
-	d := eventually(t, propagation, "revocation on A refused by B", func() bool {
+	d := wait.Eventually(t, propagation, func() bool {
 		return b.call(t, "GET", "/v1/machines/self", tok2.Token, "").status == 401
-	})
+	}, "revocation on A refused by B")
 	t.Logf("B refused the revoked token %v after the revocation on A", d.Round(time.Millisecond))
 	if r := b.call(t, "GET", "/v1/machines/self", tok, ""); r.status != 200 {
 		t.Errorf("unrevoked token refused on B: %d", r.status)
@@ -254,7 +242,7 @@ func TestCluster_ScheduledRotationElectedOnce(t *testing.T) {
 	replicas := []*testIssuer{cl.replica(t, short, fast), cl.replica(t, short, fast), cl.replica(t, short, fast)}
 	_, tok := replicas[0].addMachine(t, devSpec)
 	for _, ti := range replicas {
-		eventually(t, propagation, "org key on every replica", func() bool { return len(ti.kids(t)) == 1 })
+		wait.Eventually(t, propagation, func() bool { return len(ti.kids(t)) == 1 }, "org key on every replica")
 	}
 	first := replicas[0].kids(t)[0]
 
@@ -263,7 +251,7 @@ func TestCluster_ScheduledRotationElectedOnce(t *testing.T) {
 		ti.clock.Advance(2 * time.Minute)
 	}
 	for i, ti := range replicas {
-		d := eventually(t, propagation, "rotated key in every JWKS", func() bool { return len(ti.kids(t)) == 2 })
+		d := wait.Eventually(t, propagation, func() bool { return len(ti.kids(t)) == 2 }, "rotated key in every JWKS")
 		t.Logf("replica %d publishes the new key %v after rotation fell due", i, d.Round(time.Millisecond))
 	}
 	// Several more maintenance rounds on every replica: still one rotation.
@@ -305,9 +293,9 @@ func TestCluster_ScheduledRotationElectedOnce(t *testing.T) {
 		}
 	}
 	leader.stop()
-	d := eventually(t, propagation, "another replica elected", func() bool {
+	d := wait.Eventually(t, propagation, func() bool {
 		return strings.Contains(rest[0].logs.String()+rest[1].logs.String(), "elected to run key maintenance")
-	})
+	}, "another replica elected")
 	t.Logf("new key maintenance leader %v after the old one stopped", d.Round(time.Millisecond))
 }
 
@@ -315,6 +303,9 @@ func TestCluster_ScheduledRotationElectedOnce(t *testing.T) {
 // losing all keeps verification and signing working from memory while
 // writes fail with 503; bringing etcd back needs no issuer restart.
 func TestCluster_EtcdFailures(t *testing.T) {
+	if testing.Short() {
+		t.Skip("stops and restarts etcd members under three replicas: skipped in -short mode")
+	}
 	cl := newCluster(t, 3)
 	a := cl.replica(t, nil, nil)
 	b := cl.replica(t, nil, nil)
@@ -337,9 +328,9 @@ func TestCluster_EtcdFailures(t *testing.T) {
 	if res := a.admin(t, "PATCH", "/v1/machines/"+m.MachineID, `{"set_tags":{"step":"one-down"}}`); res.Status != 200 {
 		t.Fatalf("update with one member down: %+v", res)
 	}
-	eventually(t, propagation, "update visible on B", func() bool {
+	wait.Eventually(t, propagation, func() bool {
 		return strings.Contains(b.call(t, "GET", "/v1/machines/self", tok, "").body, "one-down")
-	})
+	}, "update visible on B")
 
 	cl.etcd.StopAll()
 	serves("all members down")
@@ -362,16 +353,16 @@ func TestCluster_EtcdFailures(t *testing.T) {
 
 	cl.etcd.Restart()
 	restarted := time.Now()
-	eventually(t, 3*propagation, "write after etcd restart", func() bool {
+	wait.Eventually(t, 3*propagation, func() bool {
 		return a.admin(t, "PATCH", "/v1/machines/"+m.MachineID, `{"set_tags":{"step":"recovered"}}`).Status == 200
-	})
+	}, "write after etcd restart")
 	t.Logf("writes work %v after the members restarted", time.Since(restarted).Round(time.Millisecond))
 	// B reads etcd again once its probe sees it back (within a second).
 	var r resp
-	eventually(t, propagation, "B reads the update after recovery", func() bool {
+	wait.Eventually(t, propagation, func() bool {
 		r = b.call(t, "GET", "/v1/machines/self", tok, "")
 		return strings.Contains(r.body, "recovered")
-	})
+	}, "B reads the update after recovery")
 	// B's watch is back too: a long poll there wakes on a change on A.
 	done := b.longPoll(t, tok, r.header.Get("ETag"))
 	if res := a.admin(t, "PATCH", "/v1/machines/"+m.MachineID, `{"set_tags":{"step":"watched"}}`); res.Status != 200 {

@@ -27,6 +27,7 @@ import (
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/oidc"
 	"github.com/wicket-sh/wicket/internal/sockettest"
+	"github.com/wicket-sh/wicket/internal/wait"
 )
 
 func TestMain(m *testing.M) { sockettest.Main(m) }
@@ -488,7 +489,7 @@ func TestLongPoll(t *testing.T) {
 	// Change → wakes with the new state.
 	done := make(chan resp, 1)
 	go func() { done <- ti.call(t, "GET", "/v1/machines/self?wait=true&etag="+etag+"&timeout=60s", tok, "") }()
-	waitFor(t, func() bool { return ti.longPolls.Load() == 1 })
+	wait.Eventually(t, 10*time.Second, func() bool { return ti.longPolls.Load() == 1 })
 	if _, err := ti.UpdateMachine(context.Background(), m.MachineID, api.MachineUpdate{SetTags: map[string]string{"color": "blue"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -502,17 +503,6 @@ func TestLongPoll(t *testing.T) {
 	}
 	if r := ti.call(t, "GET", "/v1/machines/self?wait=true&etag=x&timeout=10m", tok, ""); r.status != 400 {
 		t.Errorf("out-of-range timeout: %d", r.status)
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met in 10s")
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/wicket-sh/wicket/internal/sockettest"
+	"github.com/wicket-sh/wicket/internal/wait"
 )
 
 // raiseNoFile lifts this process's open-file limit to at least need (the
@@ -42,6 +43,7 @@ func raiseNoFile(t *testing.T, need uint64) {
 // the agent never has more than max_conns open, closes the excess at once
 // and counts it, serves the ones it kept, and answers afterwards.
 func TestBurst5000Connections(t *testing.T) {
+	skipShort(t)
 	const (
 		attempts = 5000
 		maxConns = 512
@@ -161,7 +163,7 @@ func TestBurst5000Connections(t *testing.T) {
 	// Wait (bounded) until every attempt connected or failed and the agent
 	// has dealt with every connection it was handed, then hold a moment
 	// longer so the sampler sees the steady state.
-	settled := waitFor(60*time.Second, func() bool {
+	settled := wait.Until(60*time.Second, func() bool {
 		if done.Load() < attempts {
 			return false
 		}
@@ -227,7 +229,7 @@ func TestBurst5000Connections(t *testing.T) {
 	// Afterwards: alive, memory bounded, health answers, every slot freed.
 	a.healthy(t)
 	checkRSS(t, a.proc, "after the burst")
-	if !waitFor(10*time.Second, func() bool { return a.status(t).Sockets["api"].Open == 0 }) {
+	if !wait.Until(10*time.Second, func() bool { return a.status(t).Sockets["api"].Open == 0 }) {
 		t.Errorf("api connections still open after every client left: %d", a.status(t).Sockets["api"].Open)
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/wicket-sh/wicket/internal/wait"
 )
 
 // TestLongPollFanOut1000 is the long-poll side of "thousands of concurrent
@@ -14,6 +16,7 @@ import (
 // every one of them with the new metadata, and afterwards no waiter and no
 // connection is left behind and memory stayed bounded.
 func TestLongPollFanOut1000(t *testing.T) {
+	skipShort(t)
 	const n = 1000
 	raiseNoFile(t, 2*n+1024)
 	sys := startSystem(t, agentConfig{MaxConns: 2 * n}, "")
@@ -45,7 +48,7 @@ func TestLongPollFanOut1000(t *testing.T) {
 			woken.Add(1)
 		}()
 	}
-	if !waitFor(60*time.Second, func() bool { return a.status(t).Upstream.Metadata.Waiters >= n }) {
+	if !wait.Until(60*time.Second, func() bool { return a.status(t).Upstream.Metadata.Waiters >= n }) {
 		t.Fatalf("only %d of %d long polls waiting", a.status(t).Upstream.Metadata.Waiters, n)
 	}
 	rssWaiting := checkRSS(t, a.proc, "with 1,000 long polls waiting")
@@ -61,7 +64,7 @@ func TestLongPollFanOut1000(t *testing.T) {
 	if woken.Load() != n || failures.failed.Load() != 0 {
 		t.Errorf("%d of %d long polls woken by the change: %s", woken.Load(), n, &failures)
 	}
-	if !waitFor(10*time.Second, func() bool {
+	if !wait.Until(10*time.Second, func() bool {
 		s := a.status(t)
 		return s.Sockets["api"].Open == 0 && s.Upstream.Metadata.Waiters == 0
 	}) {

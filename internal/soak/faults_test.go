@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/wicket-sh/wicket/internal/wait"
 )
 
 // unavailableBody is the exact reply for a token the agent cannot get:
@@ -27,6 +29,7 @@ const unavailableBody = `{"error":"token unavailable","code":"upstream_unavailab
 // audiences work again and a metadata long poll wakes on a change made
 // after the restart.
 func TestIssuerKilledAndRestarted(t *testing.T) {
+	skipShort(t)
 	const requestTimeout = time.Second
 	sys := startSystem(t, agentConfig{RequestTimeout: requestTimeout.String()}, "")
 	a, is := sys.agent, sys.issuer
@@ -101,7 +104,7 @@ func TestIssuerKilledAndRestarted(t *testing.T) {
 	is.cmd.Process.Signal(syscall.SIGCONT)
 	phase.Store(0)
 	var back reply
-	if !waitFor(30*time.Second, func() bool {
+	if !wait.Until(30*time.Second, func() bool {
 		back = c.token("soak-new-after-hang")
 		return back.status == 200
 	}) {
@@ -111,7 +114,7 @@ func TestIssuerKilledAndRestarted(t *testing.T) {
 
 	is.kill9(t)
 	phase.Store(1)
-	if !waitFor(20*time.Second, func() bool { return a.status(t).Upstream.Metadata.Failing }) {
+	if !wait.Until(20*time.Second, func() bool { return a.status(t).Upstream.Metadata.Failing }) {
 		t.Error("agent status never reported the metadata watch failing")
 	}
 	// New audiences: the exact generic 503, every time, for the whole outage.
@@ -136,7 +139,7 @@ func TestIssuerKilledAndRestarted(t *testing.T) {
 	is.start(t)
 	phase.Store(2)
 	var rec reply
-	if !waitFor(30*time.Second, func() bool {
+	if !wait.Until(30*time.Second, func() bool {
 		rec = c.token("soak-new-after-restart")
 		return rec.status == 200
 	}) {
@@ -153,7 +156,7 @@ func TestIssuerKilledAndRestarted(t *testing.T) {
 	go func() {
 		polled <- c.do("GET", "/v1/metadata?wait=true&etag="+etag+"&timeout=45s", "", nil)
 	}()
-	if !waitFor(10*time.Second, func() bool { return a.status(t).Upstream.Metadata.Waiters >= 1 }) {
+	if !wait.Until(10*time.Second, func() bool { return a.status(t).Upstream.Metadata.Waiters >= 1 }) {
 		t.Error("long poll never waited")
 	}
 	phase.Store(3)
@@ -204,6 +207,7 @@ func inode(t *testing.T, path string) uint64 {
 // with the same config replaces them, and the same clients reconnect and
 // get 200.
 func TestAgentKill9AndRestart(t *testing.T) {
+	skipShort(t)
 	sys := startSystem(t, agentConfig{}, "")
 	a := sys.agent
 
@@ -258,7 +262,7 @@ func TestAgentKill9AndRestart(t *testing.T) {
 		}
 		// Every client is served again, without being recreated.
 		restarted := time.Now()
-		if !waitFor(15*time.Second, func() bool {
+		if !wait.Until(15*time.Second, func() bool {
 			for w := range lastOK {
 				if lastOK[w].Load() < restarted.UnixNano() {
 					return false

@@ -261,6 +261,7 @@ func adminHostileCases(marker string) []hostileCase {
 // 10,000 distinct audiences from one uid: each is served or refused with
 // 429, the cache stays within max_audiences, memory stays bounded.
 func TestHostileInputs(t *testing.T) {
+	skipShort(t)
 	up := &recorder{}
 	upstream := httptest.NewServer(up)
 	defer upstream.Close()

@@ -10,15 +10,19 @@ import (
 	"time"
 )
 
-// soakFor stretches the sustained-load tests; 0 is the short mode every
+// soakFor stretches the sustained-load tests; 0 is the default duration every
 // `go test ./...` runs.
-var soakFor = flag.Duration("soak", 0, "run the sustained-load tests for this long (0: short mode)")
+var soakFor = flag.Duration("soak", 0, "run the sustained-load tests for this long (0: the default duration)")
 
 // wicketBin is the real binary under test, built once in TestMain.
 var wicketBin string
 
 func TestMain(m *testing.M) {
 	flag.Parse()
+	if testing.Short() {
+		// Every test skips (skipShort): no binary to build.
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "wicket-soak-bin")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -34,6 +38,16 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// skipShort skips a soak test under go test -short: the suite runs real
+// processes under load for tens of seconds, which the quick loop of
+// `go test -short ./...` leaves to the full run (and CI).
+func skipShort(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("soak suite: skipped in -short mode")
+	}
 }
 
 // sustained returns how long a sustained-load test runs: short by default,

@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/wicket-sh/wicket/internal/wait"
 )
 
 // reloadVariant is the i-th config of TestReloadUnderLoad: every reload
@@ -38,7 +40,7 @@ func (a *agent) reload(t *testing.T, adminC *client, bySignal bool, want uint64)
 		a.cmd.Process.Signal(syscall.SIGHUP)
 		// Signals are not queued: wait for this one to be applied before
 		// the next, so every reload counts.
-		if !waitFor(10*time.Second, func() bool { return a.status(t).ConfigGeneration >= want }) {
+		if !wait.Until(10*time.Second, func() bool { return a.status(t).ConfigGeneration >= want }) {
 			t.Fatalf("SIGHUP reload to generation %d not applied: at %d\n%s", want, a.status(t).ConfigGeneration, a.logs)
 		}
 		return
@@ -66,6 +68,7 @@ func (a *agent) reload(t *testing.T, adminC *client, bySignal bool, want uint64)
 // running config or the load. -soak stretches it to more reloads over the
 // given time.
 func TestReloadUnderLoad(t *testing.T) {
+	skipShort(t)
 	reloads := 20
 	spacing := 100 * time.Millisecond
 	if *soakFor > 0 {
@@ -134,7 +137,7 @@ func TestReloadUnderLoad(t *testing.T) {
 		t.Errorf("admin reload of a broken config: %s", r)
 	}
 	a.cmd.Process.Signal(syscall.SIGHUP)
-	if !waitFor(10*time.Second, func() bool { return a.status(t).Counters["reloads_failed"] >= 2 }) {
+	if !wait.Until(10*time.Second, func() bool { return a.status(t).Counters["reloads_failed"] >= 2 }) {
 		t.Errorf("SIGHUP with a broken config not counted as a failed reload")
 	}
 	time.Sleep(300 * time.Millisecond) // load on the last config too

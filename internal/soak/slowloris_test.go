@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/wicket-sh/wicket/internal/wait"
 )
 
 // trickle is one slow client: it sends head at once, then drip one byte at
@@ -73,6 +75,7 @@ func runTrickle(socket, kind, head string, drip []byte, every time.Duration, lim
 // long they keep trickling, while normal clients on the same socket keep
 // getting 200s without a single error.
 func TestSlowloris_HeadersAndBodies(t *testing.T) {
+	skipShort(t)
 	const timeout = time.Second
 	sys := startSystem(t, agentConfig{ReadHeaderTimeout: timeout.String(), BodyTimeout: timeout.String()}, "")
 	a := sys.agent
@@ -186,7 +189,7 @@ func TestSlowloris_HeadersAndBodies(t *testing.T) {
 	}
 	normalC.close()
 	a.healthy(t)
-	if !waitFor(10*time.Second, func() bool { return a.status(t).Sockets["api"].Open == 0 }) {
+	if !wait.Until(10*time.Second, func() bool { return a.status(t).Sockets["api"].Open == 0 }) {
 		t.Errorf("connections still open after every client left: %d", a.status(t).Sockets["api"].Open)
 	}
 	checkRSS(t, a.proc, "after slowloris")

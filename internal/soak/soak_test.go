@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/wicket-sh/wicket/internal/wait"
 )
 
 // TestSoak_MixedLoad is the sustained-load test: every kind of guest API
@@ -17,6 +19,7 @@ import (
 // long polls are all released at the end, and the agent's RSS stays under
 // the bound at every sample.
 func TestSoak_MixedLoad(t *testing.T) {
+	skipShort(t)
 	d := sustained(t, 5*time.Second)
 	const maxAudiences = 200
 	sys := startSystem(t, agentConfig{MaxAudiences: maxAudiences}, issuerES256)
@@ -136,7 +139,7 @@ func TestSoak_MixedLoad(t *testing.T) {
 		t.Errorf("token cache holds %d audiences, cap %d", st.Upstream.CachedAudiences, maxAudiences)
 	}
 	c.close()
-	if !waitFor(10*time.Second, func() bool {
+	if !wait.Until(10*time.Second, func() bool {
 		s := a.status(t)
 		return s.Sockets["api"].Open == 0 && s.Upstream.Metadata.Waiters == 0
 	}) {

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/wicket-sh/wicket/internal/wait"
 )
 
 // tailBuffer keeps the last max bytes a child wrote to stderr: enough to
@@ -62,22 +64,6 @@ func freeAddr(t *testing.T) string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
-}
-
-// waitFor polls cond every 20ms until it holds or d passes (and at most
-// d/20ms+1 times, however slow cond is).
-func waitFor(d time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(d)
-	for i := 0; i <= int(d/(20*time.Millisecond)); i++ {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return cond()
 }
 
 func dialable(network, addr string) bool {
@@ -218,7 +204,7 @@ func startIssuer(t *testing.T, dir, extraConfig string) *issuer {
 func (is *issuer) start(t *testing.T) {
 	t.Helper()
 	is.proc = startProc(t, nil, append([]string{"issuer"}, is.flags...)...)
-	ok := waitFor(15*time.Second, func() bool {
+	ok := wait.Until(15*time.Second, func() bool {
 		return is.alive() && dialable("unix", is.sock) && dialable("tcp", is.addr)
 	})
 	if !ok {
@@ -357,7 +343,7 @@ func (a *agent) start(t *testing.T) {
 	a.proc = startProc(t, []string{"WICKET_MACHINE_TOKEN=" + a.token}, "agent", "--config", a.cfgPath)
 	c := newClient(a.api, 1)
 	defer c.close()
-	ok := waitFor(15*time.Second, func() bool {
+	ok := wait.Until(15*time.Second, func() bool {
 		if !a.alive() {
 			return false
 		}

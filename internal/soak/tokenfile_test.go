@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/wicket-sh/wicket/internal/sockettest"
+	"github.com/wicket-sh/wicket/internal/wait"
 )
 
 // mountTmpfs mounts a size-limited tmpfs, or skips.
@@ -78,6 +79,7 @@ func listNames(t *testing.T, dir string) string {
 // left behind, the failures are counted in /metrics, and once there is
 // room again the file is refreshed.
 func TestTokenFileOnFullFilesystem(t *testing.T) {
+	skipShort(t)
 	mnt := mountTmpfs(t, "64k")
 	path := filepath.Join(mnt, "token")
 	// Tokens live one minute (the issuer's shortest) and the file is
@@ -89,7 +91,7 @@ func TestTokenFileOnFullFilesystem(t *testing.T) {
 	refreshes := fmt.Sprintf("wicket_token_file_refreshes_total{path=%q}", path)
 
 	var old []byte
-	if !waitFor(20*time.Second, func() bool {
+	if !wait.Until(20*time.Second, func() bool {
 		b, err := os.ReadFile(path)
 		old = b
 		return err == nil && strings.Count(string(b), ".") == 2
@@ -98,7 +100,7 @@ func TestTokenFileOnFullFilesystem(t *testing.T) {
 	}
 	fillUp(t, mnt)
 	failedBefore := a.metric(t, failures)
-	if !waitFor(60*time.Second, func() bool { return a.metric(t, failures) > failedBefore }) {
+	if !wait.Until(60*time.Second, func() bool { return a.metric(t, failures) > failedBefore }) {
 		t.Fatalf("no refresh failure counted with the filesystem full (%s = %v):\n%s", failures, a.metric(t, failures), a.logs)
 	}
 	if b, err := os.ReadFile(path); err != nil || !bytes.Equal(b, old) {
@@ -116,7 +118,7 @@ func TestTokenFileOnFullFilesystem(t *testing.T) {
 	// Room again: the next attempt succeeds.
 	okBefore := a.metric(t, refreshes)
 	os.Remove(filepath.Join(mnt, "filler"))
-	if !waitFor(90*time.Second, func() bool { return a.metric(t, refreshes) > okBefore }) {
+	if !wait.Until(90*time.Second, func() bool { return a.metric(t, refreshes) > okBefore }) {
 		t.Fatalf("token file not refreshed after space came back:\n%s", a.logs)
 	}
 	if b, err := os.ReadFile(path); err != nil || strings.Count(string(b), ".") != 2 {

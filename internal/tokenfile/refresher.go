@@ -51,6 +51,10 @@ type Config struct {
 	// FetchTimeout bounds one call to Source (default 30s).
 	FetchTimeout time.Duration
 	Logger       *slog.Logger
+	// Now replaces the clock in tests (default time.Now). The refresh
+	// and retry timers run on the time package's clock, so a test that
+	// needs time to pass runs Run under testing/synctest.
+	Now func() time.Time
 }
 
 // Status is a snapshot of a Refresher, for status pages and metrics. It
@@ -117,6 +121,9 @@ func NewRefresher(cfg Config) (*Refresher, error) {
 	if cfg.FetchTimeout <= 0 {
 		cfg.FetchTimeout = DefaultFetchTimeout
 	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
@@ -172,7 +179,7 @@ func (r *Refresher) refresh(ctx context.Context) time.Duration {
 	if ctx.Err() != nil {
 		return 0 // shutting down: not a failure, and Run returns
 	}
-	now := time.Now()
+	now := r.cfg.Now()
 	switch {
 	case err != nil:
 		return r.fail(now, "fetch token failed", fmt.Errorf("fetch: %w", err))

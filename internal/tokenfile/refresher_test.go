@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/wicket-sh/wicket/internal/metrics"
@@ -43,7 +44,8 @@ func (f *fakeSource) times() []time.Time {
 	return append([]time.Time(nil), f.calls...)
 }
 
-// runRefresher starts r and stops it when the test ends.
+// runRefresher starts r and stops it when the test ends. In a synctest
+// bubble, the cleanup runs in the bubble too.
 func runRefresher(t *testing.T, r *Refresher) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -62,19 +64,9 @@ func runRefresher(t *testing.T, r *Refresher) {
 	})
 }
 
-func waitCalls(t *testing.T, src *fakeSource, n int, within time.Duration) []time.Time {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		if c := src.times(); len(c) >= n {
-			return c
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d source calls after %s, want %d", len(src.times()), within, n)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+// The refresher's timing runs in synctest bubbles: the clock is fake and
+// jumps when every goroutine is blocked, so the gaps below are exact and
+// cost no real time. The files are real.
 
 func TestRefresher_RefreshesAtFraction(t *testing.T) {
 	for _, tc := range []struct {
@@ -83,118 +75,111 @@ func TestRefresher_RefreshesAtFraction(t *testing.T) {
 		life     time.Duration
 		want     time.Duration // gap between fetches
 	}{
-		{"default 0.8", 0, time.Second, 800 * time.Millisecond},
-		{"0.5", 0.5, time.Second, 500 * time.Millisecond},
+		{"default 0.8", 0, time.Minute, 48 * time.Second},
+		{"0.5", 0.5, time.Minute, 30 * time.Second},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			path := filepath.Join(t.TempDir(), "token")
-			src := &fakeSource{life: tc.life}
-			r, err := NewRefresher(Config{Path: path, Source: src.fetch, Mode: 0o440, GID: -1, Audience: "sts.amazonaws.com", RefreshFraction: tc.fraction})
-			if err != nil {
-				t.Fatal(err)
-			}
-			runRefresher(t, r)
-			select {
-			case <-r.Written():
-			case <-time.After(2 * time.Second):
-				t.Fatal("first write did not happen")
-			}
-			if b, _ := os.ReadFile(path); string(b) != "jwt-0" {
-				t.Errorf("file holds %q after the first write", b)
-			}
-			calls := waitCalls(t, src, 3, 3*tc.want+time.Second)
-			for i := 1; i < 3; i++ {
-				gap := calls[i].Sub(calls[i-1])
-				if gap < tc.want-20*time.Millisecond || gap > tc.want+150*time.Millisecond {
-					t.Errorf("refresh %d after %s, want ≈%s", i, gap.Round(time.Millisecond), tc.want)
+			synctest.Test(t, func(t *testing.T) {
+				path := filepath.Join(t.TempDir(), "token")
+				src := &fakeSource{life: tc.life}
+				r, err := NewRefresher(Config{Path: path, Source: src.fetch, Mode: 0o440, GID: -1, Audience: "sts.amazonaws.com", RefreshFraction: tc.fraction})
+				if err != nil {
+					t.Fatal(err)
 				}
-			}
-			deadline := time.Now().Add(time.Second)
-			for {
-				b, _ := os.ReadFile(path)
-				if st := r.Status(); string(b) == "jwt-2" && st.Refreshes >= 3 {
-					if st.Path != path || st.Audience != "sts.amazonaws.com" || st.LastError != "" || st.Failures != 0 ||
-						st.ExpiresAt.Before(st.LastRefresh) || st.NextRefresh.Before(st.LastRefresh) {
-						t.Errorf("status %+v", st)
+				start := time.Now()
+				runRefresher(t, r)
+				<-r.Written()
+				if b, _ := os.ReadFile(path); string(b) != "jwt-0" || time.Since(start) != 0 {
+					t.Errorf("file holds %q after the first write, %v in", b, time.Since(start))
+				}
+				time.Sleep(2*tc.want + time.Millisecond)
+				synctest.Wait()
+				calls := src.times()
+				if len(calls) != 3 {
+					t.Fatalf("%d source calls after two refresh periods, want 3", len(calls))
+				}
+				for i := 1; i < 3; i++ {
+					if gap := calls[i].Sub(calls[i-1]); gap != tc.want {
+						t.Errorf("refresh %d after %s, want %s", i, gap, tc.want)
 					}
-					break
 				}
-				if time.Now().After(deadline) {
-					t.Fatalf("file holds %q, status %+v", b, r.Status())
+				b, _ := os.ReadFile(path)
+				st := r.Status()
+				if string(b) != "jwt-2" || st.Refreshes != 3 || st.Path != path || st.Audience != "sts.amazonaws.com" || st.LastError != "" || st.Failures != 0 ||
+					!st.LastRefresh.Equal(calls[2]) || !st.ExpiresAt.Equal(calls[2].Add(tc.life)) || !st.NextRefresh.Equal(calls[2].Add(tc.want)) {
+					t.Errorf("file holds %q, status %+v", b, st)
 				}
-				time.Sleep(5 * time.Millisecond)
-			}
+			})
 		})
 	}
 }
 
 func TestRefresher_BacksOffOnErrors(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "token")
-	// Calls 1..4 fail; 0 and 5 succeed.
-	src := &fakeSource{life: 2 * time.Second, failOn: map[int]bool{1: true, 2: true, 3: true, 4: true}}
-	var logs bytes.Buffer
-	var logMu sync.Mutex
-	r, err := NewRefresher(Config{
-		Path: path, Source: src.fetch, GID: -1, RefreshFraction: 0.1, // first refresh after 200ms
-		MinBackoff: 80 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logs}, nil)),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	runRefresher(t, r)
-	<-r.Written()
-	calls := waitCalls(t, src, 4, 3*time.Second)
-
-	st := r.Status()
-	if st.Failures == 0 || st.ConsecutiveFailures == 0 || !strings.Contains(st.LastError, "fetch token failed") {
-		t.Errorf("status during failures: %+v", st)
-	}
-	if strings.Contains(st.LastError, "unreachable") {
-		t.Errorf("status error is not generic: %q", st.LastError)
-	}
-	if b, _ := os.ReadFile(path); string(b) != "jwt-0" {
-		t.Errorf("failed refreshes changed the file: %q", b)
-	}
-
-	calls = waitCalls(t, src, 6, 3*time.Second)
-	// Retry gaps after failures 1,2,3,4: jittered within [d/2, d] for
-	// d = 80, 160, 200 (cap), 200 ms.
-	for i, want := range []time.Duration{80, 160, 200, 200} {
-		want *= time.Millisecond
-		gap := calls[i+2].Sub(calls[i+1])
-		if gap < want/2-10*time.Millisecond || gap > want+100*time.Millisecond {
-			t.Errorf("retry %d after %s, want within [%s, %s]", i+1, gap.Round(time.Millisecond), want/2, want)
+	synctest.Test(t, func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "token")
+		// Calls 1..6 fail; 0 and 7 succeed.
+		src := &fakeSource{life: 1000 * time.Second, failOn: map[int]bool{1: true, 2: true, 3: true, 4: true, 5: true, 6: true}}
+		var logs bytes.Buffer
+		var logMu sync.Mutex
+		r, err := NewRefresher(Config{
+			Path: path, Source: src.fetch, GID: -1, RefreshFraction: 0.1, // first refresh after 100s
+			MinBackoff: time.Second, MaxBackoff: 5 * time.Second,
+			Logger: slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logs}, nil)),
+		})
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	deadline := time.Now().Add(time.Second)
-	for {
+		runRefresher(t, r)
+		<-r.Written()
+		time.Sleep(102 * time.Second)
+		synctest.Wait()
+
 		st := r.Status()
-		if b, _ := os.ReadFile(path); string(b) == "jwt-5" && st.ConsecutiveFailures == 0 {
-			if st.Failures != 4 || st.LastError != "" || st.Refreshes != 2 {
-				t.Errorf("status after recovery: %+v", st)
-			}
-			break
+		if st.Failures == 0 || st.ConsecutiveFailures == 0 || !strings.Contains(st.LastError, "fetch token failed") {
+			t.Errorf("status during failures: %+v", st)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("did not recover: %+v", st)
+		if strings.Contains(st.LastError, "unreachable") {
+			t.Errorf("status error is not generic: %q", st.LastError)
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	logMu.Lock()
-	if n := strings.Count(logs.String(), "token file refresh failed"); n != 4 {
-		t.Errorf("%d failure log lines, want 4:\n%s", n, logs.String())
-	}
-	logMu.Unlock()
+		if b, _ := os.ReadFile(path); string(b) != "jwt-0" {
+			t.Errorf("failed refreshes changed the file: %q", b)
+		}
 
-	var b bytes.Buffer
-	metrics.Write(&b, r.Metrics())
-	for _, want := range []string{`wicket_token_file_failures_total{path="` + path + `"} 4`, `wicket_token_file_refreshes_total{path="` + path + `"} 2`} {
-		if !strings.Contains(b.String(), want) {
-			t.Errorf("metrics lack %s:\n%s", want, b.String())
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		calls := src.times()
+		if len(calls) != 8 {
+			t.Fatalf("%d source calls, want 8", len(calls))
 		}
-	}
+		if gap := calls[1].Sub(calls[0]); gap != 100*time.Second {
+			t.Errorf("first refresh after %v, want 100s", gap)
+		}
+		// Retry gaps after failures 1..6: jittered within [d/2, d] for
+		// d = 1, 2, 4, 5 (cap), 5, 5 s.
+		for i, want := range []time.Duration{1, 2, 4, 5, 5, 5} {
+			want *= time.Second
+			if gap := calls[i+2].Sub(calls[i+1]); gap < want/2 || gap > want {
+				t.Errorf("retry %d after %s, want within [%s, %s]", i+1, gap, want/2, want)
+			}
+		}
+		st = r.Status()
+		if b, _ := os.ReadFile(path); string(b) != "jwt-7" || st.ConsecutiveFailures != 0 || st.Failures != 6 || st.LastError != "" || st.Refreshes != 2 {
+			t.Errorf("after recovery the file holds %q, status %+v", b, st)
+		}
+		logMu.Lock()
+		if n := strings.Count(logs.String(), "token file refresh failed"); n != 6 {
+			t.Errorf("%d failure log lines, want 6:\n%s", n, logs.String())
+		}
+		logMu.Unlock()
+
+		var b bytes.Buffer
+		metrics.Write(&b, r.Metrics())
+		for _, want := range []string{`wicket_token_file_failures_total{path="` + path + `"} 6`, `wicket_token_file_refreshes_total{path="` + path + `"} 2`} {
+			if !strings.Contains(b.String(), want) {
+				t.Errorf("metrics lack %s:\n%s", want, b.String())
+			}
+		}
+	})
 }
 
 // TestRefresher_RejectsUselessTokens: an empty or already expired token is
@@ -210,30 +195,47 @@ func TestRefresher_RejectsUselessTokens(t *testing.T) {
 		{"write fails", func(context.Context) (string, time.Time, error) { return "SECRET", time.Now().Add(time.Hour), nil }, "write failed"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := t.TempDir()
-			path := filepath.Join(dir, "token")
-			if tc.name == "write fails" {
-				os.Mkdir(path, 0o700) // a directory is refused
-			}
-			r, err := NewRefresher(Config{Path: path, Source: tc.src, GID: -1, MinBackoff: time.Hour})
-			if err != nil {
-				t.Fatal(err)
-			}
-			runRefresher(t, r)
-			deadline := time.Now().Add(2 * time.Second)
-			for r.Status().Failures == 0 {
-				if time.Now().After(deadline) {
-					t.Fatal("no failure recorded")
+			synctest.Test(t, func(t *testing.T) {
+				dir := t.TempDir()
+				path := filepath.Join(dir, "token")
+				if tc.name == "write fails" {
+					os.Mkdir(path, 0o700) // a directory is refused
 				}
-				time.Sleep(5 * time.Millisecond)
-			}
-			if st := r.Status(); !strings.Contains(st.LastError, tc.want) || strings.Contains(st.LastError, "SECRET") {
-				t.Errorf("last error %q, want %q", st.LastError, tc.want)
-			}
-			if fi, err := os.Lstat(path); tc.name != "write fails" && !errors.Is(err, os.ErrNotExist) {
-				t.Errorf("file written: %v", fi)
-			}
+				r, err := NewRefresher(Config{Path: path, Source: tc.src, GID: -1, MinBackoff: time.Hour})
+				if err != nil {
+					t.Fatal(err)
+				}
+				runRefresher(t, r)
+				synctest.Wait()
+				st := r.Status()
+				if st.Failures != 1 || !strings.Contains(st.LastError, tc.want) || strings.Contains(st.LastError, "SECRET") {
+					t.Errorf("%d failures, last error %q, want %q", st.Failures, st.LastError, tc.want)
+				}
+				if fi, err := os.Lstat(path); tc.name != "write fails" && !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("file written: %v", fi)
+				}
+			})
 		})
+	}
+}
+
+// Config.Now is the refresher's clock: the status and the expiry check use
+// it, not the wall clock.
+func TestRefresher_UsesConfiguredClock(t *testing.T) {
+	at := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	exp := at.Add(time.Hour)
+	path := filepath.Join(t.TempDir(), "token")
+	// Already expired by the wall clock, valid by the configured one.
+	src := func(context.Context) (string, time.Time, error) { return "tok", exp, nil }
+	r, err := NewRefresher(Config{Path: path, Source: src, GID: -1, Now: func() time.Time { return at }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := r.refresh(context.Background()); d != 48*time.Minute {
+		t.Errorf("next refresh in %v, want 48m", d)
+	}
+	if st := r.Status(); !st.LastRefresh.Equal(at) || !st.NextRefresh.Equal(at.Add(48*time.Minute)) || st.Failures != 0 {
+		t.Errorf("status %+v", st)
 	}
 }
 

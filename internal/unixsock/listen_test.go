@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/wicket-sh/wicket/internal/sockettest"
+	"github.com/wicket-sh/wicket/internal/wait"
 )
 
 // sockDir returns a short private directory: t.TempDir paths can exceed the
@@ -198,18 +199,7 @@ func TestStaleSocket_DeadSocketReplaced(t *testing.T) {
 		t.Fatalf("new socket not accepting: %v", err)
 	}
 	c.Close()
-	waitFor(t, func() bool { return accepted.Load() == 1 })
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 5s")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	wait.Eventually(t, 5*time.Second, func() bool { return accepted.Load() == 1 })
 }
 
 func TestSocketMode_NeverLooserThanConfigured(t *testing.T) {
@@ -360,7 +350,7 @@ func TestConnectionCap_ExcessClosedAndCounted(t *testing.T) {
 		}
 		held = append(held, c)
 	}
-	waitFor(t, func() bool { return l.Stats().Open == 2 })
+	wait.Eventually(t, 5*time.Second, func() bool { return l.Stats().Open == 2 })
 	// The third is accepted by the kernel and then closed by us at once.
 	extra, err := net.Dial("unix", l.Path())
 	if err != nil {
@@ -376,7 +366,7 @@ func TestConnectionCap_ExcessClosedAndCounted(t *testing.T) {
 	}
 	// Freeing a slot lets a new client in: the server stayed healthy.
 	held[0].Close()
-	waitFor(t, func() bool { return l.Stats().Open == 1 })
+	wait.Eventually(t, 5*time.Second, func() bool { return l.Stats().Open == 1 })
 	c := &http.Client{Transport: &http.Transport{DialContext: func(_ context.Context, _, _ string) (net.Conn, error) {
 		return net.Dial("unix", l.Path())
 	}}}
@@ -437,7 +427,7 @@ func TestBindRace_LoserDoesNotRemoveWinner(t *testing.T) {
 		t.Fatalf("winner's socket gone after the loser failed: %v", err)
 	}
 	c.Close()
-	waitFor(t, func() bool { return accepted.Load() == 1 })
+	wait.Eventually(t, 5*time.Second, func() bool { return accepted.Load() == 1 })
 }
 
 // S-path: a symlink planted where the socket directory is about to be

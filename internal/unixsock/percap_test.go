@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/wicket-sh/wicket/internal/sockettest"
+	"github.com/wicket-sh/wicket/internal/wait"
 )
 
 func TestMain(m *testing.M) { sockettest.Main(m) }
@@ -36,7 +37,7 @@ func TestPerUIDConnectionCap(t *testing.T) {
 		}
 		held = append(held, c)
 	}
-	waitFor(t, func() bool { return l.Stats().Open == 2 })
+	wait.Eventually(t, 5*time.Second, func() bool { return l.Stats().Open == 2 })
 	for i := 0; i < 3; i++ {
 		extra, err := net.Dial("unix", l.Path())
 		if err != nil {
@@ -56,7 +57,7 @@ func TestPerUIDConnectionCap(t *testing.T) {
 		t.Errorf("%d full log lines for 3 refusals, want 1:\n%s", got, logs.String())
 	}
 	held[0].Close()
-	waitFor(t, func() bool { return l.Stats().Open == 1 })
+	wait.Eventually(t, 5*time.Second, func() bool { return l.Stats().Open == 1 })
 	c := &http.Client{Transport: &http.Transport{DialContext: func(_ context.Context, _, _ string) (net.Conn, error) {
 		return net.Dial("unix", l.Path())
 	}}}
@@ -67,7 +68,7 @@ func TestPerUIDConnectionCap(t *testing.T) {
 	resp.Body.Close()
 	held[1].Close()
 	c.CloseIdleConnections()
-	waitFor(t, func() bool { return l.Stats().Open == 0 })
+	wait.Eventually(t, 5*time.Second, func() bool { return l.Stats().Open == 0 })
 	// Closing flushes the pending summary.
 	l.Close()
 	if !strings.Contains(logs.String(), "connections refused at the uid cap suppressed") || !strings.Contains(logs.String(), "suppressed=2") {
@@ -119,7 +120,7 @@ func TestPerUIDConnectionCap_OtherUIDUnaffected(t *testing.T) {
 	}
 	// The holder leaves: its slots are free for it again.
 	held.Release()
-	waitFor(t, func() bool { return l.Stats().Open == 2 })
+	wait.Eventually(t, 5*time.Second, func() bool { return l.Stats().Open == 2 })
 	if again := sockettest.HoldAs(t, 65534, 65534, l.Path(), 2, req); again.Count("200") != 2 {
 		t.Errorf("uid 65534 after releasing: %v, want 2 served", again.Outcomes)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/wicket-sh/wicket/internal/store"
 	"github.com/wicket-sh/wicket/internal/store/etcd/etcdtest"
 	"github.com/wicket-sh/wicket/internal/store/storetest"
+	"github.com/wicket-sh/wicket/internal/wait"
 )
 
 // waitTimeout bounds every wait for something the store does in the
@@ -257,6 +258,9 @@ func TestWatch_RelistsAfterCompaction(t *testing.T) {
 // the mirror until the grace runs out and writes fail with
 // ErrUnavailable; once etcd is back the same store works again.
 func TestUnavailable_CacheGraceThenRecovery(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out a real cache grace against a stopped etcd: skipped in -short mode")
+	}
 	c := etcdtest.Start(t, 1)
 	const grace = 3 * time.Second
 	s := open(t, c, func(cfg *Config) { cfg.CacheGrace = grace; cfg.RequestTimeout = 500 * time.Millisecond })
@@ -307,14 +311,14 @@ func TestUnavailable_CacheGraceThenRecovery(t *testing.T) {
 	restart := time.Now()
 	c.Restart()
 	t.Logf("members restarted in %v", time.Since(restart).Round(time.Millisecond))
-	waitFor(t, func() bool {
+	wait.Eventually(t, 2*waitTimeout, func() bool {
 		_, err := s.UpdateMachine(ctx, "m1", 0, func(m *store.Machine) error { m.Tags["k"] = "back"; return nil })
 		return err == nil
 	})
 	t.Logf("first write %v after restart", time.Since(restart).Round(time.Millisecond))
 	waitTag(t, ch, "k", "back")
 	t.Logf("watch resumed %v after restart", time.Since(restart).Round(time.Millisecond))
-	waitFor(t, s.Reachable)
+	wait.Eventually(t, 2*waitTimeout, s.Reachable)
 	t.Logf("reachable %v after restart", time.Since(restart).Round(time.Millisecond))
 }
 
@@ -416,17 +420,6 @@ func holdWatch(t *testing.T, s *Store) chan struct{} {
 		t.Fatal("watch did not restart")
 	}
 	return release
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(2 * waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met in time")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // TestMirror_OlderStateNeverWins guards the mirror's ordering rule: this
