@@ -388,10 +388,6 @@ func (a *Agent) Status() any {
 			socks[l.Name()] = sock{Path: l.Path(), Stats: l.Stats()}
 		}
 	}
-	var admDenied uint64
-	if a.admin != nil {
-		admDenied = a.admin.Denied()
-	}
 	return map[string]any{
 		"service":           "agent",
 		"version":           v,
@@ -399,24 +395,51 @@ func (a *Agent) Status() any {
 		"uptime_seconds":    int64(a.now().Sub(a.started).Seconds()),
 		"config_generation": rt.generation,
 		"sockets":           socks,
-		"counters": map[string]uint64{
-			"api_denied":         a.denied.Load(),
-			"admin_denied":       admDenied,
-			"reloads_ok":         a.reloadsOK.Load(),
-			"reloads_failed":     a.reloadsKO.Load(),
-			"rate_limited":       a.rateLimitedN.Load(),
-			"tokens_served":      a.tokensServed.Load(),
-			"tokens_issued":      a.tokensIssued.Load(),
-			"token_cache_hits":   a.cacheStat(func(c *tokenCache) uint64 { return c.hits.Load() }),
-			"token_cache_misses": a.cacheStat(func(c *tokenCache) uint64 { return c.misses.Load() }),
-			"token_refreshes":    a.cacheStat(func(c *tokenCache) uint64 { return c.refreshes.Load() }),
-			"upstream_errors":    a.upstreamErrors.Load(),
-			"proxied":            a.proxied.Load(),
-			"proxy_errors":       a.proxyErrors.Load(),
-		},
-		"upstream":    a.upstreamStatus(),
-		"token_files": a.tokenFilesStatus(),
+		"counters":          a.statusCounters(),
+		"upstream":          a.upstreamStatus(),
+		"token_files":       a.tokenFilesStatus(),
 	}
+}
+
+// counters lists every counter the agent reports: status shows each
+// under its key, /metrics as its sample (TestStatusAndMetrics_SameCounters).
+func (a *Agent) counters() metrics.CounterSet {
+	cache := func(f func(*tokenCache) uint64) func() uint64 {
+		return func() uint64 { return a.cacheStat(f) }
+	}
+	reloads := "Config reloads."
+	lookups := "OIDC token cache lookups."
+	return metrics.CounterSet{
+		{Key: "api_denied", Name: "wicket_api_denied_total", Help: "Guest API requests refused by policy.", Value: a.denied.Load},
+		{Key: "reloads_ok", Name: "wicket_reloads_total", Help: reloads, Labels: map[string]string{"outcome": "ok"}, Value: a.reloadsOK.Load},
+		{Key: "reloads_failed", Name: "wicket_reloads_total", Help: reloads, Labels: map[string]string{"outcome": "failed"}, Value: a.reloadsKO.Load},
+		{Key: "rate_limited", Name: "wicket_rate_limited_total", Help: "Guest API requests refused by the per-uid rate limit.", Value: a.rateLimitedN.Load},
+		{Key: "tokens_served", Name: "wicket_oidc_tokens_served_total", Help: "OIDC tokens handed to callers.", Value: a.tokensServed.Load},
+		{Key: "tokens_issued", Name: "wicket_oidc_tokens_issued_total", Help: "OIDC tokens obtained from the issuer.", Value: a.tokensIssued.Load},
+		{Key: "token_cache_hits", Name: "wicket_oidc_token_cache_total", Help: lookups, Labels: map[string]string{"result": "hit"},
+			Value: cache(func(c *tokenCache) uint64 { return c.hits.Load() })},
+		{Key: "token_cache_misses", Name: "wicket_oidc_token_cache_total", Help: lookups, Labels: map[string]string{"result": "miss"},
+			Value: cache(func(c *tokenCache) uint64 { return c.misses.Load() })},
+		{Key: "token_refreshes", Name: "wicket_oidc_token_refreshes_total", Help: "Cached OIDC tokens renewed in the background.",
+			Value: cache(func(c *tokenCache) uint64 { return c.refreshes.Load() })},
+		{Key: "upstream_errors", Name: "wicket_upstream_errors_total", Help: "Failed calls to the issuer or a proxy upstream.", Value: a.upstreamErrors.Load},
+		{Key: "proxied", Name: "wicket_proxy_requests_total", Help: "Requests forwarded upstream.", Value: a.proxied.Load},
+		{Key: "proxy_errors", Name: "wicket_proxy_errors_total", Help: "Forwarded requests that failed upstream.", Value: a.proxyErrors.Load},
+	}
+}
+
+// statusCounters is the status document's "counters": the agent's and
+// the admin socket's.
+func (a *Agent) statusCounters() map[string]uint64 {
+	m := a.counters().Status()
+	if a.admin != nil {
+		for k, v := range a.admin.Counters().Status() {
+			m[k] = v
+		}
+	} else {
+		m["admin_denied"] = 0 // before Run: the admin server does not exist yet
+	}
+	return m
 }
 
 func (a *Agent) cacheStat(f func(*tokenCache) uint64) uint64 {
@@ -455,18 +478,9 @@ func (a *Agent) Metrics() []metrics.Sample {
 	s := []metrics.Sample{
 		{Name: "wicket_uptime_seconds", Help: "Seconds since start.", Type: metrics.Gauge, Value: a.now().Sub(a.started).Seconds()},
 		{Name: "wicket_config_generation", Help: "Generation of the running config.", Type: metrics.Gauge, Value: float64(rt.generation)},
-		{Name: "wicket_reloads_total", Help: "Config reloads.", Type: metrics.Counter, Labels: map[string]string{"outcome": "ok"}, Value: float64(a.reloadsOK.Load())},
-		{Name: "wicket_reloads_total", Help: "Config reloads.", Type: metrics.Counter, Labels: map[string]string{"outcome": "failed"}, Value: float64(a.reloadsKO.Load())},
-		{Name: "wicket_api_denied_total", Help: "Guest API requests refused by policy.", Type: metrics.Counter, Value: float64(a.denied.Load())},
-		{Name: "wicket_rate_limited_total", Help: "Guest API requests refused by the per-uid rate limit.", Type: metrics.Counter, Value: float64(a.rateLimitedN.Load())},
-		{Name: "wicket_oidc_tokens_served_total", Help: "OIDC tokens handed to callers.", Type: metrics.Counter, Value: float64(a.tokensServed.Load())},
-		{Name: "wicket_oidc_tokens_issued_total", Help: "OIDC tokens obtained from the issuer.", Type: metrics.Counter, Value: float64(a.tokensIssued.Load())},
-		{Name: "wicket_oidc_token_cache_total", Help: "OIDC token cache lookups.", Type: metrics.Counter, Labels: map[string]string{"result": "hit"}, Value: float64(a.cacheStat(func(c *tokenCache) uint64 { return c.hits.Load() }))},
-		{Name: "wicket_oidc_token_cache_total", Help: "OIDC token cache lookups.", Type: metrics.Counter, Labels: map[string]string{"result": "miss"}, Value: float64(a.cacheStat(func(c *tokenCache) uint64 { return c.misses.Load() }))},
-		{Name: "wicket_upstream_errors_total", Help: "Failed calls to the issuer or a proxy upstream.", Type: metrics.Counter, Value: float64(a.upstreamErrors.Load())},
-		{Name: "wicket_proxy_requests_total", Help: "Requests forwarded upstream.", Type: metrics.Counter, Value: float64(a.proxied.Load())},
 		{Name: "wicket_metadata_waiters", Help: "Local metadata long polls waiting.", Type: metrics.Gauge, Value: float64(a.meta.waiters.Load())},
 	}
+	s = append(s, a.counters().Samples()...)
 	s = append(s, unixsock.Metrics(a.api, a.adm)...)
 	s = append(s, unixsock.DenialMetrics("api", a.denials)...)
 	s = append(s, a.tokenFilesMetrics()...)
