@@ -17,6 +17,8 @@ import (
 
 	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/admin"
+	"github.com/wicket-sh/wicket/internal/agent/builtin"
+	"github.com/wicket-sh/wicket/internal/agent/feature"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/httpapi"
 	"github.com/wicket-sh/wicket/internal/metrics"
@@ -49,6 +51,16 @@ type Options struct {
 	// keeps the wall clock: the issuer checks those windows against its
 	// own.
 	Now func() time.Time
+	// Features are the agent's feature modules; nil means
+	// builtin.Features(), the list both binaries run.
+	Features []feature.Module
+}
+
+// LoadConfig reads and validates an agent config with the built-in
+// features, as the agent itself would at start: what `wicket agent
+// --check-config` and the cloud helpers read.
+func LoadConfig(path string, overrides ...config.Override) (*config.Agent, error) {
+	return config.LoadAgent(path, feature.Sections(builtin.Features()), overrides...)
 }
 
 // runtime is everything a reload swaps in one step.
@@ -116,6 +128,9 @@ func New(opts Options) (*Agent, error) {
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.Features == nil {
+		opts.Features = builtin.Features()
 	}
 	a := &Agent{
 		opts:    opts,
@@ -213,7 +228,7 @@ func (a *Agent) tokenCacheConfig() tokenCacheConfig {
 
 // load reads and validates the config and everything derived from it.
 func (a *Agent) load() (*runtime, error) {
-	cfg, err := config.LoadAgent(a.opts.ConfigPath, a.opts.Overrides...)
+	cfg, err := config.LoadAgent(a.opts.ConfigPath, feature.Sections(a.opts.Features), a.opts.Overrides...)
 	if err != nil {
 		return nil, err
 	}

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/wicket-sh/wicket/internal/agent/agenttest"
+	"github.com/wicket-sh/wicket/internal/agent/builtin"
+	"github.com/wicket-sh/wicket/internal/agent/feature"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/config/configtest"
 	"github.com/wicket-sh/wicket/internal/sockettest"
@@ -342,7 +344,9 @@ token_burst = 50
 	write(t, "")
 	reload(t)
 
-	for _, f := range config.DynamicFields(&config.Agent{}) {
+	// Every dynamic key of the core and of every registered feature's
+	// section.
+	for _, f := range config.AgentDynamicFields(feature.Sections(builtin.Features())) {
 		if !slices.Contains(covered, f) {
 			t.Errorf("dynamic field %s has no reload case", f)
 		}
