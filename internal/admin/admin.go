@@ -91,6 +91,20 @@ func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, 
 // Denied returns how many admin requests were refused.
 func (s *Server) Denied() uint64 { return s.denied.Load() }
 
+// StatusCounters is a service's status "counters": its own cs and the
+// admin socket's. s may be nil (before the service runs): the admin
+// counters are then 0.
+func (s *Server) StatusCounters(cs metrics.CounterSet) map[string]uint64 {
+	if s == nil {
+		s = &Server{}
+	}
+	m := cs.Status()
+	for k, v := range s.Counters().Status() {
+		m[k] = v
+	}
+	return m
+}
+
 // Counters are the admin socket's own counters: /metrics serves them, and
 // the service puts them in its status counters (Status merges them), so
 // both come from this one list.

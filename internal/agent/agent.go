@@ -410,7 +410,7 @@ func (a *Agent) Status() any {
 		"uptime_seconds":    int64(a.now().Sub(a.started).Seconds()),
 		"config_generation": rt.generation,
 		"sockets":           socks,
-		"counters":          a.statusCounters(),
+		"counters":          a.admin.StatusCounters(a.counters()),
 		"upstream":          a.upstreamStatus(),
 		"token_files":       a.tokenFilesStatus(),
 	}
@@ -441,20 +441,6 @@ func (a *Agent) counters() metrics.CounterSet {
 		{Key: "proxied", Name: "wicket_proxy_requests_total", Help: "Requests forwarded upstream.", Value: a.proxied.Load},
 		{Key: "proxy_errors", Name: "wicket_proxy_errors_total", Help: "Forwarded requests that failed upstream.", Value: a.proxyErrors.Load},
 	}
-}
-
-// statusCounters is the status document's "counters": the agent's and
-// the admin socket's.
-func (a *Agent) statusCounters() map[string]uint64 {
-	m := a.counters().Status()
-	if a.admin != nil {
-		for k, v := range a.admin.Counters().Status() {
-			m[k] = v
-		}
-	} else {
-		m["admin_denied"] = 0 // before Run: the admin server does not exist yet
-	}
-	return m
 }
 
 func (a *Agent) cacheStat(f func(*tokenCache) uint64) uint64 {

@@ -407,7 +407,7 @@ func (s *Issuer) Status() any {
 		"public_url":        rt.cfg.Server.PublicURL,
 		"sockets":           socks,
 		"orgs":              len(kr.oidcSets),
-		"counters":          s.statusCounters(),
+		"counters":          s.admin.StatusCounters(s.counters()),
 		"long_polls":        s.longPolls.Load(),
 		"state":             s.stateStatus(rt.cfg.State),
 	}
@@ -424,20 +424,6 @@ func (s *Issuer) counters() metrics.CounterSet {
 		{Key: "reloads_ok", Name: "wicket_reloads_total", Help: reloads, Labels: map[string]string{"outcome": "ok"}, Value: s.reloadsOK.Load},
 		{Key: "reloads_failed", Name: "wicket_reloads_total", Help: reloads, Labels: map[string]string{"outcome": "failed"}, Value: s.reloadsKO.Load},
 	}
-}
-
-// statusCounters is the status document's "counters": the issuer's and
-// the admin socket's.
-func (s *Issuer) statusCounters() map[string]uint64 {
-	m := s.counters().Status()
-	if s.admin != nil {
-		for k, v := range s.admin.Counters().Status() {
-			m[k] = v
-		}
-	} else {
-		m["admin_denied"] = 0 // before Run: no admin server yet
-	}
-	return m
 }
 
 // Metrics implements admin.Service.

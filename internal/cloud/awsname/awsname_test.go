@@ -13,6 +13,9 @@ func TestSessionName(t *testing.T) {
 		"":                      "wicket",
 		strings.Repeat("a", 70): strings.Repeat("a", 64),
 		"web.1@fra+=,_":         "web.1@fra+=,_",
+		"dev:dev-app:m1":        "dev-dev-app-m1",
+		"host.example.com":      "host.example.com",
+		"héllo":                 "h--llo",
 	} {
 		if got := SessionName(in); got != want || !Valid(got) {
 			t.Errorf("SessionName(%q) = %q, want %q", in, got, want)
