@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -18,7 +17,6 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/wicket-sh/wicket/client"
-	"github.com/wicket-sh/wicket/internal/agent"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/e2e"
 	"github.com/wicket-sh/wicket/internal/sockettest"
@@ -50,7 +48,7 @@ func TestMetrics_ValidPrometheus(t *testing.T) {
 	// A directory name with a quote, a backslash and a space: the path is
 	// a label value of the token-file series.
 	tokPath := filepath.Join(dir, `to"k\ s`, "f")
-	ag := startAgent(t, dir, fmt.Sprintf(`[api]
+	ag := e2e.StartAgentConfig(t, dir, fmt.Sprintf(`[api]
 socket_path = %q
 socket_group = "65534"
 [admin]
@@ -166,48 +164,4 @@ func reachableDir(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return d
-}
-
-// startAgent runs a real agent with config cfg (written to dir) holding
-// machine token mt until the test ends.
-func startAgent(t *testing.T, dir, cfg, mt string) *agent.Agent {
-	t.Helper()
-	path := filepath.Join(dir, "agent.toml")
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	tok, err := agent.ParseMachineToken(mt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := &sockettest.Buffer{}
-	a, err := agent.New(agent.Options{ConfigPath: path, MachineToken: tok, Logger: slog.New(slog.NewTextHandler(logs, nil))})
-	if err != nil {
-		t.Fatalf("agent: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("agent Run: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Error("agent did not stop")
-		}
-		if t.Failed() {
-			t.Logf("agent log:\n%s", logs)
-		}
-	})
-	select {
-	case <-a.Ready():
-	case err := <-done:
-		t.Fatalf("agent Run: %v\n%s", err, logs)
-	case <-time.After(10 * time.Second):
-		t.Fatal("agent not ready after 10s")
-	}
-	return a
 }
