@@ -22,6 +22,7 @@ import (
 	"strings"
 
 	"github.com/wicket-sh/wicket/internal/config"
+	"github.com/wicket-sh/wicket/internal/httpapi"
 	"github.com/wicket-sh/wicket/internal/oidc"
 )
 
@@ -67,7 +68,7 @@ func NewTarget(issuerURL, org, app, machine string, orgWide bool) (Target, error
 	if err != nil || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
 		return Target{}, errors.New("trust: --issuer-url must be an absolute URL without user, query or fragment")
 	}
-	if u.Scheme != "https" && !(u.Scheme == "http" && isLoopback(u.Hostname())) {
+	if u.Scheme != "https" && !(u.Scheme == "http" && httpapi.LoopbackHost(u.Hostname())) {
 		return Target{}, errors.New("trust: --issuer-url must be https (http only on a loopback host)")
 	}
 	base := strings.TrimRight(u.Scheme+"://"+u.Host+u.EscapedPath(), "/")
@@ -76,10 +77,6 @@ func NewTarget(issuerURL, org, app, machine string, orgWide bool) (Target, error
 		iss = base
 	}
 	return Target{Issuer: iss, Org: org, App: app, Machine: machine, OrgWide: orgWide}, nil
-}
-
-func isLoopback(host string) bool {
-	return host == "localhost" || host == "::1" || strings.HasPrefix(host, "127.")
 }
 
 // HostPath is the issuer without its scheme: the name AWS gives the OIDC

@@ -41,8 +41,10 @@ func TestNewTarget(t *testing.T) {
 	if tg, _ := NewTarget("https://w.example/base", "dev", "a", "", false); tg.Issuer != oidc.IssuerURL("https://w.example/base", "dev") {
 		t.Errorf("issuer %q", tg.Issuer)
 	}
-	if tg, err := NewTarget("http://127.0.0.1:8650", "dev", "dev-app", "", false); err != nil || tg.Issuer != "http://127.0.0.1:8650/dev" {
-		t.Errorf("loopback http: %v %q", err, tg.Issuer)
+	for _, u := range []string{"http://127.0.0.1:8650", "http://[::1]:8650", "http://localhost:8650"} {
+		if tg, err := NewTarget(u, "dev", "dev-app", "", false); err != nil || tg.Issuer != u+"/dev" {
+			t.Errorf("loopback http %s: %v %q", u, err, tg.Issuer)
+		}
 	}
 	bad := []struct {
 		url, org, app, machine string
