@@ -471,6 +471,13 @@ func (a *Agent) counters() metrics.CounterSet {
 // machine token, only where it came from.
 func (a *Agent) upstreamStatus() map[string]any {
 	st := map[string]any{"issuer_configured": a.issuerURL != nil, "machine_token": a.tokenSource != "", "machine_token_source": a.tokenSource}
+	for _, b := range a.built {
+		if s, ok := b.inst.(feature.Status); ok {
+			for k, v := range s.Status() {
+				st[k] = v
+			}
+		}
+	}
 	if a.issuerURL == nil {
 		return st
 	}
@@ -484,13 +491,6 @@ func (a *Agent) upstreamStatus() map[string]any {
 		meta["last_ok"] = time.Unix(t, 0).UTC().Format(time.RFC3339)
 	}
 	st["metadata"] = meta
-	for _, b := range a.built {
-		if s, ok := b.inst.(feature.Status); ok {
-			for k, v := range s.Status() {
-				st[k] = v
-			}
-		}
-	}
 	return st
 }
 
