@@ -151,21 +151,6 @@ type AgentIssuer struct {
 	RequestTimeout Duration `toml:"request_timeout"`
 }
 
-// AgentTokens configures the OIDC token cache (dynamic).
-type AgentTokens struct {
-	// RefreshAt is the fraction of a token's lifetime after which the
-	// cached token is renewed in the background.
-	RefreshAt float64 `toml:"refresh_at"`
-	// MaxAudiences caps the cache; the oldest audience is evicted first.
-	MaxAudiences int `toml:"max_audiences"`
-	// TTL is how long the copy of the machine token sent with each OIDC
-	// token request is valid. The issuer never issues a JWT that outlives
-	// the copy, so this bounds the JWTs the agent gets (the issuer's
-	// [oidc] token_ttl applies when shorter) and what a copy captured
-	// upstream can buy.
-	TTL Duration `toml:"ttl"`
-}
-
 // AgentLimits are the agent's request limits: the shared ones plus the
 // per-uid token bucket on token and proxied requests (dynamic).
 type AgentLimits struct {
@@ -205,7 +190,6 @@ type Agent struct {
 	Admin  Admin       `toml:"admin"`
 	HTTP   HTTP        `toml:"http" reload:"restart"`
 	Issuer AgentIssuer `toml:"issuer"`
-	Tokens AgentTokens `toml:"tokens"`
 	Limits AgentLimits `toml:"limits"`
 	Log    Log         `toml:"log"`
 	Policy []peer.Rule `toml:"policy"`
@@ -240,7 +224,6 @@ func DefaultAgent() *Agent {
 			MaxHeaderBytes:    16 << 10,
 		},
 		Issuer: AgentIssuer{RequestTimeout: Duration{10 * time.Second}},
-		Tokens: AgentTokens{RefreshAt: 0.8, MaxAudiences: 1000, TTL: Duration{10 * time.Minute}},
 		Limits: AgentLimits{
 			Limits:     Limits{MaxBodyBytes: 64 << 10, BodyTimeout: Duration{10 * time.Second}},
 			TokenRate:  10,
@@ -353,7 +336,7 @@ func (c *Agent) Validate() error {
 	return errors.Join(errs...)
 }
 
-// validateGuest checks the issuer, token cache, rate limit and proxy
+// validateGuest checks the issuer, rate limit and proxy
 // settings, and compiles the routes.
 func (c *Agent) validateGuest() []error {
 	var errs []error
@@ -370,15 +353,6 @@ func (c *Agent) validateGuest() []error {
 	}
 	if d := c.Issuer.RequestTimeout.Duration; d < 100*time.Millisecond || d > 5*time.Minute {
 		errs = append(errs, fmt.Errorf("issuer.request_timeout %v: want 100ms..5m", d))
-	}
-	if r := c.Tokens.RefreshAt; !(r >= 0.1 && r <= 0.95) {
-		errs = append(errs, fmt.Errorf("tokens.refresh_at %v: want a fraction of the lifetime, 0.1..0.95", r))
-	}
-	if n := c.Tokens.MaxAudiences; n < 1 || n > 100000 {
-		errs = append(errs, fmt.Errorf("tokens.max_audiences %d: want 1..100000", n))
-	}
-	if d := c.Tokens.TTL.Duration; d < time.Minute || d > time.Hour {
-		errs = append(errs, fmt.Errorf("tokens.ttl %v: want 1m..1h", d))
 	}
 	if r := c.Limits.TokenRate; !(r > 0 && r <= 1e6) {
 		errs = append(errs, fmt.Errorf("limits.token_rate %v: want more than 0, at most 1000000 per second", r))

@@ -9,12 +9,14 @@ import (
 	"github.com/wicket-sh/wicket/internal/agent/feature"
 	"github.com/wicket-sh/wicket/internal/agent/feature/aws"
 	"github.com/wicket-sh/wicket/internal/agent/feature/azure"
+	"github.com/wicket-sh/wicket/internal/agent/feature/oidctoken"
 	"github.com/wicket-sh/wicket/internal/agent/feature/tokenfiles"
 )
 
 // Features returns the agent's features, in registration order.
 func Features() []feature.Module {
 	return []feature.Module{
+		oidctoken.Module{},
 		tokenfiles.Module{},
 		aws.Module{},
 		azure.Module{},
