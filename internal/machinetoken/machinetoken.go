@@ -12,28 +12,26 @@
 package machinetoken
 
 import (
-	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/superfly/macaroon"
+
+	"github.com/wicket-sh/wicket/internal/macaroonwire"
 )
 
 // MaxTokenLen bounds the encoded tokens this package will look at. A minted
 // token is a few hundred bytes; anything near this size is an attack.
-const MaxTokenLen = 16 << 10
+const MaxTokenLen = macaroonwire.MaxTokenLen
 
-// tokenPrefix is what macaroon.Macaroon.String puts before the base64; we
-// accept only what we mint.
+// tokenPrefix is how every token this package mints begins.
 const tokenPrefix = "fm2_"
 
 // ErrInvalid is wrapped by every error about a token or an Authorization
@@ -234,67 +232,25 @@ func RestrictScope(token string, now time.Time, ttl time.Duration, s Scope) (str
 // form "Bearer <token>" or "FlyV1 <token>" (scheme case-insensitive). It does
 // not check the token itself; Verify does.
 func ParseHeader(h string) (string, error) {
-	scheme, tok, ok := strings.Cut(strings.TrimSpace(h), " ")
-	if !ok || !(strings.EqualFold(scheme, "Bearer") || strings.EqualFold(scheme, macaroon.AuthorizationSchemeFlyV1)) {
-		return "", invalid("unsupported authorization scheme")
-	}
-	tok = strings.TrimSpace(tok)
-	switch {
-	case tok == "":
-		return "", invalid("empty token")
-	case len(tok) > MaxTokenLen:
-		return "", invalid("token too long")
-	case strings.ContainsAny(tok, " \t,"):
-		// One token only: we use no third-party caveats, hence no discharges.
-		return "", invalid("malformed token")
+	tok, err := macaroonwire.ParseHeader(h)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return tok, nil
 }
 
-// decode parses an encoded token without checking its signature. Library
-// errors are dropped, not wrapped: some quote the bytes they choked on.
+// decode parses an encoded token without checking its signature
+// (macaroonwire.Decode: bounded, canonical encoding only).
 func decode(token string) (*macaroon.Macaroon, error) {
-	if len(token) > MaxTokenLen {
-		return nil, invalid("token too long")
-	}
-	b64, ok := strings.CutPrefix(token, tokenPrefix)
-	if !ok {
-		return nil, invalid("not a machine token")
-	}
-	raw, err := base64.StdEncoding.Strict().DecodeString(b64)
-	if err != nil || !wellFormed(raw) {
-		return nil, invalid("malformed token")
-	}
-	m, err := macaroon.Decode(raw)
+	m, err := macaroonwire.Decode(token)
 	if err != nil {
-		return nil, invalid("malformed token")
-	}
-	// The library signs the values it decoded, re-encoded, not the bytes it
-	// was given, so other encodings of the same values (a key id as str8
-	// instead of bin8, say) would verify too. Accept only the canonical one:
-	// a token then has exactly one spelling.
-	if enc, err := m.Encode(); err != nil || !bytes.Equal(enc, raw) {
-		return nil, invalid("malformed token")
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return m, nil
 }
 
 // window returns the validity caveat for [nb, na], or nil when both are zero.
-func window(nb, na time.Time) (*macaroon.ValidityWindow, error) {
-	switch {
-	case na.IsZero() && nb.IsZero():
-		return nil, nil
-	case na.IsZero():
-		return nil, errors.New("validity window without an end")
-	case !nb.IsZero() && na.Before(nb):
-		return nil, errors.New("validity window ends before it starts")
-	}
-	w := &macaroon.ValidityWindow{NotAfter: na.Unix()}
-	if !nb.IsZero() {
-		w.NotBefore = nb.Unix()
-	}
-	return w, nil
-}
+func window(nb, na time.Time) (*macaroon.ValidityWindow, error) { return macaroonwire.Window(nb, na) }
 
 // canonicalFeatures sorts and deduplicates fs, refusing unknown features so a
 // typo cannot mint a token that silently grants nothing.

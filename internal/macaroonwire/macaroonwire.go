@@ -1,0 +1,104 @@
+// Package macaroonwire is the wire handling every wicket macaroon shares
+// (machine tokens, admin tokens): the Authorization header, the bounded and
+// canonical decoding of "fm2_" tokens, and the validity window caveat.
+//
+// It holds no keys and knows no caveats: each token package registers its
+// own caveats and refuses every caveat it does not understand. The errors
+// here never contain token bytes, so callers may log them.
+package macaroonwire
+
+import (
+	"bytes"
+	"encoding/base64"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/superfly/macaroon"
+)
+
+// MaxTokenLen bounds the encoded tokens wicket will look at. A minted token
+// is a few hundred bytes, an attenuated one a few more; anything near this
+// size is an attack.
+const MaxTokenLen = 16 << 10
+
+// prefix is what macaroon.Macaroon.String puts before the base64; only
+// that spelling is accepted.
+const prefix = "fm2_"
+
+// Reasons a token or header is refused; none quotes its input.
+var (
+	ErrScheme    = errors.New("unsupported authorization scheme")
+	ErrEmpty     = errors.New("empty token")
+	ErrTooLong   = errors.New("token too long")
+	ErrMalformed = errors.New("malformed token")
+	ErrPrefix    = errors.New("not a wicket macaroon")
+)
+
+// ParseHeader returns the token from an Authorization header value of the
+// form "Bearer <token>" or "FlyV1 <token>" (scheme case-insensitive). It does
+// not check the token itself.
+func ParseHeader(h string) (string, error) {
+	scheme, tok, ok := strings.Cut(strings.TrimSpace(h), " ")
+	if !ok || !(strings.EqualFold(scheme, "Bearer") || strings.EqualFold(scheme, macaroon.AuthorizationSchemeFlyV1)) {
+		return "", ErrScheme
+	}
+	tok = strings.TrimSpace(tok)
+	switch {
+	case tok == "":
+		return "", ErrEmpty
+	case len(tok) > MaxTokenLen:
+		return "", ErrTooLong
+	case strings.ContainsAny(tok, " \t,"):
+		// One token only: wicket uses no third-party caveats, hence no
+		// discharges.
+		return "", ErrMalformed
+	}
+	return tok, nil
+}
+
+// Decode parses an encoded token without checking its signature. Library
+// errors are dropped, not wrapped: some quote the bytes they choked on.
+func Decode(token string) (*macaroon.Macaroon, error) {
+	if len(token) > MaxTokenLen {
+		return nil, ErrTooLong
+	}
+	b64, ok := strings.CutPrefix(token, prefix)
+	if !ok {
+		return nil, ErrPrefix
+	}
+	raw, err := base64.StdEncoding.Strict().DecodeString(b64)
+	if err != nil || !WellFormed(raw) {
+		return nil, ErrMalformed
+	}
+	m, err := macaroon.Decode(raw)
+	if err != nil {
+		return nil, ErrMalformed
+	}
+	// The library signs the values it decoded, re-encoded, not the bytes it
+	// was given, so other encodings of the same values (a key id as str8
+	// instead of bin8, say) would verify too. Accept only the canonical one:
+	// a token then has exactly one spelling.
+	if enc, err := m.Encode(); err != nil || !bytes.Equal(enc, raw) {
+		return nil, ErrMalformed
+	}
+	return m, nil
+}
+
+// Window returns the validity caveat for [nb, na], or nil when both are
+// zero.
+func Window(nb, na time.Time) (*macaroon.ValidityWindow, error) {
+	switch {
+	case na.IsZero() && nb.IsZero():
+		return nil, nil
+	case na.IsZero():
+		return nil, errors.New("validity window without an end")
+	case !nb.IsZero() && na.Before(nb):
+		return nil, errors.New("validity window ends before it starts")
+	}
+	w := &macaroon.ValidityWindow{NotAfter: na.Unix()}
+	if !nb.IsZero() {
+		w.NotBefore = nb.Unix()
+	}
+	return w, nil
+}
