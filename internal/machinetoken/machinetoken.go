@@ -12,12 +12,10 @@
 package machinetoken
 
 import (
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"slices"
 	"time"
@@ -64,31 +62,12 @@ type Claims struct {
 	SourceAddrs []netip.Prefix
 }
 
-// Key is an issuer signing key. ID travels in every token in the clear and
-// selects the key at verification; Secret never leaves the issuer.
-type Key struct {
-	ID     []byte
-	Secret macaroon.SigningKey
-}
-
-// keyIDLen is the length of the random ids NewKey makes.
-const keyIDLen = 16
+// Key is an issuer signing key (macaroonwire.Key: its secret never
+// reaches a log line).
+type Key = macaroonwire.Key
 
 // NewKey returns a key with a random 16-byte id and a random 32-byte secret.
-func NewKey() Key {
-	id := make([]byte, keyIDLen)
-	rand.Read(id) // never fails (crypto/rand, Go ≥ 1.24)
-	return Key{ID: id, Secret: macaroon.NewSigningKey()}
-}
-
-// Format prints only the key id, whatever the verb: a Key that reaches a log
-// line or an error through fmt must not carry its secret with it. (fmt
-// cannot call it for a Key held in an unexported field: don't print those.)
-func (k Key) Format(f fmt.State, _ rune) { fmt.Fprintf(f, "machinetoken.Key{ID:%x}", k.ID) }
-
-// LogValue keeps the secret out of slog output; the JSON handler would
-// otherwise write it base64-encoded.
-func (k Key) LogValue() slog.Value { return slog.StringValue(hex.EncodeToString(k.ID)) }
+func NewKey() Key { return macaroonwire.NewKey() }
 
 // Mint returns a token for the machine described by c, signed with k, and the
 // token's id: a random nonce, hex encoded, safe to log and the handle for

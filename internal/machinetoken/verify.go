@@ -1,7 +1,6 @@
 package machinetoken
 
 import (
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -9,6 +8,8 @@ import (
 	"time"
 
 	"github.com/superfly/macaroon"
+
+	"github.com/wicket-sh/wicket/internal/macaroonwire"
 )
 
 // Request is what a token is being used for.
@@ -55,30 +56,13 @@ func (v *Verifier) Verify(token string, r Request) (*Verified, error) {
 	if v.Keys == nil {
 		return nil, errors.New("machinetoken: verifier has no keys")
 	}
-	m, err := decode(token)
+	auth, err := macaroonwire.Authenticate(token, v.Location, v.Keys, v.Revoked)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	if m.Location != v.Location {
-		return nil, invalid("wrong location")
-	}
-	key, ok := v.Keys(m.Nonce.KID)
-	if !ok {
-		return nil, invalid("unknown key")
-	}
-	// The library's error is dropped: for some caveats it quotes their bytes.
-	cavs, err := m.Verify(key, nil, nil)
-	if err != nil {
-		return nil, invalid("bad signature")
-	}
+	cavs := auth.Caveats
 	// From here on the nonce and caveats are authentic.
-	out := &Verified{
-		TokenID: hex.EncodeToString(m.Nonce.Rnd),
-		KeyID:   hex.EncodeToString(m.Nonce.KID),
-	}
-	if v.Revoked != nil && v.Revoked(out.TokenID) {
-		return nil, invalid("revoked")
-	}
+	out := &Verified{TokenID: auth.TokenID, KeyID: auth.KeyID}
 
 	var (
 		feats   []featuresCaveat
