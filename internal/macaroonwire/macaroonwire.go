@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -127,7 +128,7 @@ func NewKey() Key {
 // Format prints only the key id, whatever the verb: a Key that reaches a log
 // line or an error through fmt must not carry its secret with it. (fmt
 // cannot call it for a Key held in an unexported field: don't print those.)
-func (k Key) Format(f fmt.State, _ rune) { fmt.Fprintf(f, "machinetoken.Key{ID:%x}", k.ID) }
+func (k Key) Format(f fmt.State, _ rune) { fmt.Fprintf(f, "Key{ID:%x}", k.ID) }
 
 // LogValue keeps the secret out of slog output; the JSON handler would
 // otherwise write it base64-encoded.
@@ -178,4 +179,22 @@ func Authenticate(token, location string, keys func(keyID []byte) (macaroon.Sign
 		return nil, ErrRevoked
 	}
 	return a, nil
+}
+
+// AddrAllowed reports whether ip is in one of prefixes, the value of a
+// source-address caveat. A prefix that does not parse matches nothing, and
+// an unknown (zero) address is in no prefix.
+func AddrAllowed(prefixes []string, ip netip.Addr) bool {
+	if !ip.IsValid() {
+		return false
+	}
+	// A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d, which an
+	// IPv4 prefix does not contain.
+	ip = ip.Unmap()
+	for _, s := range prefixes {
+		if p, err := netip.ParsePrefix(s); err == nil && p.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }
