@@ -92,6 +92,9 @@ func TestScope_NarrowsAndRefuses(t *testing.T) {
 			t.Errorf("%s: Allow = %v, want ErrForbidden", name, err)
 		}
 	}
+	if v.AllowOp(OpMachineAdd) != nil || !errors.Is(v.AllowOp(OpMachineGet), ErrForbidden) {
+		t.Error("AllowOp does not follow the operations caveat")
+	}
 	if !v.Sees(Target{Org: "acme", App: "db", Region: "fra"}) || v.Sees(Target{Org: "acme", Region: "ord"}) {
 		t.Error("Sees does not follow the org and region caveats")
 	}

@@ -46,15 +46,22 @@ type Target struct {
 	TTL time.Duration
 }
 
-// access is what a request looks like to caveats. auth is the first check
-// of a request, before it is known what it asks for: only the validity
-// window and the source addresses apply. sees asks only whether the target
-// is in scope (listing), whatever the operations granted.
+// mode is which caveats an access is checked against. The validity window
+// and the source addresses apply in every mode.
+type mode int
+
+const (
+	modeFull mode = iota // op on target: every caveat
+	modeAuth             // the request before it is known what it asks: no scope caveat
+	modeSees             // is target in scope, whatever the operations
+	modeOp               // is op granted, whatever the target
+)
+
+// access is what a request looks like to caveats.
 type access struct {
 	now    time.Time
 	remote netip.Addr
-	auth   bool
-	sees   bool
+	mode   mode
 	op     Op
 	target Target
 }
@@ -73,13 +80,17 @@ var (
 )
 
 // scoped is the shared body of the scope caveats' Prohibits: refuse an
-// access we did not build; pass the authentication step; else ok decides.
-func scoped(a macaroon.Access, ok func(*access) bool, fail error) error {
+// access we did not build; pass the modes the caveat does not apply in
+// (isOp: an operations caveat); else ok decides.
+func scoped(a macaroon.Access, isOp bool, ok func(*access) bool, fail error) error {
 	wa, isOurs := a.(*access)
 	if !isOurs {
 		return macaroon.ErrInvalidAccess
 	}
-	if wa.auth || ok(wa) {
+	switch {
+	case wa.mode == modeAuth, wa.mode == modeSees && isOp, wa.mode == modeOp && !isOp:
+		return nil
+	case ok(wa):
 		return nil
 	}
 	return fail
@@ -90,7 +101,7 @@ type orgsCaveat []string
 func (c *orgsCaveat) CaveatType() macaroon.CaveatType { return CavOrgs }
 func (c *orgsCaveat) Name() string                    { return "wicket.admin.Orgs" }
 func (c *orgsCaveat) Prohibits(a macaroon.Access) error {
-	return scoped(a, func(a *access) bool { return slices.Contains(*c, a.target.Org) }, errOrg)
+	return scoped(a, false, func(a *access) bool { return slices.Contains(*c, a.target.Org) }, errOrg)
 }
 
 type appsCaveat []string
@@ -98,7 +109,7 @@ type appsCaveat []string
 func (c *appsCaveat) CaveatType() macaroon.CaveatType { return CavApps }
 func (c *appsCaveat) Name() string                    { return "wicket.admin.Apps" }
 func (c *appsCaveat) Prohibits(a macaroon.Access) error {
-	return scoped(a, func(a *access) bool { return slices.Contains(*c, a.target.App) }, errApp)
+	return scoped(a, false, func(a *access) bool { return slices.Contains(*c, a.target.App) }, errApp)
 }
 
 type regionsCaveat []string
@@ -107,7 +118,7 @@ func (c *regionsCaveat) CaveatType() macaroon.CaveatType { return CavRegions }
 func (c *regionsCaveat) Name() string                    { return "wicket.admin.Regions" }
 func (c *regionsCaveat) Prohibits(a macaroon.Access) error {
 	// A machine without a region is in no regions caveat.
-	return scoped(a, func(a *access) bool { return slices.Contains(*c, a.target.Region) }, errRegion)
+	return scoped(a, false, func(a *access) bool { return slices.Contains(*c, a.target.Region) }, errRegion)
 }
 
 type opsCaveat []string
@@ -115,7 +126,7 @@ type opsCaveat []string
 func (c *opsCaveat) CaveatType() macaroon.CaveatType { return CavOps }
 func (c *opsCaveat) Name() string                    { return "wicket.admin.Ops" }
 func (c *opsCaveat) Prohibits(a macaroon.Access) error {
-	return scoped(a, func(a *access) bool { return a.sees || slices.Contains(*c, string(a.op)) }, errOp)
+	return scoped(a, true, func(a *access) bool { return slices.Contains(*c, string(a.op)) }, errOp)
 }
 
 type maxTTLCaveat int64
@@ -123,7 +134,7 @@ type maxTTLCaveat int64
 func (c *maxTTLCaveat) CaveatType() macaroon.CaveatType { return CavMaxMachineTTL }
 func (c *maxTTLCaveat) Name() string                    { return "wicket.admin.MaxMachineTTL" }
 func (c *maxTTLCaveat) Prohibits(a macaroon.Access) error {
-	return scoped(a, func(a *access) bool { return a.target.TTL <= time.Duration(*c)*time.Second }, errTTL)
+	return scoped(a, false, func(a *access) bool { return a.target.TTL <= time.Duration(*c)*time.Second }, errTTL)
 }
 
 // sourceAddrsCaveat holds prefixes as strings so the wire format is plain

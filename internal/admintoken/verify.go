@@ -64,7 +64,7 @@ func (v *Verifier) Verify(token string, now time.Time, remote netip.Addr) (*Veri
 	if windows == 0 {
 		return nil, invalid(errors.New("no validity window"))
 	}
-	if err := auth.Caveats.Validate(&access{now: now, remote: remote, auth: true}); err != nil {
+	if err := auth.Caveats.Validate(&access{now: now, remote: remote, mode: modeAuth}); err != nil {
 		return nil, invalid(err)
 	}
 	return out, nil
@@ -85,7 +85,17 @@ func (v *Verified) Allow(op Op, t Target) error {
 // see is not found, not forbidden.
 func (v *Verified) Sees(t Target) bool {
 	t.TTL = 0
-	return v.check(&access{now: v.now, remote: v.remote, sees: true, target: t}) == nil
+	return v.check(&access{now: v.now, remote: v.remote, mode: modeSees, target: t}) == nil
+}
+
+// AllowOp reports whether the token grants op on some target at all (nil,
+// or an error wrapping ErrForbidden): a listing needs machine.get before
+// it is filtered with Sees.
+func (v *Verified) AllowOp(op Op) error {
+	if !slices.Contains(Ops(), op) {
+		return fmt.Errorf("%w: unknown operation", ErrForbidden)
+	}
+	return v.check(&access{now: v.now, remote: v.remote, mode: modeOp, op: op})
 }
 
 func (v *Verified) check(a *access) error {
