@@ -157,3 +157,41 @@ func grantedByAll[S ~[]T, T comparable](cs []S, v T) bool {
 	}
 	return true
 }
+
+// Identity is whose a token is, as its authentic caveats say.
+type Identity struct {
+	TokenID, Org, App, MachineID string
+}
+
+// Identify checks token's signature chain and returns whose it is, without
+// checking its validity window, revocation or any request: revoking a
+// token needs to know its machine, even for a token that no longer works.
+// A token with a caveat this package does not know is refused, as by
+// Verify.
+func (v *Verifier) Identify(token string) (*Identity, error) {
+	if v.Keys == nil {
+		return nil, errors.New("machinetoken: verifier has no keys")
+	}
+	auth, err := macaroonwire.Authenticate(token, v.Location, v.Keys, nil)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	id := &Identity{TokenID: auth.TokenID}
+	for _, c := range auth.Caveats.Caveats {
+		switch c := c.(type) {
+		case *orgCaveat:
+			setOnce(&id.Org, string(*c))
+		case *appCaveat:
+			setOnce(&id.App, string(*c))
+		case *machineCaveat:
+			setOnce(&id.MachineID, string(*c))
+		case *featuresCaveat, *macaroon.ValidityWindow, *sourceAddrsCaveat, *audiencesCaveat, *externalCaveat:
+		default:
+			return nil, invalid("unsupported caveat")
+		}
+	}
+	if id.Org == "" || id.App == "" || id.MachineID == "" {
+		return nil, invalid("not bound to a machine")
+	}
+	return id, nil
+}

@@ -288,3 +288,22 @@ func BenchmarkRestrict(b *testing.B) {
 		}
 	}
 }
+
+func TestIdentify_SignatureOnly(t *testing.T) {
+	c := testClaims()
+	tok, id := mint(t, c)
+	v := testVerifier()
+	v.Revoked = func(string) bool { return true } // Identify ignores revocation
+	got, err := v.Identify(tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.TokenID != id || got.Org != c.Org || got.App != c.App || got.MachineID != c.MachineID {
+		t.Fatalf("Identify = %+v", got)
+	}
+	bad := rawBytes(t, tok)
+	bad[len(bad)-1] ^= 1
+	if _, err := v.Identify(rawToken(bad)); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("tampered: Identify = %v, want ErrInvalid", err)
+	}
+}
