@@ -22,6 +22,7 @@ import (
 	"net/netip"
 	"regexp"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/superfly/macaroon"
@@ -61,6 +62,17 @@ const (
 // Ops returns every operation, in canonical order.
 func Ops() []Op {
 	return []Op{OpMachineAdd, OpMachineUpdate, OpMachineRemove, OpMachineGet, OpTokenMint, OpTokenRevoke}
+}
+
+func opNames() string {
+	var b strings.Builder
+	for i, o := range Ops() {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(string(o))
+	}
+	return b.String()
 }
 
 // Scope is what a token is narrowed to. Empty fields narrow nothing.
@@ -123,7 +135,7 @@ func (s Scope) caveats() ([]macaroon.Caveat, error) {
 			if !slices.Contains(Ops(), o) {
 				// A typo must not silently grant nothing (or be mistaken
 				// for a grant): refuse it.
-				return nil, fmt.Errorf("unknown operation %q", o)
+				return nil, fmt.Errorf("ops: unknown operation; want %s", opNames())
 			}
 		}
 		cavs = append(cavs, &ops)
@@ -211,4 +223,14 @@ func Attenuate(token string, s Scope) (string, error) {
 		return "", fmt.Errorf("admintoken: attenuate: %w", err)
 	}
 	return out, nil
+}
+
+// ParseHeader returns the token from an Authorization header value
+// ("Bearer <token>" or "FlyV1 <token>"); errors wrap ErrInvalid.
+func ParseHeader(h string) (string, error) {
+	tok, err := macaroonwire.ParseHeader(h)
+	if err != nil {
+		return "", invalid(err)
+	}
+	return tok, nil
 }

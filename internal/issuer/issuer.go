@@ -75,6 +75,7 @@ type Issuer struct {
 	adm      *unixsock.Listener
 	admin    *admin.Server
 	pub      net.Listener
+	remote   atomic.Pointer[remoteAPI] // the remote admin API, when configured
 	ready    chan struct{}
 	readyOne sync.Once
 
@@ -231,6 +232,15 @@ func (s *Issuer) Run(ctx context.Context) error {
 		ErrorLog:                     slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 
+	remote, err := s.listenRemote(cfg, lim)
+	if err != nil {
+		return err
+	}
+	if remote != nil {
+		defer remote.ln.Close()
+		s.remote.Store(remote)
+	}
+
 	bg, stopBG := context.WithCancel(ctx)
 	var bgDone sync.WaitGroup
 	defer bgDone.Wait() // before the store closes (deferred earlier, runs later)
@@ -238,8 +248,11 @@ func (s *Issuer) Run(ctx context.Context) error {
 	bgDone.Go(func() { s.watchKeys(bg) })
 	bgDone.Go(func() { s.keyMaintenance(bg) })
 
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- ignoreClosed(admSrv.Serve(s.adm)) }()
+	if remote != nil {
+		go func() { errc <- ignoreClosed(remote.serve()) }()
+	}
 	go func() {
 		if cfg.Server.TLSCert != "" {
 			pubSrv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
@@ -263,7 +276,11 @@ func (s *Issuer) Run(ctx context.Context) error {
 	bgDone.Wait()
 	shCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	for _, srv := range []*http.Server{pubSrv, admSrv} {
+	servers := []*http.Server{pubSrv, admSrv}
+	if remote != nil {
+		servers = append(servers, remote.http)
+	}
+	for _, srv := range servers {
 		if err := srv.Shutdown(shCtx); err != nil {
 			srv.Close()
 		}
@@ -419,8 +436,9 @@ func (s *Issuer) Status() any {
 			"reloads_ok":            s.reloadsOK.Load(),
 			"reloads_failed":        s.reloadsKO.Load(),
 		},
-		"long_polls": s.longPolls.Load(),
-		"state":      s.stateStatus(rt.cfg.State),
+		"long_polls":   s.longPolls.Load(),
+		"state":        s.stateStatus(rt.cfg.State),
+		"remote_admin": s.remoteStatus(),
 	}
 }
 
@@ -438,6 +456,7 @@ func (s *Issuer) Metrics() []metrics.Sample {
 		{Name: "wicket_long_polls", Help: "Metadata long polls in progress.", Type: metrics.Gauge, Value: float64(s.longPolls.Load())},
 	}
 	out = append(out, unixsock.Metrics(s.adm)...)
+	out = append(out, s.remoteMetrics()...)
 	return out
 }
 
