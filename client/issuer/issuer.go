@@ -22,6 +22,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -362,4 +363,33 @@ func (c *Client) Status(ctx context.Context) (*api.RemoteStatus, error) {
 		return nil, err
 	}
 	return &out, nil
+}
+
+// TLSFiles returns a TLS configuration from PEM files: caFile, when set,
+// is the only CA trusted for the issuer's certificate (else the system
+// roots); certFile and keyFile, when set, are the client certificate the
+// issuer asks for when it sets remote_admin.client_ca.
+func TLSFiles(caFile, certFile, keyFile string) (*tls.Config, error) {
+	c := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("wicket issuer: CA file: %w", err)
+		}
+		c.RootCAs = x509.NewCertPool()
+		if !c.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, errors.New("wicket issuer: CA file: no certificate in it")
+		}
+	}
+	if (certFile == "") != (keyFile == "") {
+		return nil, errors.New("wicket issuer: client certificate: set both the certificate and the key file")
+	}
+	if certFile != "" {
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("wicket issuer: client certificate: %w", err)
+		}
+		c.Certificates = []tls.Certificate{cert}
+	}
+	return c, nil
 }
