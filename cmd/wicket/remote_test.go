@@ -104,7 +104,9 @@ func TestIssuerCLI_RemoteSameOutput(t *testing.T) {
 	both(func(n string) []string {
 		return []string{"machine", "add", "--org", "acme", "--app", "web", "--name", n, "--region", "fra", "--tag", "role=web", "--token-ttl", "12h"}
 	})
-	both(func(n string) []string { return []string{"machine", "update", "acme/web/" + n, "--tag", "color=blue", "--untag", "role"} })
+	both(func(n string) []string {
+		return []string{"machine", "update", "acme/web/" + n, "--tag", "color=blue", "--untag", "role"}
+	})
 	both(func(n string) []string { return []string{"machine", "show", "acme/web/" + n} })
 	mintS, mintR := both(func(n string) []string { return []string{"token", "mint", "--machine", "acme/web/" + n, "--ttl", "2h"} })
 	for i, out := range []string{mintS, mintR} {
