@@ -63,41 +63,17 @@ func (v *Verifier) Verify(token string, r Request) (*Verified, error) {
 	cavs := auth.Caveats
 	// From here on the nonce and caveats are authentic.
 	out := &Verified{TokenID: auth.TokenID, KeyID: auth.KeyID}
-
-	var (
-		feats   []featuresCaveat
-		auds    []audiencesCaveat
-		windows int
-	)
-	for _, c := range cavs.Caveats {
-		switch c := c.(type) {
-		case *orgCaveat:
-			setOnce(&out.Org, string(*c))
-		case *appCaveat:
-			setOnce(&out.App, string(*c))
-		case *machineCaveat:
-			setOnce(&out.MachineID, string(*c))
-		case *featuresCaveat:
-			feats = append(feats, *c)
-		case *macaroon.ValidityWindow:
-			if na := time.Unix(c.NotAfter, 0).UTC(); windows == 0 || na.Before(out.NotAfter) {
-				out.NotAfter = na
-			}
-			windows++
-		case *sourceAddrsCaveat:
-			// checked against r.RemoteAddr by Validate below
-		case *audiencesCaveat:
-			auds = append(auds, *c) // checked against r.Audience by Validate below
-		case *externalCaveat:
-			// Made for someone else's upstream: never good here, whatever
-			// the request (Prohibits refuses it too).
-			return nil, invalid("copy made for an external upstream")
-		default:
-			// Only caveats we understand may pass: the library would let an
-			// attestation or another package's registered type through.
-			return nil, invalid("unsupported caveat")
-		}
+	p, err := sortCaveats(cavs)
+	if err != nil {
+		return nil, err
 	}
+	if p.external {
+		// Made for someone else's upstream: never good here, whatever
+		// the request (Prohibits refuses it too).
+		return nil, invalid("copy made for an external upstream")
+	}
+	out.Org, out.App, out.MachineID, out.NotAfter = p.org, p.app, p.machine, p.notAfter
+	feats, auds, windows := p.feats, p.auds, p.windows
 	switch {
 	case out.Org == "" || out.App == "" || out.MachineID == "":
 		return nil, invalid("not bound to a machine")
@@ -176,22 +152,57 @@ func (v *Verifier) Identify(token string) (*Identity, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	id := &Identity{TokenID: auth.TokenID}
-	for _, c := range auth.Caveats.Caveats {
-		switch c := c.(type) {
-		case *orgCaveat:
-			setOnce(&id.Org, string(*c))
-		case *appCaveat:
-			setOnce(&id.App, string(*c))
-		case *machineCaveat:
-			setOnce(&id.MachineID, string(*c))
-		case *featuresCaveat, *macaroon.ValidityWindow, *sourceAddrsCaveat, *audiencesCaveat, *externalCaveat:
-		default:
-			return nil, invalid("unsupported caveat")
-		}
+	p, err := sortCaveats(auth.Caveats)
+	if err != nil {
+		return nil, err
 	}
+	id := &Identity{TokenID: auth.TokenID, Org: p.org, App: p.app, MachineID: p.machine}
 	if id.Org == "" || id.App == "" || id.MachineID == "" {
 		return nil, invalid("not bound to a machine")
 	}
 	return id, nil
+}
+
+// sorted is an authentic token's caveats, by kind.
+type sorted struct {
+	org, app, machine string // from the first caveat of each kind
+	feats             []featuresCaveat
+	auds              []audiencesCaveat
+	windows           int
+	notAfter          time.Time // earliest end of all validity windows
+	external          bool
+}
+
+// sortCaveats sorts cavs by kind and refuses any type this package does
+// not know: the library would let an attestation or another package's
+// registered type (an admin token's, say) through. Verify and Identify
+// both read a token through it.
+func sortCaveats(cavs *macaroon.CaveatSet) (*sorted, error) {
+	p := &sorted{}
+	for _, c := range cavs.Caveats {
+		switch c := c.(type) {
+		case *orgCaveat:
+			setOnce(&p.org, string(*c))
+		case *appCaveat:
+			setOnce(&p.app, string(*c))
+		case *machineCaveat:
+			setOnce(&p.machine, string(*c))
+		case *featuresCaveat:
+			p.feats = append(p.feats, *c)
+		case *macaroon.ValidityWindow:
+			if na := time.Unix(c.NotAfter, 0).UTC(); p.windows == 0 || na.Before(p.notAfter) {
+				p.notAfter = na
+			}
+			p.windows++
+		case *sourceAddrsCaveat:
+			// checked against the request's address by Validate
+		case *audiencesCaveat:
+			p.auds = append(p.auds, *c) // checked against the request's audiences by Validate
+		case *externalCaveat:
+			p.external = true
+		default:
+			return nil, invalid("unsupported caveat")
+		}
+	}
+	return p, nil
 }
