@@ -220,17 +220,7 @@ func (s *Issuer) Run(ctx context.Context) error {
 	s.admin = admin.New(s, func() admin.Auth { return s.rt.Load().adminAuth }, s.selfUID, s.log.With("socket", "admin"))
 	s.registerAdmin(s.admin)
 	admSrv := unixsock.NewHTTPServer(s.admin, lim, s.log)
-	pubSrv := &http.Server{
-		Handler:           s.publicHandler(),
-		ReadHeaderTimeout: lim.ReadHeaderTimeout,
-		IdleTimeout:       lim.IdleTimeout,
-		WriteTimeout:      lim.WriteTimeout,
-		MaxHeaderBytes:    lim.MaxHeaderBytes,
-		// "OPTIONS *" reaches the handler (and its JSON errors) instead
-		// of net/http's own empty 200.
-		DisableGeneralOptionsHandler: true,
-		ErrorLog:                     slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
-	}
+	pubSrv := s.tcpServer(s.publicHandler(), lim)
 
 	remote, err := s.listenRemote(cfg, lim)
 	if err != nil {
@@ -287,6 +277,21 @@ func (s *Issuer) Run(ctx context.Context) error {
 	}
 	s.admin.FlushDenials() // pending per-uid denial counts reach the log
 	return runErr
+}
+
+// tcpServer is an HTTP server for one of the issuer's TCP listeners.
+func (s *Issuer) tcpServer(h http.Handler, lim unixsock.HTTPLimits) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: lim.ReadHeaderTimeout,
+		IdleTimeout:       lim.IdleTimeout,
+		WriteTimeout:      lim.WriteTimeout,
+		MaxHeaderBytes:    lim.MaxHeaderBytes,
+		// "OPTIONS *" reaches the handler (and its JSON errors) instead
+		// of net/http's own empty 200.
+		DisableGeneralOptionsHandler: true,
+		ErrorLog:                     slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
 }
 
 // Addr returns the public listener's address once running.

@@ -2,7 +2,6 @@ package issuer
 
 import (
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 
@@ -85,15 +84,7 @@ func (s *Issuer) listenRemote(cfg *config.Issuer, lim unixsock.HTTPLimits) (*rem
 		return nil, nil
 	}
 	ra := &remoteAPI{srv: s.remoteHandler()}
-	ra.http = &http.Server{
-		Handler:                      ra.srv,
-		ReadHeaderTimeout:            lim.ReadHeaderTimeout,
-		IdleTimeout:                  lim.IdleTimeout,
-		WriteTimeout:                 lim.WriteTimeout,
-		MaxHeaderBytes:               lim.MaxHeaderBytes,
-		DisableGeneralOptionsHandler: true,
-		ErrorLog:                     slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
-	}
+	ra.http = s.tcpServer(ra.srv, lim)
 	if rc.TLSCert != "" {
 		tc, err := remoteadmin.TLSConfig(rc.TLSCert, rc.TLSKey, rc.ClientCA)
 		if err != nil {

@@ -110,12 +110,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	s.requests.Add(1)
 	remote := remoteAddr(r)
-	sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+	sw := httpapi.NewStatusWriter(w)
 	// The request path is logged cut short: it is caller input.
 	logger := s.cfg.Logger.With("command", r.Method+" "+httpapi.Truncate(r.URL.Path, httpapi.MaxLoggedPath))
 	outcome, tokenID, reason := "ok", "", ""
 	defer func() {
-		args := []any{"remote", remote.String(), "admin_token_id", tokenID, "outcome", outcome, "status", sw.status, "duration_ms", time.Since(start).Milliseconds()}
+		args := []any{"remote", remote.String(), "admin_token_id", tokenID, "outcome", outcome, "status", sw.Status, "duration_ms", time.Since(start).Milliseconds()}
 		if reason != "" {
 			args = append(args, "reason", reason)
 		}
@@ -172,7 +172,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	hlog := logger.With("admin_token_id", v.TokenID)
 	r = r.WithContext(context.WithValue(r.Context(), callerKey{}, &caller{tok: v, log: hlog}))
 	s.mux.ServeHTTP(sw, r)
-	if sw.status >= 400 {
+	if sw.Status >= 400 {
 		outcome = "error"
 	}
 }
@@ -217,24 +217,3 @@ func TLSConfig(certFile, keyFile, clientCA string) (*tls.Config, error) {
 	}
 	return c, nil
 }
-
-type statusWriter struct {
-	http.ResponseWriter
-	status      int
-	wroteHeader bool
-}
-
-func (w *statusWriter) WriteHeader(code int) {
-	if !w.wroteHeader {
-		w.status, w.wroteHeader = code, true
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *statusWriter) Write(b []byte) (int, error) {
-	w.wroteHeader = true
-	return w.ResponseWriter.Write(b)
-}
-
-// Unwrap lets http.ResponseController reach the connection.
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
