@@ -122,7 +122,7 @@ func (s Scope) caveats() ([]macaroon.Caveat, error) {
 				return nil, fmt.Errorf("%s: want lowercase letters, digits and '-', at most 63", l.name)
 			}
 		}
-		cavs = append(cavs, l.cav(canonical(l.vals)))
+		cavs = append(cavs, l.cav(sortedUnique(l.vals)))
 	}
 	if len(s.Ops) > 0 {
 		ops := opsCaveat{}
@@ -160,7 +160,7 @@ func (s Scope) caveats() ([]macaroon.Caveat, error) {
 	return cavs, nil
 }
 
-func canonical(vs []string) []string {
+func sortedUnique(vs []string) []string {
 	out := slices.Clone(vs)
 	slices.Sort(out)
 	return slices.Compact(out)
