@@ -36,6 +36,7 @@ import (
 	"time"
 
 	"github.com/wicket-sh/wicket/api"
+	"github.com/wicket-sh/wicket/internal/httpapi"
 )
 
 // maxReply bounds a reply read from the issuer.
@@ -112,7 +113,7 @@ func New(cfg Config) (*Client, error) {
 	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.User != nil {
 		return nil, errors.New("wicket issuer: URL: want https://host:port")
 	}
-	if u.Scheme == "http" && !cfg.AllowPlaintext && !loopback(u.Hostname()) {
+	if u.Scheme == "http" && !cfg.AllowPlaintext && !httpapi.LoopbackHost(u.Hostname()) {
 		return nil, errors.New("wicket issuer: URL: plain http beyond loopback would send the admin token in the clear; use https or set AllowPlaintext")
 	}
 	if (cfg.Token == "") == (cfg.TokenFile == "") {
@@ -142,14 +143,6 @@ func New(cfg Config) (*Client, error) {
 	nc := *hc
 	nc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	return &Client{cfg: cfg, base: u, hc: &nc}, nil
-}
-
-func loopback(host string) bool {
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 func (c *Client) token() (string, error) {
