@@ -119,8 +119,11 @@ type adminFlags struct {
 func (a *adminFlags) register(cmd *cobra.Command, def string) {
 	cmd.PersistentFlags().StringVar(&a.socket, "socket", cli.EnvOr(api.IssuerSocketEnv, def), "issuer admin socket ($WICKET_ISSUER_SOCKET)")
 	cmd.PersistentFlags().StringVar(&a.tokenFile, "token-file", "", "file holding the admin socket's token (or $WICKET_ADMIN_TOKEN)")
-	a.remote.register(cmd)
 }
+
+// registerRemote adds the remote admin API's flags, for the commands it
+// serves (machine, token).
+func (a *adminFlags) registerRemote(cmd *cobra.Command) { a.remote.register(cmd) }
 
 // call sends one command to the admin socket or, with --issuer-url, to
 // the remote admin API, and prints the reply as it came: the same bytes
@@ -168,6 +171,7 @@ func newIssuerMachineCmd() *cobra.Command {
 	af := &adminFlags{}
 	cmd := &cobra.Command{Use: "machine", Short: "Manage registered machines"}
 	af.register(cmd, api.DefaultIssuerAdminSocket)
+	af.registerRemote(cmd)
 
 	var spec api.MachineSpec
 	var tags []string
@@ -246,6 +250,7 @@ func newIssuerTokenCmd() *cobra.Command {
 	af := &adminFlags{}
 	cmd := &cobra.Command{Use: "token", Short: "Mint or revoke machine tokens"}
 	af.register(cmd, api.DefaultIssuerAdminSocket)
+	af.registerRemote(cmd)
 	var machine, ttl, reason string
 	mint := &cobra.Command{Use: "mint", Short: "Mint a new token for a machine (printed once)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

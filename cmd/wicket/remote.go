@@ -79,8 +79,7 @@ func (f *scopeFlags) register(cmd *cobra.Command, ttlHelp string) {
 func newIssuerAdminTokenCmd() *cobra.Command {
 	af := &adminFlags{}
 	cmd := &cobra.Command{Use: "admin-token", Short: "Mint, list, revoke or attenuate admin tokens for the remote admin API"}
-	cmd.PersistentFlags().StringVar(&af.socket, "socket", cli.EnvOr(api.IssuerSocketEnv, api.DefaultIssuerAdminSocket), "issuer admin socket ($WICKET_ISSUER_SOCKET)")
-	cmd.PersistentFlags().StringVar(&af.tokenFile, "token-file", "", "file holding the admin socket's token (or $WICKET_ADMIN_TOKEN)")
+	af.register(cmd, api.DefaultIssuerAdminSocket) // admin tokens are managed on the socket only
 
 	var label string
 	var mf scopeFlags
