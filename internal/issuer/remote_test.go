@@ -286,6 +286,12 @@ func TestRemoteAdmin_Limits(t *testing.T) {
 	if r := ti.remote(t, "GET", "/v1/status", other.Token, ""); r.status != 200 {
 		t.Errorf("another token: %d", r.status)
 	}
+	if m := ti.admin(t, "GET", "/metrics", "").Body; !strings.Contains(m, "wicket_remote_admin_rate_limited_total 1\n") {
+		t.Errorf("metrics do not count the 429:\n%s", m)
+	}
+	if st := ti.admin(t, "GET", "/v1/status", "").Body; !strings.Contains(st, `"rate_limited": 1`) {
+		t.Errorf("status does not count the 429: %s", st)
+	}
 	logs := ti.logs.String()
 	if !regexp.MustCompile(`remote admin request" .*admin_token_id=` + root.TokenID + ` outcome=rate_limited status=429`).MatchString(logs) {
 		t.Errorf("no audit line for the rate-limited call:\n%s", logs)
