@@ -148,14 +148,14 @@ func (s *Server) reload(w http.ResponseWriter, r *http.Request) {
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	p, ok := unixsock.PeerFromContext(r.Context())
-	lw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+	lw := httpapi.NewStatusWriter(w)
 	// The request path is logged quoted and cut short: it is caller input.
 	logger := s.log.With("peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID,
 		"command", r.Method+" "+httpapi.Truncate(r.URL.Path, httpapi.MaxLoggedPath))
 	r = r.WithContext(context.WithValue(r.Context(), logKey{}, logger))
 	outcome := "ok"
 	defer func() {
-		args := []any{"outcome", outcome, "status", lw.status, "duration_ms", time.Since(start).Milliseconds()}
+		args := []any{"outcome", outcome, "status", lw.Status, "duration_ms", time.Since(start).Milliseconds()}
 		if strings.HasPrefix(outcome, "denied") {
 			// Logged in full once per uid and interval, then counted.
 			s.denials.Deny(r.Context(), p, strings.TrimPrefix(outcome, "denied_"), append([]any{"peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID,
@@ -203,7 +203,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Dispatch through the mux itself: only ServeMux.ServeHTTP fills in
 	// the request's path values.
 	s.mux.ServeHTTP(lw, r)
-	if lw.status >= 400 {
+	if lw.Status >= 400 {
 		outcome = "error"
 	}
 }
@@ -253,24 +253,3 @@ func ReadJSON(r *http.Request, v any) error {
 	}
 	return nil
 }
-
-type statusWriter struct {
-	http.ResponseWriter
-	status      int
-	wroteHeader bool
-}
-
-func (w *statusWriter) WriteHeader(code int) {
-	if !w.wroteHeader {
-		w.status, w.wroteHeader = code, true
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *statusWriter) Write(b []byte) (int, error) {
-	w.wroteHeader = true
-	return w.ResponseWriter.Write(b)
-}
-
-// Unwrap lets http.ResponseController reach the connection.
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -122,7 +122,7 @@ func reservedPath(p string) bool {
 // rateLimited applies the per-uid token bucket; when it refuses, it answers
 // 429 with Retry-After and returns true.
 func (a *Agent) rateLimited(w http.ResponseWriter, rt *runtime, p unixsock.Peer) bool {
-	ok, wait := a.limiter.allow(p.UID, rt.cfg.Limits.TokenRate, rt.cfg.Limits.TokenBurst, a.now())
+	ok, wait := a.limiter.Allow(p.UID, rt.cfg.Limits.TokenRate, rt.cfg.Limits.TokenBurst, a.now())
 	if ok {
 		return false
 	}

@@ -126,6 +126,7 @@ type Issuer struct {
 	OIDC          OIDC          `toml:"oidc"`
 	MachineTokens MachineTokens `toml:"machine_tokens"`
 	Gateway       Gateway       `toml:"gateway"`
+	RemoteAdmin   RemoteAdmin   `toml:"remote_admin"`
 	Log           Log           `toml:"log"`
 
 	gatewayHeaders *proxy.HeaderAllowlist
@@ -167,6 +168,7 @@ func DefaultIssuer() *Issuer {
 		},
 		MachineTokens: MachineTokens{DefaultTTL: Duration{720 * time.Hour}, MaxTTL: Duration{8760 * time.Hour}},
 		Gateway:       Gateway{Timeout: Duration{30 * time.Second}},
+		RemoteAdmin:   defaultRemoteAdmin(),
 		Log:           Log{Level: "info"},
 	}
 }
@@ -260,6 +262,7 @@ func (c *Issuer) Validate() error {
 	} else {
 		c.gatewayHeaders = h
 	}
+	errs = append(errs, c.RemoteAdmin.validate()...)
 	if _, err := c.Log.SlogLevel(); err != nil {
 		errs = append(errs, err)
 	}

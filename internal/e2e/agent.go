@@ -23,8 +23,8 @@ type Agent struct {
 }
 
 // StartAgent runs an agent whose [issuer] is issuerURL, holding
-// machineToken, with extra TOML appended to its config (token files,
-// [aws], a policy...), until the test ends. Its log is printed if the
+// machineToken, with extra TOML appended to its config right after the
+// issuer's url (token files, [aws], a policy...), until the test ends. Its log is printed if the
 // test fails.
 func StartAgent(t testing.TB, issuerURL, machineToken, extra string) *Agent {
 	t.Helper()
@@ -48,9 +48,14 @@ func StartAgentConfig(t testing.TB, dir, cfg, machineToken string) *Agent {
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	mt, err := agent.ParseMachineToken(machineToken)
-	if err != nil {
-		t.Fatal(err)
+	// An empty machineToken leaves the agent to read it as configured
+	// (extra's token_file lines land in [issuer]).
+	var mt agent.MachineToken
+	if machineToken != "" {
+		var err error
+		if mt, err = agent.ParseMachineToken(machineToken); err != nil {
+			t.Fatal(err)
+		}
 	}
 	a, err := agent.New(agent.Options{
 		ConfigPath: cfgPath, MachineToken: mt,

@@ -75,6 +75,7 @@ type Issuer struct {
 	adm      *unixsock.Listener
 	admin    *admin.Server
 	pub      net.Listener
+	remote   atomic.Pointer[remoteAPI] // the remote admin API, when configured
 	ready    chan struct{}
 	readyOne sync.Once
 
@@ -219,16 +220,15 @@ func (s *Issuer) Run(ctx context.Context) error {
 	s.admin = admin.New(s, func() admin.Auth { return s.rt.Load().adminAuth }, s.selfUID, s.log.With("socket", "admin"))
 	s.registerAdmin(s.admin)
 	admSrv := unixsock.NewHTTPServer(s.admin, lim, s.log)
-	pubSrv := &http.Server{
-		Handler:           s.publicHandler(),
-		ReadHeaderTimeout: lim.ReadHeaderTimeout,
-		IdleTimeout:       lim.IdleTimeout,
-		WriteTimeout:      lim.WriteTimeout,
-		MaxHeaderBytes:    lim.MaxHeaderBytes,
-		// "OPTIONS *" reaches the handler (and its JSON errors) instead
-		// of net/http's own empty 200.
-		DisableGeneralOptionsHandler: true,
-		ErrorLog:                     slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	pubSrv := s.tcpServer(s.publicHandler(), lim)
+
+	remote, err := s.listenRemote(cfg, lim)
+	if err != nil {
+		return err
+	}
+	if remote != nil {
+		defer remote.ln.Close()
+		s.remote.Store(remote)
 	}
 
 	bg, stopBG := context.WithCancel(ctx)
@@ -238,8 +238,11 @@ func (s *Issuer) Run(ctx context.Context) error {
 	bgDone.Go(func() { s.watchKeys(bg) })
 	bgDone.Go(func() { s.keyMaintenance(bg) })
 
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- ignoreClosed(admSrv.Serve(s.adm)) }()
+	if remote != nil {
+		go func() { errc <- ignoreClosed(remote.serve()) }()
+	}
 	go func() {
 		if cfg.Server.TLSCert != "" {
 			pubSrv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
@@ -263,13 +266,32 @@ func (s *Issuer) Run(ctx context.Context) error {
 	bgDone.Wait()
 	shCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	for _, srv := range []*http.Server{pubSrv, admSrv} {
+	servers := []*http.Server{pubSrv, admSrv}
+	if remote != nil {
+		servers = append(servers, remote.http)
+	}
+	for _, srv := range servers {
 		if err := srv.Shutdown(shCtx); err != nil {
 			srv.Close()
 		}
 	}
 	s.admin.FlushDenials() // pending per-uid denial counts reach the log
 	return runErr
+}
+
+// tcpServer is an HTTP server for one of the issuer's TCP listeners.
+func (s *Issuer) tcpServer(h http.Handler, lim unixsock.HTTPLimits) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: lim.ReadHeaderTimeout,
+		IdleTimeout:       lim.IdleTimeout,
+		WriteTimeout:      lim.WriteTimeout,
+		MaxHeaderBytes:    lim.MaxHeaderBytes,
+		// "OPTIONS *" reaches the handler (and its JSON errors) instead
+		// of net/http's own empty 200.
+		DisableGeneralOptionsHandler: true,
+		ErrorLog:                     slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
 }
 
 // Addr returns the public listener's address once running.
@@ -410,6 +432,7 @@ func (s *Issuer) Status() any {
 		"counters":          s.admin.StatusCounters(s.counters()),
 		"long_polls":        s.longPolls.Load(),
 		"state":             s.stateStatus(rt.cfg.State),
+		"remote_admin":      s.remoteStatus(),
 	}
 }
 
@@ -435,6 +458,7 @@ func (s *Issuer) Metrics() []metrics.Sample {
 	}
 	out = append(out, s.counters().Samples()...)
 	out = append(out, unixsock.Metrics(s.adm)...)
+	out = append(out, s.remoteMetrics()...)
 	return out
 }
 

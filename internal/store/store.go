@@ -39,6 +39,9 @@ var (
 const (
 	KindMacaroon = "macaroon" // macaroon root keys
 	KindOIDC     = "oidc"     // OIDC signing keys
+	// KindAdminToken is one remote admin token's root key and its label
+	// and expiry, sealed together; the record's ID is the token id.
+	KindAdminToken = "admin-token"
 )
 
 // Machine is a registered machine and the metadata the issuer serves for it.
@@ -78,7 +81,7 @@ func (m *Machine) Clone() *Machine {
 // the store never sees key material in the clear.
 type SealedKey struct {
 	ID         string
-	Kind       string // KindMacaroon or KindOIDC
+	Kind       string // KindMacaroon, KindOIDC or KindAdminToken
 	Alg        string // e.g. "RS256", "ES256", "HS256"
 	State      string // lifecycle state, owned by the issuer
 	CreatedAt  time.Time
