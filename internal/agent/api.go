@@ -268,19 +268,25 @@ func (a *Agent) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
 }
 
 // fetchToken is the token cache's call to the issuer.
-func (a *Agent) fetchToken(ctx context.Context, aud string) (issued, error) {
-	body := []byte("{}")
+func (a *Agent) fetchToken(ctx context.Context, key string) (issued, error) {
+	aud, fileTTL := splitCacheKey(key)
+	var req api.IssuerTokenRequest
 	if aud != "" {
-		raw, _ := json.Marshal(aud)
-		body, _ = json.Marshal(api.IssuerTokenRequest{Aud: raw})
+		req.Aud, _ = json.Marshal(aud)
 	}
 	// The copy lives as long as the JWT should (the issuer never lets a
 	// JWT outlive it, so the cache stays useful) and is bound to aud: a
 	// copy captured upstream buys at most a JWT for this audience,
 	// expiring no later than the copy. "" asks for, and binds to, the
-	// issuer's default audience.
+	// issuer's default audience. A token file with its own ttl asks for
+	// that life, and its copy lives as long.
+	copyTTL := a.rt.Load().cfg.Tokens.TTL.Duration
+	if fileTTL > 0 {
+		copyTTL, req.TTL = fileTTL, fileTTL.String()
+	}
+	body, _ := json.Marshal(req)
 	scope := machinetoken.Scope{Features: []machinetoken.Feature{machinetoken.FeatureOIDC}, Audiences: []string{aud}}
-	rep, err := a.issuer.callScoped(ctx, http.MethodPost, "/v1/tokens/oidc", nil, body, a.rt.Load().cfg.Tokens.TTL.Duration, scope)
+	rep, err := a.issuer.callScoped(ctx, http.MethodPost, "/v1/tokens/oidc", nil, body, copyTTL, scope)
 	if err != nil {
 		a.upstreamErrors.Add(1)
 		return issued{}, err

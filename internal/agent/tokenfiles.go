@@ -104,7 +104,7 @@ func sameTokenFile(s, old config.TokenFileSpec) bool {
 
 func (a *Agent) newFileRunner(s config.TokenFileSpec) (*fileRunner, error) {
 	ref, err := tokenfile.NewRefresher(tokenfile.Config{
-		Path: s.Path, Source: a.tokenFileSource(s.Path, s.Audience), Mode: s.Mode, GID: s.GID,
+		Path: s.Path, Source: a.tokenFileSource(s.Path, s.Audience, s.TTL), Mode: s.Mode, GID: s.GID,
 		Audience: s.Audience, RefreshFraction: s.Refresh, Logger: a.log, Now: a.now,
 	})
 	if err != nil {
@@ -118,7 +118,7 @@ func (a *Agent) newFileRunner(s config.TokenFileSpec) (*fileRunner, error) {
 		ref.Run(ctx)
 	}()
 	a.log.Info("token file started", "token_file", s.Path, "aud", s.Audience,
-		"mode", fmt.Sprintf("%04o", uint32(s.Mode)), "gid", s.GID, "refresh", s.Refresh, "implied_by", s.ImpliedBy)
+		"mode", fmt.Sprintf("%04o", uint32(s.Mode)), "gid", s.GID, "refresh", s.Refresh, "ttl", s.TTL, "implied_by", s.ImpliedBy)
 	return r, nil
 }
 
@@ -157,13 +157,13 @@ func (a *Agent) stopTokenFiles() {
 }
 
 // tokenFileSource is a refresher's Source: a token for aud from the
-// agent's cache.
-func (a *Agent) tokenFileSource(path, aud string) tokenfile.Source {
+// agent's cache, of life ttl when the file sets one (0: the API's token).
+func (a *Agent) tokenFileSource(path, aud string, ttl time.Duration) tokenfile.Source {
 	return func(ctx context.Context) (string, time.Time, error) {
 		if a.tokens == nil {
 			return "", time.Time{}, errors.New("no issuer configured")
 		}
-		tok, src, err := a.fileToken(ctx, aud)
+		tok, src, err := a.fileToken(ctx, cacheKey(aud, ttl))
 		if err != nil {
 			return "", time.Time{}, err
 		}
@@ -174,8 +174,9 @@ func (a *Agent) tokenFileSource(path, aud string) tokenfile.Source {
 	}
 }
 
-// fileToken gets aud's token through the cache the guest API uses, so a
-// file and the API's callers share one issuer call per renewal.
+// fileToken gets key's token (see cacheKey) through the cache the guest
+// API uses, so a file and the API's callers share one issuer call per
+// renewal, and files of one audience and ttl share theirs.
 //
 // A cached token past the cache's own refresh point (tokens.refresh_at)
 // means a renewal is under way: the cache's timer or this very lookup
@@ -183,8 +184,8 @@ func (a *Agent) tokenFileSource(path, aud string) tokenfile.Source {
 // just after the cache's, so writing the cached token would leave the file
 // with the least life left until its next round. Wait briefly for the new
 // one instead, and settle for the cached one (still valid) if it is late.
-func (a *Agent) fileToken(ctx context.Context, aud string) (issued, string, error) {
-	tok, src, err := a.tokens.get(ctx, aud)
+func (a *Agent) fileToken(ctx context.Context, key string) (issued, string, error) {
+	tok, src, err := a.tokens.get(ctx, key)
 	if err != nil {
 		return issued{}, "", err
 	}
@@ -210,7 +211,7 @@ func (a *Agent) fileToken(ctx context.Context, aud string) (issued, string, erro
 			return tok, src, nil
 		case <-t.C:
 		}
-		next, nsrc, err := a.tokens.get(ctx, aud)
+		next, nsrc, err := a.tokens.get(ctx, key)
 		if err == nil && next.expires.After(tok.expires) {
 			return next, nsrc, nil
 		}
@@ -246,7 +247,8 @@ func jwtIssuedAt(tok string) (time.Time, bool) {
 type tokenFileStatus struct {
 	tokenfile.Status
 	Mode      string `json:"mode"`
-	GID       int    `json:"gid"` // -1: the agent's group
+	GID       int    `json:"gid"`           // -1: the agent's group
+	TTL       string `json:"ttl,omitempty"` // the life asked for; absent: the API's tokens
 	ImpliedBy string `json:"implied_by,omitempty"`
 }
 
@@ -276,7 +278,7 @@ func (a *Agent) tokenFilesStatus() []tokenFileStatus {
 	out := []tokenFileStatus{}
 	for _, r := range a.runners() {
 		out = append(out, tokenFileStatus{Status: r.ref.Status(), Mode: fmt.Sprintf("%04o", uint32(r.spec.Mode)),
-			GID: r.spec.GID, ImpliedBy: r.spec.ImpliedBy})
+			GID: r.spec.GID, TTL: ttlString(r.spec.TTL), ImpliedBy: r.spec.ImpliedBy})
 	}
 	return out
 }
@@ -309,4 +311,12 @@ func (a *Agent) WaitTokenFiles(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// ttlString is a token file's ttl for status: "" when it has none.
+func ttlString(d time.Duration) string {
+	if d <= 0 {
+		return ""
+	}
+	return d.String()
 }

@@ -429,6 +429,20 @@ const (
 	DefaultTokenFileMode    Mode    = 0o440
 	DefaultTokenFileRefresh Percent = 0.8
 
+	// DefaultAzureTokenTTL is the life of the tokens in the file [azure]
+	// names, unless its [[token_file]] sets ttl. The Azure SDKs cache the
+	// file's content (@azure/identity 5 minutes, Go azidentity 10, Python
+	// azure-identity 5 to 10) and present it without looking at its exp:
+	// Kubernetes' 1 h tokens replaced at 80 % leave 12 minutes, which is
+	// what they are built for. A 10-minute token replaced at 80 % leaves 2,
+	// and a cached copy reaches Entra expired (AADSTS700024).
+	DefaultAzureTokenTTL = time.Hour
+	// MinTokenFileTTL and MaxTokenFileTTL bound [[token_file]] ttl: the
+	// issuer's [oidc] max_ttl is at most 1 h, and it refuses a request
+	// for more than its own max_ttl.
+	MinTokenFileTTL = time.Minute
+	MaxTokenFileTTL = time.Hour
+
 	// MaxTokenFiles bounds the files one agent keeps.
 	MaxTokenFiles = 64
 )
@@ -448,6 +462,11 @@ type AgentTokenFile struct {
 	// Refresh is how much of a token's life passes before the file gets
 	// a new one (default "80%").
 	Refresh *Percent `toml:"refresh"`
+	// TTL is the life the agent asks the issuer for, for this file's
+	// tokens (1m..1h, and at most the issuer's [oidc] max_ttl); unset
+	// shares the guest API's tokens for the audience, whose life is
+	// [tokens] ttl capped by the issuer's [oidc] token_ttl.
+	TTL *Duration `toml:"ttl"`
 }
 
 // AgentAWS is [aws]: with a role, the agent keeps a token file for STS and
@@ -478,6 +497,9 @@ type TokenFileSpec struct {
 	Mode     fs.FileMode
 	GID      int     // -1 keeps the agent's group
 	Refresh  float64 // fraction of a token's life
+	// TTL is the token life asked for this file; 0 shares the guest
+	// API's cached token for the audience.
+	TTL time.Duration
 	// ImpliedBy is "aws" or "azure" for a file those sections imply, ""
 	// for a [[token_file]].
 	ImpliedBy string
@@ -573,6 +595,14 @@ func (c *Agent) validateCloud() []error {
 		if implied != nil {
 			specs, names = append(specs, *implied), append(names, "azure")
 		}
+		// The file the Azure SDKs read gets tokens that outlive their
+		// caches (DefaultAzureTokenTTL), unless its [[token_file]] says
+		// otherwise.
+		for i := range specs {
+			if specs[i].Path == path && specs[i].TTL == 0 {
+				specs[i].TTL = DefaultAzureTokenTTL
+			}
+		}
 	}
 
 	if len(specs) > MaxTokenFiles {
@@ -636,6 +666,12 @@ func (f AgentTokenFile) spec(name string) (TokenFileSpec, []error) {
 		s.Refresh = float64(*f.Refresh)
 		if !(s.Refresh >= 0.1 && s.Refresh <= 0.95) {
 			errs = append(errs, fmt.Errorf("%s.refresh %s: want 10%%..95%% of the token's life", name, strconv.FormatFloat(s.Refresh*100, 'f', -1, 64)+"%"))
+		}
+	}
+	if f.TTL != nil {
+		s.TTL = f.TTL.Duration
+		if s.TTL < MinTokenFileTTL || s.TTL > MaxTokenFileTTL {
+			errs = append(errs, fmt.Errorf("%s.ttl %v: want %v..%v (and at most the issuer's oidc.max_ttl)", name, s.TTL, MinTokenFileTTL, MaxTokenFileTTL))
 		}
 	}
 	return s, errs

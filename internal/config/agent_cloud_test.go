@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/BurntSushi/toml"
 	"github.com/google/go-cmp/cmp"
@@ -23,6 +24,7 @@ audience = "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPoo
 mode = "0400"
 group = "0"
 refresh = "50%"
+ttl = "30m"
 
 [[token_file]]
 path = "/run/wicket/tokens/minio"
@@ -42,9 +44,9 @@ authority_host = "https://login.microsoftonline.us/"
 		t.Fatal(err)
 	}
 	want := []TokenFileSpec{
-		{Path: "/run/wicket/tokens/gcp", Audience: "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/x", Mode: 0o400, GID: 0, Refresh: 0.5},
+		{Path: "/run/wicket/tokens/gcp", Audience: "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/x", Mode: 0o400, GID: 0, Refresh: 0.5, TTL: 30 * time.Minute},
 		{Path: "/run/wicket/tokens/minio", Audience: "minio.example.com", Mode: 0o440, GID: -1, Refresh: 0.8},
-		{Path: DefaultAzureTokenFile, Audience: AzureAudience, Mode: 0o440, GID: -1, Refresh: 0.8, ImpliedBy: "azure"},
+		{Path: DefaultAzureTokenFile, Audience: AzureAudience, Mode: 0o440, GID: -1, Refresh: 0.8, TTL: time.Hour, ImpliedBy: "azure"},
 	}
 	if diff := cmp.Diff(want, c.TokenFileSpecs()); diff != "" {
 		t.Errorf("token files (-want +got):\n%s", diff)
@@ -54,6 +56,38 @@ authority_host = "https://login.microsoftonline.us/"
 	}
 	if c.AWS.SessionName != "web-1" || c.Azure.AuthorityHost != "https://login.microsoftonline.us/" {
 		t.Errorf("aws %+v azure %+v", c.AWS, c.Azure)
+	}
+}
+
+// TestLoadAgent_AzureTokenTTL: the file the Azure SDKs read gets 1 h
+// tokens (they cache its content for up to 10 minutes), whether [azure]
+// implies it or a [[token_file]] describes it without a ttl; a ttl the
+// [[token_file]] sets wins; other files keep sharing the API's tokens.
+func TestLoadAgent_AzureTokenTTL(t *testing.T) {
+	for _, tc := range []struct {
+		name, body string
+		want       map[string]time.Duration
+	}{
+		{"implied", "[azure]\nclient_id = \"c\"\ntenant_id = \"t\"\n", map[string]time.Duration{DefaultAzureTokenFile: time.Hour}},
+		{"declared without ttl", "[[token_file]]\npath = \"/t/az\"\naudience = \"api://AzureADTokenExchange\"\n[[token_file]]\npath = \"/t/other\"\naudience = \"x\"\n[azure]\nclient_id = \"c\"\ntenant_id = \"t\"\n",
+			map[string]time.Duration{"/t/az": time.Hour, "/t/other": 0}},
+		{"declared with ttl", "[[token_file]]\npath = \"/t/az\"\naudience = \"api://AzureADTokenExchange\"\nttl = \"20m\"\n[azure]\nclient_id = \"c\"\ntenant_id = \"t\"\n",
+			map[string]time.Duration{"/t/az": 20 * time.Minute}},
+		{"no azure section", "[[token_file]]\npath = \"/t/az\"\naudience = \"api://AzureADTokenExchange\"\n", map[string]time.Duration{"/t/az": 0}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := LoadAgent(writeFile(t, cloudBase+tc.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]time.Duration{}
+			for _, s := range c.TokenFileSpecs() {
+				got[s.Path] = s.TTL
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("ttl by path (-want +got):\n%s", diff)
+			}
+		})
 	}
 }
 
@@ -119,7 +153,9 @@ func TestLoadAgent_CloudInvalid(t *testing.T) {
 		{"no path", cloudBase + "[[token_file]]\naudience = \"a\"\n", "token_file[0].path"},
 		{"no audience", cloudBase + "[[token_file]]\npath = \"/t/a\"\n", "audience is required"},
 		{"audience with a space", cloudBase + "[[token_file]]\npath = \"/t/a\"\naudience = \"a b\"\n", "printable ASCII"},
-		{"unknown key", tf("ttl = \"1h\"\n"), "unknown keys: token_file.ttl"},
+		{"unknown key", tf("lifetime = \"1h\"\n"), "unknown keys: token_file.lifetime"},
+		{"ttl too short", tf("ttl = \"30s\"\n"), "token_file[0].ttl 30s: want 1m0s..1h0m0s"},
+		{"ttl too long", tf("ttl = \"2h\"\n"), "token_file[0].ttl 2h0m0s: want 1m0s..1h0m0s"},
 		{"mode for others", tf("mode = \"0444\"\n"), "no access for others"},
 		{"mode executable", tf("mode = \"0550\"\n"), "execute"},
 		{"mode group write", tf("mode = \"0460\"\n"), "not write"},
