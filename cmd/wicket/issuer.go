@@ -155,6 +155,7 @@ func newIssuerMachineCmd() *cobra.Command {
 
 	var spec api.MachineSpec
 	var tags []string
+	var addOut string
 	add := &cobra.Command{
 		Use:   "add",
 		Short: "Register a machine and print its token (once)",
@@ -165,9 +166,11 @@ func newIssuerMachineCmd() *cobra.Command {
 				return err
 			}
 			spec.Tags = t
-			return af.call(cmd, "POST", "/v1/machines", spec)
+			return af.callTokenOut(cmd, "POST", "/v1/machines", spec, addOut,
+				func(r any) *api.MintedToken { return r.(*api.MachineAdded).Token }, &api.MachineAdded{})
 		},
 	}
+	tokenOutFlag(add, &addOut)
 	af2 := add.Flags()
 	af2.StringVar(&spec.Name, "name", "", "machine name (required)")
 	af2.StringVar(&spec.Org, "org", "", "org (required)")
@@ -230,14 +233,16 @@ func newIssuerTokenCmd() *cobra.Command {
 	af := &adminFlags{}
 	cmd := &cobra.Command{Use: "token", Short: "Mint or revoke machine tokens"}
 	af.register(cmd, api.DefaultIssuerAdminSocket)
-	var machine, ttl, reason string
+	var machine, ttl, reason, mintOut string
 	mint := &cobra.Command{Use: "mint", Short: "Mint a new token for a machine (printed once)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if machine == "" {
 				return fmt.Errorf("--machine is required")
 			}
-			return af.call(cmd, "POST", "/v1/machines/"+url.PathEscape(machine)+"/tokens", map[string]string{"ttl": ttl})
+			return af.callTokenOut(cmd, "POST", "/v1/machines/"+url.PathEscape(machine)+"/tokens", map[string]string{"ttl": ttl}, mintOut,
+				func(r any) *api.MintedToken { return r.(*api.MintedToken) }, &api.MintedToken{})
 		}}
+	tokenOutFlag(mint, &mintOut)
 	mint.Flags().StringVar(&machine, "machine", "", "machine id or org/app/name")
 	mint.Flags().StringVar(&ttl, "ttl", "", "token lifetime, e.g. 720h")
 	revoke := &cobra.Command{Use: "revoke TOKEN_ID", Short: "Revoke a machine token and all copies made from it", Args: cobra.ExactArgs(1),
