@@ -34,6 +34,12 @@ func (a *Agent) WorkloadEnv() []string {
 			"AZURE_AUTHORITY_HOST="+az.AuthorityHost,
 		)
 	}
+	if g := cfg.GCP; g.Project != "" {
+		env = append(env, "GOOGLE_CLOUD_PROJECT="+g.Project)
+	}
+	if g := cfg.GCP; g.CredentialsFile != "" {
+		env = append(env, "GOOGLE_APPLICATION_CREDENTIALS="+g.CredentialsFile)
+	}
 	return env
 }
 

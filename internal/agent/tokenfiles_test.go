@@ -451,6 +451,10 @@ func TestWorkloadEnv(t *testing.T) {
 		{"both", "[aws]\nrole_arn = \"" + role + "\"\nsession_name = \"s1\"\ntoken_file = \"%[1]s/aws\"\n" + azure + "token_file = \"%[1]s/az\"\nauthority_host = \"https://login.example/\"\n", false,
 			[]string{"WICKET_SOCKET=%s", "AWS_ROLE_ARN=" + role, "AWS_WEB_IDENTITY_TOKEN_FILE=%s/aws", "AWS_ROLE_SESSION_NAME=s1",
 				"AZURE_CLIENT_ID=cid", "AZURE_TENANT_ID=tid", "AZURE_FEDERATED_TOKEN_FILE=%s/az", "AZURE_AUTHORITY_HOST=https://login.example/"}},
+		// Google's libraries look the project up in Cloud Resource Manager
+		// when a client is created unless GOOGLE_CLOUD_PROJECT is set.
+		{"gcp", "[gcp]\nproject = \"my-project\"\ncredentials_file = \"/etc/wicket/gcp.json\"\n", false,
+			[]string{"WICKET_SOCKET=%s", "GOOGLE_CLOUD_PROJECT=my-project", "GOOGLE_APPLICATION_CREDENTIALS=/etc/wicket/gcp.json"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var a *Agent

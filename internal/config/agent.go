@@ -221,6 +221,7 @@ type Agent struct {
 	TokenFiles []AgentTokenFile `toml:"token_file"`
 	AWS        AgentAWS         `toml:"aws"`
 	Azure      AgentAzure       `toml:"azure"`
+	GCP        AgentGCP         `toml:"gcp"`
 
 	policy *peer.Policy
 	routes *proxy.Table
@@ -488,6 +489,19 @@ type AgentAzure struct {
 	AuthorityHost string `toml:"authority_host"`
 }
 
+// AgentGCP is [gcp]: what `wicket agent run` tells Google's libraries.
+// The credentials file itself is written by `wicket gcp config`.
+type AgentGCP struct {
+	// Project is GOOGLE_CLOUD_PROJECT. Without it, Google's libraries
+	// given external_account credentials look the project up in Cloud
+	// Resource Manager (a call the federated identity may not be allowed
+	// to make) as soon as a client is created.
+	Project string `toml:"project"`
+	// CredentialsFile is GOOGLE_APPLICATION_CREDENTIALS, the file
+	// `wicket gcp config --output` wrote.
+	CredentialsFile string `toml:"credentials_file"`
+}
+
 // TokenFileSpec is one token file the agent keeps, with defaults applied
 // and the group resolved. Two equal specs (ignoring ImpliedBy) describe the
 // same refresher.
@@ -602,6 +616,15 @@ func (c *Agent) validateCloud() []error {
 			if specs[i].Path == path && specs[i].TTL == 0 {
 				specs[i].TTL = DefaultAzureTokenTTL
 			}
+		}
+	}
+
+	if p := c.GCP.Project; p != "" && checkPrintable(p, 64) != nil {
+		errs = append(errs, errors.New("gcp.project: want 1..64 printable characters without spaces"))
+	}
+	if f := c.GCP.CredentialsFile; f != "" {
+		if err := checkFilePath(f); err != nil {
+			errs = append(errs, fmt.Errorf("gcp.credentials_file: %w", err))
 		}
 	}
 

@@ -174,6 +174,8 @@ func TestLoadAgent_CloudInvalid(t *testing.T) {
 		{"aws without issuer", "[aws]\nrole_arn = \"arn:aws:iam::1:role/r\"\n", "aws: token files need issuer.url"},
 		{"too many", many.String(), "at most 64"},
 		{"aws session name without role", cloudBase + "[aws]\nsession_name = \"x1\"\n", "without role_arn"},
+		{"gcp project with a space", cloudBase + "[gcp]\nproject = \"a b\"\n", "gcp.project"},
+		{"gcp credentials file relative", cloudBase + "[gcp]\ncredentials_file = \"gcp.json\"\n", "gcp.credentials_file"},
 		{"aws token file without role", cloudBase + "[aws]\ntoken_file = \"/t/aws\"\n", "without role_arn"},
 		{"aws role not an ARN", cloudBase + "[aws]\nrole_arn = \"app\"\n", "not an ARN"},
 		{"aws role with a space", cloudBase + "[aws]\nrole_arn = \"arn:aws:iam::1:role/a b\"\n", "printable"},
