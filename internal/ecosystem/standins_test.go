@@ -194,7 +194,12 @@ func newEntra(t *testing.T, issuer, tenant, clientID, wantSub string) *entra {
 		json.NewEncoder(w).Encode(map[string]any{"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599,
 			"access_token": "eyJ0eXAiOiJKV1QifQ.standin-" + randomID() + ".sig"})
 	})
-	srv, ca := tlsStandIn(t, mux)
+	srv, ca := tlsStandIn(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if os.Getenv("WICKET_ECOSYSTEM_DEBUG") != "" {
+			t.Logf("entra stand-in: %s %s", r.Method, r.URL)
+		}
+		mux.ServeHTTP(w, r)
+	}))
 	base = srv.URL
 	e.URL, e.CA = srv.URL, ca
 	return e

@@ -9,7 +9,10 @@ import { existsSync, readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 const input = JSON.parse(readFileSync(0, 'utf8'));
-const cred = new WorkloadIdentityCredential();
+// The stand-in is not a host MSAL knows, so it would ask
+// login.microsoftonline.com about it first (instance discovery); with
+// Entra itself this option changes nothing that matters here.
+const cred = new WorkloadIdentityCredential({ disableInstanceDiscovery: true });
 const out = [];
 for (const [i, scope] of input.scopes.entries()) {
   if (i === 1 && input.wait_for) {
