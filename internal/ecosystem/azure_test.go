@@ -117,7 +117,7 @@ func TestAzureIdentity(t *testing.T) {
 			wait.Eventually(t, 20*time.Second, func() bool { return readFile(t, tokenFile) != old }, "the agent did not replace the token file")
 			// Entra's clock: the latest moment an SDK may present what it
 			// read just before the replacement.
-			at := iat.Add(time.Duration(0.8*float64(exp.Sub(iat)))).Add(azSDKCache)
+			at := iat.Add(time.Duration(0.8 * float64(exp.Sub(iat)))).Add(azSDKCache)
 			en.mu.Lock()
 			en.now = func() time.Time { return at }
 			en.mu.Unlock()
