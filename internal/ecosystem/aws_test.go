@@ -3,6 +3,7 @@ package ecosystem
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -29,6 +30,13 @@ func TestAWS_MinIO(t *testing.T) {
 		tokenPath = filepath.Join(e2e.ShortDir(t), "tokens", "minio")
 		return fmt.Sprintf("[[token_file]]\npath = %q\naudience = %q\n[aws]\nrole_arn = %q\ntoken_file = %q\n", tokenPath, minioAudience, mio.RoleARN, tokenPath)
 	})
+	if out, err := exec.Command("go", "version", "-m", e2e.MinIOBin(t)).Output(); err == nil {
+		for _, l := range strings.Split(string(out), "\n") {
+			if f := strings.Fields(l); len(f) >= 3 && f[0] == "mod" && f[1] == "github.com/minio/minio" {
+				tested("MinIO (the relying party)", f[2], "`AssumeRoleWithWebIdentity` with the org's discovery URL and the audience as client ID; S3 with the credentials")
+			}
+		}
+	}
 	env := w.ag.WorkloadEnv()
 	profile := filepath.Join(t.TempDir(), "config")
 	cp := strings.Join([]string{wicketBin(t), "aws", "credential-process", "--socket", w.ag.APISocket, "--sts-endpoint", mio.URL,
