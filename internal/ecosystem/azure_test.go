@@ -89,14 +89,19 @@ func TestAzureIdentity(t *testing.T) {
 			en.mu.Lock()
 			base := len(en.seen) // the negative cases' assertions came before
 			en.mu.Unlock()
-			results := make(chan []azResult, 1)
+			type run struct {
+				r   []azResult
+				err error
+			}
+			results := make(chan run, 1)
+			clean := baseEnv(t)
 			go func() {
 				var r []azResult
-				runJSON(t, js("azure.mjs"), env, map[string]any{
+				err := runJSONErr(clean, js("azure.mjs"), env, map[string]any{
 					"scopes":   []string{"https://storage.azure.com/.default", "https://vault.azure.net/.default"},
 					"wait_for": marker,
 				}, &r)
-				results <- r
+				results <- run{r, err}
 			}()
 			wait.Eventually(t, time.Minute, func() bool { en.mu.Lock(); defer en.mu.Unlock(); return len(en.seen) > base }, "the first token request did not reach Entra")
 
@@ -125,8 +130,12 @@ func TestAzureIdentity(t *testing.T) {
 
 			var r []azResult
 			select {
-			case r = <-results:
-			case <-time.After(2 * time.Minute):
+			case got := <-results:
+				if got.err != nil {
+					t.Fatal(got.err)
+				}
+				r = got.r
+			case <-time.After(3 * time.Minute):
 				t.Fatal("azure.mjs did not finish")
 			}
 			if len(r) != 2 || !r[0].OK {

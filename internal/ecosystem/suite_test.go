@@ -285,26 +285,36 @@ func npmVersion(t *testing.T, pkg string) string {
 // and decodes the JSON it prints on its last line of stdout.
 func runJSON(t *testing.T, argv []string, env []string, input any, out any) {
 	t.Helper()
+	if err := runJSONErr(baseEnv(t), argv, env, input, out); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// runJSONErr is runJSON returning its failure, for a goroutine (which
+// must not call t.Fatal); base is baseEnv's result.
+func runJSONErr(base, argv []string, env []string, input any, out any) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	in, err := json.Marshal(input)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
+	name := filepath.Base(argv[len(argv)-1])
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Dir = filepath.Dir(argv[len(argv)-1])
-	cmd.Env = append(baseEnv(t), env...)
+	cmd.Env = append(base, env...)
 	cmd.Stdin = strings.NewReader(string(in))
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	b, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("%s: %v\nstderr:\n%s", filepath.Base(argv[len(argv)-1]), err, stderr.String())
+		return fmt.Errorf("%s: %v\nstderr:\n%s", name, err, stderr.String())
 	}
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 	if err := json.Unmarshal([]byte(lines[len(lines)-1]), out); err != nil {
-		t.Fatalf("%s printed %q: %v\nstderr:\n%s", filepath.Base(argv[len(argv)-1]), b, err, stderr.String())
+		return fmt.Errorf("%s printed %q: %v\nstderr:\n%s", name, b, err, stderr.String())
 	}
+	return nil
 }
 
 // baseEnv is a clean environment for the clients: no AWS, Google or Azure
