@@ -26,10 +26,10 @@ import (
 	"golang.org/x/oauth2/google/externalaccount"
 
 	"github.com/wicket-sh/wicket/client"
+	awsfeature "github.com/wicket-sh/wicket/internal/agent/feature/aws"
 	"github.com/wicket-sh/wicket/internal/cli"
 	"github.com/wicket-sh/wicket/internal/cloud/aws"
 	"github.com/wicket-sh/wicket/internal/cloud/gcp"
-	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/e2e"
 )
 
@@ -612,12 +612,12 @@ func TestCloudCLI_EnvConfig_RunningAgent(t *testing.T) {
 	}
 }
 
-// The agent (config.AWSSessionName) and the CLI (aws.SessionName) make the
-// same session name from a machine id.
+// The agent's [aws] feature (awsfeature.SessionName) and the CLI
+// (aws.SessionName) make the same session name from a machine id.
 func TestAWSSessionNameRulesAgree(t *testing.T) {
 	for _, s := range []string{"", "x", "0123abcdef012345", "m-01:ab/c d", "web.1@fra+=,_", strings.Repeat("é", 40), strings.Repeat("a", 80)} {
-		if a, c := aws.SessionName(s), config.AWSSessionName(s); a != c || !aws.ValidSessionName(c) {
-			t.Errorf("%q: aws %q, config %q", s, a, c)
+		if a, c := aws.SessionName(s), awsfeature.SessionName("", s); a != c || !aws.ValidSessionName(c) {
+			t.Errorf("%q: aws %q, agent %q", s, a, c)
 		}
 	}
 }

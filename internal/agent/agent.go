@@ -17,6 +17,8 @@ import (
 
 	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/admin"
+	"github.com/wicket-sh/wicket/internal/agent/builtin"
+	"github.com/wicket-sh/wicket/internal/agent/feature"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/httpapi"
 	"github.com/wicket-sh/wicket/internal/metrics"
@@ -49,6 +51,16 @@ type Options struct {
 	// keeps the wall clock: the issuer checks those windows against its
 	// own.
 	Now func() time.Time
+	// Features are the agent's feature modules; nil means
+	// builtin.Features(), the list both binaries run.
+	Features []feature.Module
+}
+
+// LoadConfig reads and validates an agent config with the built-in
+// features, as the agent itself would at start: what `wicket agent
+// --check-config` and the cloud helpers read.
+func LoadConfig(path string, overrides ...config.Override) (*config.Agent, error) {
+	return config.LoadAgent(path, feature.Sections(builtin.Features()), overrides...)
 }
 
 // runtime is everything a reload swaps in one step.
@@ -86,12 +98,17 @@ type Agent struct {
 	tokenSource string // "option", "file", "env" or "" (for status)
 	issuer      *issuerClient
 	meta        metaCache
-	tokens      *tokenCache // nil without an issuer
 	limiter     *rateLimiter
 	forwarder   *proxy.Forwarder
 	metaOK      atomic.Int64 // unix time of the last good metadata fetch
 	metaFailing atomic.Bool
 	files       tokenFiles // token file refreshers (tokenfiles.go)
+
+	// built are the features' run-time parts (feature.Runtime), in
+	// registration order; tokens is the one that implements
+	// feature.TokenSource (the OIDC token feature), nil if none does.
+	built  []builtFeature
+	tokens feature.TokenSource
 
 	// stop ends background work and local long polls at shutdown.
 	stop     context.Context
@@ -100,13 +117,14 @@ type Agent struct {
 
 	upstreamWait, backoffMin, backoffMax time.Duration
 
-	rateLimitedN, tokensServed, tokensIssued, upstreamErrors atomic.Uint64
-	proxied, proxyErrors                                     atomic.Uint64
+	rateLimitedN, upstreamErrors atomic.Uint64
+	proxied, proxyErrors         atomic.Uint64
+}
 
-	// served remembers which process got which cached token, so the
-	// audit log has one line per process and token (see firstServe).
-	servedMu sync.Mutex
-	served   map[servedKey]struct{}
+// builtFeature is one feature's run-time part.
+type builtFeature struct {
+	key  string
+	inst feature.Instance
 }
 
 // New loads and validates the configuration; it opens no socket yet.
@@ -116,6 +134,9 @@ func New(opts Options) (*Agent, error) {
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.Features == nil {
+		opts.Features = builtin.Features()
 	}
 	a := &Agent{
 		opts:    opts,
@@ -149,7 +170,31 @@ func New(opts Options) (*Agent, error) {
 	rt.generation = 1
 	a.rt.Store(rt)
 	a.applyLogLevel(rt.cfg)
+	if err := a.buildFeatures(); err != nil {
+		return nil, err
+	}
 	return a, nil
+}
+
+// buildFeatures builds the run-time part of every feature that has one,
+// once, in registration order.
+func (a *Agent) buildFeatures() error {
+	h := runHost{a}
+	for _, m := range a.opts.Features {
+		r, ok := m.(feature.Runtime)
+		if !ok {
+			continue
+		}
+		inst, err := r.Build(h)
+		if err != nil {
+			return fmt.Errorf("%s: %w", m.Key(), err)
+		}
+		a.built = append(a.built, builtFeature{key: m.Key(), inst: inst})
+		if ts, ok := inst.(feature.TokenSource); ok && a.tokens == nil {
+			a.tokens = ts
+		}
+	}
+	return nil
 }
 
 // now is the agent's clock (Options.Now).
@@ -201,19 +246,12 @@ func (a *Agent) initUpstream(cfg *config.Agent, envTok MachineToken, envSet bool
 	}
 	a.issuerURL = u
 	a.issuer = newIssuerClient(u, a.token)
-	a.tokens = newTokenCache(a.stop, a.now, a.fetchToken, a.tokenCacheConfig)
 	return nil
-}
-
-// tokenCacheConfig is the token cache's view of the live config.
-func (a *Agent) tokenCacheConfig() tokenCacheConfig {
-	c := a.rt.Load().cfg
-	return tokenCacheConfig{refreshAt: c.Tokens.RefreshAt, maxAudiences: c.Tokens.MaxAudiences, timeout: c.Issuer.RequestTimeout.Duration}
 }
 
 // load reads and validates the config and everything derived from it.
 func (a *Agent) load() (*runtime, error) {
-	cfg, err := config.LoadAgent(a.opts.ConfigPath, a.opts.Overrides...)
+	cfg, err := config.LoadAgent(a.opts.ConfigPath, feature.Sections(a.opts.Features), a.opts.Overrides...)
 	if err != nil {
 		return nil, err
 	}
@@ -321,6 +359,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	} else {
 		a.meta.markAttempted() // no issuer: nothing to wait for
 	}
+	for _, b := range a.built {
+		if w, ok := b.inst.(feature.Worker); ok {
+			w.Start()
+		}
+	}
 	a.startTokenFiles()
 
 	errc := make(chan error, 2)
@@ -352,12 +395,14 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 // stopBackground ends the metadata watch, the token files' refreshers and
-// the token cache and waits for them.
+// the features' workers and waits for them.
 func (a *Agent) stopBackground() {
 	a.stopFunc()
 	a.stopTokenFiles()
-	if a.tokens != nil {
-		a.tokens.close()
+	for i := len(a.built) - 1; i >= 0; i-- {
+		if w, ok := a.built[i].inst.(feature.Worker); ok {
+			w.Stop()
+		}
 	}
 	a.bg.Wait()
 }
@@ -388,10 +433,6 @@ func (a *Agent) Status() any {
 			socks[l.Name()] = sock{Path: l.Path(), Stats: l.Stats()}
 		}
 	}
-	var admDenied uint64
-	if a.admin != nil {
-		admDenied = a.admin.Denied()
-	}
 	return map[string]any{
 		"service":           "agent",
 		"version":           v,
@@ -399,37 +440,44 @@ func (a *Agent) Status() any {
 		"uptime_seconds":    int64(a.now().Sub(a.started).Seconds()),
 		"config_generation": rt.generation,
 		"sockets":           socks,
-		"counters": map[string]uint64{
-			"api_denied":         a.denied.Load(),
-			"admin_denied":       admDenied,
-			"reloads_ok":         a.reloadsOK.Load(),
-			"reloads_failed":     a.reloadsKO.Load(),
-			"rate_limited":       a.rateLimitedN.Load(),
-			"tokens_served":      a.tokensServed.Load(),
-			"tokens_issued":      a.tokensIssued.Load(),
-			"token_cache_hits":   a.cacheStat(func(c *tokenCache) uint64 { return c.hits.Load() }),
-			"token_cache_misses": a.cacheStat(func(c *tokenCache) uint64 { return c.misses.Load() }),
-			"token_refreshes":    a.cacheStat(func(c *tokenCache) uint64 { return c.refreshes.Load() }),
-			"upstream_errors":    a.upstreamErrors.Load(),
-			"proxied":            a.proxied.Load(),
-			"proxy_errors":       a.proxyErrors.Load(),
-		},
-		"upstream":    a.upstreamStatus(),
-		"token_files": a.tokenFilesStatus(),
+		"counters":          a.admin.StatusCounters(a.counters()),
+		"upstream":          a.upstreamStatus(),
+		"token_files":       a.tokenFilesStatus(),
 	}
 }
 
-func (a *Agent) cacheStat(f func(*tokenCache) uint64) uint64 {
-	if a.tokens == nil {
-		return 0
+// counters lists every counter the agent reports: status shows each
+// under its key, /metrics as its sample (TestStatusAndMetrics_SameCounters).
+func (a *Agent) counters() metrics.CounterSet {
+	reloads := "Config reloads."
+	set := metrics.CounterSet{
+		{Key: "api_denied", Name: "wicket_api_denied_total", Help: "Guest API requests refused by policy.", Value: a.denied.Load},
+		{Key: "reloads_ok", Name: "wicket_reloads_total", Help: reloads, Labels: map[string]string{"outcome": "ok"}, Value: a.reloadsOK.Load},
+		{Key: "reloads_failed", Name: "wicket_reloads_total", Help: reloads, Labels: map[string]string{"outcome": "failed"}, Value: a.reloadsKO.Load},
+		{Key: "rate_limited", Name: "wicket_rate_limited_total", Help: "Guest API requests refused by the per-uid rate limit.", Value: a.rateLimitedN.Load},
+		{Key: "upstream_errors", Name: "wicket_upstream_errors_total", Help: "Failed calls to the issuer or a proxy upstream.", Value: a.upstreamErrors.Load},
+		{Key: "proxied", Name: "wicket_proxy_requests_total", Help: "Requests forwarded upstream.", Value: a.proxied.Load},
+		{Key: "proxy_errors", Name: "wicket_proxy_errors_total", Help: "Forwarded requests that failed upstream.", Value: a.proxyErrors.Load},
 	}
-	return f(a.tokens)
+	for _, b := range a.built {
+		if c, ok := b.inst.(feature.Counters); ok {
+			set = append(set, c.Counters()...)
+		}
+	}
+	return set
 }
 
 // upstreamStatus describes the issuer connection; it never includes the
 // machine token, only where it came from.
 func (a *Agent) upstreamStatus() map[string]any {
 	st := map[string]any{"issuer_configured": a.issuerURL != nil, "machine_token": a.tokenSource != "", "machine_token_source": a.tokenSource}
+	for _, b := range a.built {
+		if s, ok := b.inst.(feature.Status); ok {
+			for k, v := range s.Status() {
+				st[k] = v
+			}
+		}
+	}
 	if a.issuerURL == nil {
 		return st
 	}
@@ -443,9 +491,6 @@ func (a *Agent) upstreamStatus() map[string]any {
 		meta["last_ok"] = time.Unix(t, 0).UTC().Format(time.RFC3339)
 	}
 	st["metadata"] = meta
-	if a.tokens != nil {
-		st["cached_audiences"] = a.tokens.size()
-	}
 	return st
 }
 
@@ -455,20 +500,31 @@ func (a *Agent) Metrics() []metrics.Sample {
 	s := []metrics.Sample{
 		{Name: "wicket_uptime_seconds", Help: "Seconds since start.", Type: metrics.Gauge, Value: a.now().Sub(a.started).Seconds()},
 		{Name: "wicket_config_generation", Help: "Generation of the running config.", Type: metrics.Gauge, Value: float64(rt.generation)},
-		{Name: "wicket_reloads_total", Help: "Config reloads.", Type: metrics.Counter, Labels: map[string]string{"outcome": "ok"}, Value: float64(a.reloadsOK.Load())},
-		{Name: "wicket_reloads_total", Help: "Config reloads.", Type: metrics.Counter, Labels: map[string]string{"outcome": "failed"}, Value: float64(a.reloadsKO.Load())},
-		{Name: "wicket_api_denied_total", Help: "Guest API requests refused by policy.", Type: metrics.Counter, Value: float64(a.denied.Load())},
-		{Name: "wicket_rate_limited_total", Help: "Guest API requests refused by the per-uid rate limit.", Type: metrics.Counter, Value: float64(a.rateLimitedN.Load())},
-		{Name: "wicket_oidc_tokens_served_total", Help: "OIDC tokens handed to callers.", Type: metrics.Counter, Value: float64(a.tokensServed.Load())},
-		{Name: "wicket_oidc_tokens_issued_total", Help: "OIDC tokens obtained from the issuer.", Type: metrics.Counter, Value: float64(a.tokensIssued.Load())},
-		{Name: "wicket_oidc_token_cache_total", Help: "OIDC token cache lookups.", Type: metrics.Counter, Labels: map[string]string{"result": "hit"}, Value: float64(a.cacheStat(func(c *tokenCache) uint64 { return c.hits.Load() }))},
-		{Name: "wicket_oidc_token_cache_total", Help: "OIDC token cache lookups.", Type: metrics.Counter, Labels: map[string]string{"result": "miss"}, Value: float64(a.cacheStat(func(c *tokenCache) uint64 { return c.misses.Load() }))},
-		{Name: "wicket_upstream_errors_total", Help: "Failed calls to the issuer or a proxy upstream.", Type: metrics.Counter, Value: float64(a.upstreamErrors.Load())},
-		{Name: "wicket_proxy_requests_total", Help: "Requests forwarded upstream.", Type: metrics.Counter, Value: float64(a.proxied.Load())},
 		{Name: "wicket_metadata_waiters", Help: "Local metadata long polls waiting.", Type: metrics.Gauge, Value: float64(a.meta.waiters.Load())},
 	}
+	s = append(s, a.counters().Samples()...)
 	s = append(s, unixsock.Metrics(a.api, a.adm)...)
 	s = append(s, unixsock.DenialMetrics("api", a.denials)...)
 	s = append(s, a.tokenFilesMetrics()...)
 	return s
+}
+
+// runHost is the agent as its features' host (feature.RunHost).
+type runHost struct{ *Agent }
+
+func (h runHost) Now() time.Time           { return h.now() }
+func (h runHost) Logger() *slog.Logger     { return h.log }
+func (h runHost) Context() context.Context { return h.stop }
+func (h runHost) UpstreamError()           { h.upstreamErrors.Add(1) }
+
+// Issuer returns the issuer client, a nil interface without an issuer.
+func (h runHost) Issuer() feature.Issuer {
+	if h.issuer == nil {
+		return nil
+	}
+	return h.issuer
+}
+
+func (h runHost) RateLimited(w http.ResponseWriter, p unixsock.Peer) bool {
+	return h.rateLimited(w, h.rt.Load(), p)
 }

@@ -1,12 +1,8 @@
 package agent
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"mime"
 	"net"
 	"net/http"
 	"net/url"
@@ -15,10 +11,10 @@ import (
 	"time"
 
 	"github.com/wicket-sh/wicket/api"
+	"github.com/wicket-sh/wicket/internal/agent/feature"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/httpapi"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
-	"github.com/wicket-sh/wicket/internal/oidc"
 	"github.com/wicket-sh/wicket/internal/peer"
 	"github.com/wicket-sh/wicket/internal/proxy"
 	"github.com/wicket-sh/wicket/internal/unixsock"
@@ -39,7 +35,11 @@ func (a *Agent) apiHandler() http.Handler {
 	mux.HandleFunc("GET /v1/metadata", a.handleMetadata)
 	mux.HandleFunc("GET /v1/metadata/{key}", a.handleMetadataKey)
 	mux.HandleFunc("GET /v1/metadata/tags/{name}", a.handleMetadataTag)
-	mux.HandleFunc("POST /v1/tokens/oidc", a.handleOIDCToken)
+	for _, b := range a.built {
+		if r, ok := b.inst.(feature.Routes); ok {
+			r.Routes(mux)
+		}
+	}
 
 	guard := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p, ok := unixsock.PeerFromContext(r.Context())
@@ -132,181 +132,6 @@ func (a *Agent) rateLimited(w http.ResponseWriter, rt *runtime, p unixsock.Peer)
 	return true
 }
 
-// parseTokenRequest reads the optional body; ok is false if it is invalid.
-func parseTokenRequest(r *http.Request) (aud string, ok bool) {
-	body, buffered := unixsock.BufferedBody(r)
-	if !buffered {
-		var err error
-		if body, err = io.ReadAll(r.Body); err != nil {
-			return "", false
-		}
-	}
-	if a, ok := fastAud(body); ok {
-		return a, true
-	}
-	if len(strings.TrimSpace(string(body))) == 0 {
-		return "", true
-	}
-	dec := json.NewDecoder(strings.NewReader(string(body)))
-	dec.DisallowUnknownFields()
-	var req api.TokenRequest
-	if dec.Decode(&req) != nil || dec.More() {
-		return "", false
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return "", false
-	}
-	if req.Aud == nil {
-		return "", true
-	}
-	// The issuer's own rule (≤ 256 bytes of printable ASCII, no spaces):
-	// refused here, without a round trip and without echoing it.
-	if oidc.ValidateAudience([]string{*req.Aud}) != nil {
-		return "", false
-	}
-	return *req.Aud, true
-}
-
-// fastAud recognizes the body nearly every client sends, {"aud":"X"} with
-// X plain printable ASCII (no escapes), without the JSON decoder; it is
-// the hot path of cached token requests. Anything else (whitespace,
-// escapes, other fields, invalid audiences) is left to the strict decoder,
-// which gives the same answer more slowly.
-func fastAud(body []byte) (string, bool) {
-	const prefix, suffix = `{"aud":"`, `"}`
-	if len(body) < len(prefix)+len(suffix)+1 || string(body[:len(prefix)]) != prefix || string(body[len(body)-len(suffix):]) != suffix {
-		return "", false
-	}
-	v := body[len(prefix) : len(body)-len(suffix)]
-	if len(v) > oidc.MaxAudienceLen {
-		return "", false
-	}
-	for _, c := range v {
-		if c <= ' ' || c >= 0x7f || c == '"' || c == '\\' {
-			return "", false
-		}
-	}
-	return string(v), true
-}
-
-// wantsJSON reports whether the Accept header asks for application/json.
-func wantsJSON(r *http.Request) bool {
-	for _, v := range r.Header.Values("Accept") {
-		for _, part := range strings.Split(v, ",") {
-			mt, _, err := mime.ParseMediaType(strings.TrimSpace(part))
-			if err == nil && mt == "application/json" {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-func (a *Agent) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
-	p, _ := unixsock.PeerFromContext(r.Context())
-	rt := a.rt.Load()
-	logIssue := func(outcome, aud string, tok issued, err error) {
-		// A cached token handed again to the same process is counted, not
-		// logged: the audit trail keeps one line per process and token,
-		// and a hot loop cannot flood the log or slow the socket down.
-		if outcome == srcCache && err == nil && !a.firstServe(p, tok.jti) {
-			return
-		}
-		args := []any{"peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID, "aud", aud, "outcome", outcome}
-		if tok.jti != "" {
-			args = append(args, "jti", tok.jti, "expires_at", tok.expires.Format(time.RFC3339))
-		}
-		if err != nil {
-			args = append(args, "err", err.Error())
-			a.log.Warn("oidc token", args...)
-			return
-		}
-		a.log.Info("oidc token", args...)
-	}
-	if a.rateLimited(w, rt, p) {
-		logIssue("rate_limited", "", issued{}, nil)
-		return
-	}
-	aud, ok := parseTokenRequest(r)
-	if !ok {
-		logIssue("bad_request", "", issued{}, nil)
-		httpapi.BadRequest(w)
-		return
-	}
-	if a.tokens == nil {
-		logIssue("unavailable", aud, issued{}, errors.New("no issuer configured"))
-		httpapi.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "token unavailable")
-		return
-	}
-	tok, src, err := a.tokens.get(r.Context(), aud)
-	switch {
-	case errors.Is(err, errBadAudience):
-		logIssue("bad_request", aud, issued{}, err)
-		httpapi.BadRequest(w)
-		return
-	case r.Context().Err() != nil:
-		logIssue("canceled", aud, issued{}, nil)
-		return
-	case err != nil:
-		logIssue("unavailable", aud, issued{}, err)
-		httpapi.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "token unavailable")
-		return
-	}
-	a.tokensServed.Add(1)
-	logIssue(src, aud, tok, nil)
-	h := w.Header()
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Content-Type-Options", "nosniff")
-	if wantsJSON(r) {
-		h.Set("Content-Type", "application/json")
-		// Whole seconds, as the JWT's exp.
-		json.NewEncoder(w).Encode(api.TokenReply{Token: tok.token, ExpiresAt: tok.expires.Truncate(time.Second)})
-		return
-	}
-	h.Set("Content-Type", "application/jwt")
-	w.Write([]byte(tok.token))
-}
-
-// fetchToken is the token cache's call to the issuer.
-func (a *Agent) fetchToken(ctx context.Context, key string) (issued, error) {
-	aud, fileTTL := splitCacheKey(key)
-	var req api.IssuerTokenRequest
-	if aud != "" {
-		req.Aud, _ = json.Marshal(aud)
-	}
-	// The copy lives as long as the JWT should (the issuer never lets a
-	// JWT outlive it, so the cache stays useful) and is bound to aud: a
-	// copy captured upstream buys at most a JWT for this audience,
-	// expiring no later than the copy. "" asks for, and binds to, the
-	// issuer's default audience. A token file with its own ttl asks for
-	// that life, and its copy lives as long.
-	copyTTL := a.rt.Load().cfg.Tokens.TTL.Duration
-	if fileTTL > 0 {
-		copyTTL, req.TTL = fileTTL, fileTTL.String()
-	}
-	body, _ := json.Marshal(req)
-	scope := machinetoken.Scope{Features: []machinetoken.Feature{machinetoken.FeatureOIDC}, Audiences: []string{aud}}
-	rep, err := a.issuer.callScoped(ctx, http.MethodPost, "/v1/tokens/oidc", nil, body, copyTTL, scope)
-	if err != nil {
-		a.upstreamErrors.Add(1)
-		return issued{}, err
-	}
-	switch {
-	case rep.status == http.StatusBadRequest:
-		return issued{}, errBadAudience
-	case rep.status != http.StatusOK:
-		a.upstreamErrors.Add(1)
-		return issued{}, errors.New("issuer answered " + strconv.Itoa(rep.status) + " " + rep.code())
-	}
-	tok, err := parseTokenReply(rep.body, a.now())
-	if err != nil {
-		a.upstreamErrors.Add(1)
-		return issued{}, err
-	}
-	a.tokensIssued.Add(1)
-	return tok, nil
-}
-
 // handleProxy forwards a request that matches an allowlisted route; any
 // other request gets 404 without a byte going upstream.
 func (a *Agent) handleProxy(w http.ResponseWriter, r *http.Request, rt *runtime, p unixsock.Peer) {
@@ -366,32 +191,6 @@ func (a *Agent) handleProxy(w http.ResponseWriter, r *http.Request, rt *runtime,
 		return
 	}
 	a.log.Info("proxy request", args...)
-}
-
-// servedKey identifies a token handed to one process.
-type servedKey struct {
-	uid uint32
-	pid int32
-	jti string
-}
-
-// maxServed bounds the memory of which process got which token.
-const maxServed = 8192
-
-// firstServe reports whether tok (by jti) is handed to this process for the
-// first time.
-func (a *Agent) firstServe(p unixsock.Peer, jti string) bool {
-	k := servedKey{p.UID, p.PID, jti}
-	a.servedMu.Lock()
-	defer a.servedMu.Unlock()
-	if _, seen := a.served[k]; seen {
-		return false
-	}
-	if a.served == nil || len(a.served) >= maxServed {
-		a.served = make(map[servedKey]struct{}, 64)
-	}
-	a.served[k] = struct{}{}
-	return true
 }
 
 // issuerGateway reports whether upstream is the issuer's gateway: the

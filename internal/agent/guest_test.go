@@ -343,7 +343,7 @@ func TestOIDCToken_SingleFlight(t *testing.T) {
 	if c := is.TokenCalls.Load(); c != 2 {
 		t.Errorf("issuer calls after a second audience = %d, want 2", c)
 	}
-	if h := g.agent.tokens.hits.Load(); h < 10 {
+	if h := counterValue(g.agent, "token_cache_hits"); h < 10 {
 		t.Errorf("cache hits = %d", h)
 	}
 }
@@ -379,7 +379,7 @@ func TestOIDCToken_BackgroundRefresh(t *testing.T) {
 	if c := is.TokenCalls.Load(); c != 2 {
 		t.Errorf("issuer calls = %d, want 2 (the refresh served the requests)", c)
 	}
-	if n := g.agent.tokens.refreshes.Load(); n != 0 {
+	if n := counterValue(g.agent, "token_refreshes"); n != 0 {
 		t.Errorf("timer refreshes = %d, want 0 (the request started the renewal)", n)
 	}
 }

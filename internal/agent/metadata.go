@@ -219,10 +219,10 @@ func (a *Agent) fetchMetadata(ctx context.Context, cur *metaSnapshot) (*metaSnap
 	if err != nil {
 		return nil, err
 	}
-	if rep.status != http.StatusOK {
-		return nil, fmt.Errorf("issuer answered %d %s", rep.status, rep.code())
+	if rep.Status != http.StatusOK {
+		return nil, fmt.Errorf("issuer answered %d %s", rep.Status, rep.Code())
 	}
-	return parseMetadata(rep.body, rep.header.Get("ETag"))
+	return parseMetadata(rep.Body, rep.Header.Get("ETag"))
 }
 
 // waitParams are a request's long-poll parameters.

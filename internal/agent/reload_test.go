@@ -14,6 +14,9 @@ import (
 	"time"
 
 	"github.com/wicket-sh/wicket/internal/agent/agenttest"
+	"github.com/wicket-sh/wicket/internal/agent/builtin"
+	"github.com/wicket-sh/wicket/internal/agent/feature"
+	"github.com/wicket-sh/wicket/internal/agent/feature/oidctoken"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/config/configtest"
 	"github.com/wicket-sh/wicket/internal/sockettest"
@@ -112,10 +115,11 @@ token_burst = 50
 		return func(t *testing.T) {
 			aud := "refresh-" + strconv.FormatFloat(want, 'f', 2, 64)
 			status(t, token(t, aud, ""), 200)
-			g.agent.tokens.mu.Lock()
-			e := g.agent.tokens.entries[aud]
-			got := float64(e.refreshAt.Sub(e.fetched)) / float64(e.tok.expires.Sub(e.fetched))
-			g.agent.tokens.mu.Unlock()
+			e, ok := g.agent.tokens.(*oidctoken.Feature).Cached(aud)
+			if !ok {
+				t.Fatalf("%s not cached", aud)
+			}
+			got := float64(e.RefreshAt.Sub(e.Fetched)) / float64(e.Expires.Sub(e.Fetched))
 			if got < want-0.02 || got > want+0.02 {
 				t.Errorf("refresh at %.2f of the life, want %.2f", got, want)
 			}
@@ -345,7 +349,9 @@ token_burst = 50
 	write(t, "")
 	reload(t)
 
-	for _, f := range config.DynamicFields(&config.Agent{}) {
+	// Every dynamic key of the core and of every registered feature's
+	// section.
+	for _, f := range config.AgentDynamicFields(feature.Sections(builtin.Features())) {
 		if !slices.Contains(covered, f) {
 			t.Errorf("dynamic field %s has no reload case", f)
 		}

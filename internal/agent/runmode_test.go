@@ -30,7 +30,7 @@ uids = [1234]
 allow = ["GET /v1/health"]
 `, filepath.Join(dir, "a.sock"), filepath.Join(dir, "b.sock"))), 0o600)
 
-	c, err := config.LoadAgent(plain, runOverrides(1000, 4242, 4243))
+	c, err := LoadConfig(plain, runOverrides(1000, 4242, 4243))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +40,7 @@ allow = ["GET /v1/health"]
 	if len(c.Policy) != 1 || !slices.Equal(c.Policy[0].UIDs, []uint32{0, 1000, 4242}) || !slices.Equal(c.Policy[0].Allow, []string{"*"}) {
 		t.Errorf("policy %+v, want root, the agent and the workload allowed everything", c.Policy)
 	}
-	c, err = config.LoadAgent(own, runOverrides(1000, 4242, 4243))
+	c, err = LoadConfig(own, runOverrides(1000, 4242, 4243))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,13 +2,10 @@ package agent
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -36,10 +33,6 @@ type fileRunner struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 }
-
-// tokenFileStaleWaitMax bounds how long a file refresh waits for the
-// cache's renewal under way (see fileToken).
-const tokenFileStaleWaitMax = 2 * time.Second
 
 // startTokenFiles starts a refresher per configured file; Run calls it.
 func (a *Agent) startTokenFiles() {
@@ -163,83 +156,15 @@ func (a *Agent) tokenFileSource(path, aud string, ttl time.Duration) tokenfile.S
 		if a.tokens == nil {
 			return "", time.Time{}, errors.New("no issuer configured")
 		}
-		tok, src, err := a.fileToken(ctx, cacheKey(aud, ttl))
+		tok, src, err := a.tokens.FreshToken(ctx, aud, ttl)
 		if err != nil {
 			return "", time.Time{}, err
 		}
 		// Like every token the guest API hands out: logged by its id.
 		a.log.Info("oidc token", "token_file", path, "aud", aud, "outcome", src,
-			"jti", tok.jti, "expires_at", tok.expires.Format(time.RFC3339))
-		return tok.token, tok.expires, nil
+			"jti", tok.ID, "expires_at", tok.Expires.Format(time.RFC3339))
+		return tok.JWT, tok.Expires, nil
 	}
-}
-
-// fileToken gets key's token (see cacheKey) through the cache the guest
-// API uses, so a file and the API's callers share one issuer call per
-// renewal, and files of one audience and ttl share theirs.
-//
-// A cached token past the cache's own refresh point (tokens.refresh_at)
-// means a renewal is under way: the cache's timer or this very lookup
-// started one. With both at their defaults (80%) a file's refresh lands
-// just after the cache's, so writing the cached token would leave the file
-// with the least life left until its next round. Wait briefly for the new
-// one instead, and settle for the cached one (still valid) if it is late.
-func (a *Agent) fileToken(ctx context.Context, key string) (issued, string, error) {
-	tok, src, err := a.tokens.get(ctx, key)
-	if err != nil {
-		return issued{}, "", err
-	}
-	iat, ok := jwtIssuedAt(tok.token)
-	if !ok || !tok.expires.After(iat) {
-		return tok, src, nil
-	}
-	renewAt := iat.Add(time.Duration(float64(tok.expires.Sub(iat)) * a.rt.Load().cfg.Tokens.RefreshAt))
-	now := a.now()
-	if now.Before(renewAt) {
-		return tok, src, nil
-	}
-	// A few more lookups, spaced out: each can start an issuer call when
-	// the renewal failed, and a file must not hammer an issuer in trouble.
-	budget, step := min(tokenFileStaleWaitMax, tok.expires.Sub(now)/4), 50*time.Millisecond
-	for budget > 0 {
-		d := min(step, budget)
-		budget, step = budget-d, step*3
-		t := time.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return tok, src, nil
-		case <-t.C:
-		}
-		next, nsrc, err := a.tokens.get(ctx, key)
-		if err == nil && next.expires.After(tok.expires) {
-			return next, nsrc, nil
-		}
-	}
-	return tok, src, nil
-}
-
-// jwtIssuedAt returns a compact JWT's iat claim.
-func jwtIssuedAt(tok string) (time.Time, bool) {
-	parts := strings.Split(tok, ".")
-	if len(parts) != 3 {
-		return time.Time{}, false
-	}
-	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
-	if err != nil {
-		return time.Time{}, false
-	}
-	var c struct {
-		IssuedAt *json.Number `json:"iat"`
-	}
-	if json.Unmarshal(payload, &c) != nil || c.IssuedAt == nil {
-		return time.Time{}, false
-	}
-	sec, err := c.IssuedAt.Float64()
-	if err != nil || sec <= 0 {
-		return time.Time{}, false
-	}
-	return time.Unix(int64(sec), 0), true
 }
 
 // tokenFileStatus is one file in /v1/status: the refresher's status (which

@@ -17,6 +17,9 @@ import (
 
 	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/client"
+	"github.com/wicket-sh/wicket/internal/agent"
+	awsfeature "github.com/wicket-sh/wicket/internal/agent/feature/aws"
+	azurefeature "github.com/wicket-sh/wicket/internal/agent/feature/azure"
 	"github.com/wicket-sh/wicket/internal/cloud/aws"
 	"github.com/wicket-sh/wicket/internal/cloud/gcp"
 	"github.com/wicket-sh/wicket/internal/config"
@@ -259,17 +262,18 @@ section, and the session name from aws.session_name, else the machine id
 				if err != nil {
 					return err
 				}
-				if cfg.AWS.RoleARN == "" && !fl.Changed("role-arn") {
+				awsCfg := awsfeature.From(cfg)
+				if awsCfg.RoleARN == "" && !fl.Changed("role-arn") {
 					return fmt.Errorf("agent config %s has no [aws] role_arn", awsConfig)
 				}
 				if !fl.Changed("role-arn") {
-					roleARN = cfg.AWS.RoleARN
+					roleARN = awsCfg.RoleARN
 				}
 				if !fl.Changed("token-file") {
-					awsFile = cfg.AWSTokenFile()
+					awsFile = awsCfg.TokenFilePath()
 				}
 				if !fl.Changed("session-name") {
-					sessionName = cfg.AWS.SessionName
+					sessionName = awsCfg.SessionName
 					if sessionName == "" {
 						sessionName = agentSessionName(cmd.Context(), cfg.API.Path)
 					}
@@ -304,7 +308,8 @@ AGENT_TOML, every value comes from its [azure] section.`,
 				if err != nil {
 					return err
 				}
-				if cfg.Azure.ClientID == "" && !fl.Changed("client-id") {
+				azCfg := azurefeature.From(cfg)
+				if azCfg.ClientID == "" && !fl.Changed("client-id") {
 					return fmt.Errorf("agent config %s has no [azure] client_id", azConfig)
 				}
 				for _, f := range []struct {
@@ -312,10 +317,10 @@ AGENT_TOML, every value comes from its [azure] section.`,
 					dst  *string
 					v    string
 				}{
-					{"client-id", &clientID, cfg.Azure.ClientID},
-					{"tenant-id", &tenantID, cfg.Azure.TenantID},
-					{"token-file", &azFile, cfg.AzureTokenFile()},
-					{"authority-host", &authority, cfg.Azure.AuthorityHost},
+					{"client-id", &clientID, azCfg.ClientID},
+					{"tenant-id", &tenantID, azCfg.TenantID},
+					{"token-file", &azFile, azCfg.TokenFilePath()},
+					{"authority-host", &authority, azCfg.AuthorityHost},
 				} {
 					if !fl.Changed(f.flag) {
 						*f.dst = f.v
@@ -337,7 +342,7 @@ AGENT_TOML, every value comes from its [azure] section.`,
 	azCmd.Flags().StringVar(&clientID, "client-id", "", "application (client) ID of the app registration or managed identity (required without --config)")
 	azCmd.Flags().StringVar(&tenantID, "tenant-id", "", "directory (tenant) ID (required without --config)")
 	azCmd.Flags().StringVar(&azFile, "token-file", "", "federated token file (required without --config)")
-	azCmd.Flags().StringVar(&authority, "authority-host", config.DefaultAzureAuthorityHost, "Microsoft Entra authority")
+	azCmd.Flags().StringVar(&authority, "authority-host", azurefeature.DefaultAuthorityHost, "Microsoft Entra authority")
 
 	cmd.AddCommand(awsCmd, azCmd)
 	return cmd
@@ -359,7 +364,7 @@ func checkProject(p string) error {
 // loadAgentConfig reads and validates an agent config, with its errors on
 // one line.
 func loadAgentConfig(path string) (*config.Agent, error) {
-	cfg, err := config.LoadAgent(path)
+	cfg, err := agent.LoadConfig(path)
 	if err != nil {
 		return nil, errors.New(strings.ReplaceAll(err.Error(), "\n", "; "))
 	}

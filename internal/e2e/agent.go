@@ -29,12 +29,21 @@ type Agent struct {
 func StartAgent(t testing.TB, issuerURL, machineToken, extra string) *Agent {
 	t.Helper()
 	dir := ShortDir(t)
-	ta := &Agent{
-		APISocket: filepath.Join(dir, "run", "api.sock"), AdminSocket: filepath.Join(dir, "run", "admin.sock"),
-		Dir: dir, logs: &sockettest.Buffer{},
-	}
+	api, admin := filepath.Join(dir, "run", "api.sock"), filepath.Join(dir, "run", "admin.sock")
 	cfg := fmt.Sprintf("[api]\nsocket_path = %q\n[admin]\nsocket_path = %q\n[issuer]\nurl = %q\n%s",
-		ta.APISocket, ta.AdminSocket, issuerURL, extra)
+		api, admin, issuerURL, extra)
+	ta := StartAgentConfig(t, dir, cfg, machineToken)
+	ta.APISocket, ta.AdminSocket = api, admin
+	return ta
+}
+
+// StartAgentConfig runs an agent with the whole config cfg (written to
+// dir/agent.toml), holding machineToken, until the test ends; for tests
+// that set the sockets' own keys. APISocket and AdminSocket are left to
+// the caller, who chose them.
+func StartAgentConfig(t testing.TB, dir, cfg, machineToken string) *Agent {
+	t.Helper()
+	ta := &Agent{Dir: dir, logs: &sockettest.Buffer{}}
 	cfgPath := filepath.Join(dir, "agent.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

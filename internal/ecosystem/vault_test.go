@@ -2,6 +2,7 @@ package ecosystem
 
 import (
 	"context"
+	"encoding/json"
 	"os/exec"
 	"strings"
 	"testing"
@@ -9,6 +10,8 @@ import (
 
 	jwtauth "github.com/hashicorp/vault-plugin-auth-jwt"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/wicket-sh/wicket/internal/trust"
 )
 
 // vaultModule is the plugin's module path, for its version.
@@ -47,43 +50,56 @@ func vaultWrite(t *testing.T, b logical.Backend, s logical.Storage, path string,
 	return resp, err
 }
 
-// TestVault_JWTAuth: Vault's JWT auth plugin configured exactly as
-// docs/federation.md says (discovery URL, bound issuer, a role with bound
-// audiences, glob bound claims on org and app, claim mappings), logging in
-// with the machine's token; bound_subject pins one machine; the negative
-// cases are refused.
+// TestVault_JWTAuth: Vault's JWT auth plugin configured with what
+// `wicket trust vault` prints, as docs/federation.md shows (discovery URL,
+// bound issuer, a role with bound audience, org and app bound as strings,
+// claim mappings), logging in with the machine's token; --machine's
+// bound_subject pins one machine; the negative cases are refused.
 func TestVault_JWTAuth(t *testing.T) {
 	done(t, "vault")
 	w := newWorld(t, nil)
 	b, s := vaultBackend(t)
-	// vault write auth/jwt/config oidc_discovery_url=… bound_issuer=…
-	if _, err := vaultWrite(t, b, s, "config", map[string]any{"oidc_discovery_url": w.issuer, "bound_issuer": w.issuer}); err != nil {
+	asMap := func(v any) map[string]any {
+		t.Helper()
+		raw, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := map[string]any{}
+		if err := json.Unmarshal(raw, &m); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	target := func(machine string) trust.Target {
+		t.Helper()
+		tg, err := trust.NewTarget(w.issuer, "dev", "dev-app", machine, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tg
+	}
+	roleFor := func(machine string) map[string]any {
+		t.Helper()
+		r, err := trust.VaultRoleConfig(target(machine), "vault.example.com", []string{"dev-app"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return asMap(r)
+	}
+	// vault write auth/jwt/config @config.json (wicket trust vault --part config)
+	if _, err := vaultWrite(t, b, s, "config", asMap(trust.VaultAuthConfig(target("")))); err != nil {
 		t.Fatalf("config: %v", err)
 	}
-	role := map[string]any{
-		"role_type":         "jwt",
-		"user_claim":        "sub",
-		"bound_audiences":   []string{"vault.example.com"},
-		"bound_claims_type": "glob",
-		"bound_claims":      map[string]any{"org": "dev", "app": "dev-app"},
-		"claim_mappings":    map[string]any{"machine_id": "machine_id", "region": "region"},
-		"token_policies":    []string{"dev-app"},
-		"token_ttl":         "15m",
-	}
-	if _, err := vaultWrite(t, b, s, "role/dev-app", role); err != nil {
+	// vault write auth/jwt/role/dev-app @role.json (wicket trust vault)
+	if _, err := vaultWrite(t, b, s, "role/dev-app", roleFor("")); err != nil {
 		t.Fatalf("role: %v", err)
 	}
-	pinned := map[string]any{}
-	for k, v := range role {
-		pinned[k] = v
-	}
-	pinned["bound_subject"] = "dev:dev-app:web-1"
-	if _, err := vaultWrite(t, b, s, "role/web-1", pinned); err != nil {
-		t.Fatalf("role with bound_subject: %v", err)
-	}
-	pinned["bound_subject"] = "dev:dev-app:web-2"
-	if _, err := vaultWrite(t, b, s, "role/web-2", pinned); err != nil {
-		t.Fatalf("role with bound_subject: %v", err)
+	// wicket trust vault --machine web-1 / web-2: bound_subject.
+	for _, m := range []string{"web-1", "web-2"} {
+		if _, err := vaultWrite(t, b, s, "role/"+m, roleFor(m)); err != nil {
+			t.Fatalf("role with bound_subject: %v", err)
+		}
 	}
 
 	login := func(role, jwt string) (*logical.Response, error) {
@@ -110,7 +126,7 @@ func TestVault_JWTAuth(t *testing.T) {
 			t.Logf("%s refused: %s", name, firstLine(err.Error()))
 		}
 	}
-	// Another app of the same org: the glob bound claims refuse it.
+	// Another app of the same org: the bound claims refuse it.
 	otherApp := w.ti.MachineToken(t, "dev", "other-app", "web-1")
 	tok, _, err := w.ti.OIDCSource(otherApp, "vault.example.com")(context.Background())
 	if err != nil {
@@ -119,7 +135,7 @@ func TestVault_JWTAuth(t *testing.T) {
 	if _, err := login("dev-app", tok); err == nil {
 		t.Error("another app's token accepted by the role bound to dev-app")
 	}
-	tested("Vault JWT auth (`vault-plugin-auth-jwt`, in process)", moduleVersion(t, vaultModule), "docs' config and role: discovery URL, bound issuer, bound audiences, glob bound claims, claim mappings; `bound_subject`")
+	tested("Vault JWT auth (`vault-plugin-auth-jwt`, in process)", moduleVersion(t, vaultModule), "`wicket trust vault`'s config and role: discovery URL, bound issuer, bound audiences, bound claims, claim mappings; `bound_subject`")
 }
 
 func contains(list []string, s string) bool {

@@ -397,10 +397,6 @@ func (s *Issuer) Status() any {
 	if s.adm != nil {
 		socks["admin"] = map[string]any{"path": s.adm.Path(), "stats": s.adm.Stats()}
 	}
-	var admDenied uint64
-	if s.admin != nil {
-		admDenied = s.admin.Denied()
-	}
 	kr := s.keys.Load()
 	return map[string]any{
 		"service":           "issuer",
@@ -411,32 +407,33 @@ func (s *Issuer) Status() any {
 		"public_url":        rt.cfg.Server.PublicURL,
 		"sockets":           socks,
 		"orgs":              len(kr.oidcSets),
-		"counters": map[string]uint64{
-			"oidc_tokens_issued":    s.tokensIssued.Load(),
-			"machine_tokens_minted": s.machineTokensMinted.Load(),
-			"auth_failures":         s.authFailed.Load(),
-			"admin_denied":          admDenied,
-			"reloads_ok":            s.reloadsOK.Load(),
-			"reloads_failed":        s.reloadsKO.Load(),
-		},
-		"long_polls": s.longPolls.Load(),
-		"state":      s.stateStatus(rt.cfg.State),
+		"counters":          s.admin.StatusCounters(s.counters()),
+		"long_polls":        s.longPolls.Load(),
+		"state":             s.stateStatus(rt.cfg.State),
+	}
+}
+
+// counters lists every counter the issuer reports: status shows each
+// under its key, /metrics as its sample, so the two cannot drift.
+func (s *Issuer) counters() metrics.CounterSet {
+	reloads := "Config reloads."
+	return metrics.CounterSet{
+		{Key: "oidc_tokens_issued", Name: "wicket_oidc_tokens_issued_total", Help: "OIDC tokens signed.", Value: s.tokensIssued.Load},
+		{Key: "machine_tokens_minted", Name: "wicket_machine_tokens_minted_total", Help: "Machine tokens minted.", Value: s.machineTokensMinted.Load},
+		{Key: "auth_failures", Name: "wicket_auth_failures_total", Help: "Requests refused with 401.", Value: s.authFailed.Load},
+		{Key: "reloads_ok", Name: "wicket_reloads_total", Help: reloads, Labels: map[string]string{"outcome": "ok"}, Value: s.reloadsOK.Load},
+		{Key: "reloads_failed", Name: "wicket_reloads_total", Help: reloads, Labels: map[string]string{"outcome": "failed"}, Value: s.reloadsKO.Load},
 	}
 }
 
 // Metrics implements admin.Service.
 func (s *Issuer) Metrics() []metrics.Sample {
-	c := func(name, help string, v uint64) metrics.Sample {
-		return metrics.Sample{Name: name, Help: help, Type: metrics.Counter, Value: float64(v)}
-	}
 	out := []metrics.Sample{
 		{Name: "wicket_uptime_seconds", Help: "Seconds since start.", Type: metrics.Gauge, Value: time.Since(s.started).Seconds()},
 		{Name: "wicket_config_generation", Help: "Generation of the running config.", Type: metrics.Gauge, Value: float64(s.rt.Load().generation)},
-		c("wicket_oidc_tokens_issued_total", "OIDC tokens signed.", s.tokensIssued.Load()),
-		c("wicket_machine_tokens_minted_total", "Machine tokens minted.", s.machineTokensMinted.Load()),
-		c("wicket_auth_failures_total", "Requests refused with 401.", s.authFailed.Load()),
 		{Name: "wicket_long_polls", Help: "Metadata long polls in progress.", Type: metrics.Gauge, Value: float64(s.longPolls.Load())},
 	}
+	out = append(out, s.counters().Samples()...)
 	out = append(out, unixsock.Metrics(s.adm)...)
 	return out
 }

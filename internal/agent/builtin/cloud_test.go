@@ -1,8 +1,8 @@
-package config
+package builtin
 
 import (
-	"io/fs"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
@@ -11,7 +11,27 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/wicket-sh/wicket/internal/agent/feature"
+	"github.com/wicket-sh/wicket/internal/agent/feature/aws"
+	"github.com/wicket-sh/wicket/internal/agent/feature/azure"
+	"github.com/wicket-sh/wicket/internal/config"
+	"github.com/wicket-sh/wicket/internal/proxy"
 )
+
+func writeFile(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "agent.toml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// LoadAgent loads a config with the built-in features, as the agent does.
+func LoadAgent(path string) (*config.Agent, error) {
+	return config.LoadAgent(path, feature.Sections(Features()))
+}
 
 // cloudBase is the minimum a config with token files needs: an issuer.
 const cloudBase = "[issuer]\nurl = \"https://issuer.example\"\n"
@@ -43,19 +63,19 @@ authority_host = "https://login.microsoftonline.us/"
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []TokenFileSpec{
+	want := []config.TokenFileSpec{
 		{Path: "/run/wicket/tokens/gcp", Audience: "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/x", Mode: 0o400, GID: 0, Refresh: 0.5, TTL: 30 * time.Minute},
 		{Path: "/run/wicket/tokens/minio", Audience: "minio.example.com", Mode: 0o440, GID: -1, Refresh: 0.8},
-		{Path: DefaultAzureTokenFile, Audience: AzureAudience, Mode: 0o440, GID: -1, Refresh: 0.8, TTL: time.Hour, ImpliedBy: "azure"},
+		{Path: azure.DefaultTokenFile, Audience: azure.Audience, Mode: 0o440, GID: -1, Refresh: 0.8, TTL: time.Hour, ImpliedBy: "azure"},
 	}
 	if diff := cmp.Diff(want, c.TokenFileSpecs()); diff != "" {
 		t.Errorf("token files (-want +got):\n%s", diff)
 	}
-	if c.AWSTokenFile() != "/run/wicket/tokens/minio" || c.AzureTokenFile() != DefaultAzureTokenFile {
-		t.Errorf("aws file %q, azure file %q", c.AWSTokenFile(), c.AzureTokenFile())
+	if aws.From(c).TokenFilePath() != "/run/wicket/tokens/minio" || azure.From(c).TokenFilePath() != azure.DefaultTokenFile {
+		t.Errorf("aws file %q, azure file %q", aws.From(c).TokenFilePath(), azure.From(c).TokenFilePath())
 	}
-	if c.AWS.SessionName != "web-1" || c.Azure.AuthorityHost != "https://login.microsoftonline.us/" {
-		t.Errorf("aws %+v azure %+v", c.AWS, c.Azure)
+	if aws.From(c).SessionName != "web-1" || azure.From(c).AuthorityHost != "https://login.microsoftonline.us/" {
+		t.Errorf("aws %+v azure %+v", aws.From(c), azure.From(c))
 	}
 }
 
@@ -68,7 +88,7 @@ func TestLoadAgent_AzureTokenTTL(t *testing.T) {
 		name, body string
 		want       map[string]time.Duration
 	}{
-		{"implied", "[azure]\nclient_id = \"c\"\ntenant_id = \"t\"\n", map[string]time.Duration{DefaultAzureTokenFile: time.Hour}},
+		{"implied", "[azure]\nclient_id = \"c\"\ntenant_id = \"t\"\n", map[string]time.Duration{azure.DefaultTokenFile: time.Hour}},
 		{"declared without ttl", "[[token_file]]\npath = \"/t/az\"\naudience = \"api://AzureADTokenExchange\"\n[[token_file]]\npath = \"/t/other\"\naudience = \"x\"\n[azure]\nclient_id = \"c\"\ntenant_id = \"t\"\n",
 			map[string]time.Duration{"/t/az": time.Hour, "/t/other": 0}},
 		{"declared with ttl", "[[token_file]]\npath = \"/t/az\"\naudience = \"api://AzureADTokenExchange\"\nttl = \"20m\"\n[azure]\nclient_id = \"c\"\ntenant_id = \"t\"\n",
@@ -101,7 +121,7 @@ func TestLoadAgent_ImpliedTokenFiles(t *testing.T) {
 	}{
 		{"none", "", "", "", nil, nil},
 		{"aws alone: implied at the default path", "[aws]\nrole_arn = \"arn:aws:iam::1:role/r\"\n",
-			DefaultAWSTokenFile, "", []string{DefaultAWSTokenFile}, []string{"aws"}},
+			aws.DefaultTokenFile, "", []string{aws.DefaultTokenFile}, []string{"aws"}},
 		{"aws with its own path", "[aws]\nrole_arn = \"arn:aws:iam::1:role/r\"\ntoken_file = \"/t/aws\"\n",
 			"/t/aws", "", []string{"/t/aws"}, []string{"aws"}},
 		{"aws reuses the token_file for its audience", "[[token_file]]\npath = \"/t/sts\"\naudience = \"sts.amazonaws.com\"\ngroup = \"0\"\n[aws]\nrole_arn = \"arn:aws:iam::1:role/r\"\n",
@@ -109,19 +129,19 @@ func TestLoadAgent_ImpliedTokenFiles(t *testing.T) {
 		{"aws names a token_file of another audience", "[[token_file]]\npath = \"/t/minio\"\naudience = \"minio\"\n[aws]\nrole_arn = \"arn:minio:iam:::role/x\"\ntoken_file = \"/t/minio\"\n",
 			"/t/minio", "", []string{"/t/minio"}, []string{""}},
 		{"azure alone", "[azure]\nclient_id = \"c\"\ntenant_id = \"t\"\n",
-			"", DefaultAzureTokenFile, []string{DefaultAzureTokenFile}, []string{"azure"}},
+			"", azure.DefaultTokenFile, []string{azure.DefaultTokenFile}, []string{"azure"}},
 		{"azure reuses the token_file for its audience", "[[token_file]]\npath = \"/t/az\"\naudience = \"api://AzureADTokenExchange\"\n[azure]\nclient_id = \"c\"\ntenant_id = \"t\"\n",
 			"", "/t/az", []string{"/t/az"}, []string{""}},
 		{"both implied", "[aws]\nrole_arn = \"arn:aws:iam::1:role/r\"\n[azure]\nclient_id = \"c\"\ntenant_id = \"t\"\n",
-			DefaultAWSTokenFile, DefaultAzureTokenFile, []string{DefaultAWSTokenFile, DefaultAzureTokenFile}, []string{"aws", "azure"}},
+			aws.DefaultTokenFile, azure.DefaultTokenFile, []string{aws.DefaultTokenFile, azure.DefaultTokenFile}, []string{"aws", "azure"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := LoadAgent(writeFile(t, cloudBase+tc.body))
 			if err != nil {
 				t.Fatal(err)
 			}
-			if c.AWSTokenFile() != tc.awsFile || c.AzureTokenFile() != tc.azFile {
-				t.Errorf("aws file %q, azure file %q; want %q, %q", c.AWSTokenFile(), c.AzureTokenFile(), tc.awsFile, tc.azFile)
+			if aws.From(c).TokenFilePath() != tc.awsFile || azure.From(c).TokenFilePath() != tc.azFile {
+				t.Errorf("aws file %q, azure file %q; want %q, %q", aws.From(c).TokenFilePath(), azure.From(c).TokenFilePath(), tc.awsFile, tc.azFile)
 			}
 			var paths, by []string
 			for _, s := range c.TokenFileSpecs() {
@@ -143,7 +163,7 @@ func TestLoadAgent_CloudInvalid(t *testing.T) {
 	}
 	var many strings.Builder
 	many.WriteString(cloudBase)
-	for i := 0; i <= MaxTokenFiles; i++ {
+	for i := 0; i <= config.MaxTokenFiles; i++ {
 		many.WriteString("[[token_file]]\npath = \"/t/" + strconv.Itoa(i) + "\"\naudience = \"a\"\n")
 	}
 	for _, tc := range []struct{ name, body, want string }{
@@ -200,24 +220,6 @@ func TestLoadAgent_CloudInvalid(t *testing.T) {
 	}
 }
 
-func TestPercent(t *testing.T) {
-	for in, want := range map[string]Percent{"80%": 0.8, "12.5%": 0.125, "0%": 0, "100%": 1} {
-		var p Percent
-		if err := p.UnmarshalText([]byte(in)); err != nil || p != want {
-			t.Errorf("%q: %v, %v", in, p, err)
-		}
-		if out, _ := p.MarshalText(); string(out) != in {
-			t.Errorf("%q marshals to %q", in, out)
-		}
-	}
-	for _, in := range []string{"", "%", "80", "80 %", " 80%", "eighty%", "Inf%", "80%%"} {
-		var p Percent
-		if err := p.UnmarshalText([]byte(in)); err == nil {
-			t.Errorf("%q accepted as %v", in, p)
-		}
-	}
-}
-
 // Token files, [aws] and [azure] are dynamic: a reload applies them.
 func TestRestartRequired_Cloud(t *testing.T) {
 	a, _ := LoadAgent(writeFile(t, cloudBase))
@@ -225,33 +227,8 @@ func TestRestartRequired_Cloud(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := RestartRequired(a, b); len(got) != 0 {
+	if got := config.RestartRequired(a, b); len(got) != 0 {
 		t.Errorf("RestartRequired = %v", got)
-	}
-}
-
-func TestAWSSessionName(t *testing.T) {
-	for in, want := range map[string]string{
-		"0123abcd":              "0123abcd",
-		"m-01:ab/c d":           "m-01-ab-c-d",
-		"x":                     "wicket",
-		"":                      "wicket",
-		strings.Repeat("a", 70): strings.Repeat("a", 64),
-		"web.1@fra+=,_":         "web.1@fra+=,_",
-	} {
-		if got := AWSSessionName(in); got != want || !awsSessionNameRE.MatchString(got) {
-			t.Errorf("AWSSessionName(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
-// A validated token file never grants anything to others (the fuzz target's
-// invariant for sockets, for files).
-func TestTokenFileMode_NothingForOthers(t *testing.T) {
-	for m := fs.FileMode(0); m <= 0o777; m++ {
-		if checkTokenFileMode(m) == nil && m&0o007 != 0 {
-			t.Errorf("mode %04o accepted", uint32(m))
-		}
 	}
 }
 
@@ -259,8 +236,8 @@ func TestTokenFileMode_NothingForOthers(t *testing.T) {
 // commented out) every key the agent config has, so each one is
 // documented where it is shown.
 func TestExampleAgentConfig_EveryKey(t *testing.T) {
-	const path = "../../examples/agent.toml"
-	var c Agent
+	const path = "../../../examples/agent.toml"
+	var c map[string]any
 	md, err := toml.DecodeFile(path, &c)
 	if err != nil {
 		t.Fatal(err)
@@ -270,7 +247,11 @@ func TestExampleAgentConfig_EveryKey(t *testing.T) {
 	for _, k := range md.Keys() {
 		shown[k.String()] = true
 	}
-	for _, k := range tomlKeys(reflect.TypeOf(c), "") {
+	keys := tomlKeys(reflect.TypeOf(config.Agent{}), "")
+	for _, f := range Features() {
+		keys = append(keys, tomlKeys(reflect.TypeOf(f.New()).Elem(), f.Key())...)
+	}
+	for _, k := range keys {
 		leaf := k[strings.LastIndexByte(k, '.')+1:]
 		if !shown[k] && !strings.Contains(string(raw), "\n# "+leaf+" = ") {
 			t.Errorf("examples/agent.toml does not show %s", k)
@@ -280,6 +261,9 @@ func TestExampleAgentConfig_EveryKey(t *testing.T) {
 
 // tomlKeys lists the dotted keys of a config struct's leaves.
 func tomlKeys(typ reflect.Type, prefix string) []string {
+	for typ.Kind() == reflect.Slice {
+		typ = typ.Elem() // [[token_file]]: its entries' keys
+	}
 	var keys []string
 	for i := 0; i < typ.NumField(); i++ {
 		f := typ.Field(i)
@@ -301,7 +285,7 @@ func tomlKeys(typ reflect.Type, prefix string) []string {
 		switch {
 		case f.Anonymous && name == "":
 			keys = append(keys, tomlKeys(ft, prefix)...)
-		case ft.Kind() == reflect.Struct && ft != reflect.TypeOf(Duration{}):
+		case ft.Kind() == reflect.Struct && ft != reflect.TypeOf(config.Duration{}):
 			keys = append(keys, tomlKeys(ft, full)...)
 		default:
 			keys = append(keys, full)
@@ -313,7 +297,7 @@ func tomlKeys(typ reflect.Type, prefix string) []string {
 // TestFederationDoc_TOML: every agent.toml snippet in docs/federation.md is
 // a valid config (with an issuer), so the guide cannot drift from the keys.
 func TestFederationDoc_TOML(t *testing.T) {
-	doc, err := os.ReadFile("../../docs/federation.md")
+	doc, err := os.ReadFile("../../../docs/federation.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -339,5 +323,22 @@ func TestFederationDoc_TOML(t *testing.T) {
 		if _, err := LoadAgent(writeFile(t, cloudBase+b)); err != nil {
 			t.Errorf("snippet %d:\n%s\n%v", i, b, err)
 		}
+	}
+}
+
+// The shipped example must load: documentation that does not parse is
+// worse than none.
+func TestExampleAgentConfig(t *testing.T) {
+	c, err := LoadAgent("../../../examples/agent.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Issuer.URL == "" || c.CompiledRoutes().Len() == 0 {
+		t.Errorf("example lacks the issuer or proxy sections: %+v", c.Issuer)
+	}
+	// Its route shows the default forwarded headers.
+	want := strings.Join(proxy.DefaultForwardHeaders, ",")
+	if got := strings.Join(c.Proxy.Routes[0].ForwardHeaders, ","); got != want {
+		t.Errorf("examples/agent.toml proxy.route[0].forward_headers = %s, default is %s", got, want)
 	}
 }

@@ -1,0 +1,173 @@
+// Package feature is the contract between the agent's core and its
+// feature modules. The core (internal/agent) keeps the sockets, HTTP
+// limits, logging, policy, admin and reload; a feature owns one section of
+// the config (config.Section: its TOML key, type, defaults and
+// validation) and what it adds at run time through the optional
+// interfaces below. Features are registered statically, in one list
+// (internal/agent/builtin); nothing is loaded at run time.
+//
+// A feature's settings keep no state between reloads: each reload decodes
+// every section into a fresh value, and the agent swaps the whole config,
+// and with it every feature's value, in one atomic step. A feature with
+// run-time parts (Runtime) is built once, when the agent is created, and
+// reads its section from the live config (Host.Config) each time it uses
+// it, so a reload takes effect without rebuilding it.
+package feature
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/wicket-sh/wicket/internal/config"
+	"github.com/wicket-sh/wicket/internal/machinetoken"
+	"github.com/wicket-sh/wicket/internal/metrics"
+	"github.com/wicket-sh/wicket/internal/unixsock"
+)
+
+// Module is one feature of the agent.
+type Module interface {
+	config.Section
+}
+
+// Host is what the running agent offers a feature.
+type Host interface {
+	// MachineID is the machine's id from the latest metadata, "" before
+	// the first successful fetch.
+	MachineID() string
+}
+
+// Runtime is implemented by a module with parts that run: Build is called
+// once per agent, in registration order, when the agent is created, and
+// the Instance it returns lives until the agent stops.
+type Runtime interface {
+	Build(h RunHost) (Instance, error)
+}
+
+// Instance is a built feature. What it adds to the agent is given by the
+// optional interfaces it implements: Routes, Worker, Counters, Status and
+// what other features consume (TokenSource).
+type Instance any
+
+// RunHost is what the running agent's core offers a feature it builds:
+// its clock, logger, live config, the issuer client, the per-uid rate
+// limit and the shared upstream-error count.
+type RunHost interface {
+	Host
+	// Config is the running config; read it on every use, never keep it.
+	Config() *config.Agent
+	// Now is the agent's clock (agent.Options.Now).
+	Now() time.Time
+	// Logger is the agent's logger.
+	Logger() *slog.Logger
+	// Context ends when the agent shuts down: the parent of a feature's
+	// background work and upstream calls.
+	Context() context.Context
+	// Issuer is the issuer client, nil when issuer.url is not set.
+	Issuer() Issuer
+	// RateLimited applies the caller's per-uid token bucket ([limits]
+	// token_rate, token_burst); when it refuses, it has answered 429 with
+	// Retry-After and returns true.
+	RateLimited(w http.ResponseWriter, p unixsock.Peer) bool
+	// UpstreamError counts one failed call to the issuer or an upstream
+	// (upstream_errors, shared by every feature).
+	UpstreamError()
+}
+
+// Issuer calls the issuer's machine-authenticated API with a fresh copy
+// of the machine token, valid for ttl and narrowed to scope. Errors carry
+// the URL, never the token, and are for the log.
+type Issuer interface {
+	Call(ctx context.Context, method, path string, query url.Values, body []byte, ttl time.Duration, scope machinetoken.Scope) (*IssuerReply, error)
+}
+
+// IssuerReply is an issuer reply read in full (bounded).
+type IssuerReply struct {
+	Status int
+	Header http.Header
+	Body   []byte
+}
+
+// Code returns the stable code of an issuer error reply, for the log.
+func (r *IssuerReply) Code() string {
+	var e struct {
+		Code string `json:"code"`
+	}
+	if json.Unmarshal(r.Body, &e) != nil || len(e.Code) > 64 {
+		return ""
+	}
+	return e.Code
+}
+
+// Routes is implemented by an instance that serves guest API endpoints.
+// The core's guard runs before every handler registered here: path
+// canonicalization, the peer policy (decided from method, path and peer
+// before any body byte is read), then the body limit; the handlers find
+// the peer with unixsock.PeerFromContext and the buffered body with
+// unixsock.BufferedBody. Patterns must lie under config.AgentReservedPaths
+// so that no proxy route can shadow them.
+type Routes interface {
+	Routes(mux *http.ServeMux)
+}
+
+// Worker is implemented by an instance with background work: Start when
+// the agent's sockets open, Stop (which waits for it) at shutdown, after
+// the agent's context (Done) has ended.
+type Worker interface {
+	Start()
+	Stop()
+}
+
+// Counters is implemented by an instance that counts: its counters join
+// the agent's one list, shown in status and on /metrics.
+type Counters interface {
+	Counters() metrics.CounterSet
+}
+
+// Status is implemented by an instance that reports state: the fields are
+// merged into the status document's "upstream" object. They never hold a
+// secret.
+type Status interface {
+	Status() map[string]any
+}
+
+// Token is one OIDC token as the OIDC token feature hands it out.
+type Token struct {
+	JWT     string
+	ID      string // the jti, which logs carry instead of the token
+	Expires time.Time
+}
+
+// TokenSource is implemented by the OIDC token feature's instance; other
+// parts of the agent (the token files' refreshers) get their tokens from
+// it, so every holder shares one cache and one issuer call per renewal.
+type TokenSource interface {
+	// Token returns a token for aud ("" the issuer's default audience)
+	// and where it came from ("cache" or "issuer").
+	Token(ctx context.Context, aud string) (Token, string, error)
+	// FreshToken is Token for a holder that keeps the token past the
+	// request (a token file): it prefers a renewal under way to a token
+	// past the cache's refresh point. ttl > 0 asks for tokens of that
+	// life (a token file's ttl), cached apart from the guest API's; 0
+	// shares the guest API's tokens for aud.
+	FreshToken(ctx context.Context, aud string, ttl time.Duration) (Token, string, error)
+}
+
+// Env is implemented by a feature that gives a workload started next to
+// the agent environment variables (KEY=value pairs), from its section's
+// value v in the running config c. They never hold a secret.
+type Env interface {
+	Env(v any, c *config.Agent, h Host) []string
+}
+
+// Sections returns the config sections of modules, in order.
+func Sections(modules []Module) []config.Section {
+	out := make([]config.Section, len(modules))
+	for i, m := range modules {
+		out[i] = m
+	}
+	return out
+}
