@@ -129,26 +129,38 @@ func (a *adminFlags) registerRemote(cmd *cobra.Command) { a.remote.register(cmd)
 // the remote admin API, and prints the reply as it came: the same bytes
 // either way.
 func (a *adminFlags) call(cmd *cobra.Command, method, path string, body any) error {
+	reply, err := a.do(cmd, method, path, body)
+	if err != nil {
+		return err
+	}
+	fmt.Fprint(cmd.OutOrStdout(), string(reply))
+	return nil
+}
+
+// do is call returning a successful reply instead of printing it (an error
+// reply is printed to stderr and exits 1), over whichever transport the
+// flags name.
+func (a *adminFlags) do(cmd *cobra.Command, method, path string, body any) ([]byte, error) {
 	var b []byte
 	if body != nil {
 		var err error
 		if b, err = json.Marshal(body); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	if a.remote.url != "" {
 		if cmd.Flags().Changed("socket") || a.tokenFile != "" {
-			return fmt.Errorf("--issuer-url replaces --socket and --token-file: give one or the other")
+			return nil, fmt.Errorf("--issuer-url replaces --socket and --token-file: give one or the other")
 		}
-		return a.remote.call(cmd, method, path, b)
+		return a.remote.do(cmd, method, path, b)
 	}
 	if a.remote.adminTokenFile != "" {
-		return fmt.Errorf("--admin-token-file needs --issuer-url")
+		return nil, fmt.Errorf("--admin-token-file needs --issuer-url")
 	}
 	if b == nil {
-		return cli.AdminCall(cmd, a.socket, a.tokenFile, method, path, nil)
+		return cli.AdminDo(cmd, a.socket, a.tokenFile, method, path, nil)
 	}
-	return cli.AdminCall(cmd, a.socket, a.tokenFile, method, path, bytes.NewReader(b))
+	return cli.AdminDo(cmd, a.socket, a.tokenFile, method, path, bytes.NewReader(b))
 }
 
 // parseTags turns k=v flags into a map.
@@ -175,6 +187,7 @@ func newIssuerMachineCmd() *cobra.Command {
 
 	var spec api.MachineSpec
 	var tags []string
+	var addOut string
 	add := &cobra.Command{
 		Use:   "add",
 		Short: "Register a machine and print its token (once)",
@@ -185,9 +198,11 @@ func newIssuerMachineCmd() *cobra.Command {
 				return err
 			}
 			spec.Tags = t
-			return af.call(cmd, "POST", "/v1/machines", spec)
+			return af.callTokenOut(cmd, "POST", "/v1/machines", spec, addOut,
+				func(r any) *api.MintedToken { return r.(*api.MachineAdded).Token }, &api.MachineAdded{})
 		},
 	}
+	tokenOutFlag(add, &addOut)
 	af2 := add.Flags()
 	af2.StringVar(&spec.Name, "name", "", "machine name (required)")
 	af2.StringVar(&spec.Org, "org", "", "org (required)")
@@ -251,14 +266,16 @@ func newIssuerTokenCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "token", Short: "Mint or revoke machine tokens"}
 	af.register(cmd, api.DefaultIssuerAdminSocket)
 	af.registerRemote(cmd)
-	var machine, ttl, reason string
+	var machine, ttl, reason, mintOut string
 	mint := &cobra.Command{Use: "mint", Short: "Mint a new token for a machine (printed once)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if machine == "" {
 				return fmt.Errorf("--machine is required")
 			}
-			return af.call(cmd, "POST", "/v1/machines/"+url.PathEscape(machine)+"/tokens", map[string]string{"ttl": ttl})
+			return af.callTokenOut(cmd, "POST", "/v1/machines/"+url.PathEscape(machine)+"/tokens", map[string]string{"ttl": ttl}, mintOut,
+				func(r any) *api.MintedToken { return r.(*api.MintedToken) }, &api.MintedToken{})
 		}}
+	tokenOutFlag(mint, &mintOut)
 	mint.Flags().StringVar(&machine, "machine", "", "machine id or org/app/name")
 	mint.Flags().StringVar(&ttl, "ttl", "", "token lifetime, e.g. 720h")
 	var machineTokenFile string

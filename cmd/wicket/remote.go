@@ -35,28 +35,27 @@ func (f *remoteFlags) register(cmd *cobra.Command) {
 // call sends one command to the remote admin API and prints the reply as
 // cli.AdminCall prints the socket's: body to stdout on 2xx, else to stderr
 // with exit status 1.
-func (f *remoteFlags) call(cmd *cobra.Command, method, path string, body []byte) error {
+func (f *remoteFlags) do(cmd *cobra.Command, method, path string, body []byte) ([]byte, error) {
 	if f.adminTokenFile == "" {
-		return fmt.Errorf("--issuer-url needs --admin-token-file")
+		return nil, fmt.Errorf("--issuer-url needs --admin-token-file")
 	}
 	tc, err := issuer.TLSFiles(f.caFile, f.certFile, f.keyFile)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	c, err := issuer.New(issuer.Config{URL: f.url, TokenFile: f.adminTokenFile, TLS: tc, AllowPlaintext: f.allowPlaintext})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	status, reply, err := c.Do(cmd.Context(), method, path, body)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if status/100 != 2 {
 		fmt.Fprint(cmd.ErrOrStderr(), string(reply))
-		return cli.ExitError{Code: 1}
+		return nil, cli.ExitError{Code: 1}
 	}
-	fmt.Fprint(cmd.OutOrStdout(), string(reply))
-	return nil
+	return reply, nil
 }
 
 // scopeFlags are the caveats an admin token is minted or attenuated with.

@@ -97,7 +97,7 @@ func sameTokenFile(s, old config.TokenFileSpec) bool {
 
 func (a *Agent) newFileRunner(s config.TokenFileSpec) (*fileRunner, error) {
 	ref, err := tokenfile.NewRefresher(tokenfile.Config{
-		Path: s.Path, Source: a.tokenFileSource(s.Path, s.Audience), Mode: s.Mode, GID: s.GID,
+		Path: s.Path, Source: a.tokenFileSource(s.Path, s.Audience, s.TTL), Mode: s.Mode, GID: s.GID,
 		Audience: s.Audience, RefreshFraction: s.Refresh, Logger: a.log, Now: a.now,
 	})
 	if err != nil {
@@ -111,7 +111,7 @@ func (a *Agent) newFileRunner(s config.TokenFileSpec) (*fileRunner, error) {
 		ref.Run(ctx)
 	}()
 	a.log.Info("token file started", "token_file", s.Path, "aud", s.Audience,
-		"mode", fmt.Sprintf("%04o", uint32(s.Mode)), "gid", s.GID, "refresh", s.Refresh, "implied_by", s.ImpliedBy)
+		"mode", fmt.Sprintf("%04o", uint32(s.Mode)), "gid", s.GID, "refresh", s.Refresh, "ttl", s.TTL, "implied_by", s.ImpliedBy)
 	return r, nil
 }
 
@@ -150,13 +150,13 @@ func (a *Agent) stopTokenFiles() {
 }
 
 // tokenFileSource is a refresher's Source: a token for aud from the
-// agent's cache.
-func (a *Agent) tokenFileSource(path, aud string) tokenfile.Source {
+// agent's cache, of life ttl when the file sets one (0: the API's token).
+func (a *Agent) tokenFileSource(path, aud string, ttl time.Duration) tokenfile.Source {
 	return func(ctx context.Context) (string, time.Time, error) {
 		if a.tokens == nil {
 			return "", time.Time{}, errors.New("no issuer configured")
 		}
-		tok, src, err := a.tokens.FreshToken(ctx, aud)
+		tok, src, err := a.tokens.FreshToken(ctx, aud, ttl)
 		if err != nil {
 			return "", time.Time{}, err
 		}
@@ -172,7 +172,8 @@ func (a *Agent) tokenFileSource(path, aud string) tokenfile.Source {
 type tokenFileStatus struct {
 	tokenfile.Status
 	Mode      string `json:"mode"`
-	GID       int    `json:"gid"` // -1: the agent's group
+	GID       int    `json:"gid"`           // -1: the agent's group
+	TTL       string `json:"ttl,omitempty"` // the life asked for; absent: the API's tokens
 	ImpliedBy string `json:"implied_by,omitempty"`
 }
 
@@ -202,7 +203,7 @@ func (a *Agent) tokenFilesStatus() []tokenFileStatus {
 	out := []tokenFileStatus{}
 	for _, r := range a.runners() {
 		out = append(out, tokenFileStatus{Status: r.ref.Status(), Mode: fmt.Sprintf("%04o", uint32(r.spec.Mode)),
-			GID: r.spec.GID, ImpliedBy: r.spec.ImpliedBy})
+			GID: r.spec.GID, TTL: ttlString(r.spec.TTL), ImpliedBy: r.spec.ImpliedBy})
 	}
 	return out
 }
@@ -235,4 +236,12 @@ func (a *Agent) WaitTokenFiles(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// ttlString is a token file's ttl for status: "" when it has none.
+func ttlString(d time.Duration) string {
+	if d <= 0 {
+		return ""
+	}
+	return d.String()
 }

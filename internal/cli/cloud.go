@@ -142,9 +142,9 @@ GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES=1; see 'wicket gcp config'.`,
 	exe.Flags().StringVar(&exeAud, "audience", os.Getenv("GOOGLE_EXTERNAL_ACCOUNT_AUDIENCE"), "token audience: the provider's //iam.googleapis.com/... name ($GOOGLE_EXTERNAL_ACCOUNT_AUDIENCE)")
 
 	var (
-		cfgAud, sa, tokenFile, output, cfgSocket, cacheFile string
-		useExe                                              bool
-		timeout                                             time.Duration
+		cfgAud, sa, tokenFile, output, cfgSocket, cacheFile, project string
+		useExe                                                       bool
+		timeout                                                      time.Duration
 	)
 	cfgCmd := &cobra.Command{
 		Use:   "config",
@@ -152,7 +152,13 @@ GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES=1; see 'wicket gcp config'.`,
 		Long: `Writes the external_account credentials JSON that points Google's
 libraries at wicket: either at a token file the agent keeps fresh
 (--token-file) or at 'wicket gcp executable' (--executable). Use it with
-GOOGLE_APPLICATION_CREDENTIALS=<file> or 'gcloud auth login --cred-file=<file>'.`,
+GOOGLE_APPLICATION_CREDENTIALS=<file> or 'gcloud auth login --cred-file=<file>'.
+
+With --output FILE, stdout gets the export lines for a shell
+(eval "$(wicket gcp config ... --output FILE)"): GOOGLE_APPLICATION_CREDENTIALS,
+GOOGLE_CLOUD_PROJECT with --project (without it, Google's libraries look the
+project up in Cloud Resource Manager when a client is created), and
+GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES=1 with --executable.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var src gcp.CredentialSource
@@ -187,16 +193,33 @@ GOOGLE_APPLICATION_CREDENTIALS=<file> or 'gcloud auth login --cred-file=<file>'.
 			if err != nil {
 				return err
 			}
+			if project != "" && checkProject(project) != nil {
+				return fmt.Errorf("--project %q: want a project ID (6..30 of a-z, 0-9 and -) or number", project)
+			}
 			if output == "" || output == "-" {
 				_, err = cmd.OutOrStdout().Write(ea.JSON())
+				if err == nil && project != "" {
+					fmt.Fprintf(cmd.ErrOrStderr(), "set GOOGLE_CLOUD_PROJECT=%s next to GOOGLE_APPLICATION_CREDENTIALS\n", project)
+				}
 				return err
 			}
 			// No secret inside: readable by the workload's users.
 			if err := tokenfile.Write(output, ea.JSON(), 0o644, -1); err != nil {
 				return err
 			}
+			abs, err := filepath.Abs(output)
+			if err != nil {
+				return err
+			}
+			env := []string{"GOOGLE_APPLICATION_CREDENTIALS=" + abs}
+			if project != "" {
+				env = append(env, "GOOGLE_CLOUD_PROJECT="+project)
+			}
+			if useExe {
+				env = append(env, "GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES=1")
+			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "wrote %s\n", output)
-			return nil
+			return printExports(cmd.OutOrStdout(), env)
 		},
 	}
 	fl := cfgCmd.Flags()
@@ -207,7 +230,8 @@ GOOGLE_APPLICATION_CREDENTIALS=<file> or 'gcloud auth login --cred-file=<file>'.
 	fl.StringVar(&cfgSocket, "socket", "", "with --executable: agent API socket to put in the command (default: the executable's default)")
 	fl.DurationVar(&timeout, "executable-timeout", gcp.DefaultExecutableTimeout, "with --executable: how long the libraries wait for it (5s..2m)")
 	fl.StringVar(&cacheFile, "executable-output-file", "", "with --executable: file where responses are cached between runs (optional)")
-	fl.StringVarP(&output, "output", "o", "", "write the JSON to this file instead of stdout")
+	fl.StringVarP(&output, "output", "o", "", "write the JSON to this file and print the environment for it")
+	fl.StringVar(&project, "project", os.Getenv("GOOGLE_CLOUD_PROJECT"), "project ID for GOOGLE_CLOUD_PROJECT ($GOOGLE_CLOUD_PROJECT)")
 	cfgCmd.MarkFlagRequired("audience")
 
 	cmd.AddCommand(exe, cfgCmd)
@@ -322,6 +346,19 @@ AGENT_TOML, every value comes from its [azure] section.`,
 
 	cmd.AddCommand(awsCmd, azCmd)
 	return cmd
+}
+
+// checkProject accepts a Google Cloud project ID or project number.
+func checkProject(p string) error {
+	if len(p) < 6 || len(p) > 30 {
+		return errors.New("bad length")
+	}
+	for i := 0; i < len(p); i++ {
+		if c := p[i]; !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
+			return errors.New("bad character")
+		}
+	}
+	return nil
 }
 
 // loadAgentConfig reads and validates an agent config, with its errors on

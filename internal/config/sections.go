@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 )
@@ -146,6 +147,9 @@ type TokenFileSpec struct {
 	Mode     fs.FileMode
 	GID      int     // -1 keeps the agent's group
 	Refresh  float64 // fraction of a token's life
+	// TTL is the token life asked for this file; 0 shares the guest
+	// API's cached token for the audience.
+	TTL time.Duration
 	// ImpliedBy is the section ("aws", "azure") whose settings imply the
 	// file, "" for a [[token_file]].
 	ImpliedBy string
@@ -215,6 +219,18 @@ func (c *Agent) ImplyTokenFile(section, path, def, aud string) (string, error) {
 	c.AddTokenFile(section, TokenFileSpec{Path: path, Audience: aud, Mode: DefaultTokenFileMode.FileMode(), GID: -1,
 		Refresh: float64(DefaultTokenFileRefresh), ImpliedBy: section})
 	return path, nil
+}
+
+// DefaultTokenFileTTL gives the claimed file at path tokens of life ttl
+// unless it sets its own ttl (a section whose SDKs cache the file's
+// content, as [azure]'s do). A section's Validate calls it after claiming
+// the file.
+func (c *Agent) DefaultTokenFileTTL(path string, ttl time.Duration) {
+	for i := range c.tokenFiles {
+		if c.tokenFiles[i].Path == path && c.tokenFiles[i].TTL == 0 {
+			c.tokenFiles[i].TTL = ttl
+		}
+	}
 }
 
 // checkTokenFiles holds every claimed file to the core's rules and gives

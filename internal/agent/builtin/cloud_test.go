@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/BurntSushi/toml"
 	"github.com/google/go-cmp/cmp"
@@ -43,6 +44,7 @@ audience = "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPoo
 mode = "0400"
 group = "0"
 refresh = "50%"
+ttl = "30m"
 
 [[token_file]]
 path = "/run/wicket/tokens/minio"
@@ -62,9 +64,9 @@ authority_host = "https://login.microsoftonline.us/"
 		t.Fatal(err)
 	}
 	want := []config.TokenFileSpec{
-		{Path: "/run/wicket/tokens/gcp", Audience: "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/x", Mode: 0o400, GID: 0, Refresh: 0.5},
+		{Path: "/run/wicket/tokens/gcp", Audience: "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/x", Mode: 0o400, GID: 0, Refresh: 0.5, TTL: 30 * time.Minute},
 		{Path: "/run/wicket/tokens/minio", Audience: "minio.example.com", Mode: 0o440, GID: -1, Refresh: 0.8},
-		{Path: azure.DefaultTokenFile, Audience: azure.Audience, Mode: 0o440, GID: -1, Refresh: 0.8, ImpliedBy: "azure"},
+		{Path: azure.DefaultTokenFile, Audience: azure.Audience, Mode: 0o440, GID: -1, Refresh: 0.8, TTL: time.Hour, ImpliedBy: "azure"},
 	}
 	if diff := cmp.Diff(want, c.TokenFileSpecs()); diff != "" {
 		t.Errorf("token files (-want +got):\n%s", diff)
@@ -74,6 +76,38 @@ authority_host = "https://login.microsoftonline.us/"
 	}
 	if aws.From(c).SessionName != "web-1" || azure.From(c).AuthorityHost != "https://login.microsoftonline.us/" {
 		t.Errorf("aws %+v azure %+v", aws.From(c), azure.From(c))
+	}
+}
+
+// TestLoadAgent_AzureTokenTTL: the file the Azure SDKs read gets 1 h
+// tokens (they cache its content for up to 10 minutes), whether [azure]
+// implies it or a [[token_file]] describes it without a ttl; a ttl the
+// [[token_file]] sets wins; other files keep sharing the API's tokens.
+func TestLoadAgent_AzureTokenTTL(t *testing.T) {
+	for _, tc := range []struct {
+		name, body string
+		want       map[string]time.Duration
+	}{
+		{"implied", "[azure]\nclient_id = \"c\"\ntenant_id = \"t\"\n", map[string]time.Duration{azure.DefaultTokenFile: time.Hour}},
+		{"declared without ttl", "[[token_file]]\npath = \"/t/az\"\naudience = \"api://AzureADTokenExchange\"\n[[token_file]]\npath = \"/t/other\"\naudience = \"x\"\n[azure]\nclient_id = \"c\"\ntenant_id = \"t\"\n",
+			map[string]time.Duration{"/t/az": time.Hour, "/t/other": 0}},
+		{"declared with ttl", "[[token_file]]\npath = \"/t/az\"\naudience = \"api://AzureADTokenExchange\"\nttl = \"20m\"\n[azure]\nclient_id = \"c\"\ntenant_id = \"t\"\n",
+			map[string]time.Duration{"/t/az": 20 * time.Minute}},
+		{"no azure section", "[[token_file]]\npath = \"/t/az\"\naudience = \"api://AzureADTokenExchange\"\n", map[string]time.Duration{"/t/az": 0}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := LoadAgent(writeFile(t, cloudBase+tc.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]time.Duration{}
+			for _, s := range c.TokenFileSpecs() {
+				got[s.Path] = s.TTL
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("ttl by path (-want +got):\n%s", diff)
+			}
+		})
 	}
 }
 
@@ -139,7 +173,9 @@ func TestLoadAgent_CloudInvalid(t *testing.T) {
 		{"no path", cloudBase + "[[token_file]]\naudience = \"a\"\n", "token_file[0].path"},
 		{"no audience", cloudBase + "[[token_file]]\npath = \"/t/a\"\n", "audience is required"},
 		{"audience with a space", cloudBase + "[[token_file]]\npath = \"/t/a\"\naudience = \"a b\"\n", "printable ASCII"},
-		{"unknown key", tf("ttl = \"1h\"\n"), "unknown keys: token_file.ttl"},
+		{"unknown key", tf("lifetime = \"1h\"\n"), "unknown keys: token_file.lifetime"},
+		{"ttl too short", tf("ttl = \"30s\"\n"), "token_file[0].ttl 30s: want 1m0s..1h0m0s"},
+		{"ttl too long", tf("ttl = \"2h\"\n"), "token_file[0].ttl 2h0m0s: want 1m0s..1h0m0s"},
 		{"mode for others", tf("mode = \"0444\"\n"), "no access for others"},
 		{"mode executable", tf("mode = \"0550\"\n"), "execute"},
 		{"mode group write", tf("mode = \"0460\"\n"), "not write"},
@@ -158,6 +194,8 @@ func TestLoadAgent_CloudInvalid(t *testing.T) {
 		{"aws without issuer", "[aws]\nrole_arn = \"arn:aws:iam::1:role/r\"\n", "aws: token files need issuer.url"},
 		{"too many", many.String(), "at most 64"},
 		{"aws session name without role", cloudBase + "[aws]\nsession_name = \"x1\"\n", "without role_arn"},
+		{"gcp project with a space", cloudBase + "[gcp]\nproject = \"a b\"\n", "gcp.project"},
+		{"gcp credentials file relative", cloudBase + "[gcp]\ncredentials_file = \"gcp.json\"\n", "gcp.credentials_file"},
 		{"aws token file without role", cloudBase + "[aws]\ntoken_file = \"/t/aws\"\n", "without role_arn"},
 		{"aws role not an ARN", cloudBase + "[aws]\nrole_arn = \"app\"\n", "not an ARN"},
 		{"aws role with a space", cloudBase + "[aws]\nrole_arn = \"arn:aws:iam::1:role/a b\"\n", "printable"},

@@ -150,8 +150,10 @@ type TokenSource interface {
 	Token(ctx context.Context, aud string) (Token, string, error)
 	// FreshToken is Token for a holder that keeps the token past the
 	// request (a token file): it prefers a renewal under way to a token
-	// past the cache's refresh point.
-	FreshToken(ctx context.Context, aud string) (Token, string, error)
+	// past the cache's refresh point. ttl > 0 asks for tokens of that
+	// life (a token file's ttl), cached apart from the guest API's; 0
+	// shares the guest API's tokens for aud.
+	FreshToken(ctx context.Context, aud string, ttl time.Duration) (Token, string, error)
 }
 
 // Env is implemented by a feature that gives a workload started next to

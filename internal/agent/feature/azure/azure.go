@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"time"
 
 	"github.com/wicket-sh/wicket/internal/agent/feature"
 	"github.com/wicket-sh/wicket/internal/config"
@@ -26,6 +27,14 @@ const (
 	DefaultTokenFile = "/run/wicket/tokens/azure"
 	// DefaultAuthorityHost is Entra's public cloud.
 	DefaultAuthorityHost = "https://login.microsoftonline.com/"
+	// DefaultTokenTTL is the life of the tokens in the file [azure]
+	// names, unless its [[token_file]] sets ttl. The Azure SDKs cache the
+	// file's content (@azure/identity 5 minutes, Go azidentity 10, Python
+	// azure-identity 5 to 10) and present it without looking at its exp:
+	// Kubernetes' 1 h tokens replaced at 80 % leave 12 minutes, which is
+	// what they are built for. A 10-minute token replaced at 80 % leaves 2,
+	// and a cached copy reaches Entra expired (AADSTS700024).
+	DefaultTokenTTL = time.Hour
 )
 
 // Config is [azure].
@@ -87,6 +96,11 @@ func (Module) Validate(v any, c *config.Agent) []error {
 		errs = append(errs, err)
 	}
 	z.file = path
+	// The file the Azure SDKs read gets tokens that outlive their caches,
+	// unless its [[token_file]] says otherwise.
+	if path != "" {
+		c.DefaultTokenFileTTL(path, DefaultTokenTTL)
+	}
 	return errs
 }
 

@@ -16,9 +16,32 @@ import (
 	"github.com/wicket-sh/wicket/internal/agent/feature"
 )
 
-// errBadAudience is the issuer refusing the audience (400): the caller's
-// fault, not an outage.
-var errBadAudience = errors.New("issuer refused the audience")
+// errBadAudience is the issuer refusing the audience, or a token file's
+// ttl beyond its max_ttl (400): the caller's or the config's fault, not
+// an outage.
+var errBadAudience = errors.New("issuer refused the audience or ttl")
+
+// cacheKey names one cache entry: the audience alone for the tokens the
+// guest API hands out (their life is [tokens] ttl), the audience and a
+// life for a token file that sets ttl, so such a file gets tokens of its
+// own life without changing anyone else's. The separator cannot occur in
+// an audience (printable ASCII only, checked before any lookup).
+func cacheKey(aud string, ttl time.Duration) string {
+	if ttl <= 0 {
+		return aud
+	}
+	return aud + "\x00" + ttl.String()
+}
+
+// splitCacheKey is the inverse of cacheKey.
+func splitCacheKey(key string) (aud string, ttl time.Duration) {
+	aud, life, ok := strings.Cut(key, "\x00")
+	if !ok {
+		return key, 0
+	}
+	ttl, _ = time.ParseDuration(life)
+	return aud, ttl
+}
 
 // errCacheClosed is returned once the agent is shutting down.
 var errCacheClosed = errors.New("token cache closed")

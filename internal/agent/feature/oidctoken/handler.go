@@ -159,20 +159,27 @@ func (f *Feature) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
 	w.Write([]byte(tok.JWT))
 }
 
-// fetchToken is the token cache's call to the issuer.
-func (f *Feature) fetch(ctx context.Context, aud string) (issued, error) {
-	body := []byte("{}")
+// fetch is the token cache's call to the issuer, for a cache key (see
+// cacheKey): an audience, and a life when a token file sets ttl.
+func (f *Feature) fetch(ctx context.Context, key string) (issued, error) {
+	aud, fileTTL := splitCacheKey(key)
+	var req api.IssuerTokenRequest
 	if aud != "" {
-		raw, _ := json.Marshal(aud)
-		body, _ = json.Marshal(api.IssuerTokenRequest{Aud: raw})
+		req.Aud, _ = json.Marshal(aud)
 	}
 	// The copy lives as long as the JWT should (the issuer never lets a
 	// JWT outlive it, so the cache stays useful) and is bound to aud: a
 	// copy captured upstream buys at most a JWT for this audience,
 	// expiring no later than the copy. "" asks for, and binds to, the
-	// issuer's default audience.
+	// issuer's default audience. A token file with its own ttl asks for
+	// that life, and its copy lives as long.
+	copyTTL := From(f.host.Config()).TTL.Duration
+	if fileTTL > 0 {
+		copyTTL, req.TTL = fileTTL, fileTTL.String()
+	}
+	body, _ := json.Marshal(req)
 	scope := machinetoken.Scope{Features: []machinetoken.Feature{machinetoken.FeatureOIDC}, Audiences: []string{aud}}
-	rep, err := f.host.Issuer().Call(ctx, http.MethodPost, "/v1/tokens/oidc", nil, body, From(f.host.Config()).TTL.Duration, scope)
+	rep, err := f.host.Issuer().Call(ctx, http.MethodPost, "/v1/tokens/oidc", nil, body, copyTTL, scope)
 	if err != nil {
 		f.host.UpstreamError()
 		return issued{}, err
@@ -223,9 +230,10 @@ func (f *Feature) firstServe(p unixsock.Peer, jti string) bool {
 // cache's renewal under way (see FreshToken).
 const tokenFileStaleWaitMax = 2 * time.Second
 
-// FreshToken implements feature.TokenSource: aud's token through the cache
-// the guest API uses, so a file and the API's callers share one issuer
-// call per renewal.
+// FreshToken implements feature.TokenSource: aud's token of life ttl (0:
+// the guest API's, [tokens] ttl) through the cache the guest API uses, so
+// a file and the API's callers share one issuer call per renewal, and
+// files of one audience and ttl share theirs (cacheKey).
 //
 // A cached token past the cache's own refresh point (tokens.refresh_at)
 // means a renewal is under way: the cache's timer or this very lookup
@@ -233,8 +241,9 @@ const tokenFileStaleWaitMax = 2 * time.Second
 // just after the cache's, so writing the cached token would leave the file
 // with the least life left until its next round. Wait briefly for the new
 // one instead, and settle for the cached one (still valid) if it is late.
-func (f *Feature) FreshToken(ctx context.Context, aud string) (feature.Token, string, error) {
-	tok, src, err := f.Token(ctx, aud)
+func (f *Feature) FreshToken(ctx context.Context, aud string, ttl time.Duration) (feature.Token, string, error) {
+	key := cacheKey(aud, ttl)
+	tok, src, err := f.get(ctx, key)
 	if err != nil {
 		return issued{}, "", err
 	}
@@ -260,7 +269,7 @@ func (f *Feature) FreshToken(ctx context.Context, aud string) (feature.Token, st
 			return tok, src, nil
 		case <-t.C:
 		}
-		next, nsrc, err := f.Token(ctx, aud)
+		next, nsrc, err := f.get(ctx, key)
 		if err == nil && next.Expires.After(tok.Expires) {
 			return next, nsrc, nil
 		}

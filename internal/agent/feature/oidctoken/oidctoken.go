@@ -134,10 +134,15 @@ var errNoIssuer = errors.New("no issuer configured")
 
 // Token implements feature.TokenSource.
 func (f *Feature) Token(ctx context.Context, aud string) (feature.Token, string, error) {
+	return f.get(ctx, cacheKey(aud, 0))
+}
+
+// get looks a cache key (see cacheKey) up.
+func (f *Feature) get(ctx context.Context, key string) (feature.Token, string, error) {
 	if f.cache == nil {
 		return feature.Token{}, "", errNoIssuer
 	}
-	return f.cache.get(ctx, aud)
+	return f.cache.get(ctx, key)
 }
 
 // Start implements feature.Worker: the cache's timers start with its

@@ -9,6 +9,7 @@ package tokenfiles
 import (
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/oidc"
@@ -29,7 +30,19 @@ type File struct {
 	// Refresh is how much of a token's life passes before the file gets
 	// a new one (default "80%").
 	Refresh *config.Percent `toml:"refresh"`
+	// TTL is the life the agent asks the issuer for, for this file's
+	// tokens (1m..1h, and at most the issuer's [oidc] max_ttl); unset
+	// shares the guest API's tokens for the audience, whose life is
+	// [tokens] ttl capped by the issuer's [oidc] token_ttl.
+	TTL *config.Duration `toml:"ttl"`
 }
+
+// MinTTL and MaxTTL bound [[token_file]] ttl: the issuer's [oidc] max_ttl
+// is at most 1 h, and it refuses a request for more than its own max_ttl.
+const (
+	MinTTL = time.Minute
+	MaxTTL = time.Hour
+)
 
 // Module is the feature.
 type Module struct{}
@@ -80,6 +93,12 @@ func (f File) spec(name string) (config.TokenFileSpec, []error) {
 		s.Refresh = float64(*f.Refresh)
 		if !(s.Refresh >= 0.1 && s.Refresh <= 0.95) {
 			errs = append(errs, fmt.Errorf("%s.refresh %s: want 10%%..95%% of the token's life", name, strconv.FormatFloat(s.Refresh*100, 'f', -1, 64)+"%"))
+		}
+	}
+	if f.TTL != nil {
+		s.TTL = f.TTL.Duration
+		if s.TTL < MinTTL || s.TTL > MaxTTL {
+			errs = append(errs, fmt.Errorf("%s.ttl %v: want %v..%v (and at most the issuer's oidc.max_ttl)", name, s.TTL, MinTTL, MaxTTL))
 		}
 	}
 	return s, errs
