@@ -114,6 +114,21 @@ func TestIssuerCLI_RemoteSameOutput(t *testing.T) {
 		json.Unmarshal([]byte(out), &mt)
 		os.WriteFile(filepath.Join(dir, fmt.Sprint("mt", i)), []byte(mt.Token), 0o600)
 	}
+	// --token-out: the token goes to a new 0600 file on both transports,
+	// and the rest of the reply is the same.
+	outS, outR := both(func(n string) []string {
+		return []string{"token", "mint", "--machine", "acme/web/" + n, "--ttl", "1h", "--token-out", filepath.Join(dir, "out-"+n)}
+	})
+	for _, n := range []string{"m-sock", "m-remote"} {
+		b, err := os.ReadFile(filepath.Join(dir, "out-"+n))
+		fi, _ := os.Stat(filepath.Join(dir, "out-"+n))
+		if err != nil || !strings.HasPrefix(string(b), "fm2_") || fi.Mode().Perm() != 0o600 {
+			t.Errorf("--token-out for %s: %v %q", n, err, b[:min(len(b), 8)])
+		}
+	}
+	if strings.Contains(outS, "fm2_") || strings.Contains(outR, "fm2_") {
+		t.Error("--token-out also printed the token")
+	}
 	n := 0
 	both(func(string) []string {
 		n++
