@@ -21,6 +21,7 @@ import (
 	"github.com/wicket-sh/wicket/internal/agent/feature"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/httpapi"
+	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/metrics"
 	"github.com/wicket-sh/wicket/internal/peer"
 	"github.com/wicket-sh/wicket/internal/proxy"
@@ -67,7 +68,6 @@ func LoadConfig(path string, overrides ...config.Override) (*config.Agent, error
 type runtime struct {
 	cfg        *config.Agent
 	policy     *peer.Policy
-	routes     *proxy.Table
 	adminAuth  admin.Auth
 	generation uint64
 }
@@ -99,16 +99,17 @@ type Agent struct {
 	issuer      *issuerClient
 	meta        metaCache
 	limiter     *rateLimiter
-	forwarder   *proxy.Forwarder
 	metaOK      atomic.Int64 // unix time of the last good metadata fetch
 	metaFailing atomic.Bool
 	files       tokenFiles // token file refreshers (tokenfiles.go)
 
 	// built are the features' run-time parts (feature.Runtime), in
 	// registration order; tokens is the one that implements
-	// feature.TokenSource (the OIDC token feature), nil if none does.
-	built  []builtFeature
-	tokens feature.TokenSource
+	// feature.TokenSource (the OIDC token feature), nil if none does;
+	// fallback the one that implements feature.Fallback (the proxy).
+	built    []builtFeature
+	tokens   feature.TokenSource
+	fallback feature.Fallback
 
 	// stop ends background work and local long polls at shutdown.
 	stop     context.Context
@@ -118,7 +119,6 @@ type Agent struct {
 	upstreamWait, backoffMin, backoffMax time.Duration
 
 	rateLimitedN, upstreamErrors atomic.Uint64
-	proxied, proxyErrors         atomic.Uint64
 }
 
 // builtFeature is one feature's run-time part.
@@ -193,6 +193,14 @@ func (a *Agent) buildFeatures() error {
 		if ts, ok := inst.(feature.TokenSource); ok && a.tokens == nil {
 			a.tokens = ts
 		}
+		if fb, ok := inst.(feature.Fallback); ok {
+			if a.fallback != nil {
+				// Two would make which one forwards a request depend on
+				// registration order.
+				return fmt.Errorf("%s: a second feature serves unrouted requests", m.Key())
+			}
+			a.fallback = fb
+		}
 	}
 	return nil
 }
@@ -227,7 +235,6 @@ func (a *Agent) initUpstream(cfg *config.Agent, envTok MachineToken, envSet bool
 	case envSet:
 		a.token, a.tokenSource = envTok, "env"
 	}
-	a.forwarder = proxy.NewForwarder(proxy.Options{ContainsSecret: a.token.containedIn})
 	if cfg.Issuer.URL == "" {
 		if !a.token.IsZero() {
 			return errors.New("a machine token was given but issuer.url is not set")
@@ -269,7 +276,6 @@ func (a *Agent) load() (*runtime, error) {
 	return &runtime{
 		cfg:    cfg,
 		policy: pol,
-		routes: cfg.CompiledRoutes(),
 		adminAuth: admin.Auth{
 			Allow: peer.Allowlist{UIDs: cfg.Admin.AllowUIDs, GIDs: cfg.Admin.AllowGIDs},
 			Token: tok,
@@ -456,8 +462,6 @@ func (a *Agent) counters() metrics.CounterSet {
 		{Key: "reloads_failed", Name: "wicket_reloads_total", Help: reloads, Labels: map[string]string{"outcome": "failed"}, Value: a.reloadsKO.Load},
 		{Key: "rate_limited", Name: "wicket_rate_limited_total", Help: "Guest API requests refused by the per-uid rate limit.", Value: a.rateLimitedN.Load},
 		{Key: "upstream_errors", Name: "wicket_upstream_errors_total", Help: "Failed calls to the issuer or a proxy upstream.", Value: a.upstreamErrors.Load},
-		{Key: "proxied", Name: "wicket_proxy_requests_total", Help: "Requests forwarded upstream.", Value: a.proxied.Load},
-		{Key: "proxy_errors", Name: "wicket_proxy_errors_total", Help: "Forwarded requests that failed upstream.", Value: a.proxyErrors.Load},
 	}
 	for _, b := range a.built {
 		if c, ok := b.inst.(feature.Counters); ok {
@@ -527,4 +531,34 @@ func (h runHost) Issuer() feature.Issuer {
 
 func (h runHost) RateLimited(w http.ResponseWriter, p unixsock.Peer) bool {
 	return h.rateLimited(w, h.rt.Load(), p)
+}
+
+// IssuerURL returns the issuer's base URL, nil without an issuer.
+func (h runHost) IssuerURL() *url.URL { return h.issuerURL }
+
+func (h runHost) ContainsMachineToken(b []byte) bool { return h.token.containedIn(b) }
+
+func (h runHost) UpstreamToken(upstream *url.URL, features []machinetoken.Feature) (string, error) {
+	if h.token.IsZero() {
+		return "", feature.ErrNoMachineToken
+	}
+	scope := machinetoken.Scope{Features: features}
+	if !issuerGateway(upstream, h.issuerURL) {
+		// Not the issuer: that upstream gets a copy wicket refuses, so a
+		// copy it leaks or reflects back is worth nothing here.
+		scope.External = upstream.Scheme + "://" + upstream.Host
+	}
+	// The wall clock: the issuer checks the copy's window on its own.
+	tok, err := h.token.restrictScope(time.Now(), attenuatedTTL, scope)
+	if err != nil {
+		return "", fmt.Errorf("attenuate machine token: %w", err)
+	}
+	return tok, nil
+}
+
+func (h runHost) RouteVars() (proxy.Vars, bool) {
+	if snap := h.meta.cur.Load(); snap != nil {
+		return snap.vars, true
+	}
+	return proxy.Vars{}, false
 }

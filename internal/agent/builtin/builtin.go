@@ -10,6 +10,7 @@ import (
 	"github.com/wicket-sh/wicket/internal/agent/feature/aws"
 	"github.com/wicket-sh/wicket/internal/agent/feature/azure"
 	"github.com/wicket-sh/wicket/internal/agent/feature/oidctoken"
+	"github.com/wicket-sh/wicket/internal/agent/feature/proxyroutes"
 	"github.com/wicket-sh/wicket/internal/agent/feature/tokenfiles"
 )
 
@@ -20,5 +21,6 @@ func Features() []feature.Module {
 		tokenfiles.Module{},
 		aws.Module{},
 		azure.Module{},
+		proxyroutes.Module{},
 	}
 }

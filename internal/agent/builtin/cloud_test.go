@@ -14,6 +14,7 @@ import (
 	"github.com/wicket-sh/wicket/internal/agent/feature"
 	"github.com/wicket-sh/wicket/internal/agent/feature/aws"
 	"github.com/wicket-sh/wicket/internal/agent/feature/azure"
+	"github.com/wicket-sh/wicket/internal/agent/feature/proxyroutes"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/proxy"
 )
@@ -295,12 +296,13 @@ func TestExampleAgentConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Issuer.URL == "" || c.CompiledRoutes().Len() == 0 {
+	routes := proxyroutes.From(c)
+	if c.Issuer.URL == "" || routes.Table().Len() == 0 {
 		t.Errorf("example lacks the issuer or proxy sections: %+v", c.Issuer)
 	}
 	// Its route shows the default forwarded headers.
 	want := strings.Join(proxy.DefaultForwardHeaders, ",")
-	if got := strings.Join(c.Proxy.Routes[0].ForwardHeaders, ","); got != want {
+	if got := strings.Join(routes.Routes[0].ForwardHeaders, ","); got != want {
 		t.Errorf("examples/agent.toml proxy.route[0].forward_headers = %s, default is %s", got, want)
 	}
 }

@@ -17,6 +17,7 @@ package feature
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -25,6 +26,7 @@ import (
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/metrics"
+	"github.com/wicket-sh/wicket/internal/proxy"
 	"github.com/wicket-sh/wicket/internal/unixsock"
 )
 
@@ -48,8 +50,8 @@ type Runtime interface {
 }
 
 // Instance is a built feature. What it adds to the agent is given by the
-// optional interfaces it implements: Routes, Worker, Counters, Status and
-// what other features consume (TokenSource).
+// optional interfaces it implements: Routes, Fallback, Worker, Counters,
+// Status and what other features consume (TokenSource).
 type Instance any
 
 // RunHost is what the running agent's core offers a feature it builds:
@@ -75,7 +77,30 @@ type RunHost interface {
 	// UpstreamError counts one failed call to the issuer or an upstream
 	// (upstream_errors, shared by every feature).
 	UpstreamError()
+	// IssuerURL is the issuer's base URL, which is also its gateway's: the
+	// upstream of a proxy route without its own; nil without an issuer.
+	IssuerURL() *url.URL
+	// UpstreamToken returns a copy of the machine token for one request
+	// forwarded to upstream: valid for 60 s and narrowed to features. The
+	// core, not the feature, decides whether upstream is the issuer's
+	// gateway (same scheme, host, port and path as IssuerURL); for any
+	// other upstream the copy carries the external caveat, which the
+	// issuer refuses, so a copy that upstream leaks or reflects back buys
+	// nothing. ErrNoMachineToken when the agent holds no machine token.
+	UpstreamToken(upstream *url.URL, features []machinetoken.Feature) (string, error)
+	// ContainsMachineToken reports whether b holds the machine token (or
+	// its encoded body): the check a forwarder makes on what an upstream
+	// sends back, so a reflected token never reaches a workload.
+	ContainsMachineToken(b []byte) bool
+	// RouteVars are the proxy routes' {self} (machine id) and {app} from
+	// the latest metadata; known is false before the first successful
+	// fetch.
+	RouteVars() (vars proxy.Vars, known bool)
 }
+
+// ErrNoMachineToken is UpstreamToken's error in an agent that holds no
+// machine token (no issuer configured).
+var ErrNoMachineToken = errors.New("no machine token")
 
 // Issuer calls the issuer's machine-authenticated API with a fresh copy
 // of the machine token, valid for ttl and narrowed to scope. Errors carry
@@ -111,6 +136,14 @@ func (r *IssuerReply) Code() string {
 // so that no proxy route can shadow them.
 type Routes interface {
 	Routes(mux *http.ServeMux)
+}
+
+// Fallback is implemented by the one instance that serves the guest API
+// requests no route matched, outside config.AgentReservedPaths (the
+// proxy). The core's guard has run as for Routes; without a Fallback such
+// a request gets 404. An agent with two is refused at New.
+type Fallback interface {
+	ServeFallback(w http.ResponseWriter, r *http.Request)
 }
 
 // Worker is implemented by an instance with background work: Start when
