@@ -97,26 +97,22 @@ type Agent struct {
 	token       MachineToken
 	tokenSource string // "option", "file", "env" or "" (for status)
 	issuer      *issuerClient
-	meta        metaCache
 	limiter     *rateLimiter
-	metaOK      atomic.Int64 // unix time of the last good metadata fetch
-	metaFailing atomic.Bool
 	files       tokenFiles // token file refreshers (tokenfiles.go)
 
 	// built are the features' run-time parts (feature.Runtime), in
 	// registration order; tokens is the one that implements
 	// feature.TokenSource (the OIDC token feature), nil if none does;
-	// fallback the one that implements feature.Fallback (the proxy).
+	// fallback the one that implements feature.Fallback (the proxy);
+	// meta the one that implements feature.Metadata.
 	built    []builtFeature
 	tokens   feature.TokenSource
 	fallback feature.Fallback
+	meta     feature.Metadata
 
 	// stop ends background work and local long polls at shutdown.
 	stop     context.Context
 	stopFunc context.CancelFunc
-	bg       sync.WaitGroup
-
-	upstreamWait, backoffMin, backoffMax time.Duration
 
 	rateLimitedN, upstreamErrors atomic.Uint64
 }
@@ -148,11 +144,7 @@ func New(opts Options) (*Agent, error) {
 		denials: unixsock.NewDenialLog(opts.Logger, unixsock.DenialLogConfig{
 			Msg: "request denied", SummaryMsg: "request denials suppressed",
 		}),
-		upstreamWait: upstreamWaitDefault,
-		backoffMin:   backoffMinDefault,
-		backoffMax:   backoffMaxDefault,
 	}
-	a.meta.init()
 	a.stop, a.stopFunc = context.WithCancel(context.Background())
 	// The environment variable is taken (and unset) whatever happens next,
 	// so no child can inherit it.
@@ -200,6 +192,9 @@ func (a *Agent) buildFeatures() error {
 				return fmt.Errorf("%s: a second feature serves unrouted requests", m.Key())
 			}
 			a.fallback = fb
+		}
+		if md, ok := inst.(feature.Metadata); ok && a.meta == nil {
+			a.meta = md
 		}
 	}
 	return nil
@@ -356,15 +351,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	admSrv := unixsock.NewHTTPServer(a.admin, lim, a.log)
 
 	defer a.stopBackground()
-	if a.issuer != nil {
-		a.bg.Add(1)
-		go func() {
-			defer a.bg.Done()
-			a.watchMetadata(a.stop)
-		}()
-	} else {
-		a.meta.markAttempted() // no issuer: nothing to wait for
-	}
 	for _, b := range a.built {
 		if w, ok := b.inst.(feature.Worker); ok {
 			w.Start()
@@ -400,8 +386,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	return runErr
 }
 
-// stopBackground ends the metadata watch, the token files' refreshers and
-// the features' workers and waits for them.
+// stopBackground ends the token files' refreshers and the features'
+// workers (the metadata watch among them) and waits for them.
 func (a *Agent) stopBackground() {
 	a.stopFunc()
 	a.stopTokenFiles()
@@ -410,7 +396,6 @@ func (a *Agent) stopBackground() {
 			w.Stop()
 		}
 	}
-	a.bg.Wait()
 }
 
 func serve(s *http.Server, l *unixsock.Listener) error {
@@ -486,15 +471,6 @@ func (a *Agent) upstreamStatus() map[string]any {
 		return st
 	}
 	st["issuer"] = a.issuerURL.Redacted()
-	snap := a.meta.cur.Load()
-	meta := map[string]any{"available": snap != nil, "failing": a.metaFailing.Load(), "waiters": a.meta.waiters.Load()}
-	if snap != nil {
-		meta["etag"] = snap.etag
-	}
-	if t := a.metaOK.Load(); t > 0 {
-		meta["last_ok"] = time.Unix(t, 0).UTC().Format(time.RFC3339)
-	}
-	st["metadata"] = meta
 	return st
 }
 
@@ -504,7 +480,11 @@ func (a *Agent) Metrics() []metrics.Sample {
 	s := []metrics.Sample{
 		{Name: "wicket_uptime_seconds", Help: "Seconds since start.", Type: metrics.Gauge, Value: a.now().Sub(a.started).Seconds()},
 		{Name: "wicket_config_generation", Help: "Generation of the running config.", Type: metrics.Gauge, Value: float64(rt.generation)},
-		{Name: "wicket_metadata_waiters", Help: "Local metadata long polls waiting.", Type: metrics.Gauge, Value: float64(a.meta.waiters.Load())},
+	}
+	for _, b := range a.built {
+		if g, ok := b.inst.(feature.Gauges); ok {
+			s = append(s, g.Gauges()...)
+		}
 	}
 	s = append(s, a.counters().Samples()...)
 	s = append(s, unixsock.Metrics(a.api, a.adm)...)
@@ -556,9 +536,11 @@ func (h runHost) UpstreamToken(upstream *url.URL, features []machinetoken.Featur
 	return tok, nil
 }
 
+// RouteVars reads the metadata feature's snapshot; without that feature
+// the variables are never known.
 func (h runHost) RouteVars() (proxy.Vars, bool) {
-	if snap := h.meta.cur.Load(); snap != nil {
-		return snap.vars, true
+	if h.meta == nil {
+		return proxy.Vars{}, false
 	}
-	return proxy.Vars{}, false
+	return h.meta.Vars()
 }

@@ -29,9 +29,6 @@ func (a *Agent) apiHandler() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(api.HealthReply{Status: api.HealthOK})
 	})
-	mux.HandleFunc("GET /v1/metadata", a.handleMetadata)
-	mux.HandleFunc("GET /v1/metadata/{key}", a.handleMetadataKey)
-	mux.HandleFunc("GET /v1/metadata/tags/{name}", a.handleMetadataTag)
 	for _, b := range a.built {
 		if r, ok := b.inst.(feature.Routes); ok {
 			r.Routes(mux)

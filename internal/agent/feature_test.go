@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"net/http"
@@ -10,9 +11,12 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/wicket-sh/wicket/internal/agent/agenttest"
 	"github.com/wicket-sh/wicket/internal/agent/builtin"
 	"github.com/wicket-sh/wicket/internal/agent/feature"
+	"github.com/wicket-sh/wicket/internal/agent/feature/metadata"
 	"github.com/wicket-sh/wicket/internal/agent/feature/proxyroutes"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/metrics"
@@ -171,5 +175,58 @@ func TestFeatureFallback_BehindPolicy(t *testing.T) {
 	_, err = New(Options{ConfigPath: cfg, Logger: log, Features: append(builtin.Features(), fallbackModule{"probe", &calls})})
 	if err == nil || !strings.Contains(err.Error(), "second feature") {
 		t.Errorf("two fallbacks: err = %v", err)
+	}
+}
+
+// TestMetadataFeature_StatusGaugeAndStart: the metadata feature's state
+// reaches the core through the feature interfaces: its status under
+// upstream.metadata, its waiters gauge on /metrics, the machine id and the
+// proxy's variables (feature.Metadata), and WaitStarted (feature.Starter).
+// Without the feature, the guest API's metadata paths are 404 and the
+// variables are never known.
+func TestMetadataFeature_StatusGaugeAndStart(t *testing.T) {
+	is := agenttest.New(t)
+	g := startGuest(t, is, "")
+	g.waitMetadata(t)
+	a := g.agent
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := a.WaitStarted(ctx); err != nil {
+		t.Fatalf("WaitStarted: %v", err)
+	}
+	meta, _ := a.upstreamStatus()["metadata"].(map[string]any)
+	if meta["available"] != true || meta["failing"] != false || meta["etag"] == nil {
+		t.Errorf("upstream.metadata = %v", meta)
+	}
+	found := false
+	for _, s := range a.Metrics() {
+		found = found || s.Name == "wicket_metadata_waiters"
+	}
+	if !found {
+		t.Error("no wicket_metadata_waiters on /metrics")
+	}
+	if id := a.MachineID(); id == "" {
+		t.Error("MachineID empty after the first fetch")
+	}
+	if v, ok := (runHost{a}).RouteVars(); !ok || v.Self != a.MachineID() || v.App == "" {
+		t.Errorf("RouteVars = %+v, %v", v, ok)
+	}
+
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "agent.toml")
+	os.WriteFile(cfg, []byte("[api]\nsocket_path = \""+dir+"/api.sock\"\n[admin]\nsocket_path = \""+dir+"/admin.sock\"\n"), 0o600)
+	b, err := New(Options{ConfigPath: cfg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Features: withoutKey(metadata.Key)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := httptest.NewRequest("GET", "/v1/metadata", nil)
+	r = r.WithContext(unixsock.WithPeer(r.Context(), unixsock.Peer{UID: uint32(os.Geteuid()), GID: uint32(os.Getegid()), PID: 1}))
+	w := httptest.NewRecorder()
+	b.apiHandler().ServeHTTP(w, r)
+	if w.Code != 404 {
+		t.Errorf("GET /v1/metadata without the feature: %d", w.Code)
+	}
+	if _, ok := (runHost{b}).RouteVars(); ok || b.MachineID() != "" {
+		t.Error("variables known without the metadata feature")
 	}
 }

@@ -211,7 +211,7 @@ func TestExampleAgentConfig_EveryKey(t *testing.T) {
 		shown[k.String()] = true
 	}
 	keys := tomlKeys(reflect.TypeOf(config.Agent{}), "")
-	for _, f := range Features() {
+	for _, f := range feature.Sections(Features()) {
 		keys = append(keys, tomlKeys(reflect.TypeOf(f.New()).Elem(), f.Key())...)
 	}
 	for _, k := range keys {

@@ -30,10 +30,18 @@ import (
 	"github.com/wicket-sh/wicket/internal/unixsock"
 )
 
-// Module is one feature of the agent.
+// Module is one feature of the agent, named by Key. A feature with
+// settings implements config.Section (its TOML key is Key); one without
+// (metadata) owns no key of the file.
 type Module interface {
-	config.Section
+	Key() string
 }
+
+// CopyTTL is how long the copy of the machine token sent with one
+// request (a metadata call, a forwarded request) stays valid: a copy
+// captured upstream is useless soon after. OIDC token requests use
+// [tokens] ttl instead.
+const CopyTTL = 60 * time.Second
 
 // Host is what the running agent offers a feature.
 type Host interface {
@@ -51,7 +59,8 @@ type Runtime interface {
 
 // Instance is a built feature. What it adds to the agent is given by the
 // optional interfaces it implements: Routes, Fallback, Worker, Counters,
-// Status and what other features consume (TokenSource).
+// Gauges, Status, Starter and what other features or the core consume
+// (TokenSource, Metadata).
 type Instance any
 
 // RunHost is what the running agent's core offers a feature it builds:
@@ -146,6 +155,27 @@ type Fallback interface {
 	ServeFallback(w http.ResponseWriter, r *http.Request)
 }
 
+// Metadata is implemented by the metadata feature's instance: the core
+// reads the machine id (Host.MachineID) and the proxy routes' {self} and
+// {app} (RunHost.RouteVars) from it. ok is false before the first
+// successful fetch.
+type Metadata interface {
+	Vars() (vars proxy.Vars, ok bool)
+}
+
+// Starter is implemented by an instance a workload started next to the
+// agent should wait for (the first metadata fetch): the agent's
+// WaitStarted waits for each.
+type Starter interface {
+	WaitStarted(ctx context.Context) error
+}
+
+// Gauges is implemented by an instance with values that go up and down:
+// its samples join /metrics.
+type Gauges interface {
+	Gauges() []metrics.Sample
+}
+
 // Worker is implemented by an instance with background work: Start when
 // the agent's sockets open, Stop (which waits for it) at shutdown, after
 // the agent's context (Done) has ended.
@@ -194,11 +224,14 @@ type Env interface {
 	Env(v any, c *config.Agent, h Host) []string
 }
 
-// Sections returns the config sections of modules, in order.
+// Sections returns the config sections of the modules that have one, in
+// order.
 func Sections(modules []Module) []config.Section {
-	out := make([]config.Section, len(modules))
-	for i, m := range modules {
-		out[i] = m
+	var out []config.Section
+	for _, m := range modules {
+		if s, ok := m.(config.Section); ok {
+			out = append(out, s)
+		}
 	}
 	return out
 }
