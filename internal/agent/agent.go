@@ -21,6 +21,7 @@ import (
 	"github.com/wicket-sh/wicket/internal/agent/feature"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/httpapi"
+	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/metrics"
 	"github.com/wicket-sh/wicket/internal/peer"
 	"github.com/wicket-sh/wicket/internal/proxy"
@@ -67,7 +68,6 @@ func LoadConfig(path string, overrides ...config.Override) (*config.Agent, error
 type runtime struct {
 	cfg        *config.Agent
 	policy     *peer.Policy
-	routes     *proxy.Table
 	adminAuth  admin.Auth
 	generation uint64
 }
@@ -97,28 +97,24 @@ type Agent struct {
 	token       MachineToken
 	tokenSource string // "option", "file", "env" or "" (for status)
 	issuer      *issuerClient
-	meta        metaCache
 	limiter     *rateLimiter
-	forwarder   *proxy.Forwarder
-	metaOK      atomic.Int64 // unix time of the last good metadata fetch
-	metaFailing atomic.Bool
 	files       tokenFiles // token file refreshers (tokenfiles.go)
 
 	// built are the features' run-time parts (feature.Runtime), in
 	// registration order; tokens is the one that implements
-	// feature.TokenSource (the OIDC token feature), nil if none does.
-	built  []builtFeature
-	tokens feature.TokenSource
+	// feature.TokenSource (the OIDC token feature), nil if none does;
+	// fallback the one that implements feature.Fallback (the proxy);
+	// meta the one that implements feature.Metadata.
+	built    []builtFeature
+	tokens   feature.TokenSource
+	fallback feature.Fallback
+	meta     feature.Metadata
 
 	// stop ends background work and local long polls at shutdown.
 	stop     context.Context
 	stopFunc context.CancelFunc
-	bg       sync.WaitGroup
-
-	upstreamWait, backoffMin, backoffMax time.Duration
 
 	rateLimitedN, upstreamErrors atomic.Uint64
-	proxied, proxyErrors         atomic.Uint64
 }
 
 // builtFeature is one feature's run-time part.
@@ -148,11 +144,7 @@ func New(opts Options) (*Agent, error) {
 		denials: unixsock.NewDenialLog(opts.Logger, unixsock.DenialLogConfig{
 			Msg: "request denied", SummaryMsg: "request denials suppressed",
 		}),
-		upstreamWait: upstreamWaitDefault,
-		backoffMin:   backoffMinDefault,
-		backoffMax:   backoffMaxDefault,
 	}
-	a.meta.init()
 	a.stop, a.stopFunc = context.WithCancel(context.Background())
 	// The environment variable is taken (and unset) whatever happens next,
 	// so no child can inherit it.
@@ -193,6 +185,17 @@ func (a *Agent) buildFeatures() error {
 		if ts, ok := inst.(feature.TokenSource); ok && a.tokens == nil {
 			a.tokens = ts
 		}
+		if fb, ok := inst.(feature.Fallback); ok {
+			if a.fallback != nil {
+				// Two would make which one forwards a request depend on
+				// registration order.
+				return fmt.Errorf("%s: a second feature serves unrouted requests", m.Key())
+			}
+			a.fallback = fb
+		}
+		if md, ok := inst.(feature.Metadata); ok && a.meta == nil {
+			a.meta = md
+		}
 	}
 	return nil
 }
@@ -227,7 +230,6 @@ func (a *Agent) initUpstream(cfg *config.Agent, envTok MachineToken, envSet bool
 	case envSet:
 		a.token, a.tokenSource = envTok, "env"
 	}
-	a.forwarder = proxy.NewForwarder(proxy.Options{ContainsSecret: a.token.containedIn})
 	if cfg.Issuer.URL == "" {
 		if !a.token.IsZero() {
 			return errors.New("a machine token was given but issuer.url is not set")
@@ -269,7 +271,6 @@ func (a *Agent) load() (*runtime, error) {
 	return &runtime{
 		cfg:    cfg,
 		policy: pol,
-		routes: cfg.CompiledRoutes(),
 		adminAuth: admin.Auth{
 			Allow: peer.Allowlist{UIDs: cfg.Admin.AllowUIDs, GIDs: cfg.Admin.AllowGIDs},
 			Token: tok,
@@ -350,15 +351,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	admSrv := unixsock.NewHTTPServer(a.admin, lim, a.log)
 
 	defer a.stopBackground()
-	if a.issuer != nil {
-		a.bg.Add(1)
-		go func() {
-			defer a.bg.Done()
-			a.watchMetadata(a.stop)
-		}()
-	} else {
-		a.meta.markAttempted() // no issuer: nothing to wait for
-	}
 	for _, b := range a.built {
 		if w, ok := b.inst.(feature.Worker); ok {
 			w.Start()
@@ -394,8 +386,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	return runErr
 }
 
-// stopBackground ends the metadata watch, the token files' refreshers and
-// the features' workers and waits for them.
+// stopBackground ends the token files' refreshers and the features'
+// workers (the metadata watch among them) and waits for them.
 func (a *Agent) stopBackground() {
 	a.stopFunc()
 	a.stopTokenFiles()
@@ -404,7 +396,6 @@ func (a *Agent) stopBackground() {
 			w.Stop()
 		}
 	}
-	a.bg.Wait()
 }
 
 func serve(s *http.Server, l *unixsock.Listener) error {
@@ -456,8 +447,6 @@ func (a *Agent) counters() metrics.CounterSet {
 		{Key: "reloads_failed", Name: "wicket_reloads_total", Help: reloads, Labels: map[string]string{"outcome": "failed"}, Value: a.reloadsKO.Load},
 		{Key: "rate_limited", Name: "wicket_rate_limited_total", Help: "Guest API requests refused by the per-uid rate limit.", Value: a.rateLimitedN.Load},
 		{Key: "upstream_errors", Name: "wicket_upstream_errors_total", Help: "Failed calls to the issuer or a proxy upstream.", Value: a.upstreamErrors.Load},
-		{Key: "proxied", Name: "wicket_proxy_requests_total", Help: "Requests forwarded upstream.", Value: a.proxied.Load},
-		{Key: "proxy_errors", Name: "wicket_proxy_errors_total", Help: "Forwarded requests that failed upstream.", Value: a.proxyErrors.Load},
 	}
 	for _, b := range a.built {
 		if c, ok := b.inst.(feature.Counters); ok {
@@ -482,15 +471,6 @@ func (a *Agent) upstreamStatus() map[string]any {
 		return st
 	}
 	st["issuer"] = a.issuerURL.Redacted()
-	snap := a.meta.cur.Load()
-	meta := map[string]any{"available": snap != nil, "failing": a.metaFailing.Load(), "waiters": a.meta.waiters.Load()}
-	if snap != nil {
-		meta["etag"] = snap.etag
-	}
-	if t := a.metaOK.Load(); t > 0 {
-		meta["last_ok"] = time.Unix(t, 0).UTC().Format(time.RFC3339)
-	}
-	st["metadata"] = meta
 	return st
 }
 
@@ -500,7 +480,11 @@ func (a *Agent) Metrics() []metrics.Sample {
 	s := []metrics.Sample{
 		{Name: "wicket_uptime_seconds", Help: "Seconds since start.", Type: metrics.Gauge, Value: a.now().Sub(a.started).Seconds()},
 		{Name: "wicket_config_generation", Help: "Generation of the running config.", Type: metrics.Gauge, Value: float64(rt.generation)},
-		{Name: "wicket_metadata_waiters", Help: "Local metadata long polls waiting.", Type: metrics.Gauge, Value: float64(a.meta.waiters.Load())},
+	}
+	for _, b := range a.built {
+		if g, ok := b.inst.(feature.Gauges); ok {
+			s = append(s, g.Gauges()...)
+		}
 	}
 	s = append(s, a.counters().Samples()...)
 	s = append(s, unixsock.Metrics(a.api, a.adm)...)
@@ -527,4 +511,36 @@ func (h runHost) Issuer() feature.Issuer {
 
 func (h runHost) RateLimited(w http.ResponseWriter, p unixsock.Peer) bool {
 	return h.rateLimited(w, h.rt.Load(), p)
+}
+
+// IssuerURL returns the issuer's base URL, nil without an issuer.
+func (h runHost) IssuerURL() *url.URL { return h.issuerURL }
+
+func (h runHost) ContainsMachineToken(b []byte) bool { return h.token.containedIn(b) }
+
+func (h runHost) UpstreamToken(upstream *url.URL, features []machinetoken.Feature) (string, error) {
+	if h.token.IsZero() {
+		return "", feature.ErrNoMachineToken
+	}
+	scope := machinetoken.Scope{Features: features}
+	if !issuerGateway(upstream, h.issuerURL) {
+		// Not the issuer: that upstream gets a copy wicket refuses, so a
+		// copy it leaks or reflects back is worth nothing here.
+		scope.External = upstream.Scheme + "://" + upstream.Host
+	}
+	// The wall clock: the issuer checks the copy's window on its own.
+	tok, err := h.token.restrictScope(time.Now(), attenuatedTTL, scope)
+	if err != nil {
+		return "", fmt.Errorf("attenuate machine token: %w", err)
+	}
+	return tok, nil
+}
+
+// RouteVars reads the metadata feature's snapshot; without that feature
+// the variables are never known.
+func (h runHost) RouteVars() (proxy.Vars, bool) {
+	if h.meta == nil {
+		return proxy.Vars{}, false
+	}
+	return h.meta.Vars()
 }

@@ -2,27 +2,24 @@ package agent
 
 import (
 	"encoding/json"
-	"fmt"
 	"net"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/agent/feature"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/httpapi"
-	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/peer"
-	"github.com/wicket-sh/wicket/internal/proxy"
 	"github.com/wicket-sh/wicket/internal/unixsock"
 )
 
 // apiHandler is the guest API. Every request passes, in order: path
 // canonicalization, peer policy, body limits, then routing (built-in
-// endpoints first, then the proxy allowlist). The policy needs only the
+// endpoints first, the features' routes, then the feature that serves
+// what no route matched: the proxy allowlist, feature.Fallback). The policy needs only the
 // method, path and peer, so it comes before the body is read: a caller it
 // refuses never makes the agent buffer anything. The Host header is
 // ignored: the socket is the address.
@@ -32,9 +29,6 @@ func (a *Agent) apiHandler() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(api.HealthReply{Status: api.HealthOK})
 	})
-	mux.HandleFunc("GET /v1/metadata", a.handleMetadata)
-	mux.HandleFunc("GET /v1/metadata/{key}", a.handleMetadataKey)
-	mux.HandleFunc("GET /v1/metadata/tags/{name}", a.handleMetadataTag)
 	for _, b := range a.built {
 		if r, ok := b.inst.(feature.Routes); ok {
 			r.Routes(mux)
@@ -77,7 +71,11 @@ func (a *Agent) apiHandler() http.Handler {
 			httpapi.NotFound(w)
 			return
 		}
-		a.handleProxy(w, r, rt, p)
+		if a.fallback != nil {
+			a.fallback.ServeFallback(w, r)
+			return
+		}
+		httpapi.NotFound(w)
 	})
 	return guard
 }
@@ -130,67 +128,6 @@ func (a *Agent) rateLimited(w http.ResponseWriter, rt *runtime, p unixsock.Peer)
 	w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(wait)))
 	httpapi.Write(w, http.StatusTooManyRequests, api.CodeRateLimited, "rate limited")
 	return true
-}
-
-// handleProxy forwards a request that matches an allowlisted route; any
-// other request gets 404 without a byte going upstream.
-func (a *Agent) handleProxy(w http.ResponseWriter, r *http.Request, rt *runtime, p unixsock.Peer) {
-	var vars proxy.Vars
-	snap := a.meta.cur.Load()
-	if snap != nil {
-		vars = snap.vars
-	}
-	route, ok := rt.routes.Lookup(r.Method, r.URL.Path, vars)
-	if !ok {
-		if snap == nil && rt.routes.UsesVars() {
-			// {self} and {app} are unknown until the first metadata
-			// fetch: the caller should retry, not conclude "no route".
-			httpapi.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "upstream unavailable")
-			return
-		}
-		httpapi.NotFound(w)
-		return
-	}
-	if a.rateLimited(w, rt, p) {
-		a.log.Warn("proxy request", "peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID,
-			"route", route.Name(), "outcome", "rate_limited")
-		return
-	}
-	base := route.Upstream()
-	if base == nil {
-		base = a.issuerURL
-	}
-	if base == nil || a.token.IsZero() {
-		httpapi.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "upstream unavailable")
-		return
-	}
-	scope := machinetoken.Scope{Features: route.Features()}
-	if !issuerGateway(base, a.issuerURL) {
-		// Not the issuer: that upstream gets a copy wicket refuses, so a
-		// copy it leaks or reflects back is worth nothing here.
-		scope.External = base.Scheme + "://" + base.Host
-	}
-	tok, err := a.token.restrictScope(time.Now(), attenuatedTTL, scope)
-	if err != nil {
-		httpapi.WriteError(w, r, a.log, httpapi.InternalError(fmt.Errorf("attenuate machine token: %w", err)))
-		return
-	}
-	start := time.Now()
-	res := a.forwarder.Forward(w, r, route, base, api.AuthScheme+" "+tok)
-	a.proxied.Add(1)
-	args := []any{"peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID, "method", r.Method,
-		"route", route.Name(), "upstream", base.Host, "status", res.Status, "outcome", string(res.Outcome),
-		"duration_ms", time.Since(start).Milliseconds()}
-	if res.Err != nil {
-		args = append(args, "err", res.Err.Error())
-	}
-	if res.Outcome != proxy.OutcomeOK && res.Outcome != proxy.OutcomeCanceled && res.Outcome != proxy.OutcomeBadRequest {
-		a.upstreamErrors.Add(1)
-		a.proxyErrors.Add(1)
-		a.log.Warn("proxy request", args...)
-		return
-	}
-	a.log.Info("proxy request", args...)
 }
 
 // issuerGateway reports whether upstream is the issuer's gateway: the

@@ -312,103 +312,6 @@ func TestRateLimit_RefillAndRetryAfter(t *testing.T) {
 	})
 }
 
-// fakeMetaUpstream answers the metadata watch: each call fails while
-// failing is above zero, otherwise returns the machine's metadata at once
-// (as an issuer that never waits would).
-type fakeMetaUpstream struct {
-	mu      sync.Mutex
-	failing int
-	calls   []time.Time
-}
-
-func (f *fakeMetaUpstream) fetch(ctx context.Context, cur *metaSnapshot) (*metaSnapshot, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.calls = append(f.calls, time.Now())
-	if f.failing > 0 {
-		f.failing--
-		return nil, errors.New("issuer unreachable")
-	}
-	return parseMetadata([]byte(fuzzMetadata), `"e1"`)
-}
-
-func (f *fakeMetaUpstream) set(failing int) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.failing = failing
-}
-
-func (f *fakeMetaUpstream) times() []time.Time {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]time.Time(nil), f.calls...)
-}
-
-// The metadata watch retries with jittered exponential backoff (each wait
-// within [d/2, d], d doubling from backoffMin up to backoffMax), resets it
-// on success, and spaces out upstream polls that return at once by
-// minPollInterval, so an issuer that never waits cannot make it spin.
-func TestWatchMetadata_BackoffGrowsAndCaps(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		a, logs := bubbleAgent(t, "", &fakeIssuer{})
-		up := &fakeMetaUpstream{failing: 9}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			a.watchMetadataFrom(ctx, up.fetch)
-		}()
-		defer func() { cancel(); <-done }()
-
-		// 200ms·2^k capped at 15s, then the tenth call succeeds.
-		want := []time.Duration{200, 400, 800, 1600, 3200, 6400, 12800, 15000, 15000}
-		time.Sleep(time.Minute)
-		synctest.Wait()
-		calls := up.times()
-		if len(calls) < len(want)+1 {
-			t.Fatalf("%d upstream calls, want at least %d", len(calls), len(want)+1)
-		}
-		for i, d := range want {
-			d *= time.Millisecond
-			if gap := calls[i+1].Sub(calls[i]); gap < d/2 || gap > d {
-				t.Errorf("retry %d after %v, want within [%v, %v]", i+1, gap, d/2, d)
-			}
-		}
-		if a.metaFailing.Load() || a.meta.cur.Load() == nil {
-			t.Errorf("after recovery: failing %v, snapshot %v", a.metaFailing.Load(), a.meta.cur.Load() != nil)
-		}
-		if l := logs.String(); strings.Count(l, "metadata watch failing") != 1 || !strings.Contains(l, "metadata watch recovered") {
-			t.Errorf("log lines:\n%s", l)
-		}
-		// The first success changed the metadata: the long poll follows at
-		// once. Unchanged replies coming back at once: one poll a second.
-		if len(calls) < len(want)+5 {
-			t.Fatalf("%d upstream calls in a minute", len(calls))
-		}
-		for i := len(want) + 2; i < len(calls); i++ {
-			if gap := calls[i].Sub(calls[i-1]); gap != minPollInterval {
-				t.Errorf("poll %d after %v, want %v", i, gap, minPollInterval)
-			}
-		}
-
-		// After a success the backoff starts again from backoffMin.
-		up.set(2)
-		n := len(up.times())
-		time.Sleep(10 * time.Second)
-		synctest.Wait()
-		calls = up.times()[n-1:]
-		for i, d := range []time.Duration{minPollInterval, 200 * time.Millisecond, 400 * time.Millisecond} {
-			lo := d / 2
-			if i == 0 {
-				lo = d
-			}
-			if gap := calls[i+1].Sub(calls[i]); gap < lo || gap > d {
-				t.Errorf("after recovery, gap %d is %v, want within [%v, %v]", i, gap, lo, d)
-			}
-		}
-	})
-}
-
 // A token file is written at once and replaced at its refresh point with
 // the token the cache renewed meanwhile, never rewritten with one it
 // already held, even when the issuer is slow and both renew at the same
@@ -489,12 +392,10 @@ func TestTokenFiles_IssuerDown(t *testing.T) {
 func TestMetadata_LongPollTiming(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		a, _ := bubbleAgent(t, "", &fakeIssuer{})
-		snap, err := parseMetadata([]byte(fuzzMetadata), `"e1"`)
-		if err != nil {
+		mf := metaFeature(a)
+		if err := mf.Install([]byte(fuzzMetadata), `"e1"`); err != nil {
 			t.Fatal(err)
 		}
-		a.meta.set(snap)
-		a.meta.markAttempted()
 		get := func(path string) (*httptest.ResponseRecorder, time.Duration) {
 			r := httptest.NewRequest("GET", path, nil)
 			r = r.WithContext(unixsock.WithPeer(r.Context(), unixsock.Peer{UID: uint32(os.Geteuid()), GID: uint32(os.Getegid()), PID: int32(os.Getpid())}))
@@ -523,14 +424,12 @@ func TestMetadata_LongPollTiming(t *testing.T) {
 		}()
 		time.Sleep(5 * time.Second)
 		synctest.Wait()
-		if n := a.meta.waiters.Load(); n != 1 {
+		if n := mf.Waiters(); n != 1 {
 			t.Fatalf("%d waiters, want 1", n)
 		}
-		next, err := parseMetadata([]byte(strings.Replace(fuzzMetadata, `"role":"fz"`, `"role":"backend"`, 1)), `"e2"`)
-		if err != nil {
+		if err := mf.Install([]byte(strings.Replace(fuzzMetadata, `"role":"fz"`, `"role":"backend"`, 1)), `"e2"`); err != nil {
 			t.Fatal(err)
 		}
-		a.meta.set(next)
 		r := <-done
 		if r.w.Code != 200 || r.w.Body.String() != "backend" || r.w.Header().Get("Etag") != `"e2"` || r.el != 5*time.Second {
 			t.Errorf("woken poll: %d %q %q after %v, want the change at 5s", r.w.Code, r.w.Body.String(), r.w.Header().Get("Etag"), r.el)

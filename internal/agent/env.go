@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/agent/feature"
@@ -26,25 +25,29 @@ func (a *Agent) WorkloadEnv() []string {
 
 // MachineID implements feature.Host: the id in the latest metadata.
 func (a *Agent) MachineID() string {
-	if snap := a.meta.cur.Load(); snap != nil {
-		return snap.fields["machine_id"]
+	if a.meta == nil {
+		return ""
 	}
-	return ""
+	v, _ := a.meta.Vars()
+	return v.Self
 }
 
-// WaitStarted waits until the agent serves its sockets, has made its first
-// metadata fetch (successful or not) and has written each token file once:
-// what a workload started next to it expects to find.
+// WaitStarted waits until the agent serves its sockets, each feature that
+// asks (feature.Starter: the first metadata fetch, successful or not) has
+// started and each token file has been written once: what a workload
+// started next to it expects to find.
 func (a *Agent) WaitStarted(ctx context.Context) error {
 	select {
 	case <-a.ready:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	select {
-	case <-a.meta.attempted:
-	case <-ctx.Done():
-		return fmt.Errorf("first metadata fetch: %w", ctx.Err())
+	for _, b := range a.built {
+		if s, ok := b.inst.(feature.Starter); ok {
+			if err := s.WaitStarted(ctx); err != nil {
+				return err
+			}
+		}
 	}
 	return a.WaitTokenFiles(ctx)
 }

@@ -21,6 +21,9 @@ import (
 
 	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/agent/agenttest"
+	"github.com/wicket-sh/wicket/internal/agent/builtin"
+	"github.com/wicket-sh/wicket/internal/agent/feature"
+	"github.com/wicket-sh/wicket/internal/agent/feature/metadata"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/sockettest"
 	"github.com/wicket-sh/wicket/internal/wait"
@@ -34,10 +37,30 @@ type guest struct {
 	hc    *http.Client
 }
 
-// fastRetries makes the agent's upstream retries quick enough for tests.
-func fastRetries(a *Agent) {
-	a.backoffMin = 20 * time.Millisecond
-	a.backoffMax = 200 * time.Millisecond
+// fastRetries makes the agent's upstream retries quick enough for tests:
+// the metadata feature with short backoff bounds.
+func fastRetries(o Options) Options {
+	if o.Features == nil {
+		o.Features = builtin.Features()
+	}
+	feats := append([]feature.Module(nil), o.Features...)
+	for i, m := range feats {
+		if _, ok := m.(metadata.Module); ok {
+			feats[i] = metadata.Module{BackoffMin: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond}
+		}
+	}
+	o.Features = feats
+	return o
+}
+
+// metaFeature is a's metadata feature.
+func metaFeature(a *Agent) *metadata.Feature {
+	for _, b := range a.built {
+		if f, ok := b.inst.(*metadata.Feature); ok {
+			return f
+		}
+	}
+	panic("no metadata feature")
 }
 
 // startGuest runs an agent whose [issuer] is is, with extra config
@@ -57,7 +80,7 @@ func startGuestWith(t *testing.T, is *agenttest.Issuer, extra string, opts Optio
 	}
 	cfg := baseCfg + fmt.Sprintf("[issuer]\nurl = %q\n", is.URL) + extra
 	opts.MachineToken = mt
-	h := startAgentWith(t, cfg, opts, fastRetries)
+	h := startAgentWith(t, cfg, fastRetries(opts), nil)
 	g := &guest{harness: h, is: is, token: tok}
 	g.hc = &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{
 		MaxIdleConnsPerHost: 512,
@@ -167,7 +190,7 @@ func TestMetadata_LongPoll(t *testing.T) {
 		go func() {
 			done <- g.req(t, "GET", "/v1/metadata/tags/role?wait=true&timeout=20s&etag="+etag, "", nil)
 		}()
-		wait.Eventually(t, 5*time.Second, func() bool { return g.agent.meta.waiters.Load() == 1 })
+		wait.Eventually(t, 5*time.Second, func() bool { return metaFeature(g.agent).Waiters() == 1 })
 		is.SetTags(map[string]string{"role": "backend"})
 		r := <-done
 		if r.Status != 200 || r.Body != "backend" || r.Header["Etag"] == etag || time.Since(start) > 10*time.Second {
@@ -197,7 +220,7 @@ func TestMetadata_FanOut_OneUpstreamPoll(t *testing.T) {
 	for i := 0; i < n; i++ {
 		go func() { results <- g.req(t, "GET", "/v1/metadata?wait=true&timeout=30s&etag="+etag, "", nil) }()
 	}
-	wait.Eventually(t, 10*time.Second, func() bool { return g.agent.meta.waiters.Load() == n })
+	wait.Eventually(t, 10*time.Second, func() bool { return metaFeature(g.agent).Waiters() == n })
 	if got := is.LongPolls.Load(); got != 1 {
 		t.Errorf("upstream long polls in flight with %d local waiters = %d, want 1", n, got)
 	}

@@ -51,7 +51,7 @@ token_rate = 1000.0
 token_burst = 50
 `
 	level := new(slog.LevelVar)
-	h := startAgentWith(t, base, Options{MachineToken: mt, LogLevel: level}, fastRetries)
+	h := startAgentWith(t, base, fastRetries(Options{MachineToken: mt, LogLevel: level}), nil)
 	g := &guest{harness: h, is: is, token: tok, hc: sockettest.Client(h.api)}
 	t.Cleanup(g.hc.CloseIdleConnections)
 

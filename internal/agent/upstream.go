@@ -16,9 +16,8 @@ import (
 )
 
 // attenuatedTTL is how long the copy of the machine token sent with one
-// request stays valid: a copy captured upstream is useless soon after.
-// OIDC token requests use [tokens] ttl instead (feature/oidctoken).
-const attenuatedTTL = 60 * time.Second
+// request stays valid (feature.CopyTTL).
+const attenuatedTTL = feature.CopyTTL
 
 // maxIssuerReply bounds a metadata or token reply read from the issuer.
 const maxIssuerReply = 1 << 20
@@ -40,12 +39,6 @@ func newIssuerClient(base *url.URL, token MachineToken) *issuerClient {
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
 	}
-}
-
-// call makes one request with a fresh attenuated token narrowed to feature.
-// Errors carry the URL (never the token) and are for the log.
-func (c *issuerClient) call(ctx context.Context, method, path string, query url.Values, body []byte, feat machinetoken.Feature) (*feature.IssuerReply, error) {
-	return c.Call(ctx, method, path, query, body, attenuatedTTL, machinetoken.Scope{Features: []machinetoken.Feature{feat}})
 }
 
 // Call implements feature.Issuer: call with a copy valid for ttl and

@@ -159,29 +159,8 @@ type AgentLimits struct {
 	TokenBurst int     `toml:"token_burst"` // bucket size
 }
 
-// AgentProxy lists the routes forwarded upstream (dynamic).
-type AgentProxy struct {
-	Routes []AgentRoute `toml:"route"`
-}
-
-// AgentRoute is one [[proxy.route]].
-type AgentRoute struct {
-	// Match is "METHOD /path" with optional {self} and {app} segments and
-	// an optional trailing "/*"; see package proxy.
-	Match string `toml:"match"`
-	// Upstream is the base URL; "" means issuer.url (its gateway).
-	Upstream string   `toml:"upstream"`
-	Timeout  Duration `toml:"timeout"`
-	// Features of the attenuated machine token sent; default ["proxy"].
-	Features []string `toml:"features"`
-	// ForwardHeaders are the caller's request headers forwarded; unset
-	// means proxy.DefaultForwardHeaders, [] means none. Naming a header
-	// that is never forwarded (proxy.NeverForwarded) is an error.
-	ForwardHeaders []string `toml:"forward_headers"`
-}
-
 // AgentReservedPaths are the guest API's own path prefixes: no proxy route
-// may lie under them.
+// ([proxy], agent/feature/proxyroutes) may lie under them.
 var AgentReservedPaths = []string{"/v1/health", "/v1/metadata", "/v1/tokens"}
 
 // Agent is the whole agent configuration.
@@ -193,10 +172,8 @@ type Agent struct {
 	Limits AgentLimits `toml:"limits"`
 	Log    Log         `toml:"log"`
 	Policy []peer.Rule `toml:"policy"`
-	Proxy  AgentProxy  `toml:"proxy"`
 
 	policy *peer.Policy
-	routes *proxy.Table
 	// TokenFileGroup, when set (not from the file: `wicket agent run` sets
 	// it to the workload's group), is the group of every token file that
 	// does not name one, implied ones included, so the workload can read
@@ -336,8 +313,7 @@ func (c *Agent) Validate() error {
 	return errors.Join(errs...)
 }
 
-// validateGuest checks the issuer, rate limit and proxy
-// settings, and compiles the routes.
+// validateGuest checks the issuer and rate limit settings.
 func (c *Agent) validateGuest() []error {
 	var errs []error
 	if c.Issuer.URL != "" {
@@ -360,28 +336,7 @@ func (c *Agent) validateGuest() []error {
 	if b := c.Limits.TokenBurst; b < 1 || b > 1e6 {
 		errs = append(errs, fmt.Errorf("limits.token_burst %d: want 1..1000000", b))
 	}
-	routes := make([]proxy.RouteConfig, len(c.Proxy.Routes))
-	for i, r := range c.Proxy.Routes {
-		routes[i] = proxy.RouteConfig{Match: r.Match, Upstream: r.Upstream, Timeout: r.Timeout.Duration, Features: r.Features, Headers: r.ForwardHeaders}
-		if r.Upstream == "" && c.Issuer.URL == "" {
-			errs = append(errs, fmt.Errorf("proxy.route[%d]: no upstream and no issuer.url to default to", i))
-		}
-	}
-	t, err := proxy.Compile(routes, AgentReservedPaths)
-	if err != nil {
-		errs = append(errs, fmt.Errorf("proxy.%w", err))
-	}
-	c.routes = t
 	return errs
-}
-
-// CompiledRoutes returns the validated proxy routes (never nil after a
-// successful Validate).
-func (c *Agent) CompiledRoutes() *proxy.Table {
-	if c.routes == nil {
-		return &proxy.Table{}
-	}
-	return c.routes
 }
 
 // CompiledPolicy returns the validated policy, or the default policy for

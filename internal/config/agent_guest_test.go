@@ -20,15 +20,6 @@ name = "app-binary"
 uids = [1000]
 exes = ["/usr/bin/app"]
 allow = ["POST /v1/tokens/oidc"]
-
-[[proxy.route]]
-match = "GET /v1/apps/{app}/machines/{self}"
-
-[[proxy.route]]
-match = "POST /v1/apps/{app}/machines/{self}/*"
-upstream = "https://api.example"
-timeout = "30s"
-features = ["proxy", "metadata"]
 `
 
 func TestLoadAgent_GuestKeys(t *testing.T) {
@@ -46,9 +37,6 @@ func TestLoadAgent_GuestKeys(t *testing.T) {
 	if c.Limits.MaxBodyBytes != 4096 || c.Limits.BodyTimeout.Duration != 10*time.Second {
 		t.Errorf("shared limits in the same table lost: %+v", c.Limits)
 	}
-	if len(c.Proxy.Routes) != 2 || c.CompiledRoutes().Len() != 2 || c.Proxy.Routes[1].Timeout.Duration != 30*time.Second {
-		t.Errorf("routes %+v", c.Proxy.Routes)
-	}
 	if got := c.Policy[1].Exes; len(got) != 1 || got[0] != "/usr/bin/app" {
 		t.Errorf("exes = %v", got)
 	}
@@ -60,7 +48,7 @@ func TestLoadAgent_GuestDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.Issuer.URL != "" || c.Issuer.RequestTimeout.Duration != 10*time.Second ||
-		c.Limits.TokenRate != 10 || c.Limits.TokenBurst != 20 || c.CompiledRoutes().Len() != 0 {
+		c.Limits.TokenRate != 10 || c.Limits.TokenBurst != 20 {
 		t.Errorf("defaults: %+v %+v", c.Issuer, c.Limits)
 	}
 }
@@ -76,11 +64,6 @@ func TestLoadAgent_GuestInvalid(t *testing.T) {
 		{"[issuer]\ntoken = \"fm2_x\"\n", "unknown keys: issuer.token"},
 		{"[limits]\ntoken_rate = 0.0\n", "limits.token_rate"},
 		{"[limits]\ntoken_burst = 0\n", "limits.token_burst"},
-		{"[[proxy.route]]\nmatch = \"GET /x\"\n", "no upstream and no issuer.url"},
-		{"[[proxy.route]]\nmatch = \"GET /x/{id}\"\nupstream = \"http://u\"\n", "proxy.route[0]"},
-		{"[[proxy.route]]\nmatch = \"GET /v1/metadata/x\"\nupstream = \"http://u\"\n", "overlaps"},
-		{"[[proxy.route]]\nmatch = \"GET /x\"\nupstream = \"http://u\"\nfeatures = [\"root\"]\n", "unknown feature"},
-		{"[[proxy.route]]\nmatch = \"GET /x\"\nupstream = \"http://u\"\nbogus = 1\n", "unknown keys"},
 		{"[[policy]]\nuids = [1]\nexes = [\"app\"]\nallow = [\"*\"]\n", "exes entry"},
 		{"[[policy]]\nuids = [1]\nexes = [\"/usr/../bin/app\"]\nallow = [\"*\"]\n", "exes entry"},
 	} {
@@ -102,7 +85,6 @@ func TestRestartRequired_Guest(t *testing.T) {
 	b.Issuer.TokenUnlink = false
 	b.Issuer.RequestTimeout = Duration{time.Second} // dynamic
 	b.Limits.TokenRate = 100                        // dynamic
-	b.Proxy.Routes = nil                            // dynamic
 	want := []string{"issuer.url", "issuer.token_file", "issuer.token_unlink"}
 	if diff := cmp.Diff(want, RestartRequired(a, b)); diff != "" {
 		t.Errorf("RestartRequired (-want +got):\n%s", diff)

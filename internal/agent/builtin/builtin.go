@@ -10,17 +10,21 @@ import (
 	"github.com/wicket-sh/wicket/internal/agent/feature/aws"
 	"github.com/wicket-sh/wicket/internal/agent/feature/azure"
 	"github.com/wicket-sh/wicket/internal/agent/feature/gcp"
+	"github.com/wicket-sh/wicket/internal/agent/feature/metadata"
 	"github.com/wicket-sh/wicket/internal/agent/feature/oidctoken"
+	"github.com/wicket-sh/wicket/internal/agent/feature/proxyroutes"
 	"github.com/wicket-sh/wicket/internal/agent/feature/tokenfiles"
 )
 
 // Features returns the agent's features, in registration order.
 func Features() []feature.Module {
 	return []feature.Module{
+		metadata.Module{},
 		oidctoken.Module{},
 		tokenfiles.Module{},
 		aws.Module{},
 		azure.Module{},
 		gcp.Module{},
+		proxyroutes.Module{},
 	}
 }

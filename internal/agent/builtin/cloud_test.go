@@ -15,6 +15,7 @@ import (
 	"github.com/wicket-sh/wicket/internal/agent/feature"
 	"github.com/wicket-sh/wicket/internal/agent/feature/aws"
 	"github.com/wicket-sh/wicket/internal/agent/feature/azure"
+	"github.com/wicket-sh/wicket/internal/agent/feature/proxyroutes"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/proxy"
 )
@@ -248,7 +249,7 @@ func TestExampleAgentConfig_EveryKey(t *testing.T) {
 		shown[k.String()] = true
 	}
 	keys := tomlKeys(reflect.TypeOf(config.Agent{}), "")
-	for _, f := range Features() {
+	for _, f := range feature.Sections(Features()) {
 		keys = append(keys, tomlKeys(reflect.TypeOf(f.New()).Elem(), f.Key())...)
 	}
 	for _, k := range keys {
@@ -333,12 +334,13 @@ func TestExampleAgentConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Issuer.URL == "" || c.CompiledRoutes().Len() == 0 {
+	routes := proxyroutes.From(c)
+	if c.Issuer.URL == "" || routes.Table().Len() == 0 {
 		t.Errorf("example lacks the issuer or proxy sections: %+v", c.Issuer)
 	}
 	// Its route shows the default forwarded headers.
 	want := strings.Join(proxy.DefaultForwardHeaders, ",")
-	if got := strings.Join(c.Proxy.Routes[0].ForwardHeaders, ","); got != want {
+	if got := strings.Join(routes.Routes[0].ForwardHeaders, ","); got != want {
 		t.Errorf("examples/agent.toml proxy.route[0].forward_headers = %s, default is %s", got, want)
 	}
 }

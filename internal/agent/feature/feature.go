@@ -17,6 +17,7 @@ package feature
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -25,13 +26,22 @@ import (
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/metrics"
+	"github.com/wicket-sh/wicket/internal/proxy"
 	"github.com/wicket-sh/wicket/internal/unixsock"
 )
 
-// Module is one feature of the agent.
+// Module is one feature of the agent, named by Key. A feature with
+// settings implements config.Section (its TOML key is Key); one without
+// (metadata) owns no key of the file.
 type Module interface {
-	config.Section
+	Key() string
 }
+
+// CopyTTL is how long the copy of the machine token sent with one
+// request (a metadata call, a forwarded request) stays valid: a copy
+// captured upstream is useless soon after. OIDC token requests use
+// [tokens] ttl instead.
+const CopyTTL = 60 * time.Second
 
 // Host is what the running agent offers a feature.
 type Host interface {
@@ -48,8 +58,9 @@ type Runtime interface {
 }
 
 // Instance is a built feature. What it adds to the agent is given by the
-// optional interfaces it implements: Routes, Worker, Counters, Status and
-// what other features consume (TokenSource).
+// optional interfaces it implements: Routes, Fallback, Worker, Counters,
+// Gauges, Status, Starter and what other features or the core consume
+// (TokenSource, Metadata).
 type Instance any
 
 // RunHost is what the running agent's core offers a feature it builds:
@@ -75,7 +86,30 @@ type RunHost interface {
 	// UpstreamError counts one failed call to the issuer or an upstream
 	// (upstream_errors, shared by every feature).
 	UpstreamError()
+	// IssuerURL is the issuer's base URL, which is also its gateway's: the
+	// upstream of a proxy route without its own; nil without an issuer.
+	IssuerURL() *url.URL
+	// UpstreamToken returns a copy of the machine token for one request
+	// forwarded to upstream: valid for 60 s and narrowed to features. The
+	// core, not the feature, decides whether upstream is the issuer's
+	// gateway (same scheme, host, port and path as IssuerURL); for any
+	// other upstream the copy carries the external caveat, which the
+	// issuer refuses, so a copy that upstream leaks or reflects back buys
+	// nothing. ErrNoMachineToken when the agent holds no machine token.
+	UpstreamToken(upstream *url.URL, features []machinetoken.Feature) (string, error)
+	// ContainsMachineToken reports whether b holds the machine token (or
+	// its encoded body): the check a forwarder makes on what an upstream
+	// sends back, so a reflected token never reaches a workload.
+	ContainsMachineToken(b []byte) bool
+	// RouteVars are the proxy routes' {self} (machine id) and {app} from
+	// the latest metadata; known is false before the first successful
+	// fetch.
+	RouteVars() (vars proxy.Vars, known bool)
 }
+
+// ErrNoMachineToken is UpstreamToken's error in an agent that holds no
+// machine token (no issuer configured).
+var ErrNoMachineToken = errors.New("no machine token")
 
 // Issuer calls the issuer's machine-authenticated API with a fresh copy
 // of the machine token, valid for ttl and narrowed to scope. Errors carry
@@ -111,6 +145,35 @@ func (r *IssuerReply) Code() string {
 // so that no proxy route can shadow them.
 type Routes interface {
 	Routes(mux *http.ServeMux)
+}
+
+// Fallback is implemented by the one instance that serves the guest API
+// requests no route matched, outside config.AgentReservedPaths (the
+// proxy). The core's guard has run as for Routes; without a Fallback such
+// a request gets 404. An agent with two is refused at New.
+type Fallback interface {
+	ServeFallback(w http.ResponseWriter, r *http.Request)
+}
+
+// Metadata is implemented by the metadata feature's instance: the core
+// reads the machine id (Host.MachineID) and the proxy routes' {self} and
+// {app} (RunHost.RouteVars) from it. ok is false before the first
+// successful fetch.
+type Metadata interface {
+	Vars() (vars proxy.Vars, ok bool)
+}
+
+// Starter is implemented by an instance a workload started next to the
+// agent should wait for (the first metadata fetch): the agent's
+// WaitStarted waits for each.
+type Starter interface {
+	WaitStarted(ctx context.Context) error
+}
+
+// Gauges is implemented by an instance with values that go up and down:
+// its samples join /metrics.
+type Gauges interface {
+	Gauges() []metrics.Sample
 }
 
 // Worker is implemented by an instance with background work: Start when
@@ -163,11 +226,14 @@ type Env interface {
 	Env(v any, c *config.Agent, h Host) []string
 }
 
-// Sections returns the config sections of modules, in order.
+// Sections returns the config sections of the modules that have one, in
+// order.
 func Sections(modules []Module) []config.Section {
-	out := make([]config.Section, len(modules))
-	for i, m := range modules {
-		out[i] = m
+	var out []config.Section
+	for _, m := range modules {
+		if s, ok := m.(config.Section); ok {
+			out = append(out, s)
+		}
 	}
 	return out
 }

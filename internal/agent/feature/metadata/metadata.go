@@ -1,4 +1,14 @@
-package agent
+// Package metadata is the metadata feature: one long poll kept open to the
+// issuer (GET /v1/machines/self?wait=true) for as long as the agent runs,
+// whatever the number of local waiters, and GET /v1/metadata,
+// /v1/metadata/{key} and /v1/metadata/tags/{name} answered from the
+// agent's copy, with local long polls that all wake on one change. Its
+// snapshot gives the core the machine id and the proxy routes' {self} and
+// {app} (feature.Metadata).
+//
+// The core's guard runs before the handlers: the peer policy is decided
+// from method, path and peer before any body byte is read.
+package metadata
 
 import (
 	"context"
@@ -7,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
@@ -16,10 +27,160 @@ import (
 	"time"
 
 	"github.com/wicket-sh/wicket/api"
+	"github.com/wicket-sh/wicket/internal/agent/feature"
 	"github.com/wicket-sh/wicket/internal/httpapi"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
+	"github.com/wicket-sh/wicket/internal/metrics"
 	"github.com/wicket-sh/wicket/internal/proxy"
 )
+
+// Key names the feature; it owns no config section.
+const Key = "metadata"
+
+// Module is the feature. BackoffMin and BackoffMax, when set, replace the
+// watch's retry bounds (tests make them short); zero means the defaults.
+type Module struct {
+	BackoffMin, BackoffMax time.Duration
+}
+
+// Key implements feature.Module.
+func (Module) Key() string { return Key }
+
+// Build implements feature.Runtime.
+func (m Module) Build(h feature.RunHost) (feature.Instance, error) {
+	f := &Feature{
+		host:         h,
+		log:          h.Logger(),
+		upstreamWait: upstreamWaitDefault,
+		backoffMin:   backoffMinDefault,
+		backoffMax:   backoffMaxDefault,
+		done:         make(chan struct{}),
+	}
+	if m.BackoffMin > 0 {
+		f.backoffMin = m.BackoffMin
+	}
+	if m.BackoffMax > 0 {
+		f.backoffMax = m.BackoffMax
+	}
+	f.meta.init()
+	return f, nil
+}
+
+// Feature is the built feature: the agent's copy of the metadata, the
+// watch that keeps it current and the handlers that serve it.
+type Feature struct {
+	host feature.RunHost
+	log  *slog.Logger
+	meta metaCache
+
+	okAt    atomic.Int64 // unix time of the last good fetch
+	failing atomic.Bool
+
+	upstreamWait, backoffMin, backoffMax time.Duration
+
+	started atomic.Bool
+	done    chan struct{} // closed when the watch has ended
+}
+
+var (
+	_ feature.Routes   = (*Feature)(nil)
+	_ feature.Worker   = (*Feature)(nil)
+	_ feature.Status   = (*Feature)(nil)
+	_ feature.Gauges   = (*Feature)(nil)
+	_ feature.Metadata = (*Feature)(nil)
+	_ feature.Starter  = (*Feature)(nil)
+)
+
+// Routes implements feature.Routes.
+func (f *Feature) Routes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/metadata", f.handleMetadata)
+	mux.HandleFunc("GET /v1/metadata/{key}", f.handleMetadataKey)
+	mux.HandleFunc("GET /v1/metadata/tags/{name}", f.handleMetadataTag)
+}
+
+// Start implements feature.Worker: the watch runs until the host's
+// context ends. Without an issuer there is nothing to wait for.
+func (f *Feature) Start() {
+	iss := f.host.Issuer()
+	if iss == nil {
+		f.meta.markAttempted()
+		return
+	}
+	f.started.Store(true)
+	go func() {
+		defer close(f.done)
+		f.watchFrom(f.host.Context(), func(ctx context.Context, cur *metaSnapshot) (*metaSnapshot, error) {
+			return f.fetch(ctx, iss, cur)
+		})
+	}()
+}
+
+// Stop implements feature.Worker: it waits for the watch, which ends with
+// the host's context.
+func (f *Feature) Stop() {
+	if f.started.Load() {
+		<-f.done
+	}
+}
+
+// WaitStarted implements feature.Starter: it returns once the first
+// upstream fetch has finished, with or without success.
+func (f *Feature) WaitStarted(ctx context.Context) error {
+	select {
+	case <-f.meta.attempted:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("first metadata fetch: %w", ctx.Err())
+	}
+}
+
+// Vars implements feature.Metadata.
+func (f *Feature) Vars() (proxy.Vars, bool) {
+	if snap := f.meta.cur.Load(); snap != nil {
+		return snap.vars, true
+	}
+	return proxy.Vars{}, false
+}
+
+// Status implements feature.Status: the watch's state, under
+// "metadata", when the agent has an issuer.
+func (f *Feature) Status() map[string]any {
+	if f.host.Issuer() == nil {
+		return nil
+	}
+	snap := f.meta.cur.Load()
+	meta := map[string]any{"available": snap != nil, "failing": f.failing.Load(), "waiters": f.meta.waiters.Load()}
+	if snap != nil {
+		meta["etag"] = snap.etag
+	}
+	if t := f.okAt.Load(); t > 0 {
+		meta["last_ok"] = time.Unix(t, 0).UTC().Format(time.RFC3339)
+	}
+	return map[string]any{"metadata": meta}
+}
+
+// Gauges implements feature.Gauges.
+func (f *Feature) Gauges() []metrics.Sample {
+	return []metrics.Sample{
+		{Name: "wicket_metadata_waiters", Help: "Local metadata long polls waiting.", Type: metrics.Gauge, Value: float64(f.meta.waiters.Load())},
+	}
+}
+
+// Waiters is the number of local long polls waiting, for tests.
+func (f *Feature) Waiters() int64 { return f.meta.waiters.Load() }
+
+// Install makes raw (the issuer's JSON, with etag) the current metadata,
+// as a fetch would, and wakes the long polls waiting; for tests and fuzz
+// seeds, which have no issuer to fetch from.
+func (f *Feature) Install(raw []byte, etag string) error {
+	snap, err := parseMetadata(raw, etag)
+	if err != nil {
+		return err
+	}
+	f.meta.set(snap)
+	f.meta.markAttempted()
+	return nil
+}
 
 // Watch timing defaults; tests shorten them.
 const (
@@ -142,53 +303,47 @@ func (m *metaCache) set(next *metaSnapshot) bool {
 	return true
 }
 
-// watchMetadata keeps one long poll running against the issuer for as long
-// as ctx lives, whatever the number of local waiters, and retries with
-// jittered exponential backoff when the issuer fails. The last good
-// snapshot stays in use meanwhile.
-func (a *Agent) watchMetadata(ctx context.Context) {
-	a.watchMetadataFrom(ctx, a.fetchMetadata)
-}
-
-// watchMetadataFrom is watchMetadata's loop with the upstream call given,
-// so tests can drive the backoff without an issuer.
-func (a *Agent) watchMetadataFrom(ctx context.Context, fetch func(context.Context, *metaSnapshot) (*metaSnapshot, error)) {
-	backoff := a.backoffMin
+// watchFrom keeps one long poll running against the issuer (fetch) for as
+// long as ctx lives, whatever the number of local waiters, and retries
+// with jittered exponential backoff when the issuer fails. The last good
+// snapshot stays in use meanwhile. Tests drive it with their own fetch.
+func (f *Feature) watchFrom(ctx context.Context, fetch func(context.Context, *metaSnapshot) (*metaSnapshot, error)) {
+	backoff := f.backoffMin
 	failing := false
 	for ctx.Err() == nil {
-		cur := a.meta.cur.Load()
-		start := a.now()
+		cur := f.meta.cur.Load()
+		start := f.host.Now()
 		next, err := fetch(ctx, cur)
 		if ctx.Err() != nil {
 			return
 		}
 
 		if err != nil {
-			a.upstreamErrors.Add(1)
-			a.metaFailing.Store(true)
+			f.host.UpstreamError()
+			f.failing.Store(true)
 			if !failing {
-				a.log.Warn("metadata watch failing; serving cached metadata", "err", err, "cached", cur != nil)
+				f.log.Warn("metadata watch failing; serving cached metadata", "err", err, "cached", cur != nil)
 			} else {
-				a.log.Debug("metadata watch still failing", "err", err, "retry_in", backoff)
+				f.log.Debug("metadata watch still failing", "err", err, "retry_in", backoff)
 			}
 			failing = true
-			a.meta.markAttempted()
+			f.meta.markAttempted()
 			sleepCtx(ctx, backoff/2+rand.N(backoff/2+1))
-			backoff = min(backoff*2, a.backoffMax)
+			backoff = min(backoff*2, f.backoffMax)
 			continue
 		}
 		if failing {
-			a.log.Info("metadata watch recovered")
+			f.log.Info("metadata watch recovered")
 		}
 		failing = false
-		a.metaFailing.Store(false)
-		backoff = a.backoffMin
-		a.metaOK.Store(a.now().Unix())
-		changed := a.meta.set(next)
-		a.meta.markAttempted()
+		f.failing.Store(false)
+		backoff = f.backoffMin
+		f.okAt.Store(f.host.Now().Unix())
+		changed := f.meta.set(next)
+		f.meta.markAttempted()
 		if changed {
-			a.log.Debug("metadata changed", "etag", next.etag)
-		} else if el := a.now().Sub(start); el < minPollInterval {
+			f.log.Debug("metadata changed", "etag", next.etag)
+		} else if el := f.host.Now().Sub(start); el < minPollInterval {
 			sleepCtx(ctx, minPollInterval-el)
 		}
 	}
@@ -203,19 +358,21 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	}
 }
 
-// fetchMetadata gets the metadata, as a long poll when cur is known.
-func (a *Agent) fetchMetadata(ctx context.Context, cur *metaSnapshot) (*metaSnapshot, error) {
-	timeout := a.rt.Load().cfg.Issuer.RequestTimeout.Duration
+// fetch gets the metadata from iss, as a long poll when cur is known,
+// with a copy of the machine token narrowed to feature metadata.
+func (f *Feature) fetch(ctx context.Context, iss feature.Issuer, cur *metaSnapshot) (*metaSnapshot, error) {
+	timeout := f.host.Config().Issuer.RequestTimeout.Duration
 	q := url.Values{}
 	if cur != nil {
 		q.Set("wait", "true")
 		q.Set("etag", cur.etag)
-		q.Set("timeout", a.upstreamWait.String())
-		timeout += a.upstreamWait
+		q.Set("timeout", f.upstreamWait.String())
+		timeout += f.upstreamWait
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	rep, err := a.issuer.call(ctx, http.MethodGet, "/v1/machines/self", q, nil, machinetoken.FeatureMetadata)
+	rep, err := iss.Call(ctx, http.MethodGet, "/v1/machines/self", q, nil, feature.CopyTTL,
+		machinetoken.Scope{Features: []machinetoken.Feature{machinetoken.FeatureMetadata}})
 	if err != nil {
 		return nil, err
 	}
@@ -259,24 +416,24 @@ func parseWait(q url.Values) (p waitParams, ok bool) {
 // snapshotFor returns the snapshot to answer r with, after waiting for a
 // change when r asks to; ok is false when a reply was already written (or
 // the caller left).
-func (a *Agent) snapshotFor(w http.ResponseWriter, r *http.Request) (*metaSnapshot, bool) {
+func (f *Feature) snapshotFor(w http.ResponseWriter, r *http.Request) (*metaSnapshot, bool) {
 	p, ok := parseWait(r.URL.Query())
 	if !ok {
 		httpapi.BadRequest(w)
 		return nil, false
 	}
-	snap := a.meta.cur.Load()
-	if snap == nil && a.meta.attempted != nil {
+	snap := f.meta.cur.Load()
+	if snap == nil && f.meta.attempted != nil {
 		// Starting up: wait for the first fetch (bounded by the upstream
 		// request timeout) instead of failing a caller that came early.
-		t := time.NewTimer(a.rt.Load().cfg.Issuer.RequestTimeout.Duration)
+		t := time.NewTimer(f.host.Config().Issuer.RequestTimeout.Duration)
 		select {
-		case <-a.meta.attempted:
+		case <-f.meta.attempted:
 		case <-t.C:
 		case <-r.Context().Done():
 		}
 		t.Stop()
-		snap = a.meta.cur.Load()
+		snap = f.meta.cur.Load()
 	}
 	if snap == nil {
 		httpapi.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "metadata unavailable")
@@ -285,16 +442,16 @@ func (a *Agent) snapshotFor(w http.ResponseWriter, r *http.Request) (*metaSnapsh
 	if !p.wait || !sameETag(snap.etag, p.etag) {
 		return snap, true
 	}
-	a.meta.waiters.Add(1)
-	defer a.meta.waiters.Add(-1)
+	f.meta.waiters.Add(1)
+	defer f.meta.waiters.Add(-1)
 	t := time.NewTimer(p.timeout)
 	defer t.Stop()
 	select {
 	case <-snap.changed:
-		return a.meta.cur.Load(), true
+		return f.meta.cur.Load(), true
 	case <-t.C:
 		return snap, true
-	case <-a.stop.Done():
+	case <-f.host.Context().Done():
 		return snap, true
 	case <-r.Context().Done():
 		return nil, false
@@ -309,8 +466,8 @@ func writeSnapshotHeaders(w http.ResponseWriter, s *metaSnapshot, contentType st
 	h.Set("ETag", s.etag)
 }
 
-func (a *Agent) handleMetadata(w http.ResponseWriter, r *http.Request) {
-	s, ok := a.snapshotFor(w, r)
+func (f *Feature) handleMetadata(w http.ResponseWriter, r *http.Request) {
+	s, ok := f.snapshotFor(w, r)
 	if !ok {
 		return
 	}
@@ -319,8 +476,8 @@ func (a *Agent) handleMetadata(w http.ResponseWriter, r *http.Request) {
 }
 
 // handleMetadataKey serves one field as text/plain, or the tags as JSON.
-func (a *Agent) handleMetadataKey(w http.ResponseWriter, r *http.Request) {
-	s, ok := a.snapshotFor(w, r)
+func (f *Feature) handleMetadataKey(w http.ResponseWriter, r *http.Request) {
+	s, ok := f.snapshotFor(w, r)
 	if !ok {
 		return
 	}
@@ -339,8 +496,8 @@ func (a *Agent) handleMetadataKey(w http.ResponseWriter, r *http.Request) {
 	w.Write([]byte(v))
 }
 
-func (a *Agent) handleMetadataTag(w http.ResponseWriter, r *http.Request) {
-	s, ok := a.snapshotFor(w, r)
+func (f *Feature) handleMetadataTag(w http.ResponseWriter, r *http.Request) {
+	s, ok := f.snapshotFor(w, r)
 	if !ok {
 		return
 	}
