@@ -47,7 +47,7 @@ socket_group = "65534"
 [issuer]
 url = "` + is.URL + `"
 [limits]
-token_rate = 1000.0
+token_rate = 100.0
 token_burst = 50
 `
 	level := new(slog.LevelVar)
@@ -173,8 +173,10 @@ token_burst = 50
 		}
 	}
 	// refillsQuickly drains the caller's bucket, pauses briefly and
-	// reports whether the next request is served: at 1000/s the pause
-	// refills ~20 tokens, at 0.01/s not one.
+	// reports whether the next request is served: at 100/s the pause
+	// refills ~5 tokens, at 0.01/s not one. (The base rate is low enough
+	// that requests drain the bucket faster than it refills, even under
+	// the race detector.)
 	refillsQuickly := func(t *testing.T) bool {
 		drained := false
 		for range 200 {
@@ -186,7 +188,7 @@ token_burst = 50
 		if !drained {
 			t.Fatal("no 429 in 200 requests")
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond)
 		return token(t, "rate", "").Status == 200
 	}
 	allowed := func(t *testing.T) int {
@@ -247,18 +249,18 @@ token_burst = 50
 		{"limits.token_rate", "[limits]\ntoken_rate = 0.01",
 			func(t *testing.T) {
 				if !refillsQuickly(t) {
-					t.Error("at 1000/s a 20ms pause did not refill the bucket")
+					t.Error("at 100/s a 50ms pause did not refill the bucket")
 				}
 			},
 			func(t *testing.T) {
 				if refillsQuickly(t) {
-					t.Error("at 0.01/s a 20ms pause refilled the bucket")
+					t.Error("at 0.01/s a 50ms pause refilled the bucket")
 				}
 			}},
 		{"limits.token_burst", "[limits]\ntoken_burst = 3\ntoken_rate = 0.01",
 			func(t *testing.T) {
-				// Refill the bucket at the base rate (1000/s) first.
-				time.Sleep(100 * time.Millisecond)
+				// Refill the bucket at the base rate (100/s) first.
+				time.Sleep(600 * time.Millisecond)
 				status(t, token(t, "burst", ""), 200)
 			},
 			func(t *testing.T) {
@@ -331,7 +333,7 @@ token_burst = 50
 			write(t, "")
 			reload(t) // with the token the previous case's config requires
 			adminTok = ""
-			time.Sleep(60 * time.Millisecond) // the base rate (1000/s) refills the caller's bucket
+			time.Sleep(100 * time.Millisecond) // the base rate (100/s) refills ~10 of the caller's tokens
 			if c.before != nil {
 				c.before(t)
 			}
