@@ -158,7 +158,7 @@ func (s *Issuer) mint(m *store.Machine, ttl time.Duration) (*api.MintedToken, er
 	key := s.keys.Load().mintKey
 	tok, id, err := machinetoken.Mint(*key, tokenLocation, machinetoken.Claims{
 		Org: m.Org, App: m.App, MachineID: m.ID,
-		Features:  []machinetoken.Feature{machinetoken.FeatureMetadata, machinetoken.FeatureOIDC, machinetoken.FeatureProxy},
+		Features:  machinetoken.AllFeatures(),
 		NotBefore: now.Add(-time.Minute), NotAfter: now.Add(ttl), SourceAddrs: addrs,
 	})
 	if err != nil {

@@ -19,7 +19,12 @@ type Request struct {
 	App        string     // when set, the token must be for this app
 	// Audience is what an OIDC request asks for; empty means the default
 	// audience. Audience caveats refuse any audience they do not list.
+	// A JWT-SVID request names its audiences here too.
 	Audience []string
+	// SPIFFEID is the SPIFFE ID an SVID request (FeatureSVID) asks for;
+	// empty for a bundle read. SPIFFE ID caveats refuse any ID they do
+	// not list.
+	SPIFFEID string
 }
 
 // Verified is what a valid token says.
@@ -32,6 +37,9 @@ type Verified struct {
 	// get: those listed by every audience caveat (DefaultAudience names
 	// the org's default).
 	Audiences []string
+	// SPIFFEIDs, when not nil, are the only SPIFFE IDs the token may get
+	// SVIDs for: those listed by every SPIFFE ID caveat.
+	SPIFFEIDs []string
 }
 
 // Verifier checks tokens minted by one issuer. It holds no state of its own
@@ -83,6 +91,7 @@ func (v *Verifier) Verify(token string, r Request) (*Verified, error) {
 	var (
 		feats   []featuresCaveat
 		auds    []audiencesCaveat
+		ids     []spiffeIDsCaveat
 		windows int
 	)
 	for _, c := range cavs.Caveats {
@@ -104,6 +113,8 @@ func (v *Verifier) Verify(token string, r Request) (*Verified, error) {
 			// checked against r.RemoteAddr by Validate below
 		case *audiencesCaveat:
 			auds = append(auds, *c) // checked against r.Audience by Validate below
+		case *spiffeIDsCaveat:
+			ids = append(ids, *c) // checked against r.SPIFFEID by Validate below
 		case *externalCaveat:
 			// Made for someone else's upstream: never good here, whatever
 			// the request (Prohibits refuses it too).
@@ -133,6 +144,7 @@ func (v *Verifier) Verify(token string, r Request) (*Verified, error) {
 		feature:  r.Feature,
 		remote:   r.RemoteAddr,
 		audience: r.Audience,
+		spiffeID: r.SPIFFEID,
 	}
 	if a.now.IsZero() {
 		a.now = time.Now()
@@ -146,15 +158,24 @@ func (v *Verifier) Verify(token string, r Request) (*Verified, error) {
 			out.Features = append(out.Features, f)
 		}
 	}
-	if len(auds) > 0 {
-		out.Audiences = []string{}
-		for _, a := range auds[0] {
-			if !slices.Contains(out.Audiences, a) && grantedByAll(auds[1:], a) {
-				out.Audiences = append(out.Audiences, a)
-			}
+	out.Audiences = intersect(auds)
+	out.SPIFFEIDs = intersect(ids)
+	return out, nil
+}
+
+// intersect returns the values every caveat in cs lists, in the first
+// caveat's order, or nil when there is no caveat.
+func intersect[S ~[]string](cs []S) []string {
+	if len(cs) == 0 {
+		return nil
+	}
+	out := []string{}
+	for _, v := range cs[0] {
+		if !slices.Contains(out, v) && grantedByAll(cs[1:], v) {
+			out = append(out, v)
 		}
 	}
-	return out, nil
+	return out
 }
 
 // setOnce keeps the first value; later caveats are checked against it.
