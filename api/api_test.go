@@ -59,6 +59,12 @@ func TestWireNames(t *testing.T) {
 		{KeyList{}, "keys"},
 		{RotateRequest{}, "kind org alg"},
 		{MacaroonKeyRotated{}, "id kind"},
+		{X509SVIDRequest{}, "csr"},
+		{X509SVIDReply{}, "spiffe_id cert_chain expires_at"},
+		{JWTSVIDRequest{}, "spiffe_id aud"},
+		{JWTSVIDReply{}, "spiffe_id token expires_at"},
+		{SVIDBundleReply{}, "trust_domain spiffe_id bundle"},
+		{X509SVIDGuestReply{}, "spiffe_id cert_pem key_pem bundle_pem expires_at"},
 	} {
 		typ := reflect.TypeOf(tc.v)
 		if got := strings.Join(jsonNames(typ), " "); got != tc.want {

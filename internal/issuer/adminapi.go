@@ -391,8 +391,19 @@ func (s *Issuer) registerAdmin(a *admin.Server) {
 				return
 			}
 			admin.WriteJSON(w, http.StatusOK, k)
+		case store.KindSPIFFECA:
+			if !config.ValidName(body.Org) {
+				fail(w, r, invalidf("org: required"))
+				return
+			}
+			k, err := s.RotateOrgCA(r.Context(), body.Org)
+			if err != nil {
+				fail(w, r, err)
+				return
+			}
+			admin.WriteJSON(w, http.StatusOK, k)
 		default:
-			fail(w, r, invalidf("kind: want oidc or macaroon"))
+			fail(w, r, invalidf("kind: want oidc, spiffe-ca or macaroon"))
 		}
 	}))
 }

@@ -81,6 +81,9 @@ type Issuer struct {
 	reloadsOK, reloadsKO     atomic.Uint64
 	tokensIssued, authFailed atomic.Uint64
 	machineTokensMinted      atomic.Uint64
+	x509SVIDsIssued          atomic.Uint64
+	jwtSVIDsIssued           atomic.Uint64
+	svidsRefused             atomic.Uint64 // CSRs and IDs outside the namespace
 	longPolls                atomic.Int64
 }
 
@@ -415,6 +418,9 @@ func (s *Issuer) Status() any {
 			"oidc_tokens_issued":    s.tokensIssued.Load(),
 			"machine_tokens_minted": s.machineTokensMinted.Load(),
 			"auth_failures":         s.authFailed.Load(),
+			"x509_svids_issued":     s.x509SVIDsIssued.Load(),
+			"jwt_svids_issued":      s.jwtSVIDsIssued.Load(),
+			"svids_refused":         s.svidsRefused.Load(),
 			"admin_denied":          admDenied,
 			"reloads_ok":            s.reloadsOK.Load(),
 			"reloads_failed":        s.reloadsKO.Load(),
@@ -435,6 +441,9 @@ func (s *Issuer) Metrics() []metrics.Sample {
 		c("wicket_oidc_tokens_issued_total", "OIDC tokens signed.", s.tokensIssued.Load()),
 		c("wicket_machine_tokens_minted_total", "Machine tokens minted.", s.machineTokensMinted.Load()),
 		c("wicket_auth_failures_total", "Requests refused with 401.", s.authFailed.Load()),
+		c("wicket_x509_svids_issued_total", "X.509-SVIDs signed.", s.x509SVIDsIssued.Load()),
+		c("wicket_jwt_svids_issued_total", "JWT-SVIDs signed.", s.jwtSVIDsIssued.Load()),
+		c("wicket_svids_refused_total", "SVID requests refused for their CSR or SPIFFE ID (after the token passed).", s.svidsRefused.Load()),
 		{Name: "wicket_long_polls", Help: "Metadata long polls in progress.", Type: metrics.Gauge, Value: float64(s.longPolls.Load())},
 	}
 	out = append(out, unixsock.Metrics(s.adm)...)

@@ -1,6 +1,7 @@
 package spiffe
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -137,7 +138,9 @@ func UnmarshalCA(b []byte) (*ecdsa.PrivateKey, *x509.Certificate, error) {
 	if !ok || key.Curve != elliptic.P256() {
 		return nil, nil, errors.New("spiffe: CA key is not ECDSA P-256")
 	}
-	cert, err := x509.ParseCertificate(b[4+n:])
+	// The certificate keeps referring to the bytes it was parsed from, and
+	// callers wipe b (it held the key): parse a copy.
+	cert, err := x509.ParseCertificate(bytes.Clone(b[4+n:]))
 	if err != nil {
 		return nil, nil, fmt.Errorf("spiffe: CA certificate: %w", err)
 	}

@@ -37,8 +37,9 @@ var (
 
 // Key kinds.
 const (
-	KindMacaroon = "macaroon" // macaroon root keys
-	KindOIDC     = "oidc"     // OIDC signing keys
+	KindMacaroon = "macaroon"  // macaroon root keys
+	KindOIDC     = "oidc"      // OIDC signing keys
+	KindSPIFFECA = "spiffe-ca" // SPIFFE X.509 CAs, one kind per org: "spiffe-ca/<org>"
 )
 
 // Machine is a registered machine and the metadata the issuer serves for it.
