@@ -17,6 +17,7 @@ import (
 
 	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/admin"
+	"github.com/wicket-sh/wicket/internal/agent/workloadapi"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/httpapi"
 	"github.com/wicket-sh/wicket/internal/metrics"
@@ -92,6 +93,9 @@ type Agent struct {
 	metaOK      atomic.Int64 // unix time of the last good metadata fetch
 	metaFailing atomic.Bool
 	files       tokenFiles // token file refreshers (tokenfiles.go)
+	// The SPIFFE Workload API (spiffe.go), when [spiffe] enabled.
+	spiffe   *workloadapi.Server
+	spiffeLn *unixsock.Listener
 
 	// stop ends background work and local long polls at shutdown.
 	stop     context.Context
@@ -322,6 +326,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.meta.markAttempted() // no issuer: nothing to wait for
 	}
 	a.startTokenFiles()
+	if err := a.startWorkloadAPI(); err != nil {
+		return err
+	}
+	defer a.stopWorkloadAPI()
 
 	errc := make(chan error, 2)
 	go func() { errc <- serve(apiSrv, a.api) }()

@@ -202,7 +202,7 @@ type AgentRoute struct {
 
 // AgentReservedPaths are the guest API's own path prefixes: no proxy route
 // may lie under them.
-var AgentReservedPaths = []string{"/v1/health", "/v1/metadata", "/v1/tokens"}
+var AgentReservedPaths = []string{"/v1/health", "/v1/metadata", "/v1/tokens", "/v1/svids"}
 
 // Agent is the whole agent configuration.
 type Agent struct {
@@ -215,6 +215,8 @@ type Agent struct {
 	Log    Log         `toml:"log"`
 	Policy []peer.Rule `toml:"policy"`
 	Proxy  AgentProxy  `toml:"proxy"`
+	// SPIFFE is the Workload API socket (agentspiffe.go).
+	SPIFFE AgentSPIFFE `toml:"spiffe" reload:"restart"`
 
 	// Cloud integrations (dynamic): token files, and the [aws] and
 	// [azure] settings that imply one each.
@@ -238,8 +240,9 @@ type Agent struct {
 // DefaultAgent returns the configuration used when no file is given.
 func DefaultAgent() *Agent {
 	return &Agent{
-		API:   Socket{Path: api.DefaultAPISocket, Mode: 0o660, MaxConns: 1024},
-		Admin: Admin{Socket: Socket{Path: api.DefaultAdminSocket, Mode: 0o600, MaxConns: 32}},
+		API:    Socket{Path: api.DefaultAPISocket, Mode: 0o660, MaxConns: 1024},
+		SPIFFE: defaultAgentSPIFFE(),
+		Admin:  Admin{Socket: Socket{Path: api.DefaultAdminSocket, Mode: 0o600, MaxConns: 32}},
 		HTTP: HTTP{
 			ReadHeaderTimeout: Duration{5 * time.Second},
 			IdleTimeout:       Duration{60 * time.Second},
@@ -293,11 +296,18 @@ func decodeStrict(data []byte, v any) error {
 // Validate checks everything that can be checked without side effects and
 // compiles the policy.
 func (c *Agent) Validate() error {
-	var errs []error
-	for _, s := range []struct {
+	errs := c.validateSPIFFE()
+	socks := []struct {
 		name string
 		s    Socket
-	}{{"api", c.API}, {"admin", c.Admin.Socket}} {
+	}{{"api", c.API}, {"admin", c.Admin.Socket}}
+	if c.SPIFFE.Enabled {
+		socks = append(socks, struct {
+			name string
+			s    Socket
+		}{"spiffe", c.SPIFFE.Socket})
+	}
+	for _, s := range socks {
 		if err := unixsock.ValidatePath(s.s.Path); err != nil {
 			errs = append(errs, fmt.Errorf("%s.socket_path: %w", s.name, err))
 		}
@@ -583,7 +593,7 @@ func (c *Agent) validateCloud() []error {
 	}
 	// One writer per file, and never over a file the agent reads or serves.
 	taken := map[string]string{
-		c.API.Path: "api.socket_path", c.Admin.Path: "admin.socket_path",
+		c.API.Path: "api.socket_path", c.Admin.Path: "admin.socket_path", c.SPIFFE.Path: "spiffe.socket_path",
 		c.Issuer.TokenFile: "issuer.token_file", c.Admin.TokenFile: "admin.token_file",
 	}
 	delete(taken, "")

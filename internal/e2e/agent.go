@@ -28,6 +28,13 @@ type Agent struct {
 // test fails.
 func StartAgent(t testing.TB, issuerURL, machineToken, extra string) *Agent {
 	t.Helper()
+	return StartAgentWith(t, issuerURL, machineToken, extra, nil)
+}
+
+// StartAgentWith is StartAgent with opt adjusting the agent's Options
+// (its clock, say); nil changes nothing.
+func StartAgentWith(t testing.TB, issuerURL, machineToken, extra string, opt func(*agent.Options)) *Agent {
+	t.Helper()
 	dir := ShortDir(t)
 	ta := &Agent{
 		APISocket: filepath.Join(dir, "run", "api.sock"), AdminSocket: filepath.Join(dir, "run", "admin.sock"),
@@ -43,10 +50,14 @@ func StartAgent(t testing.TB, issuerURL, machineToken, extra string) *Agent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := agent.New(agent.Options{
+	opts := agent.Options{
 		ConfigPath: cfgPath, MachineToken: mt,
 		Logger: slog.New(slog.NewTextHandler(ta.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
+	}
+	if opt != nil {
+		opt(&opts)
+	}
+	a, err := agent.New(opts)
 	if err != nil {
 		t.Fatalf("agent: %v", err)
 	}
@@ -77,6 +88,9 @@ func StartAgent(t testing.TB, issuerURL, machineToken, extra string) *Agent {
 	}
 	return ta
 }
+
+// Logs returns the agent's log so far.
+func (ta *Agent) Logs() string { return ta.logs.String() }
 
 // WicketBin builds the wicket command into a temporary directory, for
 // tests that run it as a process.
