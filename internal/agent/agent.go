@@ -391,7 +391,7 @@ func (a *Agent) Status() any {
 		unixsock.Stats
 	}
 	socks := map[string]sock{}
-	for _, l := range []*unixsock.Listener{a.api, a.adm} {
+	for _, l := range []*unixsock.Listener{a.api, a.adm, a.spiffeLn} {
 		if l != nil {
 			socks[l.Name()] = sock{Path: l.Path(), Stats: l.Stats()}
 		}
@@ -424,6 +424,7 @@ func (a *Agent) Status() any {
 		},
 		"upstream":    a.upstreamStatus(),
 		"token_files": a.tokenFilesStatus(),
+		"spiffe":      a.spiffeStatus(),
 	}
 }
 
@@ -475,7 +476,8 @@ func (a *Agent) Metrics() []metrics.Sample {
 		{Name: "wicket_proxy_requests_total", Help: "Requests forwarded upstream.", Type: metrics.Counter, Value: float64(a.proxied.Load())},
 		{Name: "wicket_metadata_waiters", Help: "Local metadata long polls waiting.", Type: metrics.Gauge, Value: float64(a.meta.waiters.Load())},
 	}
-	s = append(s, unixsock.Metrics(a.api, a.adm)...)
+	s = append(s, unixsock.Metrics(a.api, a.adm, a.spiffeLn)...)
+	s = append(s, a.spiffeMetrics()...)
 	s = append(s, unixsock.DenialMetrics("api", a.denials)...)
 	s = append(s, a.tokenFilesMetrics()...)
 	return s

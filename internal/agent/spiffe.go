@@ -12,6 +12,7 @@ import (
 	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/agent/workloadapi"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
+	"github.com/wicket-sh/wicket/internal/metrics"
 	"github.com/wicket-sh/wicket/internal/unixsock"
 )
 
@@ -126,4 +127,36 @@ func (a *Agent) stopWorkloadAPI() {
 	if a.spiffeLn != nil {
 		a.spiffeLn.Close()
 	}
+}
+
+// spiffeStatus is the Workload API's part of status: counts and the
+// soonest SVID expiry, never a key or a certificate.
+func (a *Agent) spiffeStatus() map[string]any {
+	if a.spiffe == nil {
+		return map[string]any{"enabled": false}
+	}
+	st := a.spiffe.Stats()
+	out := map[string]any{"enabled": true, "svids_issued": st.Issued, "x509_rotations": st.Rotations,
+		"failures": st.Failures, "x509_svids_cached": st.X509SVIDs}
+	if !st.SoonestExpiry.IsZero() {
+		out["soonest_x509_expiry"] = st.SoonestExpiry.UTC().Format(time.RFC3339)
+	}
+	return out
+}
+
+func (a *Agent) spiffeMetrics() []metrics.Sample {
+	if a.spiffe == nil {
+		return nil
+	}
+	st := a.spiffe.Stats()
+	out := []metrics.Sample{
+		{Name: "wicket_svids_issued_total", Help: "SVIDs (X.509 and JWT) obtained from the issuer.", Type: metrics.Counter, Value: float64(st.Issued)},
+		{Name: "wicket_svid_rotations_total", Help: "X.509-SVIDs renewed before their end.", Type: metrics.Counter, Value: float64(st.Rotations)},
+		{Name: "wicket_svid_failures_total", Help: "Failed SVID or bundle fetches.", Type: metrics.Counter, Value: float64(st.Failures)},
+	}
+	if !st.SoonestExpiry.IsZero() {
+		out = append(out, metrics.Sample{Name: "wicket_svid_seconds_to_expiry", Help: "Seconds until the soonest cached X.509-SVID expires.",
+			Type: metrics.Gauge, Value: st.SoonestExpiry.Sub(a.now()).Seconds()})
+	}
+	return out
 }
