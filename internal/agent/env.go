@@ -19,6 +19,10 @@ const defaultAWSSessionName = "wicket"
 func (a *Agent) WorkloadEnv() []string {
 	cfg := a.rt.Load().cfg
 	env := []string{api.SocketEnv + "=" + cfg.API.Path}
+	if cfg.SPIFFE.Enabled {
+		// The standard variable every SPIFFE library reads.
+		env = append(env, api.SPIFFEEndpointSocketEnv+"=unix://"+cfg.SPIFFE.Path)
+	}
 	if aw := cfg.AWS; aw.RoleARN != "" {
 		env = append(env,
 			"AWS_ROLE_ARN="+aw.RoleARN,
