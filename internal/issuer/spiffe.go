@@ -3,6 +3,7 @@ package issuer
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -180,6 +181,44 @@ func (s *Issuer) refuseSVID(m *store.Machine, ver *machinetoken.Verified, kind s
 	return httpapi.BadRequestError(fmt.Errorf("%s svid request of machine %s (token %s): %w", kind, m.ID, ver.TokenID, cause))
 }
 
+// errAnswered says the request has had its reply (the token's 401).
+var errAnswered = errors.New("answered")
+
+// answered turns errAnswered into the nil a handler returns once it has
+// replied itself.
+func answered(err error) error {
+	if errors.Is(err, errAnswered) {
+		return nil
+	}
+	return err
+}
+
+// authorizeSVID is the one gate of SVID issuance: the copy must pass for
+// the svid feature, the SPIFFE ID asked for and (JWT) its audiences; then
+// the request must be well formed (reqErr) and the ID in the machine's
+// namespace, or it is refused whatever the copy says.
+func (s *Issuer) authorizeSVID(w http.ResponseWriter, r *http.Request, kind string, id spiffeid.ID, aud []string, reqErr error) (*store.Machine, *machinetoken.Verified, error) {
+	q := machinetoken.Request{Feature: machinetoken.FeatureSVID, Audience: aud}
+	if !id.IsZero() {
+		q.SPIFFEID = id.String()
+	}
+	m, ver, ok := s.authenticateFor(w, r, q)
+	if !ok {
+		return nil, nil, errAnswered
+	}
+	if reqErr != nil {
+		return nil, nil, s.refuseSVID(m, ver, kind, reqErr)
+	}
+	td, herr := s.svidOrg(r.Context(), m)
+	if herr != nil {
+		return nil, nil, herr
+	}
+	if err := spiffe.CheckNamespace(id, td, m.App, m.Name); err != nil {
+		return nil, nil, s.refuseSVID(m, ver, kind, err)
+	}
+	return m, ver, nil
+}
+
 func (s *Issuer) handleX509SVID(w http.ResponseWriter, r *http.Request) error {
 	var req api.X509SVIDRequest
 	reqErr := readSVIDBody(r, &req)
@@ -187,19 +226,9 @@ func (s *Issuer) handleX509SVID(w http.ResponseWriter, r *http.Request) error {
 	if reqErr == nil {
 		reqErr = csrErr
 	}
-	m, ver, ok := s.authenticateFor(w, r, machinetoken.Request{Feature: machinetoken.FeatureSVID, SPIFFEID: id.String()})
-	if !ok {
-		return nil // answered
-	}
-	if reqErr != nil {
-		return s.refuseSVID(m, ver, "x509", reqErr)
-	}
-	td, herr := s.svidOrg(r.Context(), m)
-	if herr != nil {
-		return herr
-	}
-	if err := spiffe.CheckNamespace(id, td, m.App, m.Name); err != nil {
-		return s.refuseSVID(m, ver, "x509", err)
+	m, ver, err := s.authorizeSVID(w, r, "x509", id, nil, reqErr)
+	if err != nil {
+		return answered(err)
 	}
 	now := s.now()
 	exp, capped, ok := s.capAtToken(w, r, ver, now, s.cfg().SPIFFE.X509SVIDTTL.Duration)
@@ -236,19 +265,9 @@ func (s *Issuer) handleJWTSVID(w http.ResponseWriter, r *http.Request) error {
 		// An audience caveat must not read "none asked" as the default.
 		aud = []string{""}
 	}
-	m, ver, ok := s.authenticateFor(w, r, machinetoken.Request{Feature: machinetoken.FeatureSVID, SPIFFEID: req.SPIFFEID, Audience: aud})
-	if !ok {
-		return nil
-	}
-	if reqErr != nil {
-		return s.refuseSVID(m, ver, "jwt", reqErr)
-	}
-	td, herr := s.svidOrg(r.Context(), m)
-	if herr != nil {
-		return herr
-	}
-	if err := spiffe.CheckNamespace(id, td, m.App, m.Name); err != nil {
-		return s.refuseSVID(m, ver, "jwt", err)
+	m, ver, err := s.authorizeSVID(w, r, "jwt", id, aud, reqErr)
+	if err != nil {
+		return answered(err)
 	}
 	key, herr := s.orgSigner(r.Context(), m.Org)
 	if herr != nil {
