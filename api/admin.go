@@ -85,6 +85,11 @@ type MintRequest struct {
 type RevokeRequest struct {
 	TokenID string `json:"token_id"` // 32 hex characters
 	Reason  string `json:"reason"`   // kept in the state, at most 256 printable characters
+	// Token is the machine token itself. The remote admin API needs it (or
+	// a copy of it) to check that the token belongs to a machine in the
+	// admin token's scope; token_id may then be left empty, and must match
+	// when given. The admin socket takes either.
+	Token string `json:"token,omitempty"`
 }
 
 // TokenRevoked is the answer to POST /v1/revocations.

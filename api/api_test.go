@@ -53,7 +53,7 @@ func TestWireNames(t *testing.T) {
 		{MachineList{}, "machines"},
 		{MachineRemoved{}, "machine_id status"},
 		{MintRequest{}, "ttl"},
-		{RevokeRequest{}, "token_id reason"},
+		{RevokeRequest{}, "token_id reason token"},
 		{TokenRevoked{}, "status token_id"},
 		{KeyInfo{}, "kind org id alg state created_at activate_at retired_at"},
 		{KeyList{}, "keys"},
@@ -65,6 +65,12 @@ func TestWireNames(t *testing.T) {
 		{JWTSVIDReply{}, "spiffe_id token expires_at"},
 		{SVIDBundleReply{}, "trust_domain spiffe_id bundle"},
 		{X509SVIDGuestReply{}, "spiffe_id cert_pem key_pem bundle_pem expires_at"},
+		{AdminTokenRequest{}, "label ttl orgs apps regions ops max_machine_ttl source_addrs"},
+		{AdminTokenMinted{}, "token token_id label expires_at"},
+		{AdminTokenInfo{}, "token_id label created_at expires_at revoked"},
+		{AdminTokenList{}, "admin_tokens"},
+		{AdminScope{}, "orgs apps regions ops max_machine_ttl source_addrs expires_at"},
+		{RemoteStatus{}, "service version admin_token_id scope"},
 	} {
 		typ := reflect.TypeOf(tc.v)
 		if got := strings.Join(jsonNames(typ), " "); got != tc.want {

@@ -15,11 +15,12 @@ const (
 	// CodeBadRequest: the request is malformed or names an invalid value
 	// (400), including a non-canonical path.
 	CodeBadRequest = "bad_request"
-	// CodeUnauthorized: the issuer refused the machine token (401), for
-	// whatever reason.
+	// CodeUnauthorized: the issuer refused the machine token, or the remote
+	// admin API the admin token (401), for whatever reason.
 	CodeUnauthorized = "unauthorized"
 	// CodeForbidden: the caller's peer credentials, policy or admin token
-	// do not allow the request (403).
+	// do not allow the request (403); on the remote admin API, a valid
+	// admin token whose scope does not grant it.
 	CodeForbidden = "forbidden"
 	// CodeNotFound: no such endpoint, route, metadata key or object (404).
 	CodeNotFound = "not_found"
@@ -33,8 +34,8 @@ const (
 	CodeConflict = "conflict"
 	// CodeBodyTooLarge: the request body exceeds the socket's limit (413).
 	CodeBodyTooLarge = "body_too_large"
-	// CodeRateLimited: the caller's uid is over its token rate; see
-	// Retry-After (429).
+	// CodeRateLimited: the caller (a uid on the agent, an admin token on
+	// the remote admin API) is over its rate; see Retry-After (429).
 	CodeRateLimited = "rate_limited"
 	// CodeInternal: the server failed (500).
 	CodeInternal = "internal_error"

@@ -27,8 +27,8 @@ func TestDeps_NoClusterStack(t *testing.T) {
 	}
 	// The Workload API must really be in, or the grpc exemption below
 	// would be allowed for nothing.
-	if !slices.Contains(deps, "github.com/wicket-sh/wicket/internal/agent/workloadapi") {
-		t.Fatalf("go list -deps does not list internal/agent/workloadapi")
+	if !slices.Contains(deps, "github.com/wicket-sh/wicket/internal/agent/feature/spiffe/workloadapi") {
+		t.Fatalf("go list -deps does not list internal/agent/feature/spiffe/workloadapi")
 	}
 	forbidden := []string{
 		"go.etcd.io/",

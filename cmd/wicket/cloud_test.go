@@ -26,10 +26,10 @@ import (
 	"golang.org/x/oauth2/google/externalaccount"
 
 	"github.com/wicket-sh/wicket/client"
+	awsfeature "github.com/wicket-sh/wicket/internal/agent/feature/aws"
 	"github.com/wicket-sh/wicket/internal/cli"
 	"github.com/wicket-sh/wicket/internal/cloud/aws"
 	"github.com/wicket-sh/wicket/internal/cloud/gcp"
-	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/e2e"
 )
 
@@ -291,9 +291,14 @@ func TestCloudCLI_GCP(t *testing.T) {
 
 	// The credentials file, then Google's library using it.
 	credFile := filepath.Join(t.TempDir(), "gcp.json")
-	_, errOut, code = runCloud(t, nil, "gcp", "config", "--audience", aud, "--executable", "--socket", api, "--output", credFile)
+	out, errOut, code = runCloud(t, nil, "gcp", "config", "--audience", aud, "--executable", "--socket", api, "--output", credFile, "--project", "my-project")
 	if code != 0 {
 		t.Fatalf("gcp config: exit %d: %s", code, errOut)
+	}
+	// The environment Google's libraries need, the project included (else
+	// they ask Cloud Resource Manager for it when a client is created).
+	if want := "export GOOGLE_APPLICATION_CREDENTIALS='" + credFile + "'\nexport GOOGLE_CLOUD_PROJECT='my-project'\nexport GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES='1'\n"; out != want {
+		t.Errorf("gcp config --output printed:\n%s\nwant:\n%s", out, want)
 	}
 	raw, err := os.ReadFile(credFile)
 	if err != nil {
@@ -353,6 +358,7 @@ func TestCloudCLI_GCPConfig(t *testing.T) {
 		{"both", []string{"--executable", "--token-file", "/f"}, "exactly one", 1},
 		{"neither", nil, "exactly one", 1},
 		{"bad audience", []string{"--token-file", "/f", "--audience", "sts.amazonaws.com"}, "resource name", 1},
+		{"bad project", []string{"--token-file", "/f", "--project", "My Project"}, "--project", 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append([]string{"gcp", "config", "--audience", aud}, tc.args...)
@@ -606,12 +612,12 @@ func TestCloudCLI_EnvConfig_RunningAgent(t *testing.T) {
 	}
 }
 
-// The agent (config.AWSSessionName) and the CLI (aws.SessionName) make the
-// same session name from a machine id.
+// The agent's [aws] feature (awsfeature.SessionName) and the CLI
+// (aws.SessionName) make the same session name from a machine id.
 func TestAWSSessionNameRulesAgree(t *testing.T) {
 	for _, s := range []string{"", "x", "0123abcdef012345", "m-01:ab/c d", "web.1@fra+=,_", strings.Repeat("é", 40), strings.Repeat("a", 80)} {
-		if a, c := aws.SessionName(s), config.AWSSessionName(s); a != c || !aws.ValidSessionName(c) {
-			t.Errorf("%q: aws %q, config %q", s, a, c)
+		if a, c := aws.SessionName(s), awsfeature.SessionName("", s); a != c || !aws.ValidSessionName(c) {
+			t.Errorf("%q: aws %q, agent %q", s, a, c)
 		}
 	}
 }

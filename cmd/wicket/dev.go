@@ -53,12 +53,21 @@ socket is DIR/issuer.sock. Restarting reuses the same state.`,
 
 const devAgentTOML = `# Agent config written by "wicket dev". Edit and reload:
 #   wicket admin --socket %[1]s/admin.sock reload     (or send SIGHUP)
-# Every key is documented in examples/agent.toml. wicket dev itself sets
-# api.socket_path, admin.socket_path (in this directory) and issuer.url
-# (from --issuer-addr), as command-line flags would.
+# Every key is documented in examples/agent.toml. The sockets and
+# issuer.url below are what wicket dev runs with (it applies them as
+# command-line flags would, so --issuer-addr wins over issuer.url); they
+# are written here so that other commands reading this file, such as
+# "wicket env aws --config", find the agent and pass validation.
 
 [api]
+socket_path = %[3]q
 socket_mode = "0660"
+
+[admin]
+socket_path = %[4]q
+
+[issuer]
+url = %[5]q
 
 [log]
 level = "info"
@@ -144,7 +153,7 @@ func runDev(parent context.Context, out io.Writer, dir, addr, logFormat string) 
 
 	agentCfg := filepath.Join(abs, "agent.toml")
 	if _, err := os.Lstat(agentCfg); errors.Is(err, fs.ErrNotExist) {
-		body := fmt.Sprintf(devAgentTOML, abs, os.Getuid())
+		body := fmt.Sprintf(devAgentTOML, abs, os.Getuid(), filepath.Join(abs, "api.sock"), filepath.Join(abs, "admin.sock"), publicURL)
 		if err := os.WriteFile(agentCfg, []byte(body), 0o600); err != nil {
 			cancel()
 			<-issDone

@@ -20,6 +20,7 @@ import (
 	gooidc "github.com/coreos/go-oidc/v3/oidc"
 
 	"github.com/wicket-sh/wicket/internal/sockettest"
+	"github.com/wicket-sh/wicket/internal/wait"
 )
 
 func freeAddr(t *testing.T) string {
@@ -220,4 +221,55 @@ func decodeSeg(jwt string) string {
 
 func jsonB64(s string) ([]byte, error) {
 	return base64.RawURLEncoding.DecodeString(s)
+}
+
+// TestDev_EnvFromAgentTOML: the agent.toml `wicket dev` writes is one that
+// `wicket env aws|azure --config` accepts once [aws] and [azure] are
+// added, and the session name is the dev machine's id, asked of the dev
+// agent at the socket the file names. On the old code the file lacked
+// issuer.url and the sockets: env refused it ("token files need
+// issuer.url"), and with issuer.url added the session name was "wicket".
+func TestDev_EnvFromAgentTOML(t *testing.T) {
+	dir := shortDir(t)
+	d := startDev(t, dir)
+	cfg := filepath.Join(dir, ".wicket-dev", "agent.toml")
+	f, err := os.OpenFile(cfg, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(f, "\n[aws]\nrole_arn = \"arn:aws:iam::123456789012:role/dev-app\"\ntoken_file = %q\n"+
+		"\n[azure]\nclient_id = \"c1\"\ntenant_id = \"t1\"\ntoken_file = %q\n",
+		filepath.Join(dir, ".wicket-dev", "tokens", "aws"), filepath.Join(dir, ".wicket-dev", "tokens", "azure"))
+	f.Close()
+	if out, errOut, code := run(t, "admin", "--socket", d.adminSock, "reload"); code != 0 {
+		t.Fatalf("reload: %s %s", out, errOut)
+	}
+	var meta struct {
+		MachineID string `json:"machine_id"`
+	}
+	if r := sockettest.Do(d.api, "GET", "/v1/metadata", "", nil); r.Status != 200 || json.Unmarshal([]byte(r.Body), &meta) != nil || meta.MachineID == "" {
+		t.Fatalf("metadata: %+v", r)
+	}
+	out, errOut, code := run(t, "env", "aws", "--config", cfg)
+	if code != 0 {
+		t.Fatalf("env aws --config: %d %s", code, errOut)
+	}
+	for _, want := range []string{
+		"export AWS_ROLE_ARN='arn:aws:iam::123456789012:role/dev-app'",
+		"export AWS_WEB_IDENTITY_TOKEN_FILE='" + filepath.Join(dir, ".wicket-dev", "tokens", "aws") + "'",
+		"export AWS_ROLE_SESSION_NAME='" + meta.MachineID + "'",
+	} {
+		if !strings.Contains(out, want+"\n") {
+			t.Errorf("env aws lacks %s:\n%s", want, out)
+		}
+	}
+	out, errOut, code = run(t, "env", "azure", "--config", cfg)
+	if code != 0 || !strings.Contains(out, "export AZURE_FEDERATED_TOKEN_FILE='"+filepath.Join(dir, ".wicket-dev", "tokens", "azure")+"'\n") {
+		t.Errorf("env azure --config: %d %s %s", code, out, errOut)
+	}
+	// The agent wrote the files the environment names.
+	for _, p := range []string{"aws", "azure"} {
+		path := filepath.Join(dir, ".wicket-dev", "tokens", p)
+		wait.Eventually(t, 20*time.Second, func() bool { _, err := os.Stat(path); return err == nil }, "%s not written", path)
+	}
 }

@@ -86,7 +86,7 @@ func newIssuerCmd() *cobra.Command {
 		},
 	}
 	initCmd.Flags().AddFlagSet(fl)
-	cmd.AddCommand(initCmd, newIssuerMachineCmd(), newIssuerTokenCmd(), newIssuerKeysCmd())
+	cmd.AddCommand(initCmd, newIssuerMachineCmd(), newIssuerTokenCmd(), newIssuerKeysCmd(), newIssuerAdminTokenCmd())
 	cmd.AddCommand(newIssuerMigrateCmd())
 	return cmd
 }
@@ -109,27 +109,58 @@ func runIssuer(parent context.Context, f *issuerFlags) error {
 	return s.Run(ctx)
 }
 
-// adminFlags are the flags every admin-socket client command shares.
-type adminFlags struct{ socket, tokenFile string }
+// adminFlags are the flags every issuer client command shares: the admin
+// socket, or the remote admin API with an admin token (remote.go).
+type adminFlags struct {
+	socket, tokenFile string
+	remote            remoteFlags
+}
 
 func (a *adminFlags) register(cmd *cobra.Command, def string) {
 	cmd.PersistentFlags().StringVar(&a.socket, "socket", cli.EnvOr(api.IssuerSocketEnv, def), "issuer admin socket ($WICKET_ISSUER_SOCKET)")
-	cmd.PersistentFlags().StringVar(&a.tokenFile, "token-file", "", "file holding the admin token (or $WICKET_ADMIN_TOKEN)")
+	cmd.PersistentFlags().StringVar(&a.tokenFile, "token-file", "", "file holding the admin socket's token (or $WICKET_ADMIN_TOKEN)")
 }
 
+// registerRemote adds the remote admin API's flags, for the commands it
+// serves (machine, token).
+func (a *adminFlags) registerRemote(cmd *cobra.Command) { a.remote.register(cmd) }
+
+// call sends one command to the admin socket or, with --issuer-url, to
+// the remote admin API, and prints the reply as it came: the same bytes
+// either way.
 func (a *adminFlags) call(cmd *cobra.Command, method, path string, body any) error {
-	var rd *bytes.Reader
+	reply, err := a.do(cmd, method, path, body)
+	if err != nil {
+		return err
+	}
+	fmt.Fprint(cmd.OutOrStdout(), string(reply))
+	return nil
+}
+
+// do is call returning a successful reply instead of printing it (an error
+// reply is printed to stderr and exits 1), over whichever transport the
+// flags name.
+func (a *adminFlags) do(cmd *cobra.Command, method, path string, body any) ([]byte, error) {
+	var b []byte
 	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
+		var err error
+		if b, err = json.Marshal(body); err != nil {
+			return nil, err
 		}
-		rd = bytes.NewReader(b)
 	}
-	if rd == nil {
-		return cli.AdminCall(cmd, a.socket, a.tokenFile, method, path, nil)
+	if a.remote.url != "" {
+		if cmd.Flags().Changed("socket") || a.tokenFile != "" {
+			return nil, fmt.Errorf("--issuer-url replaces --socket and --token-file: give one or the other")
+		}
+		return a.remote.do(cmd, method, path, b)
 	}
-	return cli.AdminCall(cmd, a.socket, a.tokenFile, method, path, rd)
+	if a.remote.adminTokenFile != "" {
+		return nil, fmt.Errorf("--admin-token-file needs --issuer-url")
+	}
+	if b == nil {
+		return cli.AdminDo(cmd, a.socket, a.tokenFile, method, path, nil)
+	}
+	return cli.AdminDo(cmd, a.socket, a.tokenFile, method, path, bytes.NewReader(b))
 }
 
 // parseTags turns k=v flags into a map.
@@ -152,9 +183,11 @@ func newIssuerMachineCmd() *cobra.Command {
 	af := &adminFlags{}
 	cmd := &cobra.Command{Use: "machine", Short: "Manage registered machines"}
 	af.register(cmd, api.DefaultIssuerAdminSocket)
+	af.registerRemote(cmd)
 
 	var spec api.MachineSpec
 	var tags []string
+	var addOut string
 	add := &cobra.Command{
 		Use:   "add",
 		Short: "Register a machine and print its token (once)",
@@ -165,9 +198,11 @@ func newIssuerMachineCmd() *cobra.Command {
 				return err
 			}
 			spec.Tags = t
-			return af.call(cmd, "POST", "/v1/machines", spec)
+			return af.callTokenOut(cmd, "POST", "/v1/machines", spec, addOut,
+				func(r any) *api.MintedToken { return r.(*api.MachineAdded).Token }, &api.MachineAdded{})
 		},
 	}
+	tokenOutFlag(add, &addOut)
 	af2 := add.Flags()
 	af2.StringVar(&spec.Name, "name", "", "machine name (required)")
 	af2.StringVar(&spec.Org, "org", "", "org (required)")
@@ -230,21 +265,42 @@ func newIssuerTokenCmd() *cobra.Command {
 	af := &adminFlags{}
 	cmd := &cobra.Command{Use: "token", Short: "Mint or revoke machine tokens"}
 	af.register(cmd, api.DefaultIssuerAdminSocket)
-	var machine, ttl, reason string
+	af.registerRemote(cmd)
+	var machine, ttl, reason, mintOut string
 	mint := &cobra.Command{Use: "mint", Short: "Mint a new token for a machine (printed once)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if machine == "" {
 				return fmt.Errorf("--machine is required")
 			}
-			return af.call(cmd, "POST", "/v1/machines/"+url.PathEscape(machine)+"/tokens", map[string]string{"ttl": ttl})
+			return af.callTokenOut(cmd, "POST", "/v1/machines/"+url.PathEscape(machine)+"/tokens", map[string]string{"ttl": ttl}, mintOut,
+				func(r any) *api.MintedToken { return r.(*api.MintedToken) }, &api.MintedToken{})
 		}}
+	tokenOutFlag(mint, &mintOut)
 	mint.Flags().StringVar(&machine, "machine", "", "machine id or org/app/name")
 	mint.Flags().StringVar(&ttl, "ttl", "", "token lifetime, e.g. 720h")
-	revoke := &cobra.Command{Use: "revoke TOKEN_ID", Short: "Revoke a machine token and all copies made from it", Args: cobra.ExactArgs(1),
+	var machineTokenFile string
+	revoke := &cobra.Command{Use: "revoke [TOKEN_ID]", Short: "Revoke a machine token and all copies made from it", Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return af.call(cmd, "POST", "/v1/revocations", map[string]string{"token_id": args[0], "reason": reason})
+			req := api.RevokeRequest{Reason: reason}
+			if len(args) == 1 {
+				req.TokenID = args[0]
+			}
+			if machineTokenFile != "" {
+				// The remote admin API needs the token itself, to check
+				// whose machine it is.
+				b, err := os.ReadFile(machineTokenFile)
+				if err != nil {
+					return fmt.Errorf("machine token: %w", err)
+				}
+				req.Token = strings.TrimSpace(string(b))
+			}
+			if req.TokenID == "" && req.Token == "" {
+				return fmt.Errorf("give TOKEN_ID or --machine-token-file")
+			}
+			return af.call(cmd, "POST", "/v1/revocations", req)
 		}}
 	revoke.Flags().StringVar(&reason, "reason", "", "why (kept in the state)")
+	revoke.Flags().StringVar(&machineTokenFile, "machine-token-file", "", "file holding the machine token to revoke (required with --issuer-url)")
 	cmd.AddCommand(mint, revoke)
 	return cmd
 }

@@ -95,6 +95,36 @@ func TestTokenOIDC(t *testing.T) {
 	}
 }
 
+// TestTokenOIDC_Out: --out writes the JWT alone, without the newline
+// "> FILE" leaves (an STS reads it as bad base64 padding), mode 0600,
+// replacing an earlier token but never a symlink. On the old code the flag
+// did not exist.
+func TestTokenOIDC_Out(t *testing.T) {
+	is := agenttest.New(t)
+	api, _ := startGuestAgent(t, is, false)
+	dir := shortDir(t)
+	path := filepath.Join(dir, "tok")
+	for i := 0; i < 2; i++ { // the second run replaces the first file
+		out, errOut, code := run(t, "token", "oidc", "--socket", api, "--aud", "sts.amazonaws.com", "--out", path)
+		if code != 0 || out != "" {
+			t.Fatalf("--out: %d %q %q", code, out, errOut)
+		}
+		b, _ := os.ReadFile(path)
+		fi, _ := os.Stat(path)
+		if strings.Count(string(b), ".") != 2 || strings.ContainsAny(string(b), "\n\r ") || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("--out file mode %v, %d bytes, ends in %q", fi.Mode(), len(b), b[max(0, len(b)-1):])
+		}
+	}
+	link := filepath.Join(dir, "link")
+	os.Symlink(filepath.Join(dir, "target"), link)
+	if _, _, code := run(t, "token", "oidc", "--socket", api, "--out", link); code == 0 {
+		t.Error("--out replaced a symlink")
+	}
+	if _, _, code := run(t, "token", "oidc", "--socket", api, "--out", path, "--json"); code == 0 {
+		t.Error("--out with --json accepted")
+	}
+}
+
 func TestTokenOIDC_Errors(t *testing.T) {
 	is := agenttest.New(t)
 	api, _ := startGuestAgent(t, is, false)

@@ -78,10 +78,7 @@ func New(svc Service, auth func() Auth, selfUID uint32, logger *slog.Logger) *Se
 	s.mux.HandleFunc("POST /v1/reload", s.reload)
 	s.mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		samples := append(s.svc.Metrics(), metrics.Sample{
-			Name: "wicket_admin_denied_total", Help: "Admin requests refused (peer or token).",
-			Type: metrics.Counter, Value: float64(s.denied.Load()),
-		})
+		samples := append(s.svc.Metrics(), s.Counters().Samples()...)
 		samples = append(samples, unixsock.DenialMetrics("admin", s.denials)...)
 		metrics.Write(w, samples)
 	})
@@ -93,6 +90,29 @@ func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, 
 
 // Denied returns how many admin requests were refused.
 func (s *Server) Denied() uint64 { return s.denied.Load() }
+
+// StatusCounters is a service's status "counters": its own cs and the
+// admin socket's. s may be nil (before the service runs): the admin
+// counters are then 0.
+func (s *Server) StatusCounters(cs metrics.CounterSet) map[string]uint64 {
+	if s == nil {
+		s = &Server{}
+	}
+	m := cs.Status()
+	for k, v := range s.Counters().Status() {
+		m[k] = v
+	}
+	return m
+}
+
+// Counters are the admin socket's own counters: /metrics serves them, and
+// the service puts them in its status counters (Status merges them), so
+// both come from this one list.
+func (s *Server) Counters() metrics.CounterSet {
+	return metrics.CounterSet{
+		{Key: "admin_denied", Name: "wicket_admin_denied_total", Help: "Admin requests refused (peer or token).", Value: s.denied.Load},
+	}
+}
 
 // LimitBodies caps request bodies (see unixsock.ReadBody); onError writes
 // the reply when a body is refused. A body is read only once its caller is
@@ -128,14 +148,14 @@ func (s *Server) reload(w http.ResponseWriter, r *http.Request) {
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	p, ok := unixsock.PeerFromContext(r.Context())
-	lw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+	lw := httpapi.NewStatusWriter(w)
 	// The request path is logged quoted and cut short: it is caller input.
 	logger := s.log.With("peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID,
 		"command", r.Method+" "+httpapi.Truncate(r.URL.Path, httpapi.MaxLoggedPath))
 	r = r.WithContext(context.WithValue(r.Context(), logKey{}, logger))
 	outcome := "ok"
 	defer func() {
-		args := []any{"outcome", outcome, "status", lw.status, "duration_ms", time.Since(start).Milliseconds()}
+		args := []any{"outcome", outcome, "status", lw.Status, "duration_ms", time.Since(start).Milliseconds()}
 		if strings.HasPrefix(outcome, "denied") {
 			// Logged in full once per uid and interval, then counted.
 			s.denials.Deny(r.Context(), p, strings.TrimPrefix(outcome, "denied_"), append([]any{"peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID,
@@ -183,7 +203,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Dispatch through the mux itself: only ServeMux.ServeHTTP fills in
 	// the request's path values.
 	s.mux.ServeHTTP(lw, r)
-	if lw.status >= 400 {
+	if lw.Status >= 400 {
 		outcome = "error"
 	}
 }
@@ -233,24 +253,3 @@ func ReadJSON(r *http.Request, v any) error {
 	}
 	return nil
 }
-
-type statusWriter struct {
-	http.ResponseWriter
-	status      int
-	wroteHeader bool
-}
-
-func (w *statusWriter) WriteHeader(code int) {
-	if !w.wroteHeader {
-		w.status, w.wroteHeader = code, true
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *statusWriter) Write(b []byte) (int, error) {
-	w.wroteHeader = true
-	return w.ResponseWriter.Write(b)
-}
-
-// Unwrap lets http.ResponseController reach the connection.
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -17,9 +17,11 @@ import (
 
 	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/admin"
-	"github.com/wicket-sh/wicket/internal/agent/workloadapi"
+	"github.com/wicket-sh/wicket/internal/agent/builtin"
+	"github.com/wicket-sh/wicket/internal/agent/feature"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/httpapi"
+	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/metrics"
 	"github.com/wicket-sh/wicket/internal/peer"
 	"github.com/wicket-sh/wicket/internal/proxy"
@@ -50,13 +52,22 @@ type Options struct {
 	// keeps the wall clock: the issuer checks those windows against its
 	// own.
 	Now func() time.Time
+	// Features are the agent's feature modules; nil means
+	// builtin.Features(), the list both binaries run.
+	Features []feature.Module
+}
+
+// LoadConfig reads and validates an agent config with the built-in
+// features, as the agent itself would at start: what `wicket agent
+// --check-config` and the cloud helpers read.
+func LoadConfig(path string, overrides ...config.Override) (*config.Agent, error) {
+	return config.LoadAgent(path, feature.Sections(builtin.Features()), overrides...)
 }
 
 // runtime is everything a reload swaps in one step.
 type runtime struct {
 	cfg        *config.Agent
 	policy     *peer.Policy
-	routes     *proxy.Table
 	adminAuth  admin.Auth
 	generation uint64
 }
@@ -86,31 +97,33 @@ type Agent struct {
 	token       MachineToken
 	tokenSource string // "option", "file", "env" or "" (for status)
 	issuer      *issuerClient
-	meta        metaCache
-	tokens      *tokenCache // nil without an issuer
 	limiter     *rateLimiter
-	forwarder   *proxy.Forwarder
-	metaOK      atomic.Int64 // unix time of the last good metadata fetch
-	metaFailing atomic.Bool
 	files       tokenFiles // token file refreshers (tokenfiles.go)
-	// The SPIFFE Workload API (spiffe.go), when [spiffe] enabled.
-	spiffe   *workloadapi.Server
-	spiffeLn *unixsock.Listener
+	// featureSocks are the sockets features serve (feature.Listener),
+	// open while Run runs.
+	featureSocks []*unixsock.Listener
+
+	// built are the features' run-time parts (feature.Runtime), in
+	// registration order; tokens is the one that implements
+	// feature.TokenSource (the OIDC token feature), nil if none does;
+	// fallback the one that implements feature.Fallback (the proxy);
+	// meta the one that implements feature.Metadata.
+	built    []builtFeature
+	tokens   feature.TokenSource
+	fallback feature.Fallback
+	meta     feature.Metadata
 
 	// stop ends background work and local long polls at shutdown.
 	stop     context.Context
 	stopFunc context.CancelFunc
-	bg       sync.WaitGroup
 
-	upstreamWait, backoffMin, backoffMax time.Duration
+	rateLimitedN, upstreamErrors atomic.Uint64
+}
 
-	rateLimitedN, tokensServed, tokensIssued, upstreamErrors atomic.Uint64
-	proxied, proxyErrors                                     atomic.Uint64
-
-	// served remembers which process got which cached token, so the
-	// audit log has one line per process and token (see firstServe).
-	servedMu sync.Mutex
-	served   map[servedKey]struct{}
+// builtFeature is one feature's run-time part.
+type builtFeature struct {
+	key  string
+	inst feature.Instance
 }
 
 // New loads and validates the configuration; it opens no socket yet.
@@ -120,6 +133,9 @@ func New(opts Options) (*Agent, error) {
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.Features == nil {
+		opts.Features = builtin.Features()
 	}
 	a := &Agent{
 		opts:    opts,
@@ -131,11 +147,7 @@ func New(opts Options) (*Agent, error) {
 		denials: unixsock.NewDenialLog(opts.Logger, unixsock.DenialLogConfig{
 			Msg: "request denied", SummaryMsg: "request denials suppressed",
 		}),
-		upstreamWait: upstreamWaitDefault,
-		backoffMin:   backoffMinDefault,
-		backoffMax:   backoffMaxDefault,
 	}
-	a.meta.init()
 	a.stop, a.stopFunc = context.WithCancel(context.Background())
 	// The environment variable is taken (and unset) whatever happens next,
 	// so no child can inherit it.
@@ -153,7 +165,42 @@ func New(opts Options) (*Agent, error) {
 	rt.generation = 1
 	a.rt.Store(rt)
 	a.applyLogLevel(rt.cfg)
+	if err := a.buildFeatures(); err != nil {
+		return nil, err
+	}
 	return a, nil
+}
+
+// buildFeatures builds the run-time part of every feature that has one,
+// once, in registration order.
+func (a *Agent) buildFeatures() error {
+	h := runHost{a}
+	for _, m := range a.opts.Features {
+		r, ok := m.(feature.Runtime)
+		if !ok {
+			continue
+		}
+		inst, err := r.Build(h)
+		if err != nil {
+			return fmt.Errorf("%s: %w", m.Key(), err)
+		}
+		a.built = append(a.built, builtFeature{key: m.Key(), inst: inst})
+		if ts, ok := inst.(feature.TokenSource); ok && a.tokens == nil {
+			a.tokens = ts
+		}
+		if fb, ok := inst.(feature.Fallback); ok {
+			if a.fallback != nil {
+				// Two would make which one forwards a request depend on
+				// registration order.
+				return fmt.Errorf("%s: a second feature serves unrouted requests", m.Key())
+			}
+			a.fallback = fb
+		}
+		if md, ok := inst.(feature.Metadata); ok && a.meta == nil {
+			a.meta = md
+		}
+	}
+	return nil
 }
 
 // now is the agent's clock (Options.Now).
@@ -186,7 +233,6 @@ func (a *Agent) initUpstream(cfg *config.Agent, envTok MachineToken, envSet bool
 	case envSet:
 		a.token, a.tokenSource = envTok, "env"
 	}
-	a.forwarder = proxy.NewForwarder(proxy.Options{ContainsSecret: a.token.containedIn})
 	if cfg.Issuer.URL == "" {
 		if !a.token.IsZero() {
 			return errors.New("a machine token was given but issuer.url is not set")
@@ -205,19 +251,12 @@ func (a *Agent) initUpstream(cfg *config.Agent, envTok MachineToken, envSet bool
 	}
 	a.issuerURL = u
 	a.issuer = newIssuerClient(u, a.token)
-	a.tokens = newTokenCache(a.stop, a.now, a.fetchToken, a.tokenCacheConfig)
 	return nil
-}
-
-// tokenCacheConfig is the token cache's view of the live config.
-func (a *Agent) tokenCacheConfig() tokenCacheConfig {
-	c := a.rt.Load().cfg
-	return tokenCacheConfig{refreshAt: c.Tokens.RefreshAt, maxAudiences: c.Tokens.MaxAudiences, timeout: c.Issuer.RequestTimeout.Duration}
 }
 
 // load reads and validates the config and everything derived from it.
 func (a *Agent) load() (*runtime, error) {
-	cfg, err := config.LoadAgent(a.opts.ConfigPath, a.opts.Overrides...)
+	cfg, err := config.LoadAgent(a.opts.ConfigPath, feature.Sections(a.opts.Features), a.opts.Overrides...)
 	if err != nil {
 		return nil, err
 	}
@@ -235,7 +274,6 @@ func (a *Agent) load() (*runtime, error) {
 	return &runtime{
 		cfg:    cfg,
 		policy: pol,
-		routes: cfg.CompiledRoutes(),
 		adminAuth: admin.Auth{
 			Allow: peer.Allowlist{UIDs: cfg.Admin.AllowUIDs, GIDs: cfg.Admin.AllowGIDs},
 			Token: tok,
@@ -315,25 +353,37 @@ func (a *Agent) Run(ctx context.Context) error {
 	apiSrv := unixsock.NewHTTPServer(a.apiHandler(), lim, a.log)
 	admSrv := unixsock.NewHTTPServer(a.admin, lim, a.log)
 
-	defer a.stopBackground()
-	if a.issuer != nil {
-		a.bg.Add(1)
-		go func() {
-			defer a.bg.Done()
-			a.watchMetadata(a.stop)
-		}()
-	} else {
-		a.meta.markAttempted() // no issuer: nothing to wait for
+	listeners, err := a.listenFeatures()
+	for _, fl := range listeners {
+		defer fl.l.Close()
 	}
-	a.startTokenFiles()
-	if err := a.startWorkloadAPI(); err != nil {
+	if err != nil {
 		return err
 	}
-	defer a.stopWorkloadAPI()
+	var served sync.WaitGroup // the features' Serve calls
+	defer func() {
+		a.stopBackground()
+		served.Wait() // Worker.Stop has ended each Serve
+	}()
+	for _, b := range a.built {
+		if w, ok := b.inst.(feature.Worker); ok {
+			w.Start()
+		}
+	}
+	a.startTokenFiles()
 
-	errc := make(chan error, 2)
+	errc := make(chan error, 2+len(listeners))
 	go func() { errc <- serve(apiSrv, a.api) }()
 	go func() { errc <- serve(admSrv, a.adm) }()
+	for _, fl := range listeners {
+		served.Add(1)
+		go func() {
+			defer served.Done()
+			if err := fl.srv.Serve(fl.l); err != nil {
+				errc <- fmt.Errorf("%s socket: %w", fl.l.Name(), err)
+			}
+		}()
+	}
 	a.log.Info("agent ready", "api_socket", a.api.Path(), "admin_socket", a.adm.Path())
 	a.readyOnce.Do(func() { close(a.ready) })
 
@@ -359,15 +409,50 @@ func (a *Agent) Run(ctx context.Context) error {
 	return runErr
 }
 
-// stopBackground ends the metadata watch, the token files' refreshers and
-// the token cache and waits for them.
+// stopBackground ends the token files' refreshers and the features'
+// workers (the metadata watch among them) and waits for them.
 func (a *Agent) stopBackground() {
 	a.stopFunc()
 	a.stopTokenFiles()
-	if a.tokens != nil {
-		a.tokens.close()
+	for i := len(a.built) - 1; i >= 0; i-- {
+		if w, ok := a.built[i].inst.(feature.Worker); ok {
+			w.Stop()
+		}
 	}
-	a.bg.Wait()
+}
+
+// featureListener is one open socket a feature serves.
+type featureListener struct {
+	srv feature.Listener
+	l   *unixsock.Listener
+}
+
+// listenFeatures opens the sockets of the features that serve one, with
+// unixsock and the core's rules (feature.Listener). On error the sockets
+// opened so far are returned too, for the caller to close.
+func (a *Agent) listenFeatures() ([]featureListener, error) {
+	var out []featureListener
+	for _, b := range a.built {
+		fl, ok := b.inst.(feature.Listener)
+		if !ok {
+			continue
+		}
+		sc, ok, err := fl.ListenConfig()
+		if err != nil {
+			return out, fmt.Errorf("%s: %w", b.key, err)
+		}
+		if !ok {
+			continue
+		}
+		sc.Logger = a.log
+		l, err := unixsock.Listen(sc)
+		if err != nil {
+			return out, fmt.Errorf("%s socket: %w", b.key, err)
+		}
+		out = append(out, featureListener{srv: fl, l: l})
+		a.featureSocks = append(a.featureSocks, l)
+	}
+	return out, nil
 }
 
 func serve(s *http.Server, l *unixsock.Listener) error {
@@ -391,14 +476,10 @@ func (a *Agent) Status() any {
 		unixsock.Stats
 	}
 	socks := map[string]sock{}
-	for _, l := range []*unixsock.Listener{a.api, a.adm, a.spiffeLn} {
+	for _, l := range append([]*unixsock.Listener{a.api, a.adm}, a.featureSocks...) {
 		if l != nil {
 			socks[l.Name()] = sock{Path: l.Path(), Stats: l.Stats()}
 		}
-	}
-	var admDenied uint64
-	if a.admin != nil {
-		admDenied = a.admin.Denied()
 	}
 	return map[string]any{
 		"service":           "agent",
@@ -407,54 +488,46 @@ func (a *Agent) Status() any {
 		"uptime_seconds":    int64(a.now().Sub(a.started).Seconds()),
 		"config_generation": rt.generation,
 		"sockets":           socks,
-		"counters": map[string]uint64{
-			"api_denied":         a.denied.Load(),
-			"admin_denied":       admDenied,
-			"reloads_ok":         a.reloadsOK.Load(),
-			"reloads_failed":     a.reloadsKO.Load(),
-			"rate_limited":       a.rateLimitedN.Load(),
-			"tokens_served":      a.tokensServed.Load(),
-			"tokens_issued":      a.tokensIssued.Load(),
-			"token_cache_hits":   a.cacheStat(func(c *tokenCache) uint64 { return c.hits.Load() }),
-			"token_cache_misses": a.cacheStat(func(c *tokenCache) uint64 { return c.misses.Load() }),
-			"token_refreshes":    a.cacheStat(func(c *tokenCache) uint64 { return c.refreshes.Load() }),
-			"upstream_errors":    a.upstreamErrors.Load(),
-			"proxied":            a.proxied.Load(),
-			"proxy_errors":       a.proxyErrors.Load(),
-		},
-		"upstream":    a.upstreamStatus(),
-		"token_files": a.tokenFilesStatus(),
-		"spiffe":      a.spiffeStatus(),
+		"counters":          a.admin.StatusCounters(a.counters()),
+		"upstream":          a.upstreamStatus(),
+		"token_files":       a.tokenFilesStatus(),
 	}
 }
 
-func (a *Agent) cacheStat(f func(*tokenCache) uint64) uint64 {
-	if a.tokens == nil {
-		return 0
+// counters lists every counter the agent reports: status shows each
+// under its key, /metrics as its sample (TestStatusAndMetrics_SameCounters).
+func (a *Agent) counters() metrics.CounterSet {
+	reloads := "Config reloads."
+	set := metrics.CounterSet{
+		{Key: "api_denied", Name: "wicket_api_denied_total", Help: "Guest API requests refused by policy.", Value: a.denied.Load},
+		{Key: "reloads_ok", Name: "wicket_reloads_total", Help: reloads, Labels: map[string]string{"outcome": "ok"}, Value: a.reloadsOK.Load},
+		{Key: "reloads_failed", Name: "wicket_reloads_total", Help: reloads, Labels: map[string]string{"outcome": "failed"}, Value: a.reloadsKO.Load},
+		{Key: "rate_limited", Name: "wicket_rate_limited_total", Help: "Guest API requests refused by the per-uid rate limit.", Value: a.rateLimitedN.Load},
+		{Key: "upstream_errors", Name: "wicket_upstream_errors_total", Help: "Failed calls to the issuer or a proxy upstream.", Value: a.upstreamErrors.Load},
 	}
-	return f(a.tokens)
+	for _, b := range a.built {
+		if c, ok := b.inst.(feature.Counters); ok {
+			set = append(set, c.Counters()...)
+		}
+	}
+	return set
 }
 
 // upstreamStatus describes the issuer connection; it never includes the
 // machine token, only where it came from.
 func (a *Agent) upstreamStatus() map[string]any {
 	st := map[string]any{"issuer_configured": a.issuerURL != nil, "machine_token": a.tokenSource != "", "machine_token_source": a.tokenSource}
+	for _, b := range a.built {
+		if s, ok := b.inst.(feature.Status); ok {
+			for k, v := range s.Status() {
+				st[k] = v
+			}
+		}
+	}
 	if a.issuerURL == nil {
 		return st
 	}
 	st["issuer"] = a.issuerURL.Redacted()
-	snap := a.meta.cur.Load()
-	meta := map[string]any{"available": snap != nil, "failing": a.metaFailing.Load(), "waiters": a.meta.waiters.Load()}
-	if snap != nil {
-		meta["etag"] = snap.etag
-	}
-	if t := a.metaOK.Load(); t > 0 {
-		meta["last_ok"] = time.Unix(t, 0).UTC().Format(time.RFC3339)
-	}
-	st["metadata"] = meta
-	if a.tokens != nil {
-		st["cached_audiences"] = a.tokens.size()
-	}
 	return st
 }
 
@@ -464,21 +537,82 @@ func (a *Agent) Metrics() []metrics.Sample {
 	s := []metrics.Sample{
 		{Name: "wicket_uptime_seconds", Help: "Seconds since start.", Type: metrics.Gauge, Value: a.now().Sub(a.started).Seconds()},
 		{Name: "wicket_config_generation", Help: "Generation of the running config.", Type: metrics.Gauge, Value: float64(rt.generation)},
-		{Name: "wicket_reloads_total", Help: "Config reloads.", Type: metrics.Counter, Labels: map[string]string{"outcome": "ok"}, Value: float64(a.reloadsOK.Load())},
-		{Name: "wicket_reloads_total", Help: "Config reloads.", Type: metrics.Counter, Labels: map[string]string{"outcome": "failed"}, Value: float64(a.reloadsKO.Load())},
-		{Name: "wicket_api_denied_total", Help: "Guest API requests refused by policy.", Type: metrics.Counter, Value: float64(a.denied.Load())},
-		{Name: "wicket_rate_limited_total", Help: "Guest API requests refused by the per-uid rate limit.", Type: metrics.Counter, Value: float64(a.rateLimitedN.Load())},
-		{Name: "wicket_oidc_tokens_served_total", Help: "OIDC tokens handed to callers.", Type: metrics.Counter, Value: float64(a.tokensServed.Load())},
-		{Name: "wicket_oidc_tokens_issued_total", Help: "OIDC tokens obtained from the issuer.", Type: metrics.Counter, Value: float64(a.tokensIssued.Load())},
-		{Name: "wicket_oidc_token_cache_total", Help: "OIDC token cache lookups.", Type: metrics.Counter, Labels: map[string]string{"result": "hit"}, Value: float64(a.cacheStat(func(c *tokenCache) uint64 { return c.hits.Load() }))},
-		{Name: "wicket_oidc_token_cache_total", Help: "OIDC token cache lookups.", Type: metrics.Counter, Labels: map[string]string{"result": "miss"}, Value: float64(a.cacheStat(func(c *tokenCache) uint64 { return c.misses.Load() }))},
-		{Name: "wicket_upstream_errors_total", Help: "Failed calls to the issuer or a proxy upstream.", Type: metrics.Counter, Value: float64(a.upstreamErrors.Load())},
-		{Name: "wicket_proxy_requests_total", Help: "Requests forwarded upstream.", Type: metrics.Counter, Value: float64(a.proxied.Load())},
-		{Name: "wicket_metadata_waiters", Help: "Local metadata long polls waiting.", Type: metrics.Gauge, Value: float64(a.meta.waiters.Load())},
 	}
-	s = append(s, unixsock.Metrics(a.api, a.adm, a.spiffeLn)...)
-	s = append(s, a.spiffeMetrics()...)
+	for _, b := range a.built {
+		if g, ok := b.inst.(feature.Gauges); ok {
+			s = append(s, g.Gauges()...)
+		}
+	}
+	s = append(s, a.counters().Samples()...)
+	s = append(s, unixsock.Metrics(append([]*unixsock.Listener{a.api, a.adm}, a.featureSocks...)...)...)
 	s = append(s, unixsock.DenialMetrics("api", a.denials)...)
 	s = append(s, a.tokenFilesMetrics()...)
 	return s
+}
+
+// runHost is the agent as its features' host (feature.RunHost).
+type runHost struct{ *Agent }
+
+func (h runHost) Now() time.Time           { return h.now() }
+func (h runHost) Logger() *slog.Logger     { return h.log }
+func (h runHost) Context() context.Context { return h.stop }
+func (h runHost) UpstreamError()           { h.upstreamErrors.Add(1) }
+
+// Issuer returns the issuer client, a nil interface without an issuer.
+func (h runHost) Issuer() feature.Issuer {
+	if h.issuer == nil {
+		return nil
+	}
+	return h.issuer
+}
+
+func (h runHost) RateLimited(w http.ResponseWriter, p unixsock.Peer) bool {
+	return h.rateLimited(w, h.rt.Load(), p)
+}
+
+// IssuerURL returns the issuer's base URL, nil without an issuer.
+func (h runHost) IssuerURL() *url.URL { return h.issuerURL }
+
+func (h runHost) ContainsMachineToken(b []byte) bool { return h.token.containedIn(b) }
+
+func (h runHost) UpstreamToken(upstream *url.URL, features []machinetoken.Feature) (string, error) {
+	if h.token.IsZero() {
+		return "", feature.ErrNoMachineToken
+	}
+	scope := machinetoken.Scope{Features: features}
+	if !issuerGateway(upstream, h.issuerURL) {
+		// Not the issuer: that upstream gets a copy wicket refuses, so a
+		// copy it leaks or reflects back is worth nothing here.
+		scope.External = upstream.Scheme + "://" + upstream.Host
+	}
+	// The wall clock: the issuer checks the copy's window on its own.
+	tok, err := h.token.restrictScope(time.Now(), attenuatedTTL, scope)
+	if err != nil {
+		return "", fmt.Errorf("attenuate machine token: %w", err)
+	}
+	return tok, nil
+}
+
+// Authorize decides a call on a feature's own socket by the policy, as
+// the guest API's guard decides a request, and counts and logs a refusal
+// as the guard does.
+func (h runHost) Authorize(ctx context.Context, p unixsock.Peer, socket, method, path string) (peer.Decision, bool) {
+	d := h.rt.Load().policy.Decide(p, method, path)
+	if d.Allowed {
+		return d, true
+	}
+	h.denied.Add(1)
+	reason := denyReason(true, d)
+	h.denials.Deny(ctx, p, reason, denyArgs(p, reason, d,
+		"socket", socket, "method", method, "route", httpapi.Truncate(path, httpapi.MaxLoggedPath))...)
+	return d, false
+}
+
+// RouteVars reads the metadata feature's snapshot; without that feature
+// the variables are never known.
+func (h runHost) RouteVars() (proxy.Vars, bool) {
+	if h.meta == nil {
+		return proxy.Vars{}, false
+	}
+	return h.meta.Vars()
 }

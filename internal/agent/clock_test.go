@@ -25,6 +25,9 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/wicket-sh/wicket/internal/agent/builtin"
+	"github.com/wicket-sh/wicket/internal/agent/feature"
+	"github.com/wicket-sh/wicket/internal/agent/feature/oidctoken"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/sockettest"
 	"github.com/wicket-sh/wicket/internal/unixsock"
@@ -40,10 +43,10 @@ type fakeIssuer struct {
 	delay  time.Duration
 	down   bool
 	calls  []time.Time // every call, failed ones included
-	issued []issued
+	issued []feature.Token
 }
 
-func (f *fakeIssuer) fetch(ctx context.Context, aud string) (issued, error) {
+func (f *fakeIssuer) fetch(ctx context.Context, aud string) (feature.Token, error) {
 	f.mu.Lock()
 	delay := f.delay
 	f.mu.Unlock()
@@ -51,7 +54,7 @@ func (f *fakeIssuer) fetch(ctx context.Context, aud string) (issued, error) {
 		select {
 		case <-time.After(delay):
 		case <-ctx.Done():
-			return issued{}, ctx.Err()
+			return feature.Token{}, ctx.Err()
 		}
 	}
 	f.mu.Lock()
@@ -59,10 +62,10 @@ func (f *fakeIssuer) fetch(ctx context.Context, aud string) (issued, error) {
 	now := time.Now()
 	f.calls = append(f.calls, now)
 	if f.down {
-		return issued{}, errors.New("issuer unreachable")
+		return feature.Token{}, errors.New("issuer unreachable")
 	}
 	n := len(f.issued)
-	tok := issued{token: fakeJWT(n, aud, now, now.Add(f.life)), jti: fmt.Sprintf("jti-%d", n), expires: now.Add(f.life)}
+	tok := feature.Token{JWT: fakeJWT(n, aud, now, now.Add(f.life)), ID: fmt.Sprintf("jti-%d", n), Expires: now.Add(f.life)}
 	f.issued = append(f.issued, tok)
 	return tok, nil
 }
@@ -86,7 +89,7 @@ func (f *fakeIssuer) callCount() int {
 }
 
 // last returns the latest token handed out.
-func (f *fakeIssuer) last() issued {
+func (f *fakeIssuer) last() feature.Token {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.issued[len(f.issued)-1]
@@ -130,13 +133,30 @@ func bubbleAgent(t *testing.T, extra string, is *fakeIssuer) (*Agent, *sockettes
 		t.Fatal(err)
 	}
 	logs := &sockettest.Buffer{}
-	a, err := New(Options{ConfigPath: cfg, MachineToken: mt, Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	// The OIDC token feature with its issuer call replaced by is.fetch.
+	feats := builtin.Features()
+	for i, m := range feats {
+		if _, ok := m.(oidctoken.Module); ok {
+			feats[i] = oidctoken.Module{Fetch: is.fetch}
+		}
+	}
+	a, err := New(Options{ConfigPath: cfg, MachineToken: mt, Features: feats,
+		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	if err != nil {
 		t.Fatal(err)
 	}
-	a.tokens = newTokenCache(a.stop, a.now, is.fetch, a.tokenCacheConfig)
 	t.Cleanup(a.stopBackground)
 	return a, logs
+}
+
+// counterValue is the agent's counter under key (as status shows it).
+func counterValue(a *Agent, key string) uint64 {
+	for _, c := range a.counters() {
+		if c.Key == key {
+			return c.Value()
+		}
+	}
+	panic("no counter " + key)
 }
 
 // postToken asks the guest API handler for a token for aud, as this
@@ -162,11 +182,12 @@ func TestTokenCache_RefreshAtFraction(t *testing.T) {
 		is := &fakeIssuer{life: 100 * time.Second}
 		a, _ := bubbleAgent(t, "", is)
 		c := a.tokens
+		refreshes := func() uint64 { return counterValue(a, "token_refreshes") }
 		ctx := context.Background()
 		start := time.Now()
 
-		first, src, err := c.get(ctx, "aud")
-		if err != nil || src != srcIssuer {
+		first, src, err := c.Token(ctx, "aud")
+		if err != nil || src != oidctoken.SourceIssuer {
 			t.Fatalf("first get: %v, source %q", err, src)
 		}
 		time.Sleep(80*time.Second - time.Millisecond)
@@ -174,8 +195,8 @@ func TestTokenCache_RefreshAtFraction(t *testing.T) {
 		if n := is.callCount(); n != 1 {
 			t.Fatalf("%d issuer calls before the refresh point, want 1", n)
 		}
-		if tok, src, _ := c.get(ctx, "aud"); tok.token != first.token || src != srcCache {
-			t.Errorf("before the refresh point: source %q, same token %v", src, tok.token == first.token)
+		if tok, src, _ := c.Token(ctx, "aud"); tok.JWT != first.JWT || src != oidctoken.SourceCache {
+			t.Errorf("before the refresh point: source %q, same token %v", src, tok.JWT == first.JWT)
 		}
 
 		// The renewal is slow; callers still get the cached token at once.
@@ -185,17 +206,17 @@ func TestTokenCache_RefreshAtFraction(t *testing.T) {
 		if el := time.Since(start); el != 80*time.Second {
 			t.Fatalf("clock at %v", el)
 		}
-		if tok, src, _ := c.get(ctx, "aud"); tok.token != first.token || src != srcCache || time.Since(start) != 80*time.Second {
-			t.Errorf("during the renewal: source %q, same token %v, waited %v", src, tok.token == first.token, time.Since(start)-80*time.Second)
+		if tok, src, _ := c.Token(ctx, "aud"); tok.JWT != first.JWT || src != oidctoken.SourceCache || time.Since(start) != 80*time.Second {
+			t.Errorf("during the renewal: source %q, same token %v, waited %v", src, tok.JWT == first.JWT, time.Since(start)-80*time.Second)
 		}
 		time.Sleep(5 * time.Second)
 		synctest.Wait()
-		if n, r := is.callCount(), c.refreshes.Load(); n != 2 || r != 1 {
+		if n, r := is.callCount(), refreshes(); n != 2 || r != 1 {
 			t.Fatalf("after the refresh point: %d issuer calls, %d refreshes; want 2 and 1", n, r)
 		}
-		second, src, _ := c.get(ctx, "aud")
-		if second.token == first.token || src != srcCache {
-			t.Errorf("after the renewal: source %q, same token %v", src, second.token == first.token)
+		second, src, _ := c.Token(ctx, "aud")
+		if second.JWT == first.JWT || src != oidctoken.SourceCache {
+			t.Errorf("after the renewal: source %q, same token %v", src, second.JWT == first.JWT)
 		}
 
 		// Used once after its renewal, the second token is renewed too;
@@ -205,7 +226,7 @@ func TestTokenCache_RefreshAtFraction(t *testing.T) {
 		if n := is.callCount(); n != 3 {
 			t.Errorf("%d issuer calls after the unused third token's life, want 3", n)
 		}
-		if tok, src, _ := c.get(ctx, "aud"); src != srcIssuer || tok.token == second.token {
+		if tok, src, _ := c.Token(ctx, "aud"); src != oidctoken.SourceIssuer || tok.JWT == second.JWT {
 			t.Errorf("lapsed token: source %q", src)
 		}
 	})
@@ -291,103 +312,6 @@ func TestRateLimit_RefillAndRetryAfter(t *testing.T) {
 	})
 }
 
-// fakeMetaUpstream answers the metadata watch: each call fails while
-// failing is above zero, otherwise returns the machine's metadata at once
-// (as an issuer that never waits would).
-type fakeMetaUpstream struct {
-	mu      sync.Mutex
-	failing int
-	calls   []time.Time
-}
-
-func (f *fakeMetaUpstream) fetch(ctx context.Context, cur *metaSnapshot) (*metaSnapshot, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.calls = append(f.calls, time.Now())
-	if f.failing > 0 {
-		f.failing--
-		return nil, errors.New("issuer unreachable")
-	}
-	return parseMetadata([]byte(fuzzMetadata), `"e1"`)
-}
-
-func (f *fakeMetaUpstream) set(failing int) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.failing = failing
-}
-
-func (f *fakeMetaUpstream) times() []time.Time {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]time.Time(nil), f.calls...)
-}
-
-// The metadata watch retries with jittered exponential backoff (each wait
-// within [d/2, d], d doubling from backoffMin up to backoffMax), resets it
-// on success, and spaces out upstream polls that return at once by
-// minPollInterval, so an issuer that never waits cannot make it spin.
-func TestWatchMetadata_BackoffGrowsAndCaps(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		a, logs := bubbleAgent(t, "", &fakeIssuer{})
-		up := &fakeMetaUpstream{failing: 9}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			a.watchMetadataFrom(ctx, up.fetch)
-		}()
-		defer func() { cancel(); <-done }()
-
-		// 200ms·2^k capped at 15s, then the tenth call succeeds.
-		want := []time.Duration{200, 400, 800, 1600, 3200, 6400, 12800, 15000, 15000}
-		time.Sleep(time.Minute)
-		synctest.Wait()
-		calls := up.times()
-		if len(calls) < len(want)+1 {
-			t.Fatalf("%d upstream calls, want at least %d", len(calls), len(want)+1)
-		}
-		for i, d := range want {
-			d *= time.Millisecond
-			if gap := calls[i+1].Sub(calls[i]); gap < d/2 || gap > d {
-				t.Errorf("retry %d after %v, want within [%v, %v]", i+1, gap, d/2, d)
-			}
-		}
-		if a.metaFailing.Load() || a.meta.cur.Load() == nil {
-			t.Errorf("after recovery: failing %v, snapshot %v", a.metaFailing.Load(), a.meta.cur.Load() != nil)
-		}
-		if l := logs.String(); strings.Count(l, "metadata watch failing") != 1 || !strings.Contains(l, "metadata watch recovered") {
-			t.Errorf("log lines:\n%s", l)
-		}
-		// The first success changed the metadata: the long poll follows at
-		// once. Unchanged replies coming back at once: one poll a second.
-		if len(calls) < len(want)+5 {
-			t.Fatalf("%d upstream calls in a minute", len(calls))
-		}
-		for i := len(want) + 2; i < len(calls); i++ {
-			if gap := calls[i].Sub(calls[i-1]); gap != minPollInterval {
-				t.Errorf("poll %d after %v, want %v", i, gap, minPollInterval)
-			}
-		}
-
-		// After a success the backoff starts again from backoffMin.
-		up.set(2)
-		n := len(up.times())
-		time.Sleep(10 * time.Second)
-		synctest.Wait()
-		calls = up.times()[n-1:]
-		for i, d := range []time.Duration{minPollInterval, 200 * time.Millisecond, 400 * time.Millisecond} {
-			lo := d / 2
-			if i == 0 {
-				lo = d
-			}
-			if gap := calls[i+1].Sub(calls[i]); gap < lo || gap > d {
-				t.Errorf("after recovery, gap %d is %v, want within [%v, %v]", i, gap, lo, d)
-			}
-		}
-	})
-}
-
 // A token file is written at once and replaced at its refresh point with
 // the token the cache renewed meanwhile, never rewritten with one it
 // already held, even when the issuer is slow and both renew at the same
@@ -403,17 +327,17 @@ func TestTokenFiles_RefreshTakesRenewedToken(t *testing.T) {
 		a.startTokenFiles()
 		time.Sleep(time.Second) // past the issuer's delay
 		synctest.Wait()
-		if got := readToken(t, path); got != is.last().token {
+		if got := readToken(t, path); got != is.last().JWT {
 			t.Fatal("first write does not hold the issued token")
 		}
 		for round := 1; round <= 5; round++ {
 			time.Sleep(80 * time.Second)
 			synctest.Wait()
 			last := is.last()
-			if readToken(t, path) != last.token {
+			if readToken(t, path) != last.JWT {
 				t.Fatalf("round %d: the file does not hold the latest token (%d issued)", round, is.issuedCount())
 			}
-			if left := time.Until(last.expires); left < 50*time.Second {
+			if left := time.Until(last.Expires); left < 50*time.Second {
 				t.Errorf("round %d: the file's token has %v left", round, left)
 			}
 		}
@@ -453,7 +377,7 @@ func TestTokenFiles_IssuerDown(t *testing.T) {
 		is.setDown(false)
 		time.Sleep(time.Minute)
 		synctest.Wait()
-		if got := readToken(t, path); got == old || got != is.last().token {
+		if got := readToken(t, path); got == old || got != is.last().JWT {
 			t.Error("file not refreshed once the issuer was back")
 		}
 		if st := a.tokenFilesStatus()[0]; st.ConsecutiveFailures != 0 || st.LastError != "" {
@@ -468,12 +392,10 @@ func TestTokenFiles_IssuerDown(t *testing.T) {
 func TestMetadata_LongPollTiming(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		a, _ := bubbleAgent(t, "", &fakeIssuer{})
-		snap, err := parseMetadata([]byte(fuzzMetadata), `"e1"`)
-		if err != nil {
+		mf := metaFeature(a)
+		if err := mf.Install([]byte(fuzzMetadata), `"e1"`); err != nil {
 			t.Fatal(err)
 		}
-		a.meta.set(snap)
-		a.meta.markAttempted()
 		get := func(path string) (*httptest.ResponseRecorder, time.Duration) {
 			r := httptest.NewRequest("GET", path, nil)
 			r = r.WithContext(unixsock.WithPeer(r.Context(), unixsock.Peer{UID: uint32(os.Geteuid()), GID: uint32(os.Getegid()), PID: int32(os.Getpid())}))
@@ -502,14 +424,12 @@ func TestMetadata_LongPollTiming(t *testing.T) {
 		}()
 		time.Sleep(5 * time.Second)
 		synctest.Wait()
-		if n := a.meta.waiters.Load(); n != 1 {
+		if n := mf.Waiters(); n != 1 {
 			t.Fatalf("%d waiters, want 1", n)
 		}
-		next, err := parseMetadata([]byte(strings.Replace(fuzzMetadata, `"role":"fz"`, `"role":"backend"`, 1)), `"e2"`)
-		if err != nil {
+		if err := mf.Install([]byte(strings.Replace(fuzzMetadata, `"role":"fz"`, `"role":"backend"`, 1)), `"e2"`); err != nil {
 			t.Fatal(err)
 		}
-		a.meta.set(next)
 		r := <-done
 		if r.w.Code != 200 || r.w.Body.String() != "backend" || r.w.Header().Get("Etag") != `"e2"` || r.el != 5*time.Second {
 			t.Errorf("woken poll: %d %q %q after %v, want the change at 5s", r.w.Code, r.w.Body.String(), r.w.Header().Get("Etag"), r.el)

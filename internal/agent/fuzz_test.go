@@ -41,16 +41,15 @@ upstream = "http://127.0.0.1:1"
 	if err != nil {
 		f.Fatal(err)
 	}
-	snap, err := parseMetadata([]byte(fuzzMetadata), `"fz-etag-1"`)
-	if err != nil {
+	const etag = `"fz-etag-1"`
+	if err := metaFeature(a).Install([]byte(fuzzMetadata), etag); err != nil {
 		f.Fatal(err)
 	}
-	a.meta.set(snap)
 	// Long polls return at once: the agent is "stopping".
 	a.stopFunc()
 	h := a.apiHandler()
 	// Everything a reply may legitimately contain.
-	legit := strings.Join([]string{fuzzMetadata, string(snap.tagsRaw), snap.etag,
+	legit := strings.Join([]string{fuzzMetadata, `{"role":"fz"}` + "\n", etag,
 		"application/json", "text/plain; charset=utf-8", "no-store", "nosniff", "GET, POST", "close",
 		`{"status":"ok"}`, "bad request", "bad_request", "forbidden", "not found", "not_found",
 		"method not allowed", "method_not_allowed", "request body too large", "body_too_large",

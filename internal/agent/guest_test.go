@@ -21,6 +21,10 @@ import (
 
 	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/agent/agenttest"
+	"github.com/wicket-sh/wicket/internal/agent/builtin"
+	"github.com/wicket-sh/wicket/internal/agent/feature"
+	"github.com/wicket-sh/wicket/internal/agent/feature/metadata"
+	"github.com/wicket-sh/wicket/internal/agent/feature/spiffe"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/sockettest"
 	"github.com/wicket-sh/wicket/internal/wait"
@@ -34,10 +38,30 @@ type guest struct {
 	hc    *http.Client
 }
 
-// fastRetries makes the agent's upstream retries quick enough for tests.
-func fastRetries(a *Agent) {
-	a.backoffMin = 20 * time.Millisecond
-	a.backoffMax = 200 * time.Millisecond
+// fastRetries makes the agent's upstream retries quick enough for tests:
+// the metadata feature with short backoff bounds.
+func fastRetries(o Options) Options {
+	if o.Features == nil {
+		o.Features = builtin.Features()
+	}
+	feats := append([]feature.Module(nil), o.Features...)
+	for i, m := range feats {
+		if _, ok := m.(metadata.Module); ok {
+			feats[i] = metadata.Module{BackoffMin: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond}
+		}
+	}
+	o.Features = feats
+	return o
+}
+
+// metaFeature is a's metadata feature.
+func metaFeature(a *Agent) *metadata.Feature {
+	for _, b := range a.built {
+		if f, ok := b.inst.(*metadata.Feature); ok {
+			return f
+		}
+	}
+	panic("no metadata feature")
 }
 
 // startGuest runs an agent whose [issuer] is is, with extra config
@@ -57,7 +81,7 @@ func startGuestWith(t *testing.T, is *agenttest.Issuer, extra string, opts Optio
 	}
 	cfg := baseCfg + fmt.Sprintf("[issuer]\nurl = %q\n", is.URL) + extra
 	opts.MachineToken = mt
-	h := startAgentWith(t, cfg, opts, fastRetries)
+	h := startAgentWith(t, cfg, fastRetries(opts), nil)
 	g := &guest{harness: h, is: is, token: tok}
 	g.hc = &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{
 		MaxIdleConnsPerHost: 512,
@@ -167,7 +191,7 @@ func TestMetadata_LongPoll(t *testing.T) {
 		go func() {
 			done <- g.req(t, "GET", "/v1/metadata/tags/role?wait=true&timeout=20s&etag="+etag, "", nil)
 		}()
-		wait.Eventually(t, 5*time.Second, func() bool { return g.agent.meta.waiters.Load() == 1 })
+		wait.Eventually(t, 5*time.Second, func() bool { return metaFeature(g.agent).Waiters() == 1 })
 		is.SetTags(map[string]string{"role": "backend"})
 		r := <-done
 		if r.Status != 200 || r.Body != "backend" || r.Header["Etag"] == etag || time.Since(start) > 10*time.Second {
@@ -197,7 +221,7 @@ func TestMetadata_FanOut_OneUpstreamPoll(t *testing.T) {
 	for i := 0; i < n; i++ {
 		go func() { results <- g.req(t, "GET", "/v1/metadata?wait=true&timeout=30s&etag="+etag, "", nil) }()
 	}
-	wait.Eventually(t, 10*time.Second, func() bool { return g.agent.meta.waiters.Load() == n })
+	wait.Eventually(t, 10*time.Second, func() bool { return metaFeature(g.agent).Waiters() == n })
 	if got := is.LongPolls.Load(); got != 1 {
 		t.Errorf("upstream long polls in flight with %d local waiters = %d, want 1", n, got)
 	}
@@ -343,7 +367,7 @@ func TestOIDCToken_SingleFlight(t *testing.T) {
 	if c := is.TokenCalls.Load(); c != 2 {
 		t.Errorf("issuer calls after a second audience = %d, want 2", c)
 	}
-	if h := g.agent.tokens.hits.Load(); h < 10 {
+	if h := counterValue(g.agent, "token_cache_hits"); h < 10 {
 		t.Errorf("cache hits = %d", h)
 	}
 }
@@ -379,7 +403,7 @@ func TestOIDCToken_BackgroundRefresh(t *testing.T) {
 	if c := is.TokenCalls.Load(); c != 2 {
 		t.Errorf("issuer calls = %d, want 2 (the refresh served the requests)", c)
 	}
-	if n := g.agent.tokens.refreshes.Load(); n != 0 {
+	if n := counterValue(g.agent, "token_refreshes"); n != 0 {
 		t.Errorf("timer refreshes = %d, want 0 (the request started the renewal)", n)
 	}
 }
@@ -638,15 +662,15 @@ func TestSVIDCopy_ReuseNeverCrossesSPIFFEIDs(t *testing.T) {
 	}
 	const a, b = "spiffe://td.test/app/web/workload/a", "spiffe://td.test/app/web/workload/b"
 	now := time.Now()
-	ca, err := mt.restrictScope(now, time.Hour, svidScope(a, nil))
+	ca, err := mt.restrictScope(now, time.Hour, spiffe.Scope(a, nil))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cb, err := mt.restrictScope(now, time.Hour, svidScope(b, nil))
+	cb, err := mt.restrictScope(now, time.Hour, spiffe.Scope(b, nil))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if again, _ := mt.restrictScope(now, time.Hour, svidScope(a, nil)); again != ca {
+	if again, _ := mt.restrictScope(now, time.Hour, spiffe.Scope(a, nil)); again != ca {
 		t.Error("the copy for the same id was not reused")
 	}
 	v, err := is.Verifier.Verify(cb, machinetoken.Request{Feature: machinetoken.FeatureSVID, SPIFFEID: b})

@@ -126,7 +126,7 @@ func TestMachineTokenFromEnv(t *testing.T) {
 	tok := is.MachineToken(t)
 	t.Setenv(api.MachineTokenEnv, tok)
 	g := &guest{is: is, token: tok}
-	g.harness = startAgentWith(t, baseCfg+fmt.Sprintf("[issuer]\nurl = %q\n", is.URL), Options{}, fastRetries)
+	g.harness = startAgentWith(t, baseCfg+fmt.Sprintf("[issuer]\nurl = %q\n", is.URL), fastRetries(Options{}), nil)
 	if _, set := os.LookupEnv(api.MachineTokenEnv); set {
 		t.Fatal("WICKET_MACHINE_TOKEN still set after New")
 	}
@@ -147,7 +147,7 @@ func TestMachineTokenFromEnv(t *testing.T) {
 func TestMachineTokenFileViaConfig_Unlinked(t *testing.T) {
 	is := agenttest.New(t)
 	p := writeTokenFile(t, is.MachineToken(t), 0o600)
-	h := startAgentWith(t, baseCfg+fmt.Sprintf("[issuer]\nurl = %q\ntoken_file = %q\ntoken_unlink = true\n", is.URL, p), Options{}, fastRetries)
+	h := startAgentWith(t, baseCfg+fmt.Sprintf("[issuer]\nurl = %q\ntoken_file = %q\ntoken_unlink = true\n", is.URL, p), fastRetries(Options{}), nil)
 	if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("token file not unlinked: %v", err)
 	}
@@ -257,7 +257,7 @@ func TestLeak_MachineTokenNowhere(t *testing.T) {
 	tok := is.MachineToken(t)
 	t.Setenv(api.MachineTokenEnv, tok)
 	cfg := baseCfg + fmt.Sprintf("[issuer]\nurl = %q\n", is.URL) + proxyCfg(up.srv.URL)
-	h := startAgentWith(t, cfg, Options{}, fastRetries)
+	h := startAgentWith(t, cfg, fastRetries(Options{}), nil)
 	g := &guest{harness: h, is: is, token: tok}
 	g.hc = sockettest.Client(h.api)
 

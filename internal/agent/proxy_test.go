@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/agent/agenttest"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 )
@@ -373,5 +374,43 @@ func TestIssuerGateway(t *testing.T) {
 	}
 	if issuerGateway(iss, nil) {
 		t.Error("no issuer configured, yet a gateway")
+	}
+}
+
+// TestUpstreamToken_ExternalDecidedByHost: the copy any feature gets from
+// the host for an upstream is marked external unless that upstream is the
+// issuer's gateway, whatever the feature asks for; the gateway's copy
+// verifies for the features asked and no other.
+func TestUpstreamToken_ExternalDecidedByHost(t *testing.T) {
+	g, _, _ := startProxyGuest(t)
+	h := runHost{g.agent}
+	proxyOnly := []machinetoken.Feature{machinetoken.FeatureProxy}
+	gw := h.IssuerURL()
+	if gw == nil {
+		t.Fatal("no issuer URL")
+	}
+	other, _ := url.Parse(gw.String() + "/other")
+	for _, tc := range []struct {
+		up       *url.URL
+		verifies bool
+	}{{gw, true}, {other, false}} {
+		s, err := h.UpstreamToken(tc.up, proxyOnly)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, err := machinetoken.ParseHeader(api.AuthScheme + " " + s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = g.is.Verifier.Verify(tok, machinetoken.Request{Feature: machinetoken.FeatureProxy, App: "web"})
+		if (err == nil) != tc.verifies {
+			t.Errorf("%s: verify err = %v, want verifies %v", tc.up.Redacted(), err, tc.verifies)
+		}
+		if !tc.verifies && (err == nil || !strings.Contains(err.Error(), "external upstream")) {
+			t.Errorf("%s: refused for %v, want the external caveat", tc.up.Redacted(), err)
+		}
+		if _, err := g.is.Verifier.Verify(tok, machinetoken.Request{Feature: machinetoken.FeatureOIDC, App: "web"}); err == nil {
+			t.Errorf("%s: copy for proxy verifies for oidc", tc.up.Redacted())
+		}
 	}
 }

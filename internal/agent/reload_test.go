@@ -14,6 +14,9 @@ import (
 	"time"
 
 	"github.com/wicket-sh/wicket/internal/agent/agenttest"
+	"github.com/wicket-sh/wicket/internal/agent/builtin"
+	"github.com/wicket-sh/wicket/internal/agent/feature"
+	"github.com/wicket-sh/wicket/internal/agent/feature/oidctoken"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/config/configtest"
 	"github.com/wicket-sh/wicket/internal/sockettest"
@@ -48,7 +51,7 @@ token_rate = 1000.0
 token_burst = 50
 `
 	level := new(slog.LevelVar)
-	h := startAgentWith(t, base, Options{MachineToken: mt, LogLevel: level}, fastRetries)
+	h := startAgentWith(t, base, fastRetries(Options{MachineToken: mt, LogLevel: level}), nil)
 	g := &guest{harness: h, is: is, token: tok, hc: sockettest.Client(h.api)}
 	t.Cleanup(g.hc.CloseIdleConnections)
 
@@ -112,10 +115,11 @@ token_burst = 50
 		return func(t *testing.T) {
 			aud := "refresh-" + strconv.FormatFloat(want, 'f', 2, 64)
 			status(t, token(t, aud, ""), 200)
-			g.agent.tokens.mu.Lock()
-			e := g.agent.tokens.entries[aud]
-			got := float64(e.refreshAt.Sub(e.fetched)) / float64(e.tok.expires.Sub(e.fetched))
-			g.agent.tokens.mu.Unlock()
+			e, ok := g.agent.tokens.(*oidctoken.Feature).Cached(aud)
+			if !ok {
+				t.Fatalf("%s not cached", aud)
+			}
+			got := float64(e.RefreshAt.Sub(e.Fetched)) / float64(e.Expires.Sub(e.Fetched))
 			if got < want-0.02 || got > want+0.02 {
 				t.Errorf("refresh at %.2f of the life, want %.2f", got, want)
 			}
@@ -307,6 +311,9 @@ token_burst = 50
 			}},
 		{"azure.authority_host", "[azure]\nclient_id = \"cid\"\ntenant_id = \"tid\"\ntoken_file = \"" + tf + "/az\"\nauthority_host = \"https://login.example.test/\"",
 			envHas("AZURE_AUTHORITY_HOST=https://login.example.test/", false), envHas("AZURE_AUTHORITY_HOST=https://login.example.test/", true)},
+		{"gcp.project", "[gcp]\nproject = \"my-project\"", envHas("GOOGLE_CLOUD_PROJECT=my-project", false), envHas("GOOGLE_CLOUD_PROJECT=my-project", true)},
+		{"gcp.credentials_file", "[gcp]\ncredentials_file = \"/etc/wicket/gcp.json\"",
+			envHas("GOOGLE_APPLICATION_CREDENTIALS=/etc/wicket/gcp.json", false), envHas("GOOGLE_APPLICATION_CREDENTIALS=/etc/wicket/gcp.json", true)},
 		{"admin.allow_uids", "[admin]\nallow_uids = [65534]", adminAs(65534, 65534, 403), adminAs(65534, 65534, 200)},
 		{"admin.allow_gids", "[admin]\nallow_gids = [65534]", adminAs(12345, 65534, 403), adminAs(12345, 65534, 200)},
 		{"admin.token_file", "[admin]\ntoken_file = \"" + adminTokenFile + "\"", adminToken(""), adminToken("file-admin-token-0123456789abcdef")},
@@ -342,7 +349,9 @@ token_burst = 50
 	write(t, "")
 	reload(t)
 
-	for _, f := range config.DynamicFields(&config.Agent{}) {
+	// Every dynamic key of the core and of every registered feature's
+	// section.
+	for _, f := range config.AgentDynamicFields(feature.Sections(builtin.Features())) {
 		if !slices.Contains(covered, f) {
 			t.Errorf("dynamic field %s has no reload case", f)
 		}

@@ -2,13 +2,10 @@ package agent
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -36,10 +33,6 @@ type fileRunner struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 }
-
-// tokenFileStaleWaitMax bounds how long a file refresh waits for the
-// cache's renewal under way (see fileToken).
-const tokenFileStaleWaitMax = 2 * time.Second
 
 // startTokenFiles starts a refresher per configured file; Run calls it.
 func (a *Agent) startTokenFiles() {
@@ -104,7 +97,7 @@ func sameTokenFile(s, old config.TokenFileSpec) bool {
 
 func (a *Agent) newFileRunner(s config.TokenFileSpec) (*fileRunner, error) {
 	ref, err := tokenfile.NewRefresher(tokenfile.Config{
-		Path: s.Path, Source: a.tokenFileSource(s.Path, s.Audience), Mode: s.Mode, GID: s.GID,
+		Path: s.Path, Source: a.tokenFileSource(s.Path, s.Audience, s.TTL), Mode: s.Mode, GID: s.GID,
 		Audience: s.Audience, RefreshFraction: s.Refresh, Logger: a.log, Now: a.now,
 	})
 	if err != nil {
@@ -118,7 +111,7 @@ func (a *Agent) newFileRunner(s config.TokenFileSpec) (*fileRunner, error) {
 		ref.Run(ctx)
 	}()
 	a.log.Info("token file started", "token_file", s.Path, "aud", s.Audience,
-		"mode", fmt.Sprintf("%04o", uint32(s.Mode)), "gid", s.GID, "refresh", s.Refresh, "implied_by", s.ImpliedBy)
+		"mode", fmt.Sprintf("%04o", uint32(s.Mode)), "gid", s.GID, "refresh", s.Refresh, "ttl", s.TTL, "implied_by", s.ImpliedBy)
 	return r, nil
 }
 
@@ -157,88 +150,21 @@ func (a *Agent) stopTokenFiles() {
 }
 
 // tokenFileSource is a refresher's Source: a token for aud from the
-// agent's cache.
-func (a *Agent) tokenFileSource(path, aud string) tokenfile.Source {
+// agent's cache, of life ttl when the file sets one (0: the API's token).
+func (a *Agent) tokenFileSource(path, aud string, ttl time.Duration) tokenfile.Source {
 	return func(ctx context.Context) (string, time.Time, error) {
 		if a.tokens == nil {
 			return "", time.Time{}, errors.New("no issuer configured")
 		}
-		tok, src, err := a.fileToken(ctx, aud)
+		tok, src, err := a.tokens.FreshToken(ctx, aud, ttl)
 		if err != nil {
 			return "", time.Time{}, err
 		}
 		// Like every token the guest API hands out: logged by its id.
 		a.log.Info("oidc token", "token_file", path, "aud", aud, "outcome", src,
-			"jti", tok.jti, "expires_at", tok.expires.Format(time.RFC3339))
-		return tok.token, tok.expires, nil
+			"jti", tok.ID, "expires_at", tok.Expires.Format(time.RFC3339))
+		return tok.JWT, tok.Expires, nil
 	}
-}
-
-// fileToken gets aud's token through the cache the guest API uses, so a
-// file and the API's callers share one issuer call per renewal.
-//
-// A cached token past the cache's own refresh point (tokens.refresh_at)
-// means a renewal is under way: the cache's timer or this very lookup
-// started one. With both at their defaults (80%) a file's refresh lands
-// just after the cache's, so writing the cached token would leave the file
-// with the least life left until its next round. Wait briefly for the new
-// one instead, and settle for the cached one (still valid) if it is late.
-func (a *Agent) fileToken(ctx context.Context, aud string) (issued, string, error) {
-	tok, src, err := a.tokens.get(ctx, aud)
-	if err != nil {
-		return issued{}, "", err
-	}
-	iat, ok := jwtIssuedAt(tok.token)
-	if !ok || !tok.expires.After(iat) {
-		return tok, src, nil
-	}
-	renewAt := iat.Add(time.Duration(float64(tok.expires.Sub(iat)) * a.rt.Load().cfg.Tokens.RefreshAt))
-	now := a.now()
-	if now.Before(renewAt) {
-		return tok, src, nil
-	}
-	// A few more lookups, spaced out: each can start an issuer call when
-	// the renewal failed, and a file must not hammer an issuer in trouble.
-	budget, step := min(tokenFileStaleWaitMax, tok.expires.Sub(now)/4), 50*time.Millisecond
-	for budget > 0 {
-		d := min(step, budget)
-		budget, step = budget-d, step*3
-		t := time.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return tok, src, nil
-		case <-t.C:
-		}
-		next, nsrc, err := a.tokens.get(ctx, aud)
-		if err == nil && next.expires.After(tok.expires) {
-			return next, nsrc, nil
-		}
-	}
-	return tok, src, nil
-}
-
-// jwtIssuedAt returns a compact JWT's iat claim.
-func jwtIssuedAt(tok string) (time.Time, bool) {
-	parts := strings.Split(tok, ".")
-	if len(parts) != 3 {
-		return time.Time{}, false
-	}
-	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
-	if err != nil {
-		return time.Time{}, false
-	}
-	var c struct {
-		IssuedAt *json.Number `json:"iat"`
-	}
-	if json.Unmarshal(payload, &c) != nil || c.IssuedAt == nil {
-		return time.Time{}, false
-	}
-	sec, err := c.IssuedAt.Float64()
-	if err != nil || sec <= 0 {
-		return time.Time{}, false
-	}
-	return time.Unix(int64(sec), 0), true
 }
 
 // tokenFileStatus is one file in /v1/status: the refresher's status (which
@@ -246,7 +172,8 @@ func jwtIssuedAt(tok string) (time.Time, bool) {
 type tokenFileStatus struct {
 	tokenfile.Status
 	Mode      string `json:"mode"`
-	GID       int    `json:"gid"` // -1: the agent's group
+	GID       int    `json:"gid"`           // -1: the agent's group
+	TTL       string `json:"ttl,omitempty"` // the life asked for; absent: the API's tokens
 	ImpliedBy string `json:"implied_by,omitempty"`
 }
 
@@ -276,7 +203,7 @@ func (a *Agent) tokenFilesStatus() []tokenFileStatus {
 	out := []tokenFileStatus{}
 	for _, r := range a.runners() {
 		out = append(out, tokenFileStatus{Status: r.ref.Status(), Mode: fmt.Sprintf("%04o", uint32(r.spec.Mode)),
-			GID: r.spec.GID, ImpliedBy: r.spec.ImpliedBy})
+			GID: r.spec.GID, TTL: ttlString(r.spec.TTL), ImpliedBy: r.spec.ImpliedBy})
 	}
 	return out
 }
@@ -309,4 +236,12 @@ func (a *Agent) WaitTokenFiles(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// ttlString is a token file's ttl for status: "" when it has none.
+func ttlString(d time.Duration) string {
+	if d <= 0 {
+		return ""
+	}
+	return d.String()
 }

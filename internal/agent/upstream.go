@@ -3,7 +3,6 @@ package agent
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -11,14 +10,14 @@ import (
 	"time"
 
 	"github.com/wicket-sh/wicket/api"
+	"github.com/wicket-sh/wicket/internal/agent/feature"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/proxy"
 )
 
 // attenuatedTTL is how long the copy of the machine token sent with one
-// request stays valid: a copy captured upstream is useless soon after.
-// OIDC token requests use [tokens] ttl instead (see fetchToken).
-const attenuatedTTL = 60 * time.Second
+// request stays valid (feature.CopyTTL).
+const attenuatedTTL = feature.CopyTTL
 
 // maxIssuerReply bounds a metadata or token reply read from the issuer.
 const maxIssuerReply = 1 << 20
@@ -42,32 +41,9 @@ func newIssuerClient(base *url.URL, token MachineToken) *issuerClient {
 	}
 }
 
-// issuerReply is a reply read in full.
-type issuerReply struct {
-	status int
-	header http.Header
-	body   []byte
-}
-
-// code returns the stable code of an issuer error reply, for the log.
-func (r *issuerReply) code() string {
-	var e struct {
-		Code string `json:"code"`
-	}
-	if json.Unmarshal(r.body, &e) != nil || len(e.Code) > 64 {
-		return ""
-	}
-	return e.Code
-}
-
-// call makes one request with a fresh attenuated token narrowed to feature.
-// Errors carry the URL (never the token) and are for the log.
-func (c *issuerClient) call(ctx context.Context, method, path string, query url.Values, body []byte, feature machinetoken.Feature) (*issuerReply, error) {
-	return c.callScoped(ctx, method, path, query, body, attenuatedTTL, machinetoken.Scope{Features: []machinetoken.Feature{feature}})
-}
-
-// callScoped is call with a copy valid for ttl and narrowed to scope.
-func (c *issuerClient) callScoped(ctx context.Context, method, path string, query url.Values, body []byte, ttl time.Duration, scope machinetoken.Scope) (*issuerReply, error) {
+// Call implements feature.Issuer: call with a copy valid for ttl and
+// narrowed to scope.
+func (c *issuerClient) Call(ctx context.Context, method, path string, query url.Values, body []byte, ttl time.Duration, scope machinetoken.Scope) (*feature.IssuerReply, error) {
 	tok, err := c.token.restrictScope(time.Now(), ttl, scope)
 	if err != nil {
 		return nil, fmt.Errorf("attenuate machine token: %w", err)
@@ -100,5 +76,5 @@ func (c *issuerClient) callScoped(ctx context.Context, method, path string, quer
 	if len(data) > maxIssuerReply {
 		return nil, fmt.Errorf("issuer reply larger than %d bytes", maxIssuerReply)
 	}
-	return &issuerReply{status: resp.StatusCode, header: resp.Header, body: data}, nil
+	return &feature.IssuerReply{Status: resp.StatusCode, Header: resp.Header, Body: data}, nil
 }

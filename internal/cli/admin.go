@@ -59,35 +59,45 @@ func NewAdminCmd() *cobra.Command {
 // adminCall sends one admin request and prints the reply; a non-2xx reply
 // is printed to stderr and gives a non-zero exit.
 func AdminCall(cmd *cobra.Command, socket, tokenFile, method, path string, body io.Reader) error {
-	req, err := http.NewRequestWithContext(cmd.Context(), method, "http://wicket"+path, body)
+	data, err := AdminDo(cmd, socket, tokenFile, method, path, body)
 	if err != nil {
 		return err
+	}
+	fmt.Fprint(cmd.OutOrStdout(), string(data))
+	return nil
+}
+
+// AdminDo is AdminCall returning a successful reply's body instead of
+// printing it, for a command that prints only part of it.
+func AdminDo(cmd *cobra.Command, socket, tokenFile, method, path string, body io.Reader) ([]byte, error) {
+	req, err := http.NewRequestWithContext(cmd.Context(), method, "http://wicket"+path, body)
+	if err != nil {
+		return nil, err
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	tok, err := adminToken(tokenFile)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if tok != "" {
 		req.Header.Set("Authorization", "Bearer "+tok)
 	}
 	resp, err := unixClient(socket, 30*time.Second).Do(req)
 	if err != nil {
-		return fmt.Errorf("cannot reach admin socket %s: %w", socket, unwrapURLError(err))
+		return nil, fmt.Errorf("cannot reach admin socket %s: %w", socket, unwrapURLError(err))
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
-		return fmt.Errorf("read reply: %w", err)
+		return nil, fmt.Errorf("read reply: %w", err)
 	}
 	if resp.StatusCode/100 != 2 {
 		fmt.Fprint(cmd.ErrOrStderr(), string(data))
-		return ExitError{1}
+		return nil, ExitError{1}
 	}
-	fmt.Fprint(cmd.OutOrStdout(), string(data))
-	return nil
+	return data, nil
 }
 
 func adminToken(file string) (string, error) {

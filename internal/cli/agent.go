@@ -51,7 +51,7 @@ func NewAgentCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if f.checkConfig != "" {
-				if _, err := config.LoadAgent(f.checkConfig, f.overrides()...); err != nil {
+				if _, err := agent.LoadConfig(f.checkConfig, f.overrides()...); err != nil {
 					fmt.Fprintf(cmd.ErrOrStderr(), "config invalid: %v\n", err)
 					return ExitError{1}
 				}

@@ -1,5 +1,5 @@
 // Package cli is the command line both binaries share: the guest's
-// commands (agent, agent run, token, admin, version and the cloud
+// commands (agent, agent run, token, admin, version, trust and the cloud
 // helpers) and the plumbing every command uses (exit codes, logging,
 // SIGHUP reloads, admin-socket calls). `wicket-agent` is exactly these
 // commands; `wicket` adds the issuer, dev and migrate commands on top.
@@ -34,7 +34,7 @@ func NewRoot(name, short string) *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(NewVersionCmd(), NewAgentCmd(), NewAdminCmd(), NewTokenCmd())
+	root.AddCommand(NewVersionCmd(), NewAgentCmd(), NewAdminCmd(), NewTokenCmd(), NewTrustCmd())
 	root.AddCommand(CloudCommands()...)
 	return root
 }

@@ -17,6 +17,9 @@ import (
 
 	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/client"
+	"github.com/wicket-sh/wicket/internal/agent"
+	awsfeature "github.com/wicket-sh/wicket/internal/agent/feature/aws"
+	azurefeature "github.com/wicket-sh/wicket/internal/agent/feature/azure"
 	"github.com/wicket-sh/wicket/internal/cloud/aws"
 	"github.com/wicket-sh/wicket/internal/cloud/gcp"
 	"github.com/wicket-sh/wicket/internal/config"
@@ -139,9 +142,9 @@ GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES=1; see 'wicket gcp config'.`,
 	exe.Flags().StringVar(&exeAud, "audience", os.Getenv("GOOGLE_EXTERNAL_ACCOUNT_AUDIENCE"), "token audience: the provider's //iam.googleapis.com/... name ($GOOGLE_EXTERNAL_ACCOUNT_AUDIENCE)")
 
 	var (
-		cfgAud, sa, tokenFile, output, cfgSocket, cacheFile string
-		useExe                                              bool
-		timeout                                             time.Duration
+		cfgAud, sa, tokenFile, output, cfgSocket, cacheFile, project string
+		useExe                                                       bool
+		timeout                                                      time.Duration
 	)
 	cfgCmd := &cobra.Command{
 		Use:   "config",
@@ -149,7 +152,13 @@ GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES=1; see 'wicket gcp config'.`,
 		Long: `Writes the external_account credentials JSON that points Google's
 libraries at wicket: either at a token file the agent keeps fresh
 (--token-file) or at 'wicket gcp executable' (--executable). Use it with
-GOOGLE_APPLICATION_CREDENTIALS=<file> or 'gcloud auth login --cred-file=<file>'.`,
+GOOGLE_APPLICATION_CREDENTIALS=<file> or 'gcloud auth login --cred-file=<file>'.
+
+With --output FILE, stdout gets the export lines for a shell
+(eval "$(wicket gcp config ... --output FILE)"): GOOGLE_APPLICATION_CREDENTIALS,
+GOOGLE_CLOUD_PROJECT with --project (without it, Google's libraries look the
+project up in Cloud Resource Manager when a client is created), and
+GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES=1 with --executable.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var src gcp.CredentialSource
@@ -184,16 +193,33 @@ GOOGLE_APPLICATION_CREDENTIALS=<file> or 'gcloud auth login --cred-file=<file>'.
 			if err != nil {
 				return err
 			}
+			if project != "" && checkProject(project) != nil {
+				return fmt.Errorf("--project %q: want a project ID (6..30 of a-z, 0-9 and -) or number", project)
+			}
 			if output == "" || output == "-" {
 				_, err = cmd.OutOrStdout().Write(ea.JSON())
+				if err == nil && project != "" {
+					fmt.Fprintf(cmd.ErrOrStderr(), "set GOOGLE_CLOUD_PROJECT=%s next to GOOGLE_APPLICATION_CREDENTIALS\n", project)
+				}
 				return err
 			}
 			// No secret inside: readable by the workload's users.
 			if err := tokenfile.Write(output, ea.JSON(), 0o644, -1); err != nil {
 				return err
 			}
+			abs, err := filepath.Abs(output)
+			if err != nil {
+				return err
+			}
+			env := []string{"GOOGLE_APPLICATION_CREDENTIALS=" + abs}
+			if project != "" {
+				env = append(env, "GOOGLE_CLOUD_PROJECT="+project)
+			}
+			if useExe {
+				env = append(env, "GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES=1")
+			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "wrote %s\n", output)
-			return nil
+			return printExports(cmd.OutOrStdout(), env)
 		},
 	}
 	fl := cfgCmd.Flags()
@@ -204,7 +230,8 @@ GOOGLE_APPLICATION_CREDENTIALS=<file> or 'gcloud auth login --cred-file=<file>'.
 	fl.StringVar(&cfgSocket, "socket", "", "with --executable: agent API socket to put in the command (default: the executable's default)")
 	fl.DurationVar(&timeout, "executable-timeout", gcp.DefaultExecutableTimeout, "with --executable: how long the libraries wait for it (5s..2m)")
 	fl.StringVar(&cacheFile, "executable-output-file", "", "with --executable: file where responses are cached between runs (optional)")
-	fl.StringVarP(&output, "output", "o", "", "write the JSON to this file instead of stdout")
+	fl.StringVarP(&output, "output", "o", "", "write the JSON to this file and print the environment for it")
+	fl.StringVar(&project, "project", os.Getenv("GOOGLE_CLOUD_PROJECT"), "project ID for GOOGLE_CLOUD_PROJECT ($GOOGLE_CLOUD_PROJECT)")
 	cfgCmd.MarkFlagRequired("audience")
 
 	cmd.AddCommand(exe, cfgCmd)
@@ -235,17 +262,18 @@ section, and the session name from aws.session_name, else the machine id
 				if err != nil {
 					return err
 				}
-				if cfg.AWS.RoleARN == "" && !fl.Changed("role-arn") {
+				awsCfg := awsfeature.From(cfg)
+				if awsCfg.RoleARN == "" && !fl.Changed("role-arn") {
 					return fmt.Errorf("agent config %s has no [aws] role_arn", awsConfig)
 				}
 				if !fl.Changed("role-arn") {
-					roleARN = cfg.AWS.RoleARN
+					roleARN = awsCfg.RoleARN
 				}
 				if !fl.Changed("token-file") {
-					awsFile = cfg.AWSTokenFile()
+					awsFile = awsCfg.TokenFilePath()
 				}
 				if !fl.Changed("session-name") {
-					sessionName = cfg.AWS.SessionName
+					sessionName = awsCfg.SessionName
 					if sessionName == "" {
 						sessionName = agentSessionName(cmd.Context(), cfg.API.Path)
 					}
@@ -280,7 +308,8 @@ AGENT_TOML, every value comes from its [azure] section.`,
 				if err != nil {
 					return err
 				}
-				if cfg.Azure.ClientID == "" && !fl.Changed("client-id") {
+				azCfg := azurefeature.From(cfg)
+				if azCfg.ClientID == "" && !fl.Changed("client-id") {
 					return fmt.Errorf("agent config %s has no [azure] client_id", azConfig)
 				}
 				for _, f := range []struct {
@@ -288,10 +317,10 @@ AGENT_TOML, every value comes from its [azure] section.`,
 					dst  *string
 					v    string
 				}{
-					{"client-id", &clientID, cfg.Azure.ClientID},
-					{"tenant-id", &tenantID, cfg.Azure.TenantID},
-					{"token-file", &azFile, cfg.AzureTokenFile()},
-					{"authority-host", &authority, cfg.Azure.AuthorityHost},
+					{"client-id", &clientID, azCfg.ClientID},
+					{"tenant-id", &tenantID, azCfg.TenantID},
+					{"token-file", &azFile, azCfg.TokenFilePath()},
+					{"authority-host", &authority, azCfg.AuthorityHost},
 				} {
 					if !fl.Changed(f.flag) {
 						*f.dst = f.v
@@ -313,16 +342,29 @@ AGENT_TOML, every value comes from its [azure] section.`,
 	azCmd.Flags().StringVar(&clientID, "client-id", "", "application (client) ID of the app registration or managed identity (required without --config)")
 	azCmd.Flags().StringVar(&tenantID, "tenant-id", "", "directory (tenant) ID (required without --config)")
 	azCmd.Flags().StringVar(&azFile, "token-file", "", "federated token file (required without --config)")
-	azCmd.Flags().StringVar(&authority, "authority-host", config.DefaultAzureAuthorityHost, "Microsoft Entra authority")
+	azCmd.Flags().StringVar(&authority, "authority-host", azurefeature.DefaultAuthorityHost, "Microsoft Entra authority")
 
 	cmd.AddCommand(awsCmd, azCmd)
 	return cmd
 }
 
+// checkProject accepts a Google Cloud project ID or project number.
+func checkProject(p string) error {
+	if len(p) < 6 || len(p) > 30 {
+		return errors.New("bad length")
+	}
+	for i := 0; i < len(p); i++ {
+		if c := p[i]; !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
+			return errors.New("bad character")
+		}
+	}
+	return nil
+}
+
 // loadAgentConfig reads and validates an agent config, with its errors on
 // one line.
 func loadAgentConfig(path string) (*config.Agent, error) {
-	cfg, err := config.LoadAgent(path)
+	cfg, err := agent.LoadConfig(path)
 	if err != nil {
 		return nil, errors.New(strings.ReplaceAll(err.Error(), "\n", "; "))
 	}

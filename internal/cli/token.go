@@ -12,6 +12,7 @@ import (
 
 	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/client"
+	"github.com/wicket-sh/wicket/internal/tokenfile"
 )
 
 func NewTokenCmd() *cobra.Command {
@@ -26,20 +27,25 @@ func NewTokenCmd() *cobra.Command {
 
 func newTokenOIDCCmd() *cobra.Command {
 	var (
-		socket, aud string
-		asJSON      bool
-		timeout     time.Duration
+		socket, aud, out string
+		asJSON           bool
+		timeout          time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "oidc",
 		Short: "Print an OIDC token (JWT) for this machine from the agent",
 		Long: `Print an OIDC token for this machine, as issued through the local agent.
 
-The token is printed alone on one line, ready for $(...) or a token file;
---json prints {"token":"…","expires_at":"RFC3339"} instead. The socket is
---socket, else $WICKET_SOCKET, else /run/wicket/api.sock.`,
+The token is printed alone on one line, ready for $(...); --json prints
+{"token":"…","expires_at":"RFC3339"} instead. --out FILE writes the token
+to FILE instead (atomically replaced, mode 0600, no trailing newline: an
+STS reading a token file rejects the newline that "> FILE" would leave).
+The socket is --socket, else $WICKET_SOCKET, else /run/wicket/api.sock.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if out != "" && asJSON {
+				return errors.New("give --out or --json, not both")
+			}
 			c := client.New(socket)
 			c.Timeout = timeout
 			ctx := cmd.Context()
@@ -49,6 +55,9 @@ The token is printed alone on one line, ready for $(...) or a token file;
 			tok, exp, err := c.OIDCToken(ctx, aud)
 			if err != nil {
 				return tokenError(err)
+			}
+			if out != "" {
+				return tokenfile.Write(out, []byte(tok), 0o600, -1)
 			}
 			if asJSON {
 				return json.NewEncoder(cmd.OutOrStdout()).Encode(api.TokenReply{Token: tok, ExpiresAt: exp.UTC().Truncate(time.Second)})
@@ -61,6 +70,7 @@ The token is printed alone on one line, ready for $(...) or a token file;
 	fl.StringVar(&socket, "socket", "", "agent API socket (default $WICKET_SOCKET or "+api.DefaultAPISocket+")")
 	fl.StringVar(&aud, "aud", "", "audience; default: the issuer's default for this org")
 	fl.BoolVar(&asJSON, "json", false, `print {"token","expires_at"} as JSON`)
+	fl.StringVar(&out, "out", "", "write the token to this file (mode 0600, no newline, atomic replace) instead of stdout")
 	fl.DurationVar(&timeout, "timeout", 30*time.Second, "give up after this long")
 	return cmd
 }

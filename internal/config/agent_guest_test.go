@@ -15,29 +15,15 @@ token_file = "/run/wicket/machine-token"
 token_unlink = true
 request_timeout = "3s"
 
-[tokens]
-refresh_at = 0.75
-max_audiences = 50
-ttl = "15m"
-
 [[policy]]
 name = "app-binary"
 uids = [1000]
 exes = ["/usr/bin/app"]
 allow = ["POST /v1/tokens/oidc"]
-
-[[proxy.route]]
-match = "GET /v1/apps/{app}/machines/{self}"
-
-[[proxy.route]]
-match = "POST /v1/apps/{app}/machines/{self}/*"
-upstream = "https://api.example"
-timeout = "30s"
-features = ["proxy", "metadata"]
 `
 
 func TestLoadAgent_GuestKeys(t *testing.T) {
-	c, err := LoadAgent(writeFile(t, guestValid))
+	c, err := LoadAgent(writeFile(t, guestValid), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,14 +31,11 @@ func TestLoadAgent_GuestKeys(t *testing.T) {
 	if diff := cmp.Diff(want, c.Issuer); diff != "" {
 		t.Errorf("issuer (-want +got):\n%s", diff)
 	}
-	if c.Tokens.RefreshAt != 0.75 || c.Tokens.MaxAudiences != 50 || c.Tokens.TTL.Duration != 15*time.Minute || c.Limits.TokenRate != 2.5 || c.Limits.TokenBurst != 5 {
-		t.Errorf("tokens %+v limits %+v", c.Tokens, c.Limits)
+	if c.Limits.TokenRate != 2.5 || c.Limits.TokenBurst != 5 {
+		t.Errorf("limits %+v", c.Limits)
 	}
 	if c.Limits.MaxBodyBytes != 4096 || c.Limits.BodyTimeout.Duration != 10*time.Second {
 		t.Errorf("shared limits in the same table lost: %+v", c.Limits)
-	}
-	if len(c.Proxy.Routes) != 2 || c.CompiledRoutes().Len() != 2 || c.Proxy.Routes[1].Timeout.Duration != 30*time.Second {
-		t.Errorf("routes %+v", c.Proxy.Routes)
 	}
 	if got := c.Policy[1].Exes; len(got) != 1 || got[0] != "/usr/bin/app" {
 		t.Errorf("exes = %v", got)
@@ -60,13 +43,13 @@ func TestLoadAgent_GuestKeys(t *testing.T) {
 }
 
 func TestLoadAgent_GuestDefaults(t *testing.T) {
-	c, err := LoadAgent("")
+	c, err := LoadAgent("", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Issuer.URL != "" || c.Issuer.RequestTimeout.Duration != 10*time.Second || c.Tokens.RefreshAt != 0.8 ||
-		c.Tokens.MaxAudiences != 1000 || c.Limits.TokenRate != 10 || c.Limits.TokenBurst != 20 || c.CompiledRoutes().Len() != 0 {
-		t.Errorf("defaults: %+v %+v %+v", c.Issuer, c.Tokens, c.Limits)
+	if c.Issuer.URL != "" || c.Issuer.RequestTimeout.Duration != 10*time.Second ||
+		c.Limits.TokenRate != 10 || c.Limits.TokenBurst != 20 {
+		t.Errorf("defaults: %+v %+v", c.Issuer, c.Limits)
 	}
 }
 
@@ -79,22 +62,12 @@ func TestLoadAgent_GuestInvalid(t *testing.T) {
 		{"[issuer]\ntoken_unlink = true\n", "token_unlink"},
 		{"[issuer]\nrequest_timeout = \"1ms\"\n", "request_timeout"},
 		{"[issuer]\ntoken = \"fm2_x\"\n", "unknown keys: issuer.token"},
-		{"[tokens]\nrefresh_at = 1.0\n", "tokens.refresh_at"},
-		{"[tokens]\nrefresh_at = 0.0\n", "tokens.refresh_at"},
-		{"[tokens]\nmax_audiences = 0\n", "tokens.max_audiences"},
-		{"[tokens]\nttl = \"30s\"\n", "tokens.ttl"},
-		{"[tokens]\nttl = \"2h\"\n", "tokens.ttl"},
 		{"[limits]\ntoken_rate = 0.0\n", "limits.token_rate"},
 		{"[limits]\ntoken_burst = 0\n", "limits.token_burst"},
-		{"[[proxy.route]]\nmatch = \"GET /x\"\n", "no upstream and no issuer.url"},
-		{"[[proxy.route]]\nmatch = \"GET /x/{id}\"\nupstream = \"http://u\"\n", "proxy.route[0]"},
-		{"[[proxy.route]]\nmatch = \"GET /v1/metadata/x\"\nupstream = \"http://u\"\n", "overlaps"},
-		{"[[proxy.route]]\nmatch = \"GET /x\"\nupstream = \"http://u\"\nfeatures = [\"root\"]\n", "unknown feature"},
-		{"[[proxy.route]]\nmatch = \"GET /x\"\nupstream = \"http://u\"\nbogus = 1\n", "unknown keys"},
 		{"[[policy]]\nuids = [1]\nexes = [\"app\"]\nallow = [\"*\"]\n", "exes entry"},
 		{"[[policy]]\nuids = [1]\nexes = [\"/usr/../bin/app\"]\nallow = [\"*\"]\n", "exes entry"},
 	} {
-		_, err := LoadAgent(writeFile(t, tc.body))
+		_, err := LoadAgent(writeFile(t, tc.body), nil)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: err = %v, want %q", tc.body, err, tc.want)
 		}
@@ -102,32 +75,18 @@ func TestLoadAgent_GuestInvalid(t *testing.T) {
 }
 
 func TestRestartRequired_Guest(t *testing.T) {
-	a, err := LoadAgent(writeFile(t, guestValid))
+	a, err := LoadAgent(writeFile(t, guestValid), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, _ := LoadAgent(writeFile(t, guestValid))
+	b, _ := LoadAgent(writeFile(t, guestValid), nil)
 	b.Issuer.URL = "https://other.example"
 	b.Issuer.TokenFile = "/other"
 	b.Issuer.TokenUnlink = false
 	b.Issuer.RequestTimeout = Duration{time.Second} // dynamic
-	b.Tokens.RefreshAt = 0.5                        // dynamic
 	b.Limits.TokenRate = 100                        // dynamic
-	b.Proxy.Routes = nil                            // dynamic
 	want := []string{"issuer.url", "issuer.token_file", "issuer.token_unlink"}
 	if diff := cmp.Diff(want, RestartRequired(a, b)); diff != "" {
 		t.Errorf("RestartRequired (-want +got):\n%s", diff)
-	}
-}
-
-// The shipped example must load: documentation that does not parse is
-// worse than none.
-func TestExampleAgentConfig(t *testing.T) {
-	c, err := LoadAgent("../../examples/agent.toml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c.Issuer.URL == "" || c.CompiledRoutes().Len() == 0 {
-		t.Errorf("example lacks the issuer or proxy sections: %+v", c.Issuer)
 	}
 }

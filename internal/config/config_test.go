@@ -43,7 +43,7 @@ allow = ["GET /v1/metadata*"]
 `
 
 func TestLoadAgent_Valid(t *testing.T) {
-	c, err := LoadAgent(writeFile(t, valid))
+	c, err := LoadAgent(writeFile(t, valid), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +80,7 @@ func TestLoadAgent_Invalid(t *testing.T) {
 		"per-uid > cap":   "[api]\nmax_conns = 10\nmax_conns_per_uid = 11",
 		"per-uid < 0":     "[admin]\nmax_conns_per_uid = -1",
 	} {
-		if _, err := LoadAgent(writeFile(t, body)); err == nil {
+		if _, err := LoadAgent(writeFile(t, body), nil); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}
@@ -88,14 +88,14 @@ func TestLoadAgent_Invalid(t *testing.T) {
 
 func TestOverridesApplyBeforeValidation(t *testing.T) {
 	p := writeFile(t, valid)
-	c, err := LoadAgent(p, func(c *Agent) { c.API.Path = "/run/flag/api.sock" })
+	c, err := LoadAgent(p, nil, func(c *Agent) { c.API.Path = "/run/flag/api.sock" })
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.API.Path != "/run/flag/api.sock" {
 		t.Errorf("override not applied: %q", c.API.Path)
 	}
-	if _, err := LoadAgent(p, func(c *Agent) { c.API.Path = "relative" }); err == nil {
+	if _, err := LoadAgent(p, nil, func(c *Agent) { c.API.Path = "relative" }); err == nil {
 		t.Error("override not validated")
 	}
 }
@@ -130,8 +130,8 @@ func TestReadFile_ChangedDuringReadRefused(t *testing.T) {
 }
 
 func TestRestartRequired(t *testing.T) {
-	a, _ := LoadAgent(writeFile(t, valid))
-	b, _ := LoadAgent(writeFile(t, valid))
+	a, _ := LoadAgent(writeFile(t, valid), nil)
+	b, _ := LoadAgent(writeFile(t, valid), nil)
 	if got := RestartRequired(a, b); len(got) != 0 {
 		t.Errorf("identical configs: %v", got)
 	}
@@ -170,12 +170,12 @@ func FuzzLoadAgent(f *testing.F) {
 // caller can make the agent hold.
 func TestConfig_MaxBodyBytesCapped(t *testing.T) {
 	for _, n := range []int{1024, 65536, 1 << 20} {
-		if _, err := LoadAgent(writeFile(t, fmt.Sprintf("[limits]\nmax_body_bytes = %d\n", n))); err != nil {
+		if _, err := LoadAgent(writeFile(t, fmt.Sprintf("[limits]\nmax_body_bytes = %d\n", n)), nil); err != nil {
 			t.Errorf("max_body_bytes %d refused: %v", n, err)
 		}
 	}
 	for _, n := range []int{1<<20 + 1, 16 << 20} {
-		_, err := LoadAgent(writeFile(t, fmt.Sprintf("[limits]\nmax_body_bytes = %d\n", n)))
+		_, err := LoadAgent(writeFile(t, fmt.Sprintf("[limits]\nmax_body_bytes = %d\n", n)), nil)
 		if err == nil || !strings.Contains(err.Error(), "limits.max_body_bytes") || !strings.Contains(err.Error(), "1048576") {
 			t.Errorf("max_body_bytes %d: err = %v, want a refusal naming the key and the 1048576 maximum", n, err)
 		}

@@ -197,6 +197,7 @@ type Issuer struct {
 	MachineTokens MachineTokens `toml:"machine_tokens"`
 	Gateway       Gateway       `toml:"gateway"`
 	SPIFFE        SPIFFE        `toml:"spiffe" reload:"restart"`
+	RemoteAdmin   RemoteAdmin   `toml:"remote_admin"`
 	Log           Log           `toml:"log"`
 
 	gatewayHeaders *proxy.HeaderAllowlist
@@ -244,7 +245,8 @@ func DefaultIssuer() *Issuer {
 			CATTL: Duration{90 * 24 * time.Hour}, CAPrepublish: Duration{time.Hour}, CAGrace: Duration{24 * time.Hour},
 			BundleRefreshHint: Duration{5 * time.Minute},
 		},
-		Log: Log{Level: "info"},
+		RemoteAdmin: defaultRemoteAdmin(),
+		Log:         Log{Level: "info"},
 	}
 }
 
@@ -338,6 +340,7 @@ func (c *Issuer) Validate() error {
 		c.gatewayHeaders = h
 	}
 	errs = append(errs, c.SPIFFE.validate()...)
+	errs = append(errs, c.RemoteAdmin.validate()...)
 	if _, err := c.Log.SlogLevel(); err != nil {
 		errs = append(errs, err)
 	}

@@ -129,3 +129,41 @@ func TestClusterDoc_TOML(t *testing.T) {
 		}
 	}
 }
+
+func TestValidate_RemoteAdmin(t *testing.T) {
+	tests := []struct {
+		name    string
+		set     func(*RemoteAdmin)
+		wantErr string // "" = valid
+	}{
+		{"disabled", func(r *RemoteAdmin) { r.Listen = "" }, ""},
+		{"loopback plaintext", func(r *RemoteAdmin) {}, ""},
+		{"tls beyond loopback", func(r *RemoteAdmin) { r.Listen, r.TLSCert, r.TLSKey = "10.0.0.5:8651", "/c.pem", "/k.pem" }, ""},
+		{"client ca", func(r *RemoteAdmin) {
+			r.Listen, r.TLSCert, r.TLSKey, r.ClientCA = "10.0.0.5:8651", "/c.pem", "/k.pem", "/ca.pem"
+		}, ""},
+		// Admin tokens in clear text over a real network only when asked.
+		{"plaintext beyond loopback refused", func(r *RemoteAdmin) { r.Listen = "10.0.0.5:8651" }, "not loopback"},
+		{"plaintext on every address refused", func(r *RemoteAdmin) { r.Listen = ":8651" }, "not loopback"},
+		{"plaintext beyond loopback allowed", func(r *RemoteAdmin) { r.Listen, r.AllowPlaintext = "10.0.0.5:8651", true }, ""},
+		{"client ca without tls", func(r *RemoteAdmin) { r.ClientCA = "/ca.pem" }, "client_ca"},
+		{"cert without key", func(r *RemoteAdmin) { r.TLSCert = "/c.pem" }, "tls_cert and tls_key"},
+		{"bad listen", func(r *RemoteAdmin) { r.Listen = "8651" }, "host:port"},
+		{"zero rate", func(r *RemoteAdmin) { r.Rate = 0 }, "rate"},
+		{"huge body", func(r *RemoteAdmin) { r.MaxBodyBytes = 16 << 20 }, "max_body_bytes"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := DefaultIssuer()
+			c.RemoteAdmin.Listen = "127.0.0.1:8651"
+			tt.set(&c.RemoteAdmin)
+			err := c.Validate()
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Errorf("Validate: %v", err)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Errorf("Validate err = %v, want one mentioning %q", err, tt.wantErr)
+			}
+		})
+	}
+}

@@ -95,9 +95,20 @@ var testHookAfterRead func()
 // RestartRequired lists the dotted TOML names ("api.socket_path") of the
 // static fields that differ between old and new, which must be structs of
 // the same type. A reload applies the dynamic part and reports these.
+//
+// For an agent config the feature sections are compared too, each under
+// its key, by their own tags.
 func RestartRequired(old, new any) []string {
 	var out []string
 	diffStatic(reflect.ValueOf(old), reflect.ValueOf(new), "", false, &out)
+	if oa, ok := old.(*Agent); ok {
+		na := new.(*Agent)
+		oa.sectionFields(func(key string, v any) {
+			if nv := na.values[key]; nv != nil {
+				diffStatic(reflect.ValueOf(v), reflect.ValueOf(nv), key, false, &out)
+			}
+		})
+	}
 	return out
 }
 
@@ -108,6 +119,14 @@ func RestartRequired(old, new any) []string {
 // struct type.
 func KeepStatic(next, running any) {
 	copyStatic(reflect.ValueOf(next).Elem(), reflect.ValueOf(running).Elem())
+	if na, ok := next.(*Agent); ok {
+		ra := running.(*Agent)
+		na.sectionFields(func(key string, v any) {
+			if rv := ra.values[key]; rv != nil {
+				copyStatic(reflect.ValueOf(v).Elem(), reflect.ValueOf(rv).Elem())
+			}
+		})
+	}
 }
 
 func copyStatic(dst, src reflect.Value) {
@@ -149,7 +168,13 @@ func fieldName(f reflect.StructField, prefix string) (string, bool) {
 // DynamicFields lists the dotted names of the settings a reload applies
 // (every leaf not under a reload:"restart" tag) of the config type v
 // points to. Tests use it to prove that each one takes effect.
+// For an agent config with feature sections, see AgentDynamicFields.
 func DynamicFields(v any) []string {
+	return dynamicFields(reflect.TypeOf(v).Elem(), "")
+}
+
+// dynamicFields lists the dynamic leaves of t under prefix.
+func dynamicFields(t reflect.Type, prefix string) []string {
 	var out []string
 	var walk func(t reflect.Type, prefix string)
 	walk = func(t reflect.Type, prefix string) {
@@ -167,7 +192,7 @@ func DynamicFields(v any) []string {
 			}
 		}
 	}
-	walk(reflect.TypeOf(v).Elem(), "")
+	walk(t, prefix)
 	return out
 }
 

@@ -23,8 +23,8 @@ type Agent struct {
 }
 
 // StartAgent runs an agent whose [issuer] is issuerURL, holding
-// machineToken, with extra TOML appended to its config (token files,
-// [aws], a policy...), until the test ends. Its log is printed if the
+// machineToken, with extra TOML appended to its config right after the
+// issuer's url (token files, [aws], a policy...), until the test ends. Its log is printed if the
 // test fails.
 func StartAgent(t testing.TB, issuerURL, machineToken, extra string) *Agent {
 	t.Helper()
@@ -36,19 +36,38 @@ func StartAgent(t testing.TB, issuerURL, machineToken, extra string) *Agent {
 func StartAgentWith(t testing.TB, issuerURL, machineToken, extra string, opt func(*agent.Options)) *Agent {
 	t.Helper()
 	dir := ShortDir(t)
-	ta := &Agent{
-		APISocket: filepath.Join(dir, "run", "api.sock"), AdminSocket: filepath.Join(dir, "run", "admin.sock"),
-		Dir: dir, logs: &sockettest.Buffer{},
-	}
+	api, admin := filepath.Join(dir, "run", "api.sock"), filepath.Join(dir, "run", "admin.sock")
 	cfg := fmt.Sprintf("[api]\nsocket_path = %q\n[admin]\nsocket_path = %q\n[issuer]\nurl = %q\n%s",
-		ta.APISocket, ta.AdminSocket, issuerURL, extra)
+		api, admin, issuerURL, extra)
+	ta := startAgent(t, dir, cfg, machineToken, opt)
+	ta.APISocket, ta.AdminSocket = api, admin
+	return ta
+}
+
+// StartAgentConfig runs an agent with the whole config cfg (written to
+// dir/agent.toml), holding machineToken, until the test ends; for tests
+// that set the sockets' own keys. APISocket and AdminSocket are left to
+// the caller, who chose them.
+func StartAgentConfig(t testing.TB, dir, cfg, machineToken string) *Agent {
+	t.Helper()
+	return startAgent(t, dir, cfg, machineToken, nil)
+}
+
+func startAgent(t testing.TB, dir, cfg, machineToken string, opt func(*agent.Options)) *Agent {
+	t.Helper()
+	ta := &Agent{Dir: dir, logs: &sockettest.Buffer{}}
 	cfgPath := filepath.Join(dir, "agent.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	mt, err := agent.ParseMachineToken(machineToken)
-	if err != nil {
-		t.Fatal(err)
+	// An empty machineToken leaves the agent to read it as configured
+	// (extra's token_file lines land in [issuer]).
+	var mt agent.MachineToken
+	if machineToken != "" {
+		var err error
+		if mt, err = agent.ParseMachineToken(machineToken); err != nil {
+			t.Fatal(err)
+		}
 	}
 	opts := agent.Options{
 		ConfigPath: cfgPath, MachineToken: mt,

@@ -3,12 +3,11 @@ package e2e
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha1"
-	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"github.com/wicket-sh/wicket/internal/sockettest"
+	"github.com/wicket-sh/wicket/internal/trust"
 	"io"
 	"net"
 	"net/http"
@@ -57,13 +56,9 @@ type MinIO struct {
 }
 
 // MinIORoleARN is the role MinIO derives for an OpenID provider configured
-// with a role policy (internal/config/identity/openid in MinIO's source):
-// arn:minio:iam:<region>::role/<base64url-nopad(sha1(client_id))>, region
-// empty unless the server sets one.
-func MinIORoleARN(clientID string) string {
-	sum := sha1.Sum([]byte(clientID))
-	return "arn:minio:iam:::role/" + base64.RawURLEncoding.EncodeToString(sum[:])
-}
+// with a role policy: the one `wicket trust minio` prints, so the real
+// MinIO these tests run checks that computation.
+func MinIORoleARN(clientID string) string { return trust.MinIORoleARN(clientID) }
 
 func randHex(n int) string {
 	b := make([]byte, n)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/admin"
+	"github.com/wicket-sh/wicket/internal/admintoken"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/httpapi"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
@@ -108,13 +109,18 @@ func newMachineID() string {
 
 // AddMachine registers a machine and mints its first token.
 func (s *Issuer) AddMachine(ctx context.Context, spec api.MachineSpec) (*store.Machine, *api.MintedToken, error) {
+	ttl, err := s.tokenTTL(spec.TokenTTL)
+	if err != nil {
+		return nil, nil, err
+	}
+	return s.addMachine(ctx, spec, ttl)
+}
+
+// addMachine registers a machine and mints its first token for ttl.
+func (s *Issuer) addMachine(ctx context.Context, spec api.MachineSpec, ttl time.Duration) (*store.Machine, *api.MintedToken, error) {
 	m := &store.Machine{ID: newMachineID(), Name: spec.Name, Org: spec.Org, App: spec.App, Region: spec.Region,
 		Image: spec.Image, ImageDigest: spec.ImageDigest, PrivateIP: spec.PrivateIP, Tags: spec.Tags, SourceAddrs: spec.SourceAddrs}
 	if err := validateMachine(m); err != nil {
-		return nil, nil, err
-	}
-	ttl, err := s.tokenTTL(spec.TokenTTL)
-	if err != nil {
 		return nil, nil, err
 	}
 	if err := s.store.CreateMachine(ctx, m); err != nil {
@@ -171,8 +177,16 @@ func (s *Issuer) mint(m *store.Machine, ttl time.Duration) (*api.MintedToken, er
 
 // UpdateMachine changes a machine's metadata; long polls on it wake up.
 func (s *Issuer) UpdateMachine(ctx context.Context, id string, u api.MachineUpdate) (*store.Machine, error) {
+	return s.updateMachine(ctx, id, u, nil)
+}
+
+// updateMachine is UpdateMachine; check, when set, is asked about the
+// machine as it is and as it would become, inside the store's
+// read-modify-write, so a concurrent change cannot slip past it.
+func (s *Issuer) updateMachine(ctx context.Context, id string, u api.MachineUpdate, check func(old, next *store.Machine) error) (*store.Machine, error) {
 	var verr error
 	m, err := s.store.UpdateMachine(ctx, id, u.ExpectVersion, func(m *store.Machine) error {
+		old := m.Clone()
 		for _, f := range []struct {
 			dst *string
 			src *string
@@ -194,6 +208,9 @@ func (s *Issuer) UpdateMachine(ctx context.Context, id string, u api.MachineUpda
 			m.SourceAddrs = slices.Clone(*u.SourceAddrs)
 		}
 		verr = validateMachine(m)
+		if verr == nil && check != nil {
+			verr = check(old, m)
+		}
 		return verr
 	})
 	if verr != nil {
@@ -231,6 +248,11 @@ func adminError(err error) *httpapi.Error {
 	case errors.As(err, &ve):
 		// Its text names the field, never the value (validationError).
 		return httpapi.NewError(http.StatusBadRequest, api.CodeBadRequest, ve.msg, err)
+	case errors.Is(err, admintoken.ErrInvalid):
+		return httpapi.NewError(http.StatusUnauthorized, api.CodeUnauthorized, "unauthorized", err)
+	case errors.Is(err, admintoken.ErrForbidden):
+		// A valid admin token whose scope does not grant the request.
+		return httpapi.NewError(http.StatusForbidden, api.CodeForbidden, "forbidden", err)
 	case errors.Is(err, store.ErrNotFound), errors.Is(err, errUnknownOrg):
 		return httpapi.NotFoundError(nil)
 	case errors.Is(err, store.ErrConflict):
@@ -243,117 +265,19 @@ func adminError(err error) *httpapi.Error {
 	return httpapi.InternalError(err)
 }
 
-// registerAdmin adds the issuer's commands to its admin socket.
+// registerAdmin adds the issuer's commands to its admin socket: the
+// machine and token commands the remote admin API shares (for the
+// socket's operator, who may do everything), then the keys and admin
+// tokens, which only the socket has.
 func (s *Issuer) registerAdmin(a *admin.Server) {
+	s.machineRoutes(a.Handle, func(r *http.Request) (caller, error) {
+		return operator{admin.LogFrom(r.Context())}, nil
+	})
 	fail := func(w http.ResponseWriter, r *http.Request, err error) {
 		// The request's audit logger already names the peer and command.
 		httpapi.WriteError(w, r, admin.LogFrom(r.Context()), adminError(err))
 	}
-	a.Handle("POST /v1/machines", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var spec api.MachineSpec
-		if err := admin.ReadJSON(r, &spec); err != nil {
-			fail(w, r, invalidf("body: want a JSON machine spec"))
-			return
-		}
-		m, tok, err := s.AddMachine(r.Context(), spec)
-		if err != nil {
-			fail(w, r, err)
-			return
-		}
-		admin.LogFrom(r.Context()).Info("machine added", "machine_id", m.ID, "org", m.Org, "app", m.App, "name", m.Name, "token_id", tok.TokenID)
-		admin.WriteJSON(w, http.StatusCreated, api.MachineAdded{Machine: viewOf(m), Token: tok})
-	}))
-	a.Handle("GET /v1/machines", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ms, err := s.store.ListMachines(r.Context())
-		if err != nil {
-			fail(w, r, err)
-			return
-		}
-		out := make([]api.MachineView, 0, len(ms))
-		for _, m := range ms {
-			out = append(out, viewOf(m))
-		}
-		admin.WriteJSON(w, http.StatusOK, api.MachineList{Machines: out})
-	}))
-	a.Handle("GET /v1/machines/{id}", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		m, err := s.findMachine(r.Context(), r.PathValue("id"))
-		if err != nil {
-			fail(w, r, err)
-			return
-		}
-		admin.WriteJSON(w, http.StatusOK, viewOf(m))
-	}))
-	a.Handle("PATCH /v1/machines/{id}", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var u api.MachineUpdate
-		if err := admin.ReadJSON(r, &u); err != nil {
-			fail(w, r, invalidf("body: want a JSON machine update"))
-			return
-		}
-		m, err := s.findMachine(r.Context(), r.PathValue("id"))
-		if err != nil {
-			fail(w, r, err)
-			return
-		}
-		m, err = s.UpdateMachine(r.Context(), m.ID, u)
-		if err != nil {
-			fail(w, r, err)
-			return
-		}
-		admin.LogFrom(r.Context()).Info("machine updated", "machine_id", m.ID, "version", m.Version)
-		admin.WriteJSON(w, http.StatusOK, viewOf(m))
-	}))
-	a.Handle("DELETE /v1/machines/{id}", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		m, err := s.findMachine(r.Context(), r.PathValue("id"))
-		if err == nil {
-			err = s.RemoveMachine(r.Context(), m.ID)
-		}
-		if err != nil {
-			fail(w, r, err)
-			return
-		}
-		admin.LogFrom(r.Context()).Info("machine removed", "machine_id", m.ID)
-		admin.WriteJSON(w, http.StatusOK, api.MachineRemoved{MachineID: m.ID, Status: "removed"})
-	}))
-	a.Handle("POST /v1/machines/{id}/tokens", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var body api.MintRequest
-		if err := admin.ReadJSON(r, &body); err != nil {
-			fail(w, r, invalidf("body: want {\"ttl\": \"720h\"}"))
-			return
-		}
-		m, err := s.findMachine(r.Context(), r.PathValue("id"))
-		if err != nil {
-			fail(w, r, err)
-			return
-		}
-		ttl, err := s.tokenTTL(body.TTL)
-		if err != nil {
-			fail(w, r, err)
-			return
-		}
-		tok, err := s.mint(m, ttl)
-		if err != nil {
-			fail(w, r, err)
-			return
-		}
-		admin.WriteJSON(w, http.StatusCreated, tok)
-	}))
-	a.Handle("POST /v1/revocations", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var body api.RevokeRequest
-		if err := admin.ReadJSON(r, &body); err != nil {
-			fail(w, r, invalidf("body: want {\"token_id\": \"…\"}"))
-			return
-		}
-		if !printable(body.Reason, 256) {
-			fail(w, r, invalidf("reason: at most 256 printable characters"))
-			return
-		}
-		if err := s.RevokeToken(r.Context(), body.TokenID, body.Reason); err != nil {
-			fail(w, r, err)
-			return
-		}
-		admin.LogFrom(r.Context()).Info("machine token revoked", "token_id", body.TokenID)
-		admin.WriteJSON(w, http.StatusOK, api.TokenRevoked{Status: "revoked", TokenID: body.TokenID})
-	}))
+	s.adminTokenRoutes(a.Handle, fail)
 	a.Handle("GET /v1/keys", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		keys := s.keys.Load().meta
 		if keys == nil {

@@ -75,6 +75,7 @@ type Issuer struct {
 	adm      *unixsock.Listener
 	admin    *admin.Server
 	pub      net.Listener
+	remote   atomic.Pointer[remoteAPI] // the remote admin API, when configured
 	ready    chan struct{}
 	readyOne sync.Once
 
@@ -222,16 +223,15 @@ func (s *Issuer) Run(ctx context.Context) error {
 	s.admin = admin.New(s, func() admin.Auth { return s.rt.Load().adminAuth }, s.selfUID, s.log.With("socket", "admin"))
 	s.registerAdmin(s.admin)
 	admSrv := unixsock.NewHTTPServer(s.admin, lim, s.log)
-	pubSrv := &http.Server{
-		Handler:           s.publicHandler(),
-		ReadHeaderTimeout: lim.ReadHeaderTimeout,
-		IdleTimeout:       lim.IdleTimeout,
-		WriteTimeout:      lim.WriteTimeout,
-		MaxHeaderBytes:    lim.MaxHeaderBytes,
-		// "OPTIONS *" reaches the handler (and its JSON errors) instead
-		// of net/http's own empty 200.
-		DisableGeneralOptionsHandler: true,
-		ErrorLog:                     slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	pubSrv := s.tcpServer(s.publicHandler(), lim)
+
+	remote, err := s.listenRemote(cfg, lim)
+	if err != nil {
+		return err
+	}
+	if remote != nil {
+		defer remote.ln.Close()
+		s.remote.Store(remote)
 	}
 
 	bg, stopBG := context.WithCancel(ctx)
@@ -241,8 +241,11 @@ func (s *Issuer) Run(ctx context.Context) error {
 	bgDone.Go(func() { s.watchKeys(bg) })
 	bgDone.Go(func() { s.keyMaintenance(bg) })
 
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- ignoreClosed(admSrv.Serve(s.adm)) }()
+	if remote != nil {
+		go func() { errc <- ignoreClosed(remote.serve()) }()
+	}
 	go func() {
 		if cfg.Server.TLSCert != "" {
 			pubSrv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
@@ -266,13 +269,32 @@ func (s *Issuer) Run(ctx context.Context) error {
 	bgDone.Wait()
 	shCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	for _, srv := range []*http.Server{pubSrv, admSrv} {
+	servers := []*http.Server{pubSrv, admSrv}
+	if remote != nil {
+		servers = append(servers, remote.http)
+	}
+	for _, srv := range servers {
 		if err := srv.Shutdown(shCtx); err != nil {
 			srv.Close()
 		}
 	}
 	s.admin.FlushDenials() // pending per-uid denial counts reach the log
 	return runErr
+}
+
+// tcpServer is an HTTP server for one of the issuer's TCP listeners.
+func (s *Issuer) tcpServer(h http.Handler, lim unixsock.HTTPLimits) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: lim.ReadHeaderTimeout,
+		IdleTimeout:       lim.IdleTimeout,
+		WriteTimeout:      lim.WriteTimeout,
+		MaxHeaderBytes:    lim.MaxHeaderBytes,
+		// "OPTIONS *" reaches the handler (and its JSON errors) instead
+		// of net/http's own empty 200.
+		DisableGeneralOptionsHandler: true,
+		ErrorLog:                     slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
 }
 
 // Addr returns the public listener's address once running.
@@ -400,10 +422,6 @@ func (s *Issuer) Status() any {
 	if s.adm != nil {
 		socks["admin"] = map[string]any{"path": s.adm.Path(), "stats": s.adm.Stats()}
 	}
-	var admDenied uint64
-	if s.admin != nil {
-		admDenied = s.admin.Denied()
-	}
 	kr := s.keys.Load()
 	return map[string]any{
 		"service":           "issuer",
@@ -414,39 +432,39 @@ func (s *Issuer) Status() any {
 		"public_url":        rt.cfg.Server.PublicURL,
 		"sockets":           socks,
 		"orgs":              len(kr.oidcSets),
-		"counters": map[string]uint64{
-			"oidc_tokens_issued":    s.tokensIssued.Load(),
-			"machine_tokens_minted": s.machineTokensMinted.Load(),
-			"auth_failures":         s.authFailed.Load(),
-			"x509_svids_issued":     s.x509SVIDsIssued.Load(),
-			"jwt_svids_issued":      s.jwtSVIDsIssued.Load(),
-			"svids_refused":         s.svidsRefused.Load(),
-			"admin_denied":          admDenied,
-			"reloads_ok":            s.reloadsOK.Load(),
-			"reloads_failed":        s.reloadsKO.Load(),
-		},
-		"long_polls": s.longPolls.Load(),
-		"state":      s.stateStatus(rt.cfg.State),
+		"counters":          s.admin.StatusCounters(s.counters()),
+		"long_polls":        s.longPolls.Load(),
+		"state":             s.stateStatus(rt.cfg.State),
+		"remote_admin":      s.remoteStatus(),
+	}
+}
+
+// counters lists every counter the issuer reports: status shows each
+// under its key, /metrics as its sample, so the two cannot drift.
+func (s *Issuer) counters() metrics.CounterSet {
+	reloads := "Config reloads."
+	return metrics.CounterSet{
+		{Key: "oidc_tokens_issued", Name: "wicket_oidc_tokens_issued_total", Help: "OIDC tokens signed.", Value: s.tokensIssued.Load},
+		{Key: "machine_tokens_minted", Name: "wicket_machine_tokens_minted_total", Help: "Machine tokens minted.", Value: s.machineTokensMinted.Load},
+		{Key: "auth_failures", Name: "wicket_auth_failures_total", Help: "Requests refused with 401.", Value: s.authFailed.Load},
+		{Key: "x509_svids_issued", Name: "wicket_x509_svids_issued_total", Help: "X.509-SVIDs signed.", Value: s.x509SVIDsIssued.Load},
+		{Key: "jwt_svids_issued", Name: "wicket_jwt_svids_issued_total", Help: "JWT-SVIDs signed.", Value: s.jwtSVIDsIssued.Load},
+		{Key: "svids_refused", Name: "wicket_svids_refused_total", Help: "SVID requests refused for their CSR or SPIFFE ID (after the token passed).", Value: s.svidsRefused.Load},
+		{Key: "reloads_ok", Name: "wicket_reloads_total", Help: reloads, Labels: map[string]string{"outcome": "ok"}, Value: s.reloadsOK.Load},
+		{Key: "reloads_failed", Name: "wicket_reloads_total", Help: reloads, Labels: map[string]string{"outcome": "failed"}, Value: s.reloadsKO.Load},
 	}
 }
 
 // Metrics implements admin.Service.
 func (s *Issuer) Metrics() []metrics.Sample {
-	c := func(name, help string, v uint64) metrics.Sample {
-		return metrics.Sample{Name: name, Help: help, Type: metrics.Counter, Value: float64(v)}
-	}
 	out := []metrics.Sample{
 		{Name: "wicket_uptime_seconds", Help: "Seconds since start.", Type: metrics.Gauge, Value: time.Since(s.started).Seconds()},
 		{Name: "wicket_config_generation", Help: "Generation of the running config.", Type: metrics.Gauge, Value: float64(s.rt.Load().generation)},
-		c("wicket_oidc_tokens_issued_total", "OIDC tokens signed.", s.tokensIssued.Load()),
-		c("wicket_machine_tokens_minted_total", "Machine tokens minted.", s.machineTokensMinted.Load()),
-		c("wicket_auth_failures_total", "Requests refused with 401.", s.authFailed.Load()),
-		c("wicket_x509_svids_issued_total", "X.509-SVIDs signed.", s.x509SVIDsIssued.Load()),
-		c("wicket_jwt_svids_issued_total", "JWT-SVIDs signed.", s.jwtSVIDsIssued.Load()),
-		c("wicket_svids_refused_total", "SVID requests refused for their CSR or SPIFFE ID (after the token passed).", s.svidsRefused.Load()),
 		{Name: "wicket_long_polls", Help: "Metadata long polls in progress.", Type: metrics.Gauge, Value: float64(s.longPolls.Load())},
 	}
+	out = append(out, s.counters().Samples()...)
 	out = append(out, unixsock.Metrics(s.adm)...)
+	out = append(out, s.remoteMetrics()...)
 	return out
 }
 

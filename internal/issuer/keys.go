@@ -33,6 +33,20 @@ type keyring struct {
 	cas      map[string][]*spiffe.CA        // org → SPIFFE CAs (spiffe.go)
 	revoked  map[string]struct{}
 	meta     []api.KeyInfo // the keys list, without private material
+	admin    adminKeys     // remote admin tokens' root keys
+}
+
+// machineVerifier verifies machine tokens against kr's keys and
+// revocations.
+func (kr *keyring) machineVerifier() machinetoken.Verifier {
+	return machinetoken.Verifier{
+		Location: tokenLocation,
+		Keys: func(id []byte) (macaroon.SigningKey, bool) {
+			k, ok := kr.macaroon[hex.EncodeToString(id)]
+			return k, ok
+		},
+		Revoked: func(id string) bool { _, ok := kr.revoked[id]; return ok },
+	}
 }
 
 // sealAD binds a sealed blob to its record, so one key's ciphertext cannot
@@ -75,6 +89,14 @@ func (s *Issuer) loadKeys(ctx context.Context) (*keyring, error) {
 				newest = k.CreatedAt
 			}
 			info.State = "active"
+		case k.Kind == store.KindAdminToken:
+			// Listed by GET /v1/admin-tokens, not with the signing keys.
+			err := kr.admin.add(k, plain)
+			clear(plain)
+			if err != nil {
+				return nil, err
+			}
+			continue
 		case strings.HasPrefix(k.Kind, store.KindOIDC+"/"):
 			org := strings.TrimPrefix(k.Kind, store.KindOIDC+"/")
 			priv, err := oidc.UnmarshalPrivate(plain)

@@ -17,10 +17,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/superfly/macaroon"
-
 	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/httpapi"
+	"github.com/wicket-sh/wicket/internal/macaroonwire"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/oidc"
 	"github.com/wicket-sh/wicket/internal/store"
@@ -112,14 +111,7 @@ func (s *Issuer) authenticateFor(w http.ResponseWriter, r *http.Request, q machi
 	ck := verifyKey(tok, q)
 	ver := s.verified.get(ck, kr, now)
 	if ver == nil {
-		v := machinetoken.Verifier{
-			Location: tokenLocation,
-			Keys: func(id []byte) (macaroon.SigningKey, bool) {
-				k, ok := kr.macaroon[hex.EncodeToString(id)]
-				return k, ok
-			},
-			Revoked: func(id string) bool { _, ok := kr.revoked[id]; return ok },
-		}
+		v := kr.machineVerifier()
 		ver, err = v.Verify(tok, q)
 		if err != nil {
 			return fail(err)
@@ -157,17 +149,9 @@ func remoteAddr(r *http.Request) netip.Addr {
 	return ap.Addr().Unmap()
 }
 
-func addrAllowed(a netip.Addr, cidrs []string) bool {
-	if !a.IsValid() {
-		return false
-	}
-	for _, c := range cidrs {
-		if p, err := netip.ParsePrefix(c); err == nil && p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
+// addrAllowed reports whether a is in one of cidrs (one that does not
+// parse matches nothing).
+func addrAllowed(a netip.Addr, cidrs []string) bool { return macaroonwire.AddrAllowed(cidrs, a) }
 
 func parseAud(raw json.RawMessage) ([]string, error) {
 	if len(raw) == 0 || string(raw) == "null" {

@@ -36,6 +36,9 @@ jwks_max_age = "1m"
 [machine_tokens]
 default_ttl = "720h"
 max_ttl = "8760h"
+[remote_admin]
+rate = 0.01
+burst = 2
 [log]
 level = "info"
 `
@@ -73,6 +76,7 @@ func TestReload_EveryDynamicFieldTakesEffect(t *testing.T) {
 		o.Overrides[0] = func(c *config.Issuer) {
 			c.State.Dir = filepath.Join(dir, "state")
 			c.Admin.Path = filepath.Join(dir, "admin.sock")
+			c.RemoteAdmin.Listen = "127.0.0.1:0" // static: where, not how much
 		}
 		o.ConfigPath = cfgPath
 		o.LogLevel = level
@@ -275,7 +279,62 @@ func TestReload_EveryDynamicFieldTakesEffect(t *testing.T) {
 		}
 	}
 
+	// The remote admin API's limits, each checked with a fresh admin
+	// token (a bucket of its own). The base rate (0.01/s) refills nothing
+	// within a test, so only the settings decide.
+	remoteStatuses := func(n int) []int {
+		tok := ti.mintAdmin(t, api.AdminTokenRequest{Label: "reload"}).Token
+		var out []int
+		for range n {
+			out = append(out, ti.remote(t, "GET", "/v1/status", tok, "").status)
+		}
+		return out
+	}
+	burst := func(want int) func(*testing.T, *testIssuer) {
+		return func(t *testing.T, _ *testIssuer) {
+			got := remoteStatuses(want + 1)
+			for i, st := range got {
+				if (i < want && st != 200) || (i == want && st != 429) {
+					t.Errorf("statuses %v, want %d times 200 then 429", got, want)
+					break
+				}
+			}
+		}
+	}
+	refill := func(want int) func(*testing.T, *testIssuer) {
+		return func(t *testing.T, ti *testIssuer) {
+			tok := ti.mintAdmin(t, api.AdminTokenRequest{Label: "reload"}).Token
+			for range 2 {
+				ti.remote(t, "GET", "/v1/status", tok, "")
+			}
+			ti.clock.Advance(time.Second)
+			if st := ti.remote(t, "GET", "/v1/status", tok, "").status; st != want {
+				t.Errorf("a second after the burst: %d, want %d", st, want)
+			}
+		}
+	}
+	remoteBody := func(want int) func(*testing.T, *testIssuer) {
+		return func(t *testing.T, ti *testIssuer) {
+			tok := ti.mintAdmin(t, api.AdminTokenRequest{Label: "reload"}).Token
+			if st := ti.remote(t, "POST", "/v1/machines", tok, `{"image":"`+strings.Repeat("x", 3000)+`"}`).status; st != want {
+				t.Errorf("3 kB body: %d, want %d", st, want)
+			}
+		}
+	}
+	remoteSlowBody := func(want string) func(*testing.T, *testIssuer) {
+		return func(t *testing.T, ti *testIssuer) {
+			tok := ti.mintAdmin(t, api.AdminTokenRequest{Label: "reload"}).Token
+			if got := bodyTimeout(t, ti.RemoteAdminAddr().String(), tok); got != want {
+				t.Errorf("stalled body: %s, want %s", got, want)
+			}
+		}
+	}
+
 	cases := []reloadCase{
+		{"remote_admin.burst", "[remote_admin]\nburst = 1", burst(2), burst(1)},
+		{"remote_admin.rate", "[remote_admin]\nrate = 10.0", refill(429), refill(200)},
+		{"remote_admin.max_body_bytes", "[remote_admin]\nmax_body_bytes = 2048", remoteBody(400), remoteBody(413)},
+		{"remote_admin.body_timeout", "[remote_admin]\nbody_timeout = \"300ms\"", nil, remoteSlowBody("408")},
 		{"oidc.jwks_max_age", "[oidc]\njwks_max_age = \"7m\"", maxAge("60"), maxAge("420")},
 		{"oidc.token_ttl", "[oidc]\ntoken_ttl = \"2m\"", wantLife(4 * time.Minute), wantLife(2 * time.Minute)},
 		{"oidc.max_ttl", "[oidc]\nmax_ttl = \"5m\"", oidcStatus(`{"aud":"x","ttl":"8m"}`, 200), oidcStatus(`{"aud":"x","ttl":"8m"}`, 400)},

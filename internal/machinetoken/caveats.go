@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/superfly/macaroon"
+
+	"github.com/wicket-sh/wicket/internal/macaroonwire"
 )
 
 // CaveatBase is the first of wicket's caveat type numbers. It sits in the
@@ -126,13 +128,8 @@ func (c *sourceAddrsCaveat) Prohibits(a macaroon.Access) error {
 	if !wa.remote.IsValid() {
 		return errNoRemote
 	}
-	// A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d, which an
-	// IPv4 prefix does not contain.
-	ip := wa.remote.Unmap()
-	for _, s := range *c {
-		if p, err := netip.ParsePrefix(s); err == nil && p.Contains(ip) {
-			return nil
-		}
+	if macaroonwire.AddrAllowed(*c, wa.remote) {
+		return nil
 	}
 	return errSource
 }

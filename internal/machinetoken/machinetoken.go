@@ -12,28 +12,24 @@
 package machinetoken
 
 import (
-	"bytes"
-	"crypto/rand"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/superfly/macaroon"
+
+	"github.com/wicket-sh/wicket/internal/macaroonwire"
 )
 
 // MaxTokenLen bounds the encoded tokens this package will look at. A minted
 // token is a few hundred bytes; anything near this size is an attack.
-const MaxTokenLen = 16 << 10
+const MaxTokenLen = macaroonwire.MaxTokenLen
 
-// tokenPrefix is what macaroon.Macaroon.String puts before the base64; we
-// accept only what we mint.
+// tokenPrefix is how every token this package mints begins.
 const tokenPrefix = "fm2_"
 
 // ErrInvalid is wrapped by every error about a token or an Authorization
@@ -73,31 +69,12 @@ type Claims struct {
 	SourceAddrs []netip.Prefix
 }
 
-// Key is an issuer signing key. ID travels in every token in the clear and
-// selects the key at verification; Secret never leaves the issuer.
-type Key struct {
-	ID     []byte
-	Secret macaroon.SigningKey
-}
-
-// keyIDLen is the length of the random ids NewKey makes.
-const keyIDLen = 16
+// Key is an issuer signing key (macaroonwire.Key: its secret never
+// reaches a log line).
+type Key = macaroonwire.Key
 
 // NewKey returns a key with a random 16-byte id and a random 32-byte secret.
-func NewKey() Key {
-	id := make([]byte, keyIDLen)
-	rand.Read(id) // never fails (crypto/rand, Go ≥ 1.24)
-	return Key{ID: id, Secret: macaroon.NewSigningKey()}
-}
-
-// Format prints only the key id, whatever the verb: a Key that reaches a log
-// line or an error through fmt must not carry its secret with it. (fmt
-// cannot call it for a Key held in an unexported field: don't print those.)
-func (k Key) Format(f fmt.State, _ rune) { fmt.Fprintf(f, "machinetoken.Key{ID:%x}", k.ID) }
-
-// LogValue keeps the secret out of slog output; the JSON handler would
-// otherwise write it base64-encoded.
-func (k Key) LogValue() slog.Value { return slog.StringValue(hex.EncodeToString(k.ID)) }
+func NewKey() Key { return macaroonwire.NewKey() }
 
 // Mint returns a token for the machine described by c, signed with k, and the
 // token's id: a random nonce, hex encoded, safe to log and the handle for
@@ -249,67 +226,25 @@ func RestrictScope(token string, now time.Time, ttl time.Duration, s Scope) (str
 // form "Bearer <token>" or "FlyV1 <token>" (scheme case-insensitive). It does
 // not check the token itself; Verify does.
 func ParseHeader(h string) (string, error) {
-	scheme, tok, ok := strings.Cut(strings.TrimSpace(h), " ")
-	if !ok || !(strings.EqualFold(scheme, "Bearer") || strings.EqualFold(scheme, macaroon.AuthorizationSchemeFlyV1)) {
-		return "", invalid("unsupported authorization scheme")
-	}
-	tok = strings.TrimSpace(tok)
-	switch {
-	case tok == "":
-		return "", invalid("empty token")
-	case len(tok) > MaxTokenLen:
-		return "", invalid("token too long")
-	case strings.ContainsAny(tok, " \t,"):
-		// One token only: we use no third-party caveats, hence no discharges.
-		return "", invalid("malformed token")
+	tok, err := macaroonwire.ParseHeader(h)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return tok, nil
 }
 
-// decode parses an encoded token without checking its signature. Library
-// errors are dropped, not wrapped: some quote the bytes they choked on.
+// decode parses an encoded token without checking its signature
+// (macaroonwire.Decode: bounded, canonical encoding only).
 func decode(token string) (*macaroon.Macaroon, error) {
-	if len(token) > MaxTokenLen {
-		return nil, invalid("token too long")
-	}
-	b64, ok := strings.CutPrefix(token, tokenPrefix)
-	if !ok {
-		return nil, invalid("not a machine token")
-	}
-	raw, err := base64.StdEncoding.Strict().DecodeString(b64)
-	if err != nil || !wellFormed(raw) {
-		return nil, invalid("malformed token")
-	}
-	m, err := macaroon.Decode(raw)
+	m, err := macaroonwire.Decode(token)
 	if err != nil {
-		return nil, invalid("malformed token")
-	}
-	// The library signs the values it decoded, re-encoded, not the bytes it
-	// was given, so other encodings of the same values (a key id as str8
-	// instead of bin8, say) would verify too. Accept only the canonical one:
-	// a token then has exactly one spelling.
-	if enc, err := m.Encode(); err != nil || !bytes.Equal(enc, raw) {
-		return nil, invalid("malformed token")
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return m, nil
 }
 
 // window returns the validity caveat for [nb, na], or nil when both are zero.
-func window(nb, na time.Time) (*macaroon.ValidityWindow, error) {
-	switch {
-	case na.IsZero() && nb.IsZero():
-		return nil, nil
-	case na.IsZero():
-		return nil, errors.New("validity window without an end")
-	case !nb.IsZero() && na.Before(nb):
-		return nil, errors.New("validity window ends before it starts")
-	}
-	w := &macaroon.ValidityWindow{NotAfter: na.Unix()}
-	if !nb.IsZero() {
-		w.NotBefore = nb.Unix()
-	}
-	return w, nil
-}
+func window(nb, na time.Time) (*macaroon.ValidityWindow, error) { return macaroonwire.Window(nb, na) }
 
 // canonicalFeatures sorts and deduplicates fs, refusing unknown features so a
 // typo cannot mint a token that silently grants nothing.

@@ -1,7 +1,6 @@
 package machinetoken
 
 import (
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -9,6 +8,8 @@ import (
 	"time"
 
 	"github.com/superfly/macaroon"
+
+	"github.com/wicket-sh/wicket/internal/macaroonwire"
 )
 
 // Request is what a token is being used for.
@@ -63,68 +64,24 @@ func (v *Verifier) Verify(token string, r Request) (*Verified, error) {
 	if v.Keys == nil {
 		return nil, errors.New("machinetoken: verifier has no keys")
 	}
-	m, err := decode(token)
+	auth, err := macaroonwire.Authenticate(token, v.Location, v.Keys, v.Revoked)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	cavs := auth.Caveats
+	// From here on the nonce and caveats are authentic.
+	out := &Verified{TokenID: auth.TokenID, KeyID: auth.KeyID}
+	p, err := sortCaveats(cavs)
 	if err != nil {
 		return nil, err
 	}
-	if m.Location != v.Location {
-		return nil, invalid("wrong location")
+	if p.external {
+		// Made for someone else's upstream: never good here, whatever
+		// the request (Prohibits refuses it too).
+		return nil, invalid("copy made for an external upstream")
 	}
-	key, ok := v.Keys(m.Nonce.KID)
-	if !ok {
-		return nil, invalid("unknown key")
-	}
-	// The library's error is dropped: for some caveats it quotes their bytes.
-	cavs, err := m.Verify(key, nil, nil)
-	if err != nil {
-		return nil, invalid("bad signature")
-	}
-	// From here on the nonce and caveats are authentic.
-	out := &Verified{
-		TokenID: hex.EncodeToString(m.Nonce.Rnd),
-		KeyID:   hex.EncodeToString(m.Nonce.KID),
-	}
-	if v.Revoked != nil && v.Revoked(out.TokenID) {
-		return nil, invalid("revoked")
-	}
-
-	var (
-		feats   []featuresCaveat
-		auds    []audiencesCaveat
-		ids     []spiffeIDsCaveat
-		windows int
-	)
-	for _, c := range cavs.Caveats {
-		switch c := c.(type) {
-		case *orgCaveat:
-			setOnce(&out.Org, string(*c))
-		case *appCaveat:
-			setOnce(&out.App, string(*c))
-		case *machineCaveat:
-			setOnce(&out.MachineID, string(*c))
-		case *featuresCaveat:
-			feats = append(feats, *c)
-		case *macaroon.ValidityWindow:
-			if na := time.Unix(c.NotAfter, 0).UTC(); windows == 0 || na.Before(out.NotAfter) {
-				out.NotAfter = na
-			}
-			windows++
-		case *sourceAddrsCaveat:
-			// checked against r.RemoteAddr by Validate below
-		case *audiencesCaveat:
-			auds = append(auds, *c) // checked against r.Audience by Validate below
-		case *spiffeIDsCaveat:
-			ids = append(ids, *c) // checked against r.SPIFFEID by Validate below
-		case *externalCaveat:
-			// Made for someone else's upstream: never good here, whatever
-			// the request (Prohibits refuses it too).
-			return nil, invalid("copy made for an external upstream")
-		default:
-			// Only caveats we understand may pass: the library would let an
-			// attestation or another package's registered type through.
-			return nil, invalid("unsupported caveat")
-		}
-	}
+	out.Org, out.App, out.MachineID, out.NotAfter = p.org, p.app, p.machine, p.notAfter
+	feats, auds, ids, windows := p.feats, p.auds, p.ids, p.windows
 	switch {
 	case out.Org == "" || out.App == "" || out.MachineID == "":
 		return nil, invalid("not bound to a machine")
@@ -193,4 +150,80 @@ func grantedByAll[S ~[]T, T comparable](cs []S, v T) bool {
 		}
 	}
 	return true
+}
+
+// Identity is whose a token is, as its authentic caveats say.
+type Identity struct {
+	TokenID, Org, App, MachineID string
+}
+
+// Identify checks token's signature chain and returns whose it is, without
+// checking its validity window, revocation or any request: revoking a
+// token needs to know its machine, even for a token that no longer works.
+// A token with a caveat this package does not know is refused, as by
+// Verify.
+func (v *Verifier) Identify(token string) (*Identity, error) {
+	if v.Keys == nil {
+		return nil, errors.New("machinetoken: verifier has no keys")
+	}
+	auth, err := macaroonwire.Authenticate(token, v.Location, v.Keys, nil)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	p, err := sortCaveats(auth.Caveats)
+	if err != nil {
+		return nil, err
+	}
+	id := &Identity{TokenID: auth.TokenID, Org: p.org, App: p.app, MachineID: p.machine}
+	if id.Org == "" || id.App == "" || id.MachineID == "" {
+		return nil, invalid("not bound to a machine")
+	}
+	return id, nil
+}
+
+// sorted is an authentic token's caveats, by kind.
+type sorted struct {
+	org, app, machine string // from the first caveat of each kind
+	feats             []featuresCaveat
+	auds              []audiencesCaveat
+	ids               []spiffeIDsCaveat
+	windows           int
+	notAfter          time.Time // earliest end of all validity windows
+	external          bool
+}
+
+// sortCaveats sorts cavs by kind and refuses any type this package does
+// not know: the library would let an attestation or another package's
+// registered type (an admin token's, say) through. Verify and Identify
+// both read a token through it.
+func sortCaveats(cavs *macaroon.CaveatSet) (*sorted, error) {
+	p := &sorted{}
+	for _, c := range cavs.Caveats {
+		switch c := c.(type) {
+		case *orgCaveat:
+			setOnce(&p.org, string(*c))
+		case *appCaveat:
+			setOnce(&p.app, string(*c))
+		case *machineCaveat:
+			setOnce(&p.machine, string(*c))
+		case *featuresCaveat:
+			p.feats = append(p.feats, *c)
+		case *macaroon.ValidityWindow:
+			if na := time.Unix(c.NotAfter, 0).UTC(); p.windows == 0 || na.Before(p.notAfter) {
+				p.notAfter = na
+			}
+			p.windows++
+		case *sourceAddrsCaveat:
+			// checked against the request's address by Validate
+		case *audiencesCaveat:
+			p.auds = append(p.auds, *c) // checked against the request's audiences by Validate
+		case *spiffeIDsCaveat:
+			p.ids = append(p.ids, *c) // checked against the request's SPIFFE ID by Validate
+		case *externalCaveat:
+			p.external = true
+		default:
+			return nil, invalid("unsupported caveat")
+		}
+	}
+	return p, nil
 }

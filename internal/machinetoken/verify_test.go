@@ -261,35 +261,6 @@ func TestVerify_TamperedString(t *testing.T) {
 	}
 }
 
-func TestWellFormed(t *testing.T) {
-	tok, _ := mint(t, testClaims())
-	for _, tc := range []struct {
-		name string
-		in   []byte
-		want bool
-	}{
-		{"minted token", rawBytes(t, tok), true},
-		{"fixint", []byte{0x01}, true},
-		{"nested", []byte{0x92, 0x91, 0xa1, 'x', 0x81, 0xc0, 0xcd, 0x01, 0x02}, true},
-		{"str32 exact", []byte{0xdb, 0, 0, 0, 1, 'x'}, true},
-		{"fixext4", []byte{0xd6, 1, 0, 0, 0, 0}, true},
-		{"empty", nil, false},
-		{"trailing", []byte{0x01, 0x02}, false},
-		{"unused code", []byte{0xc1}, false},
-		{"short array", []byte{0x92, 0x01}, false},
-		{"array32 bomb", []byte{0xdd, 0xff, 0xff, 0xff, 0xff, 0x01}, false},
-		{"map32 bomb", []byte{0xdf, 0x7f, 0xff, 0xff, 0xff, 0x01, 0x01}, false},
-		{"bin32 bomb", []byte{0xc6, 0xff, 0xff, 0xff, 0xff}, false},
-		{"ext32 bomb", []byte{0xc9, 0xff, 0xff, 0xff, 0xff, 0x01}, false},
-		{"truncated length", []byte{0xdb, 0, 0}, false},
-		{"truncated uint64", []byte{0xcf, 0, 0}, false},
-	} {
-		if got := wellFormed(tc.in); got != tc.want {
-			t.Errorf("%s: wellFormed = %v, want %v", tc.name, got, tc.want)
-		}
-	}
-}
-
 func BenchmarkVerify(b *testing.B) {
 	c := testClaims()
 	c.SourceAddrs = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
@@ -315,5 +286,24 @@ func BenchmarkRestrict(b *testing.B) {
 		if _, err := Restrict(tok, t0, time.Minute, nil); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+func TestIdentify_SignatureOnly(t *testing.T) {
+	c := testClaims()
+	tok, id := mint(t, c)
+	v := testVerifier()
+	v.Revoked = func(string) bool { return true } // Identify ignores revocation
+	got, err := v.Identify(tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.TokenID != id || got.Org != c.Org || got.App != c.App || got.MachineID != c.MachineID {
+		t.Fatalf("Identify = %+v", got)
+	}
+	bad := rawBytes(t, tok)
+	bad[len(bad)-1] ^= 1
+	if _, err := v.Identify(rawToken(bad)); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("tampered: Identify = %v, want ErrInvalid", err)
 	}
 }

@@ -84,3 +84,36 @@ var labelEscaper = strings.NewReplacer(`\`, `\\`, "\n", `\n`, `"`, `\"`)
 
 func escapeHelp(s string) string  { return helpEscaper.Replace(s) }
 func escapeLabel(s string) string { return labelEscaper.Replace(s) }
+
+// CounterDef is one counter a service reports twice: under Key in its status
+// document's "counters" and as the sample Name{Labels} on /metrics.
+// Declaring it once, in a CounterSet both are built from, is what keeps
+// the two from drifting apart.
+type CounterDef struct {
+	Key    string // status key, e.g. "tokens_served"
+	Name   string // metric name, e.g. "wicket_oidc_tokens_served_total"
+	Help   string
+	Labels map[string]string
+	Value  func() uint64
+}
+
+// CounterSet is a service's list of counters.
+type CounterSet []CounterDef
+
+// Status returns the counters by status key.
+func (cs CounterSet) Status() map[string]uint64 {
+	m := make(map[string]uint64, len(cs))
+	for _, c := range cs {
+		m[c.Key] = c.Value()
+	}
+	return m
+}
+
+// Samples returns the counters as metric samples.
+func (cs CounterSet) Samples() []Sample {
+	s := make([]Sample, len(cs))
+	for i, c := range cs {
+		s[i] = Sample{Name: c.Name, Help: c.Help, Type: Counter, Labels: c.Labels, Value: float64(c.Value())}
+	}
+	return s
+}

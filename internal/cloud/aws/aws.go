@@ -10,28 +10,27 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"regexp"
 	"strings"
 	"time"
 
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 	"github.com/aws/smithy-go"
+
+	"github.com/wicket-sh/wicket/internal/cloud/awsname"
 )
 
 // DefaultRegion is used when neither AWS_REGION nor AWS_DEFAULT_REGION is set.
 const DefaultRegion = "us-east-1"
 
 // Audience is the audience AWS STS expects in web identity tokens by default.
-const Audience = "sts.amazonaws.com"
+const Audience = awsname.Audience
 
 // STS limits on a role session.
 const (
 	MinDuration = 15 * time.Minute
 	MaxDuration = 12 * time.Hour
 )
-
-var sessionNameRE = regexp.MustCompile(`^[\w+=,.@-]{2,64}$`)
 
 // ProcessCredentials is the credential_process output: AWS SDKs and the CLI
 // run the command and read this JSON from its stdout.
@@ -149,7 +148,7 @@ func CheckParams(roleARN, sessionName string, duration time.Duration) error {
 	if roleARN == "" {
 		return errors.New("aws: role ARN is required")
 	}
-	if !sessionNameRE.MatchString(sessionName) {
+	if !awsname.Valid(sessionName) {
 		return fmt.Errorf("aws: session name %q: want 2..64 of letters, digits and +=,.@_-", sessionName)
 	}
 	if duration != 0 && (duration < MinDuration || duration > MaxDuration) {
@@ -179,22 +178,8 @@ func EnvAWS(roleARN, tokenFile, sessionName string) []string {
 }
 
 // ValidSessionName reports whether STS accepts s as a role session name.
-func ValidSessionName(s string) bool { return sessionNameRE.MatchString(s) }
+func ValidSessionName(s string) bool { return awsname.Valid(s) }
 
 // SessionName turns s (a hostname, a machine name) into a valid session
-// name: invalid characters become '-', and it is cut to 64 characters.
-func SessionName(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("+=,.@_-", c) >= 0) {
-			b[i] = '-'
-		}
-	}
-	if len(b) > 64 {
-		b = b[:64]
-	}
-	if len(b) < 2 {
-		return "wicket"
-	}
-	return string(b)
-}
+// name (awsname.SessionName).
+func SessionName(s string) string { return awsname.SessionName(s) }

@@ -152,22 +152,6 @@ func TestEnvAWS(t *testing.T) {
 	}
 }
 
-func TestSessionName(t *testing.T) {
-	for in, want := range map[string]string{
-		"web-1":                  "web-1",
-		"dev:dev-app:m1":         "dev-dev-app-m1",
-		"x":                      "wicket",
-		"":                       "wicket",
-		"host.example.com":       "host.example.com",
-		strings.Repeat("a", 100): strings.Repeat("a", 64),
-		"héllo":                  "h--llo",
-	} {
-		if got := SessionName(in); got != want || !ValidSessionName(got) {
-			t.Errorf("SessionName(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 func TestRegion(t *testing.T) {
 	t.Setenv("AWS_REGION", "")
 	t.Setenv("AWS_DEFAULT_REGION", "")

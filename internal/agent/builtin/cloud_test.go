@@ -1,16 +1,38 @@
-package config
+package builtin
 
 import (
-	"io/fs"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/BurntSushi/toml"
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/wicket-sh/wicket/internal/agent/feature"
+	"github.com/wicket-sh/wicket/internal/agent/feature/aws"
+	"github.com/wicket-sh/wicket/internal/agent/feature/azure"
+	"github.com/wicket-sh/wicket/internal/agent/feature/proxyroutes"
+	"github.com/wicket-sh/wicket/internal/config"
+	"github.com/wicket-sh/wicket/internal/proxy"
 )
+
+func writeFile(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "agent.toml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// LoadAgent loads a config with the built-in features, as the agent does.
+func LoadAgent(path string) (*config.Agent, error) {
+	return config.LoadAgent(path, feature.Sections(Features()))
+}
 
 // cloudBase is the minimum a config with token files needs: an issuer.
 const cloudBase = "[issuer]\nurl = \"https://issuer.example\"\n"
@@ -23,6 +45,7 @@ audience = "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPoo
 mode = "0400"
 group = "0"
 refresh = "50%"
+ttl = "30m"
 
 [[token_file]]
 path = "/run/wicket/tokens/minio"
@@ -41,19 +64,51 @@ authority_host = "https://login.microsoftonline.us/"
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []TokenFileSpec{
-		{Path: "/run/wicket/tokens/gcp", Audience: "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/x", Mode: 0o400, GID: 0, Refresh: 0.5},
+	want := []config.TokenFileSpec{
+		{Path: "/run/wicket/tokens/gcp", Audience: "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/x", Mode: 0o400, GID: 0, Refresh: 0.5, TTL: 30 * time.Minute},
 		{Path: "/run/wicket/tokens/minio", Audience: "minio.example.com", Mode: 0o440, GID: -1, Refresh: 0.8},
-		{Path: DefaultAzureTokenFile, Audience: AzureAudience, Mode: 0o440, GID: -1, Refresh: 0.8, ImpliedBy: "azure"},
+		{Path: azure.DefaultTokenFile, Audience: azure.Audience, Mode: 0o440, GID: -1, Refresh: 0.8, TTL: time.Hour, ImpliedBy: "azure"},
 	}
 	if diff := cmp.Diff(want, c.TokenFileSpecs()); diff != "" {
 		t.Errorf("token files (-want +got):\n%s", diff)
 	}
-	if c.AWSTokenFile() != "/run/wicket/tokens/minio" || c.AzureTokenFile() != DefaultAzureTokenFile {
-		t.Errorf("aws file %q, azure file %q", c.AWSTokenFile(), c.AzureTokenFile())
+	if aws.From(c).TokenFilePath() != "/run/wicket/tokens/minio" || azure.From(c).TokenFilePath() != azure.DefaultTokenFile {
+		t.Errorf("aws file %q, azure file %q", aws.From(c).TokenFilePath(), azure.From(c).TokenFilePath())
 	}
-	if c.AWS.SessionName != "web-1" || c.Azure.AuthorityHost != "https://login.microsoftonline.us/" {
-		t.Errorf("aws %+v azure %+v", c.AWS, c.Azure)
+	if aws.From(c).SessionName != "web-1" || azure.From(c).AuthorityHost != "https://login.microsoftonline.us/" {
+		t.Errorf("aws %+v azure %+v", aws.From(c), azure.From(c))
+	}
+}
+
+// TestLoadAgent_AzureTokenTTL: the file the Azure SDKs read gets 1 h
+// tokens (they cache its content for up to 10 minutes), whether [azure]
+// implies it or a [[token_file]] describes it without a ttl; a ttl the
+// [[token_file]] sets wins; other files keep sharing the API's tokens.
+func TestLoadAgent_AzureTokenTTL(t *testing.T) {
+	for _, tc := range []struct {
+		name, body string
+		want       map[string]time.Duration
+	}{
+		{"implied", "[azure]\nclient_id = \"c\"\ntenant_id = \"t\"\n", map[string]time.Duration{azure.DefaultTokenFile: time.Hour}},
+		{"declared without ttl", "[[token_file]]\npath = \"/t/az\"\naudience = \"api://AzureADTokenExchange\"\n[[token_file]]\npath = \"/t/other\"\naudience = \"x\"\n[azure]\nclient_id = \"c\"\ntenant_id = \"t\"\n",
+			map[string]time.Duration{"/t/az": time.Hour, "/t/other": 0}},
+		{"declared with ttl", "[[token_file]]\npath = \"/t/az\"\naudience = \"api://AzureADTokenExchange\"\nttl = \"20m\"\n[azure]\nclient_id = \"c\"\ntenant_id = \"t\"\n",
+			map[string]time.Duration{"/t/az": 20 * time.Minute}},
+		{"no azure section", "[[token_file]]\npath = \"/t/az\"\naudience = \"api://AzureADTokenExchange\"\n", map[string]time.Duration{"/t/az": 0}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := LoadAgent(writeFile(t, cloudBase+tc.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]time.Duration{}
+			for _, s := range c.TokenFileSpecs() {
+				got[s.Path] = s.TTL
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("ttl by path (-want +got):\n%s", diff)
+			}
+		})
 	}
 }
 
@@ -67,7 +122,7 @@ func TestLoadAgent_ImpliedTokenFiles(t *testing.T) {
 	}{
 		{"none", "", "", "", nil, nil},
 		{"aws alone: implied at the default path", "[aws]\nrole_arn = \"arn:aws:iam::1:role/r\"\n",
-			DefaultAWSTokenFile, "", []string{DefaultAWSTokenFile}, []string{"aws"}},
+			aws.DefaultTokenFile, "", []string{aws.DefaultTokenFile}, []string{"aws"}},
 		{"aws with its own path", "[aws]\nrole_arn = \"arn:aws:iam::1:role/r\"\ntoken_file = \"/t/aws\"\n",
 			"/t/aws", "", []string{"/t/aws"}, []string{"aws"}},
 		{"aws reuses the token_file for its audience", "[[token_file]]\npath = \"/t/sts\"\naudience = \"sts.amazonaws.com\"\ngroup = \"0\"\n[aws]\nrole_arn = \"arn:aws:iam::1:role/r\"\n",
@@ -75,19 +130,19 @@ func TestLoadAgent_ImpliedTokenFiles(t *testing.T) {
 		{"aws names a token_file of another audience", "[[token_file]]\npath = \"/t/minio\"\naudience = \"minio\"\n[aws]\nrole_arn = \"arn:minio:iam:::role/x\"\ntoken_file = \"/t/minio\"\n",
 			"/t/minio", "", []string{"/t/minio"}, []string{""}},
 		{"azure alone", "[azure]\nclient_id = \"c\"\ntenant_id = \"t\"\n",
-			"", DefaultAzureTokenFile, []string{DefaultAzureTokenFile}, []string{"azure"}},
+			"", azure.DefaultTokenFile, []string{azure.DefaultTokenFile}, []string{"azure"}},
 		{"azure reuses the token_file for its audience", "[[token_file]]\npath = \"/t/az\"\naudience = \"api://AzureADTokenExchange\"\n[azure]\nclient_id = \"c\"\ntenant_id = \"t\"\n",
 			"", "/t/az", []string{"/t/az"}, []string{""}},
 		{"both implied", "[aws]\nrole_arn = \"arn:aws:iam::1:role/r\"\n[azure]\nclient_id = \"c\"\ntenant_id = \"t\"\n",
-			DefaultAWSTokenFile, DefaultAzureTokenFile, []string{DefaultAWSTokenFile, DefaultAzureTokenFile}, []string{"aws", "azure"}},
+			aws.DefaultTokenFile, azure.DefaultTokenFile, []string{aws.DefaultTokenFile, azure.DefaultTokenFile}, []string{"aws", "azure"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := LoadAgent(writeFile(t, cloudBase+tc.body))
 			if err != nil {
 				t.Fatal(err)
 			}
-			if c.AWSTokenFile() != tc.awsFile || c.AzureTokenFile() != tc.azFile {
-				t.Errorf("aws file %q, azure file %q; want %q, %q", c.AWSTokenFile(), c.AzureTokenFile(), tc.awsFile, tc.azFile)
+			if aws.From(c).TokenFilePath() != tc.awsFile || azure.From(c).TokenFilePath() != tc.azFile {
+				t.Errorf("aws file %q, azure file %q; want %q, %q", aws.From(c).TokenFilePath(), azure.From(c).TokenFilePath(), tc.awsFile, tc.azFile)
 			}
 			var paths, by []string
 			for _, s := range c.TokenFileSpecs() {
@@ -109,7 +164,7 @@ func TestLoadAgent_CloudInvalid(t *testing.T) {
 	}
 	var many strings.Builder
 	many.WriteString(cloudBase)
-	for i := 0; i <= MaxTokenFiles; i++ {
+	for i := 0; i <= config.MaxTokenFiles; i++ {
 		many.WriteString("[[token_file]]\npath = \"/t/" + strconv.Itoa(i) + "\"\naudience = \"a\"\n")
 	}
 	for _, tc := range []struct{ name, body, want string }{
@@ -119,7 +174,9 @@ func TestLoadAgent_CloudInvalid(t *testing.T) {
 		{"no path", cloudBase + "[[token_file]]\naudience = \"a\"\n", "token_file[0].path"},
 		{"no audience", cloudBase + "[[token_file]]\npath = \"/t/a\"\n", "audience is required"},
 		{"audience with a space", cloudBase + "[[token_file]]\npath = \"/t/a\"\naudience = \"a b\"\n", "printable ASCII"},
-		{"unknown key", tf("ttl = \"1h\"\n"), "unknown keys: token_file.ttl"},
+		{"unknown key", tf("lifetime = \"1h\"\n"), "unknown keys: token_file.lifetime"},
+		{"ttl too short", tf("ttl = \"30s\"\n"), "token_file[0].ttl 30s: want 1m0s..1h0m0s"},
+		{"ttl too long", tf("ttl = \"2h\"\n"), "token_file[0].ttl 2h0m0s: want 1m0s..1h0m0s"},
 		{"mode for others", tf("mode = \"0444\"\n"), "no access for others"},
 		{"mode executable", tf("mode = \"0550\"\n"), "execute"},
 		{"mode group write", tf("mode = \"0460\"\n"), "not write"},
@@ -138,6 +195,8 @@ func TestLoadAgent_CloudInvalid(t *testing.T) {
 		{"aws without issuer", "[aws]\nrole_arn = \"arn:aws:iam::1:role/r\"\n", "aws: token files need issuer.url"},
 		{"too many", many.String(), "at most 64"},
 		{"aws session name without role", cloudBase + "[aws]\nsession_name = \"x1\"\n", "without role_arn"},
+		{"gcp project with a space", cloudBase + "[gcp]\nproject = \"a b\"\n", "gcp.project"},
+		{"gcp credentials file relative", cloudBase + "[gcp]\ncredentials_file = \"gcp.json\"\n", "gcp.credentials_file"},
 		{"aws token file without role", cloudBase + "[aws]\ntoken_file = \"/t/aws\"\n", "without role_arn"},
 		{"aws role not an ARN", cloudBase + "[aws]\nrole_arn = \"app\"\n", "not an ARN"},
 		{"aws role with a space", cloudBase + "[aws]\nrole_arn = \"arn:aws:iam::1:role/a b\"\n", "printable"},
@@ -162,24 +221,6 @@ func TestLoadAgent_CloudInvalid(t *testing.T) {
 	}
 }
 
-func TestPercent(t *testing.T) {
-	for in, want := range map[string]Percent{"80%": 0.8, "12.5%": 0.125, "0%": 0, "100%": 1} {
-		var p Percent
-		if err := p.UnmarshalText([]byte(in)); err != nil || p != want {
-			t.Errorf("%q: %v, %v", in, p, err)
-		}
-		if out, _ := p.MarshalText(); string(out) != in {
-			t.Errorf("%q marshals to %q", in, out)
-		}
-	}
-	for _, in := range []string{"", "%", "80", "80 %", " 80%", "eighty%", "Inf%", "80%%"} {
-		var p Percent
-		if err := p.UnmarshalText([]byte(in)); err == nil {
-			t.Errorf("%q accepted as %v", in, p)
-		}
-	}
-}
-
 // Token files, [aws] and [azure] are dynamic: a reload applies them.
 func TestRestartRequired_Cloud(t *testing.T) {
 	a, _ := LoadAgent(writeFile(t, cloudBase))
@@ -187,33 +228,8 @@ func TestRestartRequired_Cloud(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := RestartRequired(a, b); len(got) != 0 {
+	if got := config.RestartRequired(a, b); len(got) != 0 {
 		t.Errorf("RestartRequired = %v", got)
-	}
-}
-
-func TestAWSSessionName(t *testing.T) {
-	for in, want := range map[string]string{
-		"0123abcd":              "0123abcd",
-		"m-01:ab/c d":           "m-01-ab-c-d",
-		"x":                     "wicket",
-		"":                      "wicket",
-		strings.Repeat("a", 70): strings.Repeat("a", 64),
-		"web.1@fra+=,_":         "web.1@fra+=,_",
-	} {
-		if got := AWSSessionName(in); got != want || !awsSessionNameRE.MatchString(got) {
-			t.Errorf("AWSSessionName(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
-// A validated token file never grants anything to others (the fuzz target's
-// invariant for sockets, for files).
-func TestTokenFileMode_NothingForOthers(t *testing.T) {
-	for m := fs.FileMode(0); m <= 0o777; m++ {
-		if checkTokenFileMode(m) == nil && m&0o007 != 0 {
-			t.Errorf("mode %04o accepted", uint32(m))
-		}
 	}
 }
 
@@ -221,8 +237,8 @@ func TestTokenFileMode_NothingForOthers(t *testing.T) {
 // commented out) every key the agent config has, so each one is
 // documented where it is shown.
 func TestExampleAgentConfig_EveryKey(t *testing.T) {
-	const path = "../../examples/agent.toml"
-	var c Agent
+	const path = "../../../examples/agent.toml"
+	var c map[string]any
 	md, err := toml.DecodeFile(path, &c)
 	if err != nil {
 		t.Fatal(err)
@@ -232,7 +248,11 @@ func TestExampleAgentConfig_EveryKey(t *testing.T) {
 	for _, k := range md.Keys() {
 		shown[k.String()] = true
 	}
-	for _, k := range tomlKeys(reflect.TypeOf(c), "") {
+	keys := tomlKeys(reflect.TypeOf(config.Agent{}), "")
+	for _, f := range feature.Sections(Features()) {
+		keys = append(keys, tomlKeys(reflect.TypeOf(f.New()).Elem(), f.Key())...)
+	}
+	for _, k := range keys {
 		leaf := k[strings.LastIndexByte(k, '.')+1:]
 		if !shown[k] && !strings.Contains(string(raw), "\n# "+leaf+" = ") {
 			t.Errorf("examples/agent.toml does not show %s", k)
@@ -242,6 +262,9 @@ func TestExampleAgentConfig_EveryKey(t *testing.T) {
 
 // tomlKeys lists the dotted keys of a config struct's leaves.
 func tomlKeys(typ reflect.Type, prefix string) []string {
+	for typ.Kind() == reflect.Slice {
+		typ = typ.Elem() // [[token_file]]: its entries' keys
+	}
 	var keys []string
 	for i := 0; i < typ.NumField(); i++ {
 		f := typ.Field(i)
@@ -263,7 +286,7 @@ func tomlKeys(typ reflect.Type, prefix string) []string {
 		switch {
 		case f.Anonymous && name == "":
 			keys = append(keys, tomlKeys(ft, prefix)...)
-		case ft.Kind() == reflect.Struct && ft != reflect.TypeOf(Duration{}):
+		case ft.Kind() == reflect.Struct && ft != reflect.TypeOf(config.Duration{}):
 			keys = append(keys, tomlKeys(ft, full)...)
 		default:
 			keys = append(keys, full)
@@ -275,7 +298,7 @@ func tomlKeys(typ reflect.Type, prefix string) []string {
 // TestFederationDoc_TOML: every agent.toml snippet in docs/federation.md is
 // a valid config (with an issuer), so the guide cannot drift from the keys.
 func TestFederationDoc_TOML(t *testing.T) {
-	doc, err := os.ReadFile("../../docs/federation.md")
+	doc, err := os.ReadFile("../../../docs/federation.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -301,5 +324,23 @@ func TestFederationDoc_TOML(t *testing.T) {
 		if _, err := LoadAgent(writeFile(t, cloudBase+b)); err != nil {
 			t.Errorf("snippet %d:\n%s\n%v", i, b, err)
 		}
+	}
+}
+
+// The shipped example must load: documentation that does not parse is
+// worse than none.
+func TestExampleAgentConfig(t *testing.T) {
+	c, err := LoadAgent("../../../examples/agent.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	routes := proxyroutes.From(c)
+	if c.Issuer.URL == "" || routes.Table().Len() == 0 {
+		t.Errorf("example lacks the issuer or proxy sections: %+v", c.Issuer)
+	}
+	// Its route shows the default forwarded headers.
+	want := strings.Join(proxy.DefaultForwardHeaders, ",")
+	if got := strings.Join(routes.Routes[0].ForwardHeaders, ","); got != want {
+		t.Errorf("examples/agent.toml proxy.route[0].forward_headers = %s, default is %s", got, want)
 	}
 }

@@ -1,4 +1,4 @@
-package agent
+package oidctoken
 
 import (
 	"net/http/httptest"

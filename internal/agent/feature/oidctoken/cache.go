@@ -1,4 +1,4 @@
-package agent
+package oidctoken
 
 import (
 	"container/list"
@@ -13,21 +13,41 @@ import (
 	"time"
 
 	"github.com/wicket-sh/wicket/api"
+	"github.com/wicket-sh/wicket/internal/agent/feature"
 )
 
-// errBadAudience is the issuer refusing the audience (400): the caller's
-// fault, not an outage.
-var errBadAudience = errors.New("issuer refused the audience")
+// errBadAudience is the issuer refusing the audience, or a token file's
+// ttl beyond its max_ttl (400): the caller's or the config's fault, not
+// an outage.
+var errBadAudience = errors.New("issuer refused the audience or ttl")
+
+// cacheKey names one cache entry: the audience alone for the tokens the
+// guest API hands out (their life is [tokens] ttl), the audience and a
+// life for a token file that sets ttl, so such a file gets tokens of its
+// own life without changing anyone else's. The separator cannot occur in
+// an audience (printable ASCII only, checked before any lookup).
+func cacheKey(aud string, ttl time.Duration) string {
+	if ttl <= 0 {
+		return aud
+	}
+	return aud + "\x00" + ttl.String()
+}
+
+// splitCacheKey is the inverse of cacheKey.
+func splitCacheKey(key string) (aud string, ttl time.Duration) {
+	aud, life, ok := strings.Cut(key, "\x00")
+	if !ok {
+		return key, 0
+	}
+	ttl, _ = time.ParseDuration(life)
+	return aud, ttl
+}
 
 // errCacheClosed is returned once the agent is shutting down.
 var errCacheClosed = errors.New("token cache closed")
 
 // issued is one OIDC token as the cache hands it out.
-type issued struct {
-	token   string
-	jti     string // for the log
-	expires time.Time
-}
+type issued = feature.Token
 
 // tokenEntry is one cached audience.
 type tokenEntry struct {
@@ -64,7 +84,7 @@ type tokenCacheConfig struct {
 // audience evicted first), and a cached token still usable is served while
 // the issuer is down.
 type tokenCache struct {
-	now   func() time.Time // the agent's clock (Options.Now)
+	now   func() time.Time // the agent's clock (agent.Options.Now)
 	fetch func(ctx context.Context, aud string) (issued, error)
 	cfg   func() tokenCacheConfig
 	ctx   context.Context // ends at shutdown; parent of every fetch
@@ -93,8 +113,8 @@ func newTokenCache(ctx context.Context, now func() time.Time, fetch func(context
 
 // Token sources reported by get, for the log.
 const (
-	srcCache  = "cache"
-	srcIssuer = "issuer"
+	SourceCache  = "cache"
+	SourceIssuer = "issuer"
 )
 
 // get returns a token for aud: cached when usable (starting a background
@@ -111,7 +131,7 @@ func (c *tokenCache) get(ctx context.Context, aud string) (issued, string, error
 		tok := e.tok
 		c.mu.Unlock()
 		c.hits.Add(1)
-		return tok, srcCache, nil
+		return tok, SourceCache, nil
 	}
 	f := c.startFlightLocked(aud, true)
 	c.mu.Unlock()
@@ -124,7 +144,7 @@ func (c *tokenCache) get(ctx context.Context, aud string) (issued, string, error
 	if f.err != nil {
 		return issued{}, "", f.err
 	}
-	return f.tok, srcIssuer, nil
+	return f.tok, SourceIssuer, nil
 }
 
 // startFlightLocked returns the flight for aud, starting one if none is
@@ -171,7 +191,7 @@ func (c *tokenCache) storeLocked(aud string, tok issued, requested bool, cfg tok
 		return
 	}
 	now := c.now()
-	life := tok.expires.Sub(now)
+	life := tok.Expires.Sub(now)
 	e := c.entries[aud]
 	if e == nil {
 		e = &tokenEntry{aud: aud}
@@ -184,7 +204,7 @@ func (c *tokenCache) storeLocked(aud string, tok issued, requested bool, cfg tok
 	e.refreshAt = now.Add(time.Duration(float64(life) * cfg.refreshAt))
 	// Never hand out a token in its last moments: the caller still has to
 	// present it somewhere.
-	e.usableTil = tok.expires.Add(-min(life/10, 30*time.Second))
+	e.usableTil = tok.Expires.Add(-min(life/10, 30*time.Second))
 	e.timer = c.afterLocked(e, e.refreshAt.Sub(now))
 	for c.order.Len() > max(cfg.maxAudiences, 1) {
 		c.dropLocked(c.order.Front().Value.(*tokenEntry))
@@ -265,7 +285,7 @@ func parseTokenReply(body []byte, now time.Time) (issued, error) {
 	if !rep.ExpiresAt.After(now) {
 		return issued{}, fmt.Errorf("token reply expires at %s, not in the future", rep.ExpiresAt.Format(time.RFC3339))
 	}
-	return issued{token: rep.Token, expires: rep.ExpiresAt.UTC(), jti: jwtID(rep.Token)}, nil
+	return issued{JWT: rep.Token, Expires: rep.ExpiresAt.UTC(), ID: jwtID(rep.Token)}, nil
 }
 
 // compactJWS reports whether s looks like header.payload.signature in

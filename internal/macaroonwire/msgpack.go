@@ -1,6 +1,6 @@
-package machinetoken
+package macaroonwire
 
-// wellFormed reports whether b is exactly one msgpack value whose every
+// WellFormed reports whether b is exactly one msgpack value whose every
 // declared length fits in b.
 //
 // The library trusts length headers: a 13-byte token declaring 2^31 caveats
@@ -8,7 +8,7 @@ package machinetoken
 // value takes at least one byte, so after this check nothing it allocates
 // can outgrow the input. It also refuses trailing bytes, which the library
 // would ignore. It is iterative, so deep nesting costs no stack.
-func wellFormed(b []byte) bool {
+func WellFormed(b []byte) bool {
 	pending := 1 // values still to read
 	for pending > 0 {
 		if len(b) == 0 {

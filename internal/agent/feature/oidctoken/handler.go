@@ -1,0 +1,301 @@
+package oidctoken
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/wicket-sh/wicket/api"
+	"github.com/wicket-sh/wicket/internal/agent/feature"
+	"github.com/wicket-sh/wicket/internal/httpapi"
+	"github.com/wicket-sh/wicket/internal/machinetoken"
+	"github.com/wicket-sh/wicket/internal/oidc"
+	"github.com/wicket-sh/wicket/internal/unixsock"
+)
+
+// Routes implements feature.Routes.
+func (f *Feature) Routes(mux *http.ServeMux) {
+	mux.HandleFunc("POST /v1/tokens/oidc", f.handleOIDCToken)
+}
+
+// parseTokenRequest reads the optional body; ok is false if it is invalid.
+func parseTokenRequest(r *http.Request) (aud string, ok bool) {
+	body, buffered := unixsock.BufferedBody(r)
+	if !buffered {
+		var err error
+		if body, err = io.ReadAll(r.Body); err != nil {
+			return "", false
+		}
+	}
+	if a, ok := fastAud(body); ok {
+		return a, true
+	}
+	if len(strings.TrimSpace(string(body))) == 0 {
+		return "", true
+	}
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	var req api.TokenRequest
+	if dec.Decode(&req) != nil || dec.More() {
+		return "", false
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return "", false
+	}
+	if req.Aud == nil {
+		return "", true
+	}
+	// The issuer's own rule (≤ 256 bytes of printable ASCII, no spaces):
+	// refused here, without a round trip and without echoing it.
+	if oidc.ValidateAudience([]string{*req.Aud}) != nil {
+		return "", false
+	}
+	return *req.Aud, true
+}
+
+// fastAud recognizes the body nearly every client sends, {"aud":"X"} with
+// X plain printable ASCII (no escapes), without the JSON decoder; it is
+// the hot path of cached token requests. Anything else (whitespace,
+// escapes, other fields, invalid audiences) is left to the strict decoder,
+// which gives the same answer more slowly.
+func fastAud(body []byte) (string, bool) {
+	const prefix, suffix = `{"aud":"`, `"}`
+	if len(body) < len(prefix)+len(suffix)+1 || string(body[:len(prefix)]) != prefix || string(body[len(body)-len(suffix):]) != suffix {
+		return "", false
+	}
+	v := body[len(prefix) : len(body)-len(suffix)]
+	if len(v) > oidc.MaxAudienceLen {
+		return "", false
+	}
+	for _, c := range v {
+		if c <= ' ' || c >= 0x7f || c == '"' || c == '\\' {
+			return "", false
+		}
+	}
+	return string(v), true
+}
+
+// wantsJSON reports whether the Accept header asks for application/json.
+func wantsJSON(r *http.Request) bool {
+	for _, v := range r.Header.Values("Accept") {
+		for _, part := range strings.Split(v, ",") {
+			mt, _, err := mime.ParseMediaType(strings.TrimSpace(part))
+			if err == nil && mt == "application/json" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (f *Feature) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
+	p, _ := unixsock.PeerFromContext(r.Context())
+	logIssue := func(outcome, aud string, tok issued, err error) {
+		// A cached token handed again to the same process is counted, not
+		// logged: the audit trail keeps one line per process and token,
+		// and a hot loop cannot flood the log or slow the socket down.
+		if outcome == SourceCache && err == nil && !f.firstServe(p, tok.ID) {
+			return
+		}
+		args := []any{"peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID, "aud", aud, "outcome", outcome}
+		if tok.ID != "" {
+			args = append(args, "jti", tok.ID, "expires_at", tok.Expires.Format(time.RFC3339))
+		}
+		if err != nil {
+			args = append(args, "err", err.Error())
+			f.log.Warn("oidc token", args...)
+			return
+		}
+		f.log.Info("oidc token", args...)
+	}
+	if f.host.RateLimited(w, p) {
+		logIssue("rate_limited", "", issued{}, nil)
+		return
+	}
+	aud, ok := parseTokenRequest(r)
+	if !ok {
+		logIssue("bad_request", "", issued{}, nil)
+		httpapi.BadRequest(w)
+		return
+	}
+	if f.cache == nil {
+		logIssue("unavailable", aud, issued{}, errNoIssuer)
+		httpapi.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "token unavailable")
+		return
+	}
+	tok, src, err := f.cache.get(r.Context(), aud)
+	switch {
+	case errors.Is(err, errBadAudience):
+		logIssue("bad_request", aud, issued{}, err)
+		httpapi.BadRequest(w)
+		return
+	case r.Context().Err() != nil:
+		logIssue("canceled", aud, issued{}, nil)
+		return
+	case err != nil:
+		logIssue("unavailable", aud, issued{}, err)
+		httpapi.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "token unavailable")
+		return
+	}
+	f.served.Add(1)
+	logIssue(src, aud, tok, nil)
+	h := w.Header()
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
+	if wantsJSON(r) {
+		h.Set("Content-Type", "application/json")
+		// Whole seconds, as the JWT's exp.
+		json.NewEncoder(w).Encode(api.TokenReply{Token: tok.JWT, ExpiresAt: tok.Expires.Truncate(time.Second)})
+		return
+	}
+	h.Set("Content-Type", "application/jwt")
+	w.Write([]byte(tok.JWT))
+}
+
+// fetch is the token cache's call to the issuer, for a cache key (see
+// cacheKey): an audience, and a life when a token file sets ttl.
+func (f *Feature) fetch(ctx context.Context, key string) (issued, error) {
+	aud, fileTTL := splitCacheKey(key)
+	var req api.IssuerTokenRequest
+	if aud != "" {
+		req.Aud, _ = json.Marshal(aud)
+	}
+	// The copy lives as long as the JWT should (the issuer never lets a
+	// JWT outlive it, so the cache stays useful) and is bound to aud: a
+	// copy captured upstream buys at most a JWT for this audience,
+	// expiring no later than the copy. "" asks for, and binds to, the
+	// issuer's default audience. A token file with its own ttl asks for
+	// that life, and its copy lives as long.
+	copyTTL := From(f.host.Config()).TTL.Duration
+	if fileTTL > 0 {
+		copyTTL, req.TTL = fileTTL, fileTTL.String()
+	}
+	body, _ := json.Marshal(req)
+	scope := machinetoken.Scope{Features: []machinetoken.Feature{machinetoken.FeatureOIDC}, Audiences: []string{aud}}
+	rep, err := f.host.Issuer().Call(ctx, http.MethodPost, "/v1/tokens/oidc", nil, body, copyTTL, scope)
+	if err != nil {
+		f.host.UpstreamError()
+		return issued{}, err
+	}
+	switch {
+	case rep.Status == http.StatusBadRequest:
+		return issued{}, errBadAudience
+	case rep.Status != http.StatusOK:
+		f.host.UpstreamError()
+		return issued{}, errors.New("issuer answered " + strconv.Itoa(rep.Status) + " " + rep.Code())
+	}
+	tok, err := parseTokenReply(rep.Body, f.host.Now())
+	if err != nil {
+		f.host.UpstreamError()
+		return issued{}, err
+	}
+	f.issued.Add(1)
+	return tok, nil
+}
+
+// servedKey identifies a token handed to one process.
+type servedKey struct {
+	uid uint32
+	pid int32
+	jti string
+}
+
+// maxServed bounds the memory of which process got which token.
+const maxServed = 8192
+
+// firstServe reports whether tok (by jti) is handed to this process for the
+// first time.
+func (f *Feature) firstServe(p unixsock.Peer, jti string) bool {
+	k := servedKey{p.UID, p.PID, jti}
+	f.servedMu.Lock()
+	defer f.servedMu.Unlock()
+	if _, seen := f.servedTo[k]; seen {
+		return false
+	}
+	if f.servedTo == nil || len(f.servedTo) >= maxServed {
+		f.servedTo = make(map[servedKey]struct{}, 64)
+	}
+	f.servedTo[k] = struct{}{}
+	return true
+}
+
+// tokenFileStaleWaitMax bounds how long a file refresh waits for the
+// cache's renewal under way (see FreshToken).
+const tokenFileStaleWaitMax = 2 * time.Second
+
+// FreshToken implements feature.TokenSource: aud's token of life ttl (0:
+// the guest API's, [tokens] ttl) through the cache the guest API uses, so
+// a file and the API's callers share one issuer call per renewal, and
+// files of one audience and ttl share theirs (cacheKey).
+//
+// A cached token past the cache's own refresh point (tokens.refresh_at)
+// means a renewal is under way: the cache's timer or this very lookup
+// started one. With both at their defaults (80%) a file's refresh lands
+// just after the cache's, so writing the cached token would leave the file
+// with the least life left until its next round. Wait briefly for the new
+// one instead, and settle for the cached one (still valid) if it is late.
+func (f *Feature) FreshToken(ctx context.Context, aud string, ttl time.Duration) (feature.Token, string, error) {
+	key := cacheKey(aud, ttl)
+	tok, src, err := f.get(ctx, key)
+	if err != nil {
+		return issued{}, "", err
+	}
+	iat, ok := jwtIssuedAt(tok.JWT)
+	if !ok || !tok.Expires.After(iat) {
+		return tok, src, nil
+	}
+	renewAt := iat.Add(time.Duration(float64(tok.Expires.Sub(iat)) * From(f.host.Config()).RefreshAt))
+	now := f.host.Now()
+	if now.Before(renewAt) {
+		return tok, src, nil
+	}
+	// A few more lookups, spaced out: each can start an issuer call when
+	// the renewal failed, and a file must not hammer an issuer in trouble.
+	budget, step := min(tokenFileStaleWaitMax, tok.Expires.Sub(now)/4), 50*time.Millisecond
+	for budget > 0 {
+		d := min(step, budget)
+		budget, step = budget-d, step*3
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return tok, src, nil
+		case <-t.C:
+		}
+		next, nsrc, err := f.get(ctx, key)
+		if err == nil && next.Expires.After(tok.Expires) {
+			return next, nsrc, nil
+		}
+	}
+	return tok, src, nil
+}
+
+// jwtIssuedAt returns a compact JWT's iat claim.
+func jwtIssuedAt(tok string) (time.Time, bool) {
+	parts := strings.Split(tok, ".")
+	if len(parts) != 3 {
+		return time.Time{}, false
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return time.Time{}, false
+	}
+	var c struct {
+		IssuedAt *json.Number `json:"iat"`
+	}
+	if json.Unmarshal(payload, &c) != nil || c.IssuedAt == nil {
+		return time.Time{}, false
+	}
+	sec, err := c.IssuedAt.Float64()
+	if err != nil || sec <= 0 {
+		return time.Time{}, false
+	}
+	return time.Unix(int64(sec), 0), true
+}
