@@ -316,7 +316,7 @@ func newIssuerKeysCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return af.call(cmd, "POST", "/v1/keys/rotate", map[string]string{"kind": kind, "org": org, "alg": alg})
 		}}
-	rotate.Flags().StringVar(&kind, "kind", "oidc", "oidc or macaroon")
+	rotate.Flags().StringVar(&kind, "kind", "oidc", "oidc, spiffe-ca or macaroon")
 	rotate.Flags().StringVar(&org, "org", "", "org whose OIDC key to rotate")
 	rotate.Flags().StringVar(&alg, "alg", "", "RS256 or ES256 (default from config)")
 	cmd.AddCommand(list, rotate)

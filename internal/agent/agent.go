@@ -99,6 +99,9 @@ type Agent struct {
 	issuer      *issuerClient
 	limiter     *rateLimiter
 	files       tokenFiles // token file refreshers (tokenfiles.go)
+	// featureSocks are the sockets features serve (feature.Listener),
+	// open while Run runs.
+	featureSocks []*unixsock.Listener
 
 	// built are the features' run-time parts (feature.Runtime), in
 	// registration order; tokens is the one that implements
@@ -350,7 +353,18 @@ func (a *Agent) Run(ctx context.Context) error {
 	apiSrv := unixsock.NewHTTPServer(a.apiHandler(), lim, a.log)
 	admSrv := unixsock.NewHTTPServer(a.admin, lim, a.log)
 
-	defer a.stopBackground()
+	listeners, err := a.listenFeatures()
+	for _, fl := range listeners {
+		defer fl.l.Close()
+	}
+	if err != nil {
+		return err
+	}
+	var served sync.WaitGroup // the features' Serve calls
+	defer func() {
+		a.stopBackground()
+		served.Wait() // Worker.Stop has ended each Serve
+	}()
 	for _, b := range a.built {
 		if w, ok := b.inst.(feature.Worker); ok {
 			w.Start()
@@ -358,9 +372,18 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.startTokenFiles()
 
-	errc := make(chan error, 2)
+	errc := make(chan error, 2+len(listeners))
 	go func() { errc <- serve(apiSrv, a.api) }()
 	go func() { errc <- serve(admSrv, a.adm) }()
+	for _, fl := range listeners {
+		served.Add(1)
+		go func() {
+			defer served.Done()
+			if err := fl.srv.Serve(fl.l); err != nil {
+				errc <- fmt.Errorf("%s socket: %w", fl.l.Name(), err)
+			}
+		}()
+	}
 	a.log.Info("agent ready", "api_socket", a.api.Path(), "admin_socket", a.adm.Path())
 	a.readyOnce.Do(func() { close(a.ready) })
 
@@ -398,6 +421,40 @@ func (a *Agent) stopBackground() {
 	}
 }
 
+// featureListener is one open socket a feature serves.
+type featureListener struct {
+	srv feature.Listener
+	l   *unixsock.Listener
+}
+
+// listenFeatures opens the sockets of the features that serve one, with
+// unixsock and the core's rules (feature.Listener). On error the sockets
+// opened so far are returned too, for the caller to close.
+func (a *Agent) listenFeatures() ([]featureListener, error) {
+	var out []featureListener
+	for _, b := range a.built {
+		fl, ok := b.inst.(feature.Listener)
+		if !ok {
+			continue
+		}
+		sc, ok, err := fl.ListenConfig()
+		if err != nil {
+			return out, fmt.Errorf("%s: %w", b.key, err)
+		}
+		if !ok {
+			continue
+		}
+		sc.Logger = a.log
+		l, err := unixsock.Listen(sc)
+		if err != nil {
+			return out, fmt.Errorf("%s socket: %w", b.key, err)
+		}
+		out = append(out, featureListener{srv: fl, l: l})
+		a.featureSocks = append(a.featureSocks, l)
+	}
+	return out, nil
+}
+
 func serve(s *http.Server, l *unixsock.Listener) error {
 	if err := s.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("%s socket: %w", l.Name(), err)
@@ -419,7 +476,7 @@ func (a *Agent) Status() any {
 		unixsock.Stats
 	}
 	socks := map[string]sock{}
-	for _, l := range []*unixsock.Listener{a.api, a.adm} {
+	for _, l := range append([]*unixsock.Listener{a.api, a.adm}, a.featureSocks...) {
 		if l != nil {
 			socks[l.Name()] = sock{Path: l.Path(), Stats: l.Stats()}
 		}
@@ -487,7 +544,7 @@ func (a *Agent) Metrics() []metrics.Sample {
 		}
 	}
 	s = append(s, a.counters().Samples()...)
-	s = append(s, unixsock.Metrics(a.api, a.adm)...)
+	s = append(s, unixsock.Metrics(append([]*unixsock.Listener{a.api, a.adm}, a.featureSocks...)...)...)
 	s = append(s, unixsock.DenialMetrics("api", a.denials)...)
 	s = append(s, a.tokenFilesMetrics()...)
 	return s
@@ -534,6 +591,21 @@ func (h runHost) UpstreamToken(upstream *url.URL, features []machinetoken.Featur
 		return "", fmt.Errorf("attenuate machine token: %w", err)
 	}
 	return tok, nil
+}
+
+// Authorize decides a call on a feature's own socket by the policy, as
+// the guest API's guard decides a request, and counts and logs a refusal
+// as the guard does.
+func (h runHost) Authorize(ctx context.Context, p unixsock.Peer, socket, method, path string) (peer.Decision, bool) {
+	d := h.rt.Load().policy.Decide(p, method, path)
+	if d.Allowed {
+		return d, true
+	}
+	h.denied.Add(1)
+	reason := denyReason(true, d)
+	h.denials.Deny(ctx, p, reason, denyArgs(p, reason, d,
+		"socket", socket, "method", method, "route", httpapi.Truncate(path, httpapi.MaxLoggedPath))...)
+	return d, false
 }
 
 // RouteVars reads the metadata feature's snapshot; without that feature

@@ -85,16 +85,31 @@ func (a *Agent) apiHandler() http.Handler {
 // cannot flood the log).
 func (a *Agent) deny(w http.ResponseWriter, r *http.Request, p unixsock.Peer, havePeer bool, d peer.Decision) {
 	a.denied.Add(1)
-	reason := "policy"
+	reason := denyReason(havePeer, d)
+	// The path is caller input: log it quoted by slog, cut short.
+	a.denials.Deny(r.Context(), p, reason, denyArgs(p, reason, d,
+		"method", r.Method, "route", httpapi.Truncate(r.URL.Path, httpapi.MaxLoggedPath))...)
+	unixsock.CloseAfterReply(w)
+	httpapi.Forbidden(w)
+}
+
+// denyReason is a refusal's reason in the log and the denial summary.
+func denyReason(havePeer bool, d peer.Decision) string {
 	switch {
 	case !havePeer:
-		reason = "no_peer"
+		return "no_peer"
 	case d.ExeErr != nil:
-		reason = "exe_unavailable"
+		return "exe_unavailable"
 	}
-	// The path is caller input: log it quoted by slog, cut short.
-	args := []any{"peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID,
-		"method", r.Method, "route", httpapi.Truncate(r.URL.Path, httpapi.MaxLoggedPath), "outcome", "denied", "reason", reason}
+	return "policy"
+}
+
+// denyArgs are a refusal's log fields: the peer, what was asked (where),
+// the outcome and, for a rule naming exes, the executable and why it could
+// not be checked.
+func denyArgs(p unixsock.Peer, reason string, d peer.Decision, where ...any) []any {
+	args := append([]any{"peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID}, where...)
+	args = append(args, "outcome", "denied", "reason", reason)
 	if d.Exe != "" {
 		args = append(args, "peer_exe", d.Exe)
 	}
@@ -103,9 +118,7 @@ func (a *Agent) deny(w http.ResponseWriter, r *http.Request, p unixsock.Peer, ha
 		// operator on an old kernel learns rules with exes fail closed.
 		args = append(args, "exe_error", d.ExeErr.Error())
 	}
-	a.denials.Deny(r.Context(), p, reason, args...)
-	unixsock.CloseAfterReply(w)
-	httpapi.Forbidden(w)
+	return args
 }
 
 func reservedPath(p string) bool {

@@ -24,6 +24,7 @@ import (
 	"github.com/wicket-sh/wicket/internal/agent/builtin"
 	"github.com/wicket-sh/wicket/internal/agent/feature"
 	"github.com/wicket-sh/wicket/internal/agent/feature/metadata"
+	"github.com/wicket-sh/wicket/internal/agent/feature/spiffe"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/sockettest"
 	"github.com/wicket-sh/wicket/internal/wait"
@@ -647,5 +648,36 @@ func TestOIDCCopy_BoundToAudience(t *testing.T) {
 		if left := time.Until(s.Verified.NotAfter); left > 10*time.Minute+time.Second || left < 9*time.Minute {
 			t.Errorf("aud %q: copy valid for %v more, want the 10m default ttl", aud, left)
 		}
+	}
+}
+
+// A reused copy carries exactly the caveats a fresh one would: copies for
+// two SPIFFE IDs are never the same token, so one made for a workload's
+// SVID cannot buy another workload's.
+func TestSVIDCopy_ReuseNeverCrossesSPIFFEIDs(t *testing.T) {
+	is := agenttest.New(t)
+	mt, err := ParseMachineToken(is.MachineToken(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const a, b = "spiffe://td.test/app/web/workload/a", "spiffe://td.test/app/web/workload/b"
+	now := time.Now()
+	ca, err := mt.restrictScope(now, time.Hour, spiffe.Scope(a, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cb, err := mt.restrictScope(now, time.Hour, spiffe.Scope(b, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := mt.restrictScope(now, time.Hour, spiffe.Scope(a, nil)); again != ca {
+		t.Error("the copy for the same id was not reused")
+	}
+	v, err := is.Verifier.Verify(cb, machinetoken.Request{Feature: machinetoken.FeatureSVID, SPIFFEID: b})
+	if err != nil || !slices.Equal(v.SPIFFEIDs, []string{b}) {
+		t.Fatalf("copy for b: %v, %v", v, err)
+	}
+	if _, err := is.Verifier.Verify(cb, machinetoken.Request{Feature: machinetoken.FeatureSVID, SPIFFEID: a}); err == nil {
+		t.Error("the copy made for b is accepted for a")
 	}
 }

@@ -107,6 +107,8 @@ type restrictKey struct {
 	features, audiences string
 	hasAudiences        bool
 	external            string
+	spiffeIDs           string
+	hasSPIFFEIDs        bool
 }
 
 // restrictScope returns the per-request copy: valid for ttl from now and
@@ -119,7 +121,8 @@ func (t MachineToken) restrictScope(now time.Time, ttl time.Duration, s machinet
 		return machinetoken.RestrictScope(*t.v, now, ttl, s)
 	}
 	key := restrictKey{ttl: ttl, features: fmt.Sprintf("%q", s.Features), audiences: fmt.Sprintf("%q", s.Audiences),
-		hasAudiences: s.Audiences != nil, external: s.External}
+		hasAudiences: s.Audiences != nil, external: s.External,
+		spiffeIDs: fmt.Sprintf("%q", s.SPIFFEIDs), hasSPIFFEIDs: s.SPIFFEIDs != nil}
 	t.cache.mu.Lock()
 	defer t.cache.mu.Unlock()
 	if e, ok := t.cache.entries[key]; ok && now.Sub(e.created) >= 0 && now.Sub(e.created) < restrictReuse {

@@ -237,6 +237,8 @@ func runOverrides(selfUID, uid, gid uint32) config.Override {
 			c.API.Group = strconv.FormatUint(uint64(gid), 10)
 			c.API.Mode = 0o660
 		}
+		// So do the sockets features serve (the SPIFFE Workload API's).
+		c.WorkloadGroup = strconv.FormatUint(uint64(gid), 10)
 		// Token files the config gives no group (those implied by [aws]
 		// and [azure] included) get the workload's, so the SDKs pointed at
 		// them can read them.

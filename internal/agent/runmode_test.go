@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/wicket-sh/wicket/internal/agent/feature/spiffe"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/sockettest"
 )
@@ -46,6 +47,29 @@ allow = ["GET /v1/health"]
 	}
 	if c.API.Group != "7" || len(c.Policy) != 1 || !slices.Equal(c.Policy[0].UIDs, []uint32{1234}) {
 		t.Errorf("the config's own group and policy were overridden: %q %+v", c.API.Group, c.Policy)
+	}
+}
+
+// The Workload API socket, a feature's, gets the workload's group as the
+// API socket does, unless [spiffe] names one.
+func TestRunOverrides_FeatureSocketGroup(t *testing.T) {
+	dir := t.TempDir()
+	base := fmt.Sprintf("[api]\nsocket_path = %q\n[admin]\nsocket_path = %q\n[issuer]\nurl = \"https://issuer.example\"\n[spiffe]\nenabled = true\nsocket_path = %q\nsocket_mode = \"0600\"\n",
+		filepath.Join(dir, "a.sock"), filepath.Join(dir, "b.sock"), filepath.Join(dir, "s.sock"))
+	for _, tc := range []struct{ extra, group string }{{"", "4243"}, {"socket_group = \"7\"\n", "7"}} {
+		p := filepath.Join(dir, "c.toml")
+		os.WriteFile(p, []byte(base+tc.extra), 0o600)
+		c, err := LoadConfig(p, runOverrides(1000, 4242, 4243))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := spiffe.From(c)
+		if s.Group != tc.group || (tc.extra == "" && s.Mode != 0o660) {
+			t.Errorf("%q: spiffe socket group %q mode %o, want %q", tc.extra, s.Group, s.Mode, tc.group)
+		}
+		if c, err = LoadConfig(p); err != nil || spiffe.From(c).Group != strings.TrimSuffix(strings.TrimPrefix(tc.extra, "socket_group = \""), "\"\n") {
+			t.Errorf("%q: without run mode the group is %q (%v)", tc.extra, spiffe.From(c).Group, err)
+		}
 	}
 }
 

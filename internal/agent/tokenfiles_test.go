@@ -439,6 +439,8 @@ func TestWorkloadEnv(t *testing.T) {
 		want        []string
 	}{
 		{"nothing configured", "", true, []string{"WICKET_SOCKET=%s"}},
+		{"spiffe workload api", "[spiffe]\nenabled = true\nsocket_path = \"%[1]s/spiffe.sock\"\n", false,
+			[]string{"WICKET_SOCKET=%s", "SPIFFE_ENDPOINT_SOCKET=unix://%s/spiffe.sock"}},
 		{"aws before metadata", "[aws]\nrole_arn = \"" + role + "\"\n", false,
 			[]string{"WICKET_SOCKET=%s", "AWS_ROLE_ARN=" + role, "AWS_WEB_IDENTITY_TOKEN_FILE=/run/wicket/tokens/aws", "AWS_ROLE_SESSION_NAME=wicket"}},
 		{"aws with metadata: the machine id", "[aws]\nrole_arn = \"" + role + "\"\ntoken_file = \"%[1]s/aws\"\n", true,

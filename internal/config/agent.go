@@ -35,6 +35,26 @@ type Socket struct {
 // max_conns is memory callers can make the agent hold.
 const MaxBodyBytesLimit = 1 << 20
 
+// Validate checks a socket's settings; name is its section in messages
+// ("api", or a feature's key for a socket it serves).
+func (s Socket) Validate(name string) []error {
+	var errs []error
+	if err := unixsock.ValidatePath(s.Path); err != nil {
+		errs = append(errs, fmt.Errorf("%s.socket_path: %w", name, err))
+	}
+	if s.Mode == 0 || s.Mode&0o600 != 0o600 {
+		errs = append(errs, fmt.Errorf("%s.socket_mode %04o: the owner needs read and write", name, uint32(s.Mode)))
+	}
+	if s.Mode&0o007 != 0 {
+		errs = append(errs, fmt.Errorf("%s.socket_mode %04o: access for others is not allowed; use socket_group", name, uint32(s.Mode)))
+	}
+	errs = append(errs, s.validateConns(name)...)
+	if _, err := s.GID(); err != nil {
+		errs = append(errs, fmt.Errorf("%s.socket_group: %w", name, err))
+	}
+	return errs
+}
+
 // validateConns checks max_conns and max_conns_per_uid of the socket name.
 func (s Socket) validateConns(name string) []error {
 	var errs []error
@@ -161,7 +181,7 @@ type AgentLimits struct {
 
 // AgentReservedPaths are the guest API's own path prefixes: no proxy route
 // ([proxy], agent/feature/proxyroutes) may lie under them.
-var AgentReservedPaths = []string{"/v1/health", "/v1/metadata", "/v1/tokens"}
+var AgentReservedPaths = []string{"/v1/health", "/v1/metadata", "/v1/tokens", "/v1/svids"}
 
 // Agent is the whole agent configuration.
 type Agent struct {
@@ -179,6 +199,10 @@ type Agent struct {
 	// does not name one, implied ones included, so the workload can read
 	// the files its SDKs are pointed at.
 	TokenFileGroup string `toml:"-"`
+	// WorkloadGroup, when set (not from the file: `wicket agent run` sets
+	// it to the workload's gid), is the group a feature gives the socket
+	// it serves when its section names none, so the workload can connect.
+	WorkloadGroup string `toml:"-"`
 
 	// Feature sections (see Section): registered, in order, and their
 	// decoded values by key.
@@ -186,7 +210,8 @@ type Agent struct {
 	values   map[string]any
 
 	tokenFiles []TokenFileSpec
-	fileNames  []string // parallel to tokenFiles: the section that claims each, for messages
+	fileNames  []string          // parallel to tokenFiles: the section that claims each, for messages
+	reserved   map[string]string // paths features serve (ReservePath): path to name
 }
 
 // DefaultAgent returns the configuration used when no file is given.
@@ -262,24 +287,8 @@ func undecoded(md toml.MetaData) error {
 // compiles the policy.
 func (c *Agent) Validate() error {
 	var errs []error
-	for _, s := range []struct {
-		name string
-		s    Socket
-	}{{"api", c.API}, {"admin", c.Admin.Socket}} {
-		if err := unixsock.ValidatePath(s.s.Path); err != nil {
-			errs = append(errs, fmt.Errorf("%s.socket_path: %w", s.name, err))
-		}
-		if s.s.Mode == 0 || s.s.Mode&0o600 != 0o600 {
-			errs = append(errs, fmt.Errorf("%s.socket_mode %04o: the owner needs read and write", s.name, uint32(s.s.Mode)))
-		}
-		if s.s.Mode&0o007 != 0 {
-			errs = append(errs, fmt.Errorf("%s.socket_mode %04o: access for others is not allowed; use socket_group", s.name, uint32(s.s.Mode)))
-		}
-		errs = append(errs, s.s.validateConns(s.name)...)
-		if _, err := s.s.GID(); err != nil {
-			errs = append(errs, fmt.Errorf("%s.socket_group: %w", s.name, err))
-		}
-	}
+	errs = append(errs, c.API.Validate("api")...)
+	errs = append(errs, c.Admin.Socket.Validate("admin")...)
 	if c.API.Path == c.Admin.Path {
 		errs = append(errs, errors.New("api.socket_path and admin.socket_path are the same"))
 	}

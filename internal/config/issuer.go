@@ -14,6 +14,7 @@ import (
 	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/httpapi"
 	"github.com/wicket-sh/wicket/internal/proxy"
+	"github.com/wicket-sh/wicket/internal/spiffe"
 	"github.com/wicket-sh/wicket/internal/unixsock"
 )
 
@@ -101,6 +102,75 @@ type OIDC struct {
 	RotateEvery Duration `toml:"rotate_every"`
 }
 
+// SPIFFE configures trust domains, SVIDs and the per-org CAs (static: a
+// trust domain's name is part of every SVID and bundle already issued).
+// See docs/spiffe.md.
+type SPIFFE struct {
+	// TrustDomain names the trust domain of every org not in
+	// TrustDomains; "{org}" stands for the org.
+	TrustDomain string `toml:"trust_domain"`
+	// TrustDomains names trust domains explicitly: org → name.
+	TrustDomains map[string]string `toml:"trust_domains"`
+	// X509SVIDTTL is an X.509-SVID's life (at most the copy's that asked).
+	X509SVIDTTL Duration `toml:"x509_svid_ttl"`
+	// JWTSVIDTTL is a JWT-SVID's life (1m to 1h), capped at oidc.max_ttl
+	// when issued: it is signed with the org's OIDC keys, which stay
+	// published for oidc.grace ≥ oidc.max_ttl after they retire.
+	JWTSVIDTTL Duration `toml:"jwt_svid_ttl"`
+	// CATTL is the life of each CA certificate.
+	CATTL Duration `toml:"ca_ttl"`
+	// CAPrepublish is how long a new CA is in the bundle before it signs.
+	CAPrepublish Duration `toml:"ca_prepublish"`
+	// CAGrace is how long a retired CA stays in the bundle (≥ x509_svid_ttl).
+	CAGrace Duration `toml:"ca_grace"`
+	// CARotateEvery rotates each org's CA on a schedule; 0 = only when
+	// asked (`wicket issuer keys rotate --kind spiffe-ca`).
+	CARotateEvery Duration `toml:"ca_rotate_every"`
+	// BundleRefreshHint is the bundle's spiffe_refresh_hint.
+	BundleRefreshHint Duration `toml:"bundle_refresh_hint"`
+}
+
+func (c *SPIFFE) validate() []error {
+	var errs []error
+	if err := spiffe.ValidateTemplate(c.TrustDomain); err != nil {
+		errs = append(errs, fmt.Errorf("spiffe.trust_domain: %w", err))
+	}
+	seen := map[string]string{}
+	for org, name := range c.TrustDomains {
+		if !ValidName(org) {
+			errs = append(errs, fmt.Errorf("spiffe.trust_domains: org %q is not a valid org name", org))
+			continue
+		}
+		if _, err := spiffe.TrustDomainFor("", c.TrustDomains, org); err != nil {
+			errs = append(errs, fmt.Errorf("spiffe.trust_domains.%s: %w", org, err))
+		}
+		if other, dup := seen[name]; dup {
+			errs = append(errs, fmt.Errorf("spiffe.trust_domains: orgs %s and %s share a trust domain", min(org, other), max(org, other)))
+		}
+		seen[name] = org
+	}
+	if c.X509SVIDTTL.Duration < time.Minute || c.X509SVIDTTL.Duration > 24*time.Hour {
+		errs = append(errs, errors.New("spiffe.x509_svid_ttl: want 1m to 24h"))
+	}
+	if c.JWTSVIDTTL.Duration < time.Minute || c.JWTSVIDTTL.Duration > time.Hour {
+		errs = append(errs, errors.New("spiffe.jwt_svid_ttl: want 1m to 1h"))
+	}
+	if c.CAGrace.Duration < c.X509SVIDTTL.Duration {
+		errs = append(errs, errors.New("spiffe.ca_grace must be at least x509_svid_ttl, or SVIDs outlive their CA in the bundle"))
+	}
+	if c.CAPrepublish.Duration < 0 || c.CATTL.Duration < 2*(c.CAPrepublish.Duration+c.CAGrace.Duration) {
+		errs = append(errs, errors.New("spiffe.ca_ttl must be at least twice ca_prepublish + ca_grace"))
+	}
+	if c.CARotateEvery.Duration != 0 && (c.CARotateEvery.Duration < c.CAPrepublish.Duration+c.CAGrace.Duration ||
+		c.CARotateEvery.Duration > c.CATTL.Duration-c.CAPrepublish.Duration-c.CAGrace.Duration) {
+		errs = append(errs, errors.New("spiffe.ca_rotate_every must be 0, or between ca_prepublish + ca_grace and ca_ttl - ca_prepublish - ca_grace"))
+	}
+	if c.BundleRefreshHint.Duration < time.Second || c.BundleRefreshHint.Duration > c.CAPrepublish.Duration && c.CAPrepublish.Duration > 0 {
+		errs = append(errs, errors.New("spiffe.bundle_refresh_hint: want at least 1s and shorter than ca_prepublish, or federated systems may not see a new CA before it signs"))
+	}
+	return errs
+}
+
 // MachineTokens configures machine token minting (dynamic).
 type MachineTokens struct {
 	DefaultTTL Duration `toml:"default_ttl"`
@@ -126,6 +196,7 @@ type Issuer struct {
 	OIDC          OIDC          `toml:"oidc"`
 	MachineTokens MachineTokens `toml:"machine_tokens"`
 	Gateway       Gateway       `toml:"gateway"`
+	SPIFFE        SPIFFE        `toml:"spiffe" reload:"restart"`
 	RemoteAdmin   RemoteAdmin   `toml:"remote_admin"`
 	Log           Log           `toml:"log"`
 
@@ -168,8 +239,14 @@ func DefaultIssuer() *Issuer {
 		},
 		MachineTokens: MachineTokens{DefaultTTL: Duration{720 * time.Hour}, MaxTTL: Duration{8760 * time.Hour}},
 		Gateway:       Gateway{Timeout: Duration{30 * time.Second}},
-		RemoteAdmin:   defaultRemoteAdmin(),
-		Log:           Log{Level: "info"},
+		SPIFFE: SPIFFE{
+			TrustDomain: spiffe.DefaultTrustDomainTemplate,
+			X509SVIDTTL: Duration{time.Hour}, JWTSVIDTTL: Duration{5 * time.Minute},
+			CATTL: Duration{90 * 24 * time.Hour}, CAPrepublish: Duration{time.Hour}, CAGrace: Duration{24 * time.Hour},
+			BundleRefreshHint: Duration{5 * time.Minute},
+		},
+		RemoteAdmin: defaultRemoteAdmin(),
+		Log:         Log{Level: "info"},
 	}
 }
 
@@ -262,6 +339,7 @@ func (c *Issuer) Validate() error {
 	} else {
 		c.gatewayHeaders = h
 	}
+	errs = append(errs, c.SPIFFE.validate()...)
 	errs = append(errs, c.RemoteAdmin.validate()...)
 	if _, err := c.Log.SlogLevel(); err != nil {
 		errs = append(errs, err)

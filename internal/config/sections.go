@@ -32,8 +32,9 @@ type Section interface {
 	// values are decoded over.
 	New() any
 	// Validate checks v (what New returned, decoded) against the core
-	// settings in c; it may settle derived values in v and claim token
-	// files (AddTokenFile, ImplyTokenFile).
+	// settings in c; it may settle derived values in v, claim token
+	// files (AddTokenFile, ImplyTokenFile) and reserve the path of a
+	// socket it serves (ReservePath).
 	Validate(v any, c *Agent) []error
 }
 
@@ -98,7 +99,7 @@ func (c *Agent) decode(data []byte) error {
 // validateSections runs each feature section's checks in registration
 // order, then the checks on every token file claimed.
 func (c *Agent) validateSections() []error {
-	c.tokenFiles, c.fileNames = nil, nil
+	c.tokenFiles, c.fileNames, c.reserved = nil, nil, nil
 	var errs []error
 	for _, s := range c.sections {
 		errs = append(errs, s.Validate(c.values[s.Key()], c)...)
@@ -221,6 +222,16 @@ func (c *Agent) ImplyTokenFile(section, path, def, aud string) (string, error) {
 	return path, nil
 }
 
+// ReservePath records that the agent serves path (a feature's socket,
+// named name in messages, e.g. "spiffe.socket_path"): no token file may be
+// written over it. A section's Validate calls it.
+func (c *Agent) ReservePath(name, path string) {
+	if c.reserved == nil {
+		c.reserved = map[string]string{}
+	}
+	c.reserved[path] = name
+}
+
 // DefaultTokenFileTTL gives the claimed file at path tokens of life ttl
 // unless it sets its own ttl (a section whose SDKs cache the file's
 // content, as [azure]'s do). A section's Validate calls it after claiming
@@ -248,6 +259,9 @@ func (c *Agent) checkTokenFiles() []error {
 	taken := map[string]string{
 		c.API.Path: "api.socket_path", c.Admin.Path: "admin.socket_path",
 		c.Issuer.TokenFile: "issuer.token_file", c.Admin.TokenFile: "admin.token_file",
+	}
+	for p, name := range c.reserved {
+		taken[p] = name
 	}
 	delete(taken, "")
 	for i, s := range specs {

@@ -28,11 +28,18 @@ type Agent struct {
 // test fails.
 func StartAgent(t testing.TB, issuerURL, machineToken, extra string) *Agent {
 	t.Helper()
+	return StartAgentWith(t, issuerURL, machineToken, extra, nil)
+}
+
+// StartAgentWith is StartAgent with opt adjusting the agent's Options
+// (its clock, say); nil changes nothing.
+func StartAgentWith(t testing.TB, issuerURL, machineToken, extra string, opt func(*agent.Options)) *Agent {
+	t.Helper()
 	dir := ShortDir(t)
 	api, admin := filepath.Join(dir, "run", "api.sock"), filepath.Join(dir, "run", "admin.sock")
 	cfg := fmt.Sprintf("[api]\nsocket_path = %q\n[admin]\nsocket_path = %q\n[issuer]\nurl = %q\n%s",
 		api, admin, issuerURL, extra)
-	ta := StartAgentConfig(t, dir, cfg, machineToken)
+	ta := startAgent(t, dir, cfg, machineToken, opt)
 	ta.APISocket, ta.AdminSocket = api, admin
 	return ta
 }
@@ -42,6 +49,11 @@ func StartAgent(t testing.TB, issuerURL, machineToken, extra string) *Agent {
 // that set the sockets' own keys. APISocket and AdminSocket are left to
 // the caller, who chose them.
 func StartAgentConfig(t testing.TB, dir, cfg, machineToken string) *Agent {
+	t.Helper()
+	return startAgent(t, dir, cfg, machineToken, nil)
+}
+
+func startAgent(t testing.TB, dir, cfg, machineToken string, opt func(*agent.Options)) *Agent {
 	t.Helper()
 	ta := &Agent{Dir: dir, logs: &sockettest.Buffer{}}
 	cfgPath := filepath.Join(dir, "agent.toml")
@@ -57,10 +69,14 @@ func StartAgentConfig(t testing.TB, dir, cfg, machineToken string) *Agent {
 			t.Fatal(err)
 		}
 	}
-	a, err := agent.New(agent.Options{
+	opts := agent.Options{
 		ConfigPath: cfgPath, MachineToken: mt,
 		Logger: slog.New(slog.NewTextHandler(ta.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
+	}
+	if opt != nil {
+		opt(&opts)
+	}
+	a, err := agent.New(opts)
 	if err != nil {
 		t.Fatalf("agent: %v", err)
 	}
@@ -91,6 +107,9 @@ func StartAgentConfig(t testing.TB, dir, cfg, machineToken string) *Agent {
 	}
 	return ta
 }
+
+// Logs returns the agent's log so far.
+func (ta *Agent) Logs() string { return ta.logs.String() }
 
 // WicketBin builds the wicket command into a temporary directory, for
 // tests that run it as a process.

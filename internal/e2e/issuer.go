@@ -91,6 +91,9 @@ func StartIssuerWith(t testing.TB, extra func(*config.Issuer)) *Issuer {
 	return &Issuer{Issuer: r.Issuer, URL: url, logs: logs}
 }
 
+// Logs returns the issuer's log so far.
+func (ti *Issuer) Logs() string { return ti.logs.String() }
+
 // MachineToken registers a machine and returns its machine token.
 func (ti *Issuer) MachineToken(t testing.TB, org, app, name string) string {
 	t.Helper()

@@ -164,7 +164,7 @@ func (s *Issuer) mint(m *store.Machine, ttl time.Duration) (*api.MintedToken, er
 	key := s.keys.Load().mintKey
 	tok, id, err := machinetoken.Mint(*key, tokenLocation, machinetoken.Claims{
 		Org: m.Org, App: m.App, MachineID: m.ID,
-		Features:  []machinetoken.Feature{machinetoken.FeatureMetadata, machinetoken.FeatureOIDC, machinetoken.FeatureProxy},
+		Features:  machinetoken.AllFeatures(),
 		NotBefore: now.Add(-time.Minute), NotAfter: now.Add(ttl), SourceAddrs: addrs,
 	})
 	if err != nil {
@@ -315,8 +315,19 @@ func (s *Issuer) registerAdmin(a *admin.Server) {
 				return
 			}
 			admin.WriteJSON(w, http.StatusOK, k)
+		case store.KindSPIFFECA:
+			if !config.ValidName(body.Org) {
+				fail(w, r, invalidf("org: required"))
+				return
+			}
+			k, err := s.RotateOrgCA(r.Context(), body.Org)
+			if err != nil {
+				fail(w, r, err)
+				return
+			}
+			admin.WriteJSON(w, http.StatusOK, k)
 		default:
-			fail(w, r, invalidf("kind: want oidc or macaroon"))
+			fail(w, r, invalidf("kind: want oidc, spiffe-ca or macaroon"))
 		}
 	}))
 }

@@ -3,7 +3,6 @@ package issuer
 import (
 	"crypto/sha256"
 	"encoding/binary"
-	"net/netip"
 	"sync"
 	"time"
 
@@ -37,7 +36,8 @@ const (
 	verifyCacheMax = 16384
 )
 
-func verifyKey(token string, remote netip.Addr, feature machinetoken.Feature, app string, aud []string) [32]byte {
+func verifyKey(token string, q machinetoken.Request) [32]byte {
+	remote, feature, app, aud := q.RemoteAddr, q.Feature, q.App, q.Audience
 	h := sha256.New()
 	h.Write([]byte(token))
 	h.Write([]byte{0})
@@ -58,6 +58,9 @@ func verifyKey(token string, remote netip.Addr, feature machinetoken.Feature, ap
 			h.Write([]byte(a))
 		}
 	}
+	// The SPIFFE ID asked for (SPIFFE ID caveats check it).
+	h.Write([]byte{0})
+	h.Write([]byte(q.SPIFFEID))
 	var k [32]byte
 	h.Sum(k[:0])
 	return k

@@ -82,6 +82,9 @@ type Issuer struct {
 	reloadsOK, reloadsKO     atomic.Uint64
 	tokensIssued, authFailed atomic.Uint64
 	machineTokensMinted      atomic.Uint64
+	x509SVIDsIssued          atomic.Uint64
+	jwtSVIDsIssued           atomic.Uint64
+	svidsRefused             atomic.Uint64 // CSRs and IDs outside the namespace
 	longPolls                atomic.Int64
 }
 
@@ -444,6 +447,9 @@ func (s *Issuer) counters() metrics.CounterSet {
 		{Key: "oidc_tokens_issued", Name: "wicket_oidc_tokens_issued_total", Help: "OIDC tokens signed.", Value: s.tokensIssued.Load},
 		{Key: "machine_tokens_minted", Name: "wicket_machine_tokens_minted_total", Help: "Machine tokens minted.", Value: s.machineTokensMinted.Load},
 		{Key: "auth_failures", Name: "wicket_auth_failures_total", Help: "Requests refused with 401.", Value: s.authFailed.Load},
+		{Key: "x509_svids_issued", Name: "wicket_x509_svids_issued_total", Help: "X.509-SVIDs signed.", Value: s.x509SVIDsIssued.Load},
+		{Key: "jwt_svids_issued", Name: "wicket_jwt_svids_issued_total", Help: "JWT-SVIDs signed.", Value: s.jwtSVIDsIssued.Load},
+		{Key: "svids_refused", Name: "wicket_svids_refused_total", Help: "SVID requests refused for their CSR or SPIFFE ID (after the token passed).", Value: s.svidsRefused.Load},
 		{Key: "reloads_ok", Name: "wicket_reloads_total", Help: reloads, Labels: map[string]string{"outcome": "ok"}, Value: s.reloadsOK.Load},
 		{Key: "reloads_failed", Name: "wicket_reloads_total", Help: reloads, Labels: map[string]string{"outcome": "failed"}, Value: s.reloadsKO.Load},
 	}

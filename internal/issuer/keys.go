@@ -14,6 +14,7 @@ import (
 	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/oidc"
+	"github.com/wicket-sh/wicket/internal/spiffe"
 	"github.com/wicket-sh/wicket/internal/store"
 )
 
@@ -29,6 +30,7 @@ type keyring struct {
 	mintKey  *machinetoken.Key              // newest macaroon key
 	oidcKeys map[string][]*oidc.Key         // org → keys
 	oidcSets map[string]*oidc.KeySet        // org → snapshot for signing and JWKS
+	cas      map[string][]*spiffe.CA        // org → SPIFFE CAs (spiffe.go)
 	revoked  map[string]struct{}
 	meta     []api.KeyInfo // the keys list, without private material
 	admin    adminKeys     // remote admin tokens' root keys
@@ -61,6 +63,7 @@ func (s *Issuer) loadKeys(ctx context.Context) (*keyring, error) {
 		macaroon: map[string]macaroon.SigningKey{},
 		oidcKeys: map[string][]*oidc.Key{},
 		oidcSets: map[string]*oidc.KeySet{},
+		cas:      map[string][]*spiffe.CA{},
 		revoked:  map[string]struct{}{},
 	}
 	var newest time.Time
@@ -104,6 +107,14 @@ func (s *Issuer) loadKeys(ctx context.Context) (*keyring, error) {
 				CreatedAt: k.CreatedAt, ActivateAt: k.ActivateAt, RetiredAt: k.RetiredAt, Private: priv}
 			kr.oidcKeys[org] = append(kr.oidcKeys[org], ok)
 			info.Kind, info.Org, info.State = store.KindOIDC, org, string(ok.StateAt(now))
+		case strings.HasPrefix(k.Kind, store.KindSPIFFECA+"/"):
+			ca, err := caFromRecord(k, plain)
+			if err != nil {
+				return nil, err
+			}
+			org := strings.TrimPrefix(k.Kind, store.KindSPIFFECA+"/")
+			kr.cas[org] = append(kr.cas[org], ca)
+			info.Kind, info.Org, info.State = store.KindSPIFFECA, org, ca.StateAt(now)
 		default:
 			return nil, fmt.Errorf("unknown key kind %q", k.Kind)
 		}
@@ -172,31 +183,41 @@ func (s *Issuer) AddMacaroonKey(ctx context.Context) (string, error) {
 // relying party can know the org's issuer before it exists, so there is
 // nothing to pre-publish to.
 func (s *Issuer) ensureOrgKeys(ctx context.Context, org string) error {
-	if _, ok := s.keys.Load().oidcSets[org]; ok {
+	return s.ensureOrg(ctx, func(kr *keyring) bool { _, ok := kr.oidcSets[org]; return ok }, func() error {
+		k, err := oidc.GenerateKey(oidc.Alg(s.cfg().OIDC.Alg), s.now(), 0)
+		if err != nil {
+			return err
+		}
+		if err := s.putOIDCKey(ctx, org, k); err != nil {
+			return err
+		}
+		s.log.Info("created org signing key", "org", org, "kid", k.ID, "alg", k.Alg)
+		return nil
+	})
+}
+
+// ensureOrg runs create once when has says the key ring lacks something
+// an org needs (its first signing key, its first CA), and reloads the ring.
+func (s *Issuer) ensureOrg(ctx context.Context, has func(*keyring) bool, create func() error) error {
+	if has(s.keys.Load()) {
 		return nil
 	}
 	s.rotateMu.Lock()
 	defer s.rotateMu.Unlock()
-	if _, ok := s.keys.Load().oidcSets[org]; ok {
+	if has(s.keys.Load()) {
 		return nil
 	}
-	// Another replica may have created the org's key a moment ago, before
-	// its watch event arrived here: look in the store before adding a
-	// second first key.
+	// Another replica may have created it a moment ago, before its watch
+	// event arrived here: look in the store before adding a second one.
 	if err := s.refreshKeys(ctx); err != nil {
 		return err
 	}
-	if _, ok := s.keys.Load().oidcSets[org]; ok {
+	if has(s.keys.Load()) {
 		return nil
 	}
-	k, err := oidc.GenerateKey(oidc.Alg(s.cfg().OIDC.Alg), s.now(), 0)
-	if err != nil {
+	if err := create(); err != nil {
 		return err
 	}
-	if err := s.putOIDCKey(ctx, org, k); err != nil {
-		return err
-	}
-	s.log.Info("created org signing key", "org", org, "kid", k.ID, "alg", k.Alg)
 	return s.refreshKeys(ctx)
 }
 
@@ -263,7 +284,11 @@ func (s *Issuer) maintainKeys(ctx context.Context) error {
 			}
 		}
 	}
-	if changed {
+	caChanged, err := s.maintainCAs(ctx, now)
+	if err != nil {
+		return err
+	}
+	if changed || caChanged {
 		return s.refreshKeys(ctx)
 	}
 	return nil

@@ -35,6 +35,7 @@ func (s *Issuer) publicHandler() http.Handler {
 	mux.Handle("POST /v1/tokens/oidc", httpapi.Handle(s.log, s.handleOIDCToken))
 	mux.Handle("GET /v1/machines/self", httpapi.Handle(s.log, s.handleSelf))
 	mux.Handle("/v1/apps/{app}/", http.HandlerFunc(s.handleGateway))
+	s.spiffeRoutes(mux)
 	disco := &oidc.Handler{
 		PublicURL: s.PublicURL(),
 		Keys: func(org string) *oidc.KeySet {
@@ -84,12 +85,15 @@ func unauthorized(w http.ResponseWriter) {
 // when set) and returns the registered machine. Every failure gets the same
 // 401; the reason goes to the log with the caller's address, never the token.
 func (s *Issuer) authenticate(w http.ResponseWriter, r *http.Request, feature machinetoken.Feature, app string) (*store.Machine, *machinetoken.Verified, bool) {
-	return s.authenticateAud(w, r, feature, app, nil)
+	return s.authenticateFor(w, r, machinetoken.Request{Feature: feature, App: app})
 }
 
-// authenticateAud is authenticate for an OIDC request asking for aud (nil:
-// the default audience), which a copy bound to other audiences may not get.
-func (s *Issuer) authenticateAud(w http.ResponseWriter, r *http.Request, feature machinetoken.Feature, app string, aud []string) (*store.Machine, *machinetoken.Verified, bool) {
+// authenticateFor is authenticate for a request whose scope goes beyond
+// the feature: an OIDC or JWT-SVID request asking for Audience (nil: the
+// default audience), an SVID request asking for SPIFFEID, which a copy
+// bound to other audiences or IDs may not get. Now and RemoteAddr are
+// filled in here.
+func (s *Issuer) authenticateFor(w http.ResponseWriter, r *http.Request, q machinetoken.Request) (*store.Machine, *machinetoken.Verified, bool) {
 	remote := remoteAddr(r)
 	fail := func(reason error) (*store.Machine, *machinetoken.Verified, bool) {
 		s.authFailed.Add(1)
@@ -103,11 +107,12 @@ func (s *Issuer) authenticateAud(w http.ResponseWriter, r *http.Request, feature
 	}
 	kr := s.keys.Load()
 	now := s.now()
-	ck := verifyKey(tok, remote, feature, app, aud)
+	q.Now, q.RemoteAddr = now, remote
+	ck := verifyKey(tok, q)
 	ver := s.verified.get(ck, kr, now)
 	if ver == nil {
 		v := kr.machineVerifier()
-		ver, err = v.Verify(tok, machinetoken.Request{Now: now, RemoteAddr: remote, Feature: feature, App: app, Audience: aud})
+		ver, err = v.Verify(tok, q)
 		if err != nil {
 			return fail(err)
 		}
@@ -181,7 +186,7 @@ func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) error {
 	if reqErr == nil {
 		aud, reqErr = parseAud(req.Aud)
 	}
-	m, ver, ok := s.authenticateAud(w, r, machinetoken.FeatureOIDC, "", aud)
+	m, ver, ok := s.authenticateFor(w, r, machinetoken.Request{Feature: machinetoken.FeatureOIDC, Audience: aud})
 	if !ok {
 		return nil // answered
 	}
@@ -204,39 +209,18 @@ func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return httpapi.BadRequestError(fmt.Errorf("token request of machine %s: %w", m.ID, err))
 	}
-	if err := s.ensureOrgKeys(r.Context(), m.Org); err != nil {
-		err = fmt.Errorf("org %s keys: %w", m.Org, err)
-		if unavailable(err) {
-			return storeUnavailable(err)
-		}
-		return httpapi.InternalError(err)
-	}
-	now := s.now()
-	set := s.keys.Load().oidcSets[m.Org]
-	key, err := set.Signer(oidc.Alg(cfg.OIDC.Alg), now)
-	if errors.Is(err, oidc.ErrNoSigningKey) {
-		// The org's keys use the other algorithm (alg changed in config):
-		// sign with what exists until an operator rotates.
-		key, err = set.Signer(otherAlg(oidc.Alg(cfg.OIDC.Alg)), now)
-	}
-	if err != nil {
-		return httpapi.InternalError(fmt.Errorf("no signing key for org %s: %w", m.Org, err))
+	key, herr := s.orgSigner(r.Context(), m.Org)
+	if herr != nil {
+		return herr
 	}
 	sub, err := oidc.Subject(m.Org, m.App, m.Name)
 	if err != nil {
 		return httpapi.InternalError(fmt.Errorf("subject of machine %s: %w", m.ID, err))
 	}
-	// A JWT never outlives the machine token that bought it: a copy
-	// captured on its way here buys at most what is left of the copy.
-	exp, capped := now.Add(ttl), false
-	if ver.NotAfter.Before(exp) {
-		exp, capped = ver.NotAfter, true
-	}
-	if !exp.After(now) {
-		s.authFailed.Add(1)
-		s.log.Warn("machine token refused", "remote", remoteAddr(r).String(), "path", httpapi.Truncate(r.URL.Path, httpapi.MaxLoggedPath), "reason", "token ends now", "token_id", ver.TokenID)
-		unauthorized(w)
-		return nil
+	now := s.now()
+	exp, capped, ok := s.capAtToken(w, r, ver, now, ttl)
+	if !ok {
+		return nil // answered
 	}
 	claims := oidc.Claims{
 		Issuer: issuer, Subject: sub, Audience: aud,
@@ -254,6 +238,49 @@ func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) error {
 		"capped_at_token_end", capped)
 	writeJSON(w, http.StatusOK, api.TokenReply{Token: tok, ExpiresAt: claims.Expiry.UTC().Truncate(time.Second)})
 	return nil
+}
+
+// orgSigner returns the org's current JWT signing key, creating the org's
+// first key if it has none yet.
+func (s *Issuer) orgSigner(ctx context.Context, org string) (*oidc.Key, *httpapi.Error) {
+	if err := s.ensureOrgKeys(ctx, org); err != nil {
+		err = fmt.Errorf("org %s keys: %w", org, err)
+		if unavailable(err) {
+			return nil, storeUnavailable(err)
+		}
+		return nil, httpapi.InternalError(err)
+	}
+	alg := oidc.Alg(s.cfg().OIDC.Alg)
+	now := s.now()
+	set := s.keys.Load().oidcSets[org]
+	key, err := set.Signer(alg, now)
+	if errors.Is(err, oidc.ErrNoSigningKey) {
+		// The org's keys use the other algorithm (alg changed in config):
+		// sign with what exists until an operator rotates.
+		key, err = set.Signer(otherAlg(alg), now)
+	}
+	if err != nil {
+		return nil, httpapi.InternalError(fmt.Errorf("no signing key for org %s: %w", org, err))
+	}
+	return key, nil
+}
+
+// capAtToken returns when a credential asked for with ttl at now ends: it
+// never outlives the machine token that bought it, so a copy captured on
+// its way here buys at most what is left of the copy. A copy that ends now
+// is refused with the same 401 as any bad token (answered: ok false).
+func (s *Issuer) capAtToken(w http.ResponseWriter, r *http.Request, ver *machinetoken.Verified, now time.Time, ttl time.Duration) (exp time.Time, capped, ok bool) {
+	exp = now.Add(ttl)
+	if ver.NotAfter.Before(exp) {
+		exp, capped = ver.NotAfter, true
+	}
+	if !exp.After(now) {
+		s.authFailed.Add(1)
+		s.log.Warn("machine token refused", "remote", remoteAddr(r).String(), "path", httpapi.Truncate(r.URL.Path, httpapi.MaxLoggedPath), "reason", "token ends now", "token_id", ver.TokenID)
+		unauthorized(w)
+		return time.Time{}, false, false
+	}
+	return exp, capped, true
 }
 
 func otherAlg(a oidc.Alg) oidc.Alg {

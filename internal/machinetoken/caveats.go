@@ -27,6 +27,7 @@ const (
 	CavSourceAddrs                     // []string: CIDR prefixes the token may be used from
 	CavAudiences                       // []string: the only OIDC audiences the token may get
 	CavExternal                        // string: the non-wicket upstream a copy was made for
+	CavSPIFFEIDs                       // []string: the only SPIFFE IDs the token may get SVIDs for
 )
 
 func init() {
@@ -37,6 +38,7 @@ func init() {
 	macaroon.RegisterCaveatType(new(sourceAddrsCaveat))
 	macaroon.RegisterCaveatType(new(audiencesCaveat))
 	macaroon.RegisterCaveatType(new(externalCaveat))
+	macaroon.RegisterCaveatType(new(spiffeIDsCaveat))
 }
 
 // access is what a request looks like to caveats. The identity fields are
@@ -48,7 +50,8 @@ type access struct {
 	org, app, machine string
 	feature           Feature
 	remote            netip.Addr
-	audience          []string // asked for, OIDC only; empty: the default audience
+	audience          []string // asked for, OIDC and JWT-SVID; empty: the default audience (OIDC)
+	spiffeID          string   // asked for, SVID issuance only
 }
 
 func (a *access) Now() time.Time  { return a.now }
@@ -63,6 +66,7 @@ var (
 	errSource   = errors.New("source address not allowed")
 	errAudience = errors.New("audience not granted")
 	errExternal = errors.New("copy made for an external upstream")
+	errSPIFFEID = errors.New("spiffe id not granted")
 )
 
 // check is the shared body of Prohibits: refuse an access we did not build.
@@ -136,17 +140,23 @@ func (c *sourceAddrsCaveat) Prohibits(a macaroon.Access) error {
 // instead of spelling it out.
 const DefaultAudience = ""
 
-// audiencesCaveat limits a token to minting OIDC tokens for these
-// audiences: every audience a request asks for must be listed, so several
-// such caveats intersect. It refuses every other feature: a copy bound to
-// an audience is good for that audience's tokens and nothing else.
+// audiencesCaveat limits a token to minting OIDC tokens and JWT-SVIDs for
+// these audiences: every audience a request asks for must be listed, so
+// several such caveats intersect. It refuses every other request: a copy
+// bound to an audience is good for that audience's tokens and nothing
+// else, so an X.509-SVID (which has no audience) is refused too.
 type audiencesCaveat []string
 
 func (c *audiencesCaveat) CaveatType() macaroon.CaveatType { return CavAudiences }
 func (c *audiencesCaveat) Name() string                    { return "wicket.Audiences" }
 func (c *audiencesCaveat) Prohibits(a macaroon.Access) error {
 	return check(a, func(a *access) bool {
-		if a.feature != FeatureOIDC {
+		switch {
+		case a.feature == FeatureSVID && len(a.audience) == 0:
+			// An X.509-SVID, or a JWT-SVID without an audience (which
+			// the issuer refuses anyway): not what the copy is for.
+			return false
+		case a.feature != FeatureOIDC && a.feature != FeatureSVID:
 			return false
 		}
 		if len(a.audience) == 0 {
@@ -171,4 +181,19 @@ func (c *externalCaveat) CaveatType() macaroon.CaveatType { return CavExternal }
 func (c *externalCaveat) Name() string                    { return "wicket.External" }
 func (c *externalCaveat) Prohibits(a macaroon.Access) error {
 	return check(a, func(*access) bool { return false }, errExternal)
+}
+
+// spiffeIDsCaveat limits a token to SVIDs (X.509 or JWT) for these SPIFFE
+// IDs: the ID a request asks for must be listed, so several such caveats
+// intersect. It refuses every other request (other features, and an SVID
+// request that names no ID): a copy the agent made for one workload's SVID
+// buys, captured, an SVID for that workload and nothing else.
+type spiffeIDsCaveat []string
+
+func (c *spiffeIDsCaveat) CaveatType() macaroon.CaveatType { return CavSPIFFEIDs }
+func (c *spiffeIDsCaveat) Name() string                    { return "wicket.SPIFFEIDs" }
+func (c *spiffeIDsCaveat) Prohibits(a macaroon.Access) error {
+	return check(a, func(a *access) bool {
+		return a.feature == FeatureSVID && a.spiffeID != "" && slices.Contains(*c, a.spiffeID)
+	}, errSPIFFEID)
 }

@@ -46,10 +46,17 @@ const (
 	FeatureMetadata Feature = "metadata"
 	FeatureOIDC     Feature = "oidc"
 	FeatureProxy    Feature = "proxy"
+	// FeatureSVID is SPIFFE: X.509- and JWT-SVIDs and the org's trust
+	// bundles. Tokens minted before it existed do not grant it.
+	FeatureSVID Feature = "svid"
 )
 
 // allFeatures is the canonical order of features in caveats and results.
-var allFeatures = []Feature{FeatureMetadata, FeatureOIDC, FeatureProxy}
+var allFeatures = []Feature{FeatureMetadata, FeatureOIDC, FeatureProxy, FeatureSVID}
+
+// AllFeatures returns every feature a token can grant, in canonical order
+// (what a new machine token is minted with).
+func AllFeatures() []Feature { return slices.Clone(allFeatures) }
 
 // Claims is what a freshly minted token grants.
 type Claims struct {
@@ -148,6 +155,10 @@ type Scope struct {
 	// External, when not empty, names the origin of an upstream that is
 	// not the issuer: the copy is refused by wicket on every endpoint.
 	External string
+	// SPIFFEIDs, when not nil, are the only SPIFFE IDs SVIDs may be issued
+	// for, and the copy is refused for everything else (bundle reads
+	// included). Several attenuations intersect.
+	SPIFFEIDs []string
 }
 
 // AttenuateScope is [Attenuate] with the caveats of s.
@@ -177,6 +188,10 @@ func AttenuateScope(token string, notBefore, notAfter time.Time, s Scope) (strin
 	}
 	if s.External != "" {
 		cavs = append(cavs, ptr(externalCaveat(s.External)))
+	}
+	if s.SPIFFEIDs != nil {
+		ids := spiffeIDsCaveat(slices.Clone(s.SPIFFEIDs))
+		cavs = append(cavs, &ids)
 	}
 	if err := m.Add(cavs...); err != nil {
 		return "", fmt.Errorf("machinetoken: attenuate: %w", err)

@@ -31,7 +31,7 @@ var (
 func testClaims() Claims {
 	return Claims{
 		Org: "acme", App: "web", MachineID: "m-123",
-		Features:  []Feature{FeatureMetadata, FeatureOIDC, FeatureProxy},
+		Features:  allFeatures,
 		NotBefore: nb, NotAfter: na,
 	}
 }
@@ -324,6 +324,9 @@ func TestAudienceCaveat_BindsAudience(t *testing.T) {
 		{"intersection drops c", narrowed, oidc("c"), false, nil},
 		{"metadata refused", sts, Request{Now: t0, Feature: FeatureMetadata}, false, nil},
 		{"proxy refused", sts, Request{Now: t0, Feature: FeatureProxy}, false, nil},
+		{"jwt-svid, listed audience", sts, Request{Now: t0, Feature: FeatureSVID, Audience: []string{"sts.amazonaws.com"}}, true, []string{"sts.amazonaws.com"}},
+		{"jwt-svid, other audience", sts, Request{Now: t0, Feature: FeatureSVID, Audience: []string{"db"}}, false, nil},
+		{"x509-svid (no audience) refused", sts, Request{Now: t0, Feature: FeatureSVID, SPIFFEID: "spiffe://acme.test/app/web/machine/m"}, false, nil},
 		{"unbound token, any audience", full, oidc("https://attacker.example"), true, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -341,6 +344,67 @@ func TestAudienceCaveat_BindsAudience(t *testing.T) {
 				t.Errorf("Audiences (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// A SPIFFE ID caveat lets a copy get SVIDs for the IDs it lists and
+// nothing else; several intersect.
+func TestSPIFFEIDsCaveat_BindsID(t *testing.T) {
+	full, _ := mint(t, testClaims())
+	v := testVerifier()
+	const me, other = "spiffe://acme.test/app/web/machine/m", "spiffe://acme.test/app/web/workload/db"
+	scoped := func(tok string, ids ...string) string {
+		t.Helper()
+		out, err := AttenuateScope(tok, time.Time{}, time.Time{}, Scope{SPIFFEIDs: ids})
+		if err != nil {
+			t.Fatalf("AttenuateScope: %v", err)
+		}
+		return out
+	}
+	mine := scoped(full, me)
+	both := scoped(full, me, other)
+	narrowed := scoped(both, other) // ∩ = {other}
+	svid := func(id string) Request { return Request{Now: t0, Feature: FeatureSVID, SPIFFEID: id} }
+	for _, tc := range []struct {
+		name    string
+		token   string
+		r       Request
+		ok      bool
+		wantIDs []string
+	}{
+		{"listed id", mine, svid(me), true, []string{me}},
+		{"other id", mine, svid(other), false, nil},
+		{"no id asked (bundle read)", mine, svid(""), false, nil},
+		{"intersection keeps other", narrowed, svid(other), true, []string{other}},
+		{"intersection drops me", narrowed, svid(me), false, nil},
+		{"oidc refused", mine, Request{Now: t0, Feature: FeatureOIDC}, false, nil},
+		{"metadata refused", mine, Request{Now: t0, Feature: FeatureMetadata}, false, nil},
+		{"proxy refused", mine, Request{Now: t0, Feature: FeatureProxy}, false, nil},
+		{"unbound token, any id", full, svid(other), true, nil},
+		{"unbound token, bundle read", full, svid(""), true, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := v.Verify(tc.token, tc.r)
+			if !tc.ok {
+				if !errors.Is(err, ErrInvalid) {
+					t.Fatalf("Verify = %v, want ErrInvalid", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Verify: %v", err)
+			}
+			if diff := cmp.Diff(tc.wantIDs, got.SPIFFEIDs); diff != "" {
+				t.Errorf("SPIFFEIDs (-want +got):\n%s", diff)
+			}
+		})
+	}
+	// A token minted without the svid feature gets no SVID whatever it lists.
+	c := testClaims()
+	c.Features = []Feature{FeatureMetadata, FeatureOIDC, FeatureProxy}
+	old, _ := mint(t, c)
+	if _, err := v.Verify(scoped(old, me), svid(me)); !errors.Is(err, ErrInvalid) {
+		t.Errorf("token without the svid feature: Verify = %v, want ErrInvalid", err)
 	}
 }
 

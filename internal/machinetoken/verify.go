@@ -20,7 +20,12 @@ type Request struct {
 	App        string     // when set, the token must be for this app
 	// Audience is what an OIDC request asks for; empty means the default
 	// audience. Audience caveats refuse any audience they do not list.
+	// A JWT-SVID request names its audiences here too.
 	Audience []string
+	// SPIFFEID is the SPIFFE ID an SVID request (FeatureSVID) asks for;
+	// empty for a bundle read. SPIFFE ID caveats refuse any ID they do
+	// not list.
+	SPIFFEID string
 }
 
 // Verified is what a valid token says.
@@ -33,6 +38,9 @@ type Verified struct {
 	// get: those listed by every audience caveat (DefaultAudience names
 	// the org's default).
 	Audiences []string
+	// SPIFFEIDs, when not nil, are the only SPIFFE IDs the token may get
+	// SVIDs for: those listed by every SPIFFE ID caveat.
+	SPIFFEIDs []string
 }
 
 // Verifier checks tokens minted by one issuer. It holds no state of its own
@@ -73,7 +81,7 @@ func (v *Verifier) Verify(token string, r Request) (*Verified, error) {
 		return nil, invalid("copy made for an external upstream")
 	}
 	out.Org, out.App, out.MachineID, out.NotAfter = p.org, p.app, p.machine, p.notAfter
-	feats, auds, windows := p.feats, p.auds, p.windows
+	feats, auds, ids, windows := p.feats, p.auds, p.ids, p.windows
 	switch {
 	case out.Org == "" || out.App == "" || out.MachineID == "":
 		return nil, invalid("not bound to a machine")
@@ -93,6 +101,7 @@ func (v *Verifier) Verify(token string, r Request) (*Verified, error) {
 		feature:  r.Feature,
 		remote:   r.RemoteAddr,
 		audience: r.Audience,
+		spiffeID: r.SPIFFEID,
 	}
 	if a.now.IsZero() {
 		a.now = time.Now()
@@ -106,15 +115,24 @@ func (v *Verifier) Verify(token string, r Request) (*Verified, error) {
 			out.Features = append(out.Features, f)
 		}
 	}
-	if len(auds) > 0 {
-		out.Audiences = []string{}
-		for _, a := range auds[0] {
-			if !slices.Contains(out.Audiences, a) && grantedByAll(auds[1:], a) {
-				out.Audiences = append(out.Audiences, a)
-			}
+	out.Audiences = intersect(auds)
+	out.SPIFFEIDs = intersect(ids)
+	return out, nil
+}
+
+// intersect returns the values every caveat in cs lists, in the first
+// caveat's order, or nil when there is no caveat.
+func intersect[S ~[]string](cs []S) []string {
+	if len(cs) == 0 {
+		return nil
+	}
+	out := []string{}
+	for _, v := range cs[0] {
+		if !slices.Contains(out, v) && grantedByAll(cs[1:], v) {
+			out = append(out, v)
 		}
 	}
-	return out, nil
+	return out
 }
 
 // setOnce keeps the first value; later caveats are checked against it.
@@ -168,6 +186,7 @@ type sorted struct {
 	org, app, machine string // from the first caveat of each kind
 	feats             []featuresCaveat
 	auds              []audiencesCaveat
+	ids               []spiffeIDsCaveat
 	windows           int
 	notAfter          time.Time // earliest end of all validity windows
 	external          bool
@@ -198,6 +217,8 @@ func sortCaveats(cavs *macaroon.CaveatSet) (*sorted, error) {
 			// checked against the request's address by Validate
 		case *audiencesCaveat:
 			p.auds = append(p.auds, *c) // checked against the request's audiences by Validate
+		case *spiffeIDsCaveat:
+			p.ids = append(p.ids, *c) // checked against the request's SPIFFE ID by Validate
 		case *externalCaveat:
 			p.external = true
 		default:

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/wicket-sh/wicket/internal/httpapi"
+	"github.com/wicket-sh/wicket/internal/spiffe"
 	"github.com/wicket-sh/wicket/internal/unixsock"
 )
 
@@ -22,6 +23,11 @@ type Rule struct {
 	GIDs  []uint32 `toml:"gids"`
 	Exes  []string `toml:"exes"`
 	Allow []string `toml:"allow"`
+	// SVIDName, when set, is the SPIFFE workload name the callers this
+	// rule admits to the SVID routes get
+	// (spiffe://<td>/app/<app>/workload/<name>); without it they get the
+	// machine's own ID.
+	SVIDName string `toml:"svid_name"`
 }
 
 // Pattern is one compiled "METHOD /path" allow entry. Method "*" matches any
@@ -90,6 +96,7 @@ type compiledRule struct {
 	gids  []uint32
 	exes  []string
 	allow []Pattern
+	svid  string
 }
 
 // Policy is an immutable compiled rule list; swap a new one in to change it.
@@ -113,7 +120,12 @@ func Compile(rules []Rule) (*Policy, error) {
 		if len(r.Allow) == 0 {
 			return nil, fmt.Errorf("%s: allow is empty", name)
 		}
-		cr := compiledRule{name: name, uids: slices.Clone(r.UIDs), gids: slices.Clone(r.GIDs), exes: slices.Clone(r.Exes)}
+		cr := compiledRule{name: name, uids: slices.Clone(r.UIDs), gids: slices.Clone(r.GIDs), exes: slices.Clone(r.Exes), svid: r.SVIDName}
+		if r.SVIDName != "" {
+			if err := spiffe.ValidateWorkloadName(r.SVIDName); err != nil {
+				return nil, fmt.Errorf("%s: svid_name: %w", name, err)
+			}
+		}
 		for _, e := range r.Exes {
 			// /proc/PID/exe is always absolute and clean; anything else
 			// could never match and is a mistake in the file.
@@ -162,6 +174,8 @@ type Decision struct {
 	// a rule with exes would otherwise have matched; such rules fail closed.
 	// It is for the log.
 	ExeErr error
+	// SVIDName is the allowing rule's svid_name.
+	SVIDName string
 }
 
 // Decide is Allowed with the details a denial log needs. The executable is
@@ -188,7 +202,7 @@ func (p *Policy) Decide(c unixsock.Peer, method, path string) Decision {
 				continue
 			}
 		}
-		d.Rule, d.Allowed = r.name, true
+		d.Rule, d.Allowed, d.SVIDName = r.name, true, r.svid
 		return d
 	}
 	return d

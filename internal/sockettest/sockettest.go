@@ -109,9 +109,9 @@ var (
 	exeErr  error
 )
 
-// helperBinary copies the test binary somewhere any uid may execute it:
+// HelperBinary copies the test binary somewhere any uid may execute it:
 // go test builds it in a private 0700 directory.
-func helperBinary() (string, error) {
+func HelperBinary() (string, error) {
 	exeOnce.Do(func() {
 		self, err := os.Executable()
 		if err != nil {
@@ -184,7 +184,7 @@ func Unavailable(t testing.TB, format string, args ...any) {
 func RequestAs(t *testing.T, uid, gid uint32, socket, method, path, body string, header map[string]string) Result {
 	t.Helper()
 	RequireRoot(t)
-	exe, err := helperBinary()
+	exe, err := HelperBinary()
 	if err != nil {
 		t.Fatalf("helper binary: %v", err)
 	}
@@ -273,7 +273,7 @@ func (h *Held) Release() {
 func HoldAs(t *testing.T, uid, gid uint32, socket string, n int, request string) *Held {
 	t.Helper()
 	RequireRoot(t)
-	exe, err := helperBinary()
+	exe, err := HelperBinary()
 	if err != nil {
 		t.Fatalf("helper binary: %v", err)
 	}

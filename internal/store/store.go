@@ -37,8 +37,9 @@ var (
 
 // Key kinds.
 const (
-	KindMacaroon = "macaroon" // macaroon root keys
-	KindOIDC     = "oidc"     // OIDC signing keys
+	KindMacaroon = "macaroon"  // macaroon root keys
+	KindOIDC     = "oidc"      // OIDC signing keys
+	KindSPIFFECA = "spiffe-ca" // SPIFFE X.509 CAs, one kind per org: "spiffe-ca/<org>"
 	// KindAdminToken is one remote admin token's root key and its label
 	// and expiry, sealed together; the record's ID is the token id.
 	KindAdminToken = "admin-token"
@@ -81,7 +82,7 @@ func (m *Machine) Clone() *Machine {
 // the store never sees key material in the clear.
 type SealedKey struct {
 	ID         string
-	Kind       string // KindMacaroon, KindOIDC or KindAdminToken
+	Kind       string // KindMacaroon, KindOIDC, KindSPIFFECA/<org> or KindAdminToken
 	Alg        string // e.g. "RS256", "ES256", "HS256"
 	State      string // lifecycle state, owned by the issuer
 	CreatedAt  time.Time

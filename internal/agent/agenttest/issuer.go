@@ -129,7 +129,7 @@ func New(t testing.TB) *Issuer {
 func (is *Issuer) MachineToken(t testing.TB, features ...machinetoken.Feature) string {
 	t.Helper()
 	if len(features) == 0 {
-		features = []machinetoken.Feature{machinetoken.FeatureMetadata, machinetoken.FeatureOIDC, machinetoken.FeatureProxy}
+		features = machinetoken.AllFeatures()
 	}
 	m := is.Machine()
 	tok, _, err := machinetoken.Mint(is.Key, is.URL, machinetoken.Claims{

@@ -13,6 +13,7 @@ import (
 	"github.com/wicket-sh/wicket/internal/agent/feature/metadata"
 	"github.com/wicket-sh/wicket/internal/agent/feature/oidctoken"
 	"github.com/wicket-sh/wicket/internal/agent/feature/proxyroutes"
+	"github.com/wicket-sh/wicket/internal/agent/feature/spiffe"
 	"github.com/wicket-sh/wicket/internal/agent/feature/tokenfiles"
 )
 
@@ -26,5 +27,6 @@ func Features() []feature.Module {
 		azure.Module{},
 		gcp.Module{},
 		proxyroutes.Module{},
+		spiffe.Module{},
 	}
 }

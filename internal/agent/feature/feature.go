@@ -26,6 +26,7 @@ import (
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/metrics"
+	"github.com/wicket-sh/wicket/internal/peer"
 	"github.com/wicket-sh/wicket/internal/proxy"
 	"github.com/wicket-sh/wicket/internal/unixsock"
 )
@@ -58,9 +59,9 @@ type Runtime interface {
 }
 
 // Instance is a built feature. What it adds to the agent is given by the
-// optional interfaces it implements: Routes, Fallback, Worker, Counters,
-// Gauges, Status, Starter and what other features or the core consume
-// (TokenSource, Metadata).
+// optional interfaces it implements: Routes, Fallback, Listener, Worker,
+// Counters, Gauges, Status, Starter and what other features or the core
+// consume (TokenSource, Metadata).
 type Instance any
 
 // RunHost is what the running agent's core offers a feature it builds:
@@ -105,6 +106,15 @@ type RunHost interface {
 	// the latest metadata; known is false before the first successful
 	// fetch.
 	RouteVars() (vars proxy.Vars, known bool)
+	// Authorize is the peer policy for a call a feature receives on a
+	// socket of its own (Listener), where the guest API's guard does not
+	// run: the core decides as its guard would for method and path (the
+	// guest API route whose rules the call shares), and counts and logs a
+	// refusal as the guard does (api_denied, the per-uid denial summary;
+	// socket and call name where it came from). The feature refuses the
+	// call when ok is false; when true, the decision says which rule
+	// admitted the caller (its SVIDName).
+	Authorize(ctx context.Context, p unixsock.Peer, socket, method, path string) (d peer.Decision, ok bool)
 }
 
 // ErrNoMachineToken is UpstreamToken's error in an agent that holds no
@@ -153,6 +163,24 @@ type Routes interface {
 // a request gets 404. An agent with two is refused at New.
 type Fallback interface {
 	ServeFallback(w http.ResponseWriter, r *http.Request)
+}
+
+// Listener is implemented by an instance that serves a Unix socket of its
+// own beside the guest API (the SPIFFE Workload API). The core opens it
+// with internal/unixsock under the same rules as its own sockets (S-sock:
+// path, mode, group, connection caps, peer credentials), after the API and
+// admin sockets and before Ready; an error fails Run. Once the workers
+// have started it calls Serve in its own goroutine; at shutdown it stops
+// the workers (Worker.Stop must make Serve return), then closes and
+// removes the socket. The socket joins status and /metrics under its
+// name. No guard runs on it: the feature applies the peer policy to every
+// call through RunHost.Authorize.
+type Listener interface {
+	// ListenConfig is the socket to open; ok is false when the running
+	// config serves none (the feature is disabled).
+	ListenConfig() (cfg unixsock.Config, ok bool, err error)
+	// Serve serves l until Stop; it returns nil then.
+	Serve(l *unixsock.Listener) error
 }
 
 // Metadata is implemented by the metadata feature's instance: the core

@@ -1,0 +1,295 @@
+package issuer
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/json"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/wicket-sh/wicket/api"
+	"github.com/wicket-sh/wicket/internal/machinetoken"
+)
+
+// svidCopy attenuates tok the way the agent does for one SVID request.
+func svidCopy(t *testing.T, tok string, now time.Time, ttl time.Duration, id string, aud ...string) string {
+	t.Helper()
+	c, err := machinetoken.RestrictScope(tok, now, ttl, machinetoken.Scope{
+		Features: []machinetoken.Feature{machinetoken.FeatureSVID}, SPIFFEIDs: []string{id}, Audiences: aud})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func csrFor(t *testing.T, uris ...string) []byte {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.CertificateRequest{}
+	for _, u := range uris {
+		p, err := url.Parse(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl.URIs = append(tmpl.URIs, p)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
+}
+
+func x509Body(csr []byte) string {
+	b, _ := json.Marshal(api.X509SVIDRequest{CSR: csr})
+	return string(b)
+}
+
+func (ti *testIssuer) svidBundle(t *testing.T, tok string) (api.SVIDBundleReply, *spiffebundle.Bundle) {
+	t.Helper()
+	r := ti.call(t, "GET", "/v1/svids/bundle", tok, "")
+	if r.status != 200 {
+		t.Fatalf("bundle: %d %s", r.status, r.body)
+	}
+	var out api.SVIDBundleReply
+	if err := json.Unmarshal([]byte(r.body), &out); err != nil {
+		t.Fatal(err)
+	}
+	b, err := spiffebundle.Parse(spiffeid.RequireTrustDomainFromString(out.TrustDomain), out.Bundle)
+	if err != nil {
+		t.Fatalf("bundle: %v", err)
+	}
+	return out, b
+}
+
+func x509Reply(t *testing.T, r resp) *x509.Certificate {
+	t.Helper()
+	if r.status != 200 {
+		t.Fatalf("x509 svid: %d %s", r.status, r.body)
+	}
+	var out api.X509SVIDReply
+	if err := json.Unmarshal([]byte(r.body), &out); err != nil || len(out.CertChain) != 1 {
+		t.Fatalf("x509 svid reply %s: %v", r.body, err)
+	}
+	c, err := x509.ParseCertificate(out.CertChain[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// An X.509-SVID signed from a CSR verifies with go-spiffe against the
+// bundle the issuer publishes, for the machine's own ID, for 1 h by default.
+func TestX509SVID_VerifiesAgainstPublishedBundle(t *testing.T) {
+	ti := startIssuer(t, shortDir(t), nil)
+	_, tok := ti.addMachine(t, devSpec)
+	info, bundle := ti.svidBundle(t, tok)
+	if info.TrustDomain != "dev.wicket.internal" || info.SPIFFEID != "spiffe://dev.wicket.internal/app/dev-app/machine/m1" {
+		t.Fatalf("bundle reply %+v", info)
+	}
+	now := ti.clock.Now()
+	cp := svidCopy(t, tok, now, 2*time.Hour, info.SPIFFEID)
+	leaf := x509Reply(t, ti.call(t, "POST", "/v1/svids/x509", cp, x509Body(csrFor(t, info.SPIFFEID))))
+	id, _, err := x509svid.Verify([]*x509.Certificate{leaf}, bundle)
+	if err != nil || id.String() != info.SPIFFEID {
+		t.Fatalf("x509svid.Verify = %s, %v", id, err)
+	}
+	if d := leaf.NotAfter.Sub(now); d < 59*time.Minute || d > time.Hour {
+		t.Errorf("svid lives %s, want the default 1h", d)
+	}
+	// The public bundle endpoint serves the same trust domain's roots.
+	r := ti.call(t, "GET", "/dev/.well-known/spiffe-bundle", "", "")
+	pub, err := spiffebundle.Parse(spiffeid.RequireTrustDomainFromString("dev.wicket.internal"), []byte(r.body))
+	if r.status != 200 || err != nil {
+		t.Fatalf("bundle endpoint: %d %v", r.status, err)
+	}
+	if _, _, err := x509svid.Verify([]*x509.Certificate{leaf}, pub); err != nil {
+		t.Errorf("svid does not verify against the public bundle: %v", err)
+	}
+	if _, ok := pub.RefreshHint(); !ok {
+		t.Error("no spiffe_refresh_hint")
+	}
+	if _, ok := pub.SequenceNumber(); !ok {
+		t.Error("no spiffe_sequence")
+	}
+	if r := ti.call(t, "GET", "/nope/.well-known/spiffe-bundle", "", ""); r.status != 404 {
+		t.Errorf("bundle of an org without a CA: %d", r.status)
+	}
+	logs := ti.logs.String()
+	if !strings.Contains(logs, "x509 svid issued") || !strings.Contains(logs, "spiffe_id="+info.SPIFFEID) {
+		t.Errorf("no audit line for the issuance:\n%s", logs)
+	}
+}
+
+// The issuer refuses any SVID outside the presenting machine's namespace
+// and any CSR with SANs beyond the SPIFFE ID, whatever the agent asks.
+func TestX509SVID_OutOfNamespaceAndExtraSANsRefused(t *testing.T) {
+	ti := startIssuer(t, shortDir(t), nil)
+	_, tok := ti.addMachine(t, devSpec)
+	other := devSpec
+	other.Name = "m2"
+	ti.addMachine(t, other)
+	const td = "spiffe://dev.wicket.internal"
+	for name, csr := range map[string][]byte{
+		"another machine":       csrFor(t, td+"/app/dev-app/machine/m2"),
+		"another app":           csrFor(t, td+"/app/other/machine/m1"),
+		"another app workload":  csrFor(t, td+"/app/other/workload/w"),
+		"another trust domain":  csrFor(t, "spiffe://other.example/app/dev-app/machine/m1"),
+		"the trust domain":      csrFor(t, td),
+		"two ids":               csrFor(t, td+"/app/dev-app/machine/m1", td+"/app/dev-app/workload/w"),
+		"no id":                 csrFor(t),
+		"extra uri of a scheme": csrFor(t, td+"/app/dev-app/machine/m1", "https://web.example"),
+	} {
+		// The root token: only the namespace rule stands in the way.
+		if r := ti.call(t, "POST", "/v1/svids/x509", tok, x509Body(csr)); r.status != 400 || !strings.Contains(r.body, api.CodeBadRequest) {
+			t.Errorf("%s: %d %s, want 400", name, r.status, r.body)
+		}
+	}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	u, _ := url.Parse(td + "/app/dev-app/machine/m1")
+	dns, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}, DNSNames: []string{"m1.example"}}, key)
+	if r := ti.call(t, "POST", "/v1/svids/x509", tok, x509Body(dns)); r.status != 400 {
+		t.Errorf("CSR with a DNS SAN: %d %s, want 400", r.status, r.body)
+	}
+	// A workload of the machine's own app is in its namespace.
+	leaf := x509Reply(t, ti.call(t, "POST", "/v1/svids/x509", tok, x509Body(csrFor(t, td+"/app/dev-app/workload/frontend"))))
+	if leaf.URIs[0].String() != td+"/app/dev-app/workload/frontend" {
+		t.Errorf("workload svid for %s", leaf.URIs[0])
+	}
+	if !strings.Contains(ti.Metrics()[0].Name, "wicket_") || ti.svidsRefused.Load() != 9 {
+		t.Errorf("svids_refused = %d, want 9", ti.svidsRefused.Load())
+	}
+}
+
+// A copy captured on its way to the issuer buys at most an SVID for the
+// ID it names, expiring no later than the copy; OIDC copies get no SVID
+// and SVID copies no OIDC token.
+func TestSVID_CapturedCopyBound(t *testing.T) {
+	ti := startIssuer(t, shortDir(t), nil)
+	_, tok := ti.addMachine(t, devSpec)
+	info, _ := ti.svidBundle(t, tok)
+	wl := "spiffe://dev.wicket.internal/app/dev-app/workload/frontend"
+	now := ti.clock.Now()
+	cp := svidCopy(t, tok, now, 2*time.Minute, info.SPIFFEID)
+	if r := ti.call(t, "POST", "/v1/svids/x509", cp, x509Body(csrFor(t, wl))); r.status != 401 {
+		t.Errorf("copy for the machine's id, CSR for a workload id: %d, want 401", r.status)
+	}
+	leaf := x509Reply(t, ti.call(t, "POST", "/v1/svids/x509", cp, x509Body(csrFor(t, info.SPIFFEID))))
+	if end := now.Add(2 * time.Minute); leaf.NotAfter.After(end) {
+		t.Errorf("copy valid until %s bought an svid until %s", end, leaf.NotAfter)
+	}
+	if r := ti.call(t, "POST", "/v1/svids/jwt", cp, `{"spiffe_id":"`+info.SPIFFEID+`","aud":["db"]}`); r.status != 200 {
+		t.Errorf("id-bound copy, jwt-svid for its id: %d %s", r.status, r.body)
+	}
+	jwtCopy := svidCopy(t, tok, now, 2*time.Minute, info.SPIFFEID, "db")
+	for name, tc := range map[string]struct{ path, body, tok string }{
+		"jwt copy, other audience": {"/v1/svids/jwt", `{"spiffe_id":"` + info.SPIFFEID + `","aud":["other"]}`, jwtCopy},
+		"jwt copy, other id":       {"/v1/svids/jwt", `{"spiffe_id":"` + wl + `","aud":["db"]}`, jwtCopy},
+		"jwt copy, x509 svid":      {"/v1/svids/x509", x509Body(csrFor(t, info.SPIFFEID)), jwtCopy},
+		"svid copy, oidc token":    {"/v1/tokens/oidc", `{"aud":"db"}`, cp},
+		"svid copy, metadata":      {"/v1/machines/self", "", cp},
+		"svid copy, bundle read":   {"/v1/svids/bundle", "", cp},
+		"oidc copy, x509 svid":     {"/v1/svids/x509", x509Body(csrFor(t, info.SPIFFEID)), agentCopy(t, tok, now, time.Minute, "db")},
+		"oidc copy, jwt svid":      {"/v1/svids/jwt", `{"spiffe_id":"` + info.SPIFFEID + `","aud":["db"]}`, agentCopy(t, tok, now, time.Minute, "db")},
+		"expired copy, x509 svid":  {"/v1/svids/x509", x509Body(csrFor(t, info.SPIFFEID)), svidCopy(t, tok, now.Add(-time.Hour), time.Minute, info.SPIFFEID)},
+	} {
+		method := "POST"
+		if tc.path == "/v1/machines/self" || tc.path == "/v1/svids/bundle" {
+			method = "GET"
+		}
+		if r := ti.call(t, method, tc.path, tc.tok, tc.body); r.status != 401 {
+			t.Errorf("%s: %d %s, want 401", name, r.status, r.body)
+		}
+	}
+	if r := ti.call(t, "POST", "/v1/svids/jwt", jwtCopy, `{"spiffe_id":"`+info.SPIFFEID+`","aud":["db"]}`); r.status != 200 {
+		t.Errorf("jwt copy for its own id and audience: %d %s", r.status, r.body)
+	}
+}
+
+// A JWT-SVID validates with go-spiffe against the issuer's bundle: sub is
+// the SPIFFE ID, aud what was asked; aud is required.
+func TestJWTSVID_ValidatesWithGoSPIFFE(t *testing.T) {
+	ti := startIssuer(t, shortDir(t), nil)
+	_, tok := ti.addMachine(t, devSpec)
+	info, bundle := ti.svidBundle(t, tok)
+	r := ti.call(t, "POST", "/v1/svids/jwt", tok, `{"spiffe_id":"`+info.SPIFFEID+`","aud":["db","cache"]}`)
+	if r.status != 200 {
+		t.Fatalf("jwt svid: %d %s", r.status, r.body)
+	}
+	var out api.JWTSVIDReply
+	json.Unmarshal([]byte(r.body), &out)
+	sv, err := jwtsvid.ParseAndValidate(out.Token, bundle, []string{"db"})
+	if err != nil || sv.ID.String() != info.SPIFFEID {
+		t.Fatalf("jwtsvid.ParseAndValidate = %v, %v", sv, err)
+	}
+	if d := time.Until(sv.Expiry); d > 5*time.Minute+time.Second {
+		t.Errorf("jwt svid lives %s, want at most the default 5m", d)
+	}
+	if _, err := jwtsvid.ParseAndValidate(out.Token, bundle, []string{"other"}); err == nil {
+		t.Error("validated for an audience it was not issued for")
+	}
+	for _, body := range []string{`{"spiffe_id":"` + info.SPIFFEID + `"}`, `{"spiffe_id":"` + info.SPIFFEID + `","aud":[]}`} {
+		if r := ti.call(t, "POST", "/v1/svids/jwt", tok, body); r.status != 400 {
+			t.Errorf("%s: %d, want 400 (aud required)", body, r.status)
+		}
+	}
+	if !strings.Contains(ti.logs.String(), "jwt svid issued") {
+		t.Error("no audit line")
+	}
+}
+
+// CA rotation pre-publishes the next CA before it signs and keeps the
+// old one in the bundle, so SVIDs of either verify throughout.
+func TestSPIFFECA_RotationPrepublishes(t *testing.T) {
+	ti := startIssuer(t, shortDir(t), nil)
+	_, tok := ti.addMachine(t, devSpec)
+	info, _ := ti.svidBundle(t, tok)
+	before := x509Reply(t, ti.call(t, "POST", "/v1/svids/x509", tok, x509Body(csrFor(t, info.SPIFFEID))))
+	next, err := ti.RotateOrgCA(t.Context(), "dev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next.State != "pending" {
+		t.Errorf("new CA state %s, want pending", next.State)
+	}
+	_, b := ti.svidBundle(t, tok)
+	if n := len(b.X509Authorities()); n != 2 {
+		t.Fatalf("bundle has %d CAs during prepublish, want 2", n)
+	}
+	during := x509Reply(t, ti.call(t, "POST", "/v1/svids/x509", tok, x509Body(csrFor(t, info.SPIFFEID))))
+	if string(during.AuthorityKeyId) != string(before.AuthorityKeyId) {
+		t.Error("the pending CA signed before its prepublish delay")
+	}
+	ti.clock.Advance(time.Hour + time.Minute)
+	after := x509Reply(t, ti.call(t, "POST", "/v1/svids/x509", tok, x509Body(csrFor(t, info.SPIFFEID))))
+	if string(after.AuthorityKeyId) == string(before.AuthorityKeyId) {
+		t.Error("the old CA still signs after the new one activated")
+	}
+	_, b = ti.svidBundle(t, tok)
+	for name, c := range map[string]*x509.Certificate{"before": before, "after": after} {
+		// The old CA's last SVID, in its last second, and the new CA's.
+		if _, _, err := x509svid.Verify([]*x509.Certificate{c}, b, x509svid.WithTime(c.NotAfter.Add(-time.Second))); err != nil {
+			t.Errorf("svid signed %s the rotation does not verify: %v", name, err)
+		}
+	}
+	if err := ti.maintainKeys(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	ti.clock.Advance(25 * time.Hour)
+	if err := ti.maintainKeys(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	_, b = ti.svidBundle(t, tok)
+	if n := len(b.X509Authorities()); n != 1 {
+		t.Errorf("bundle has %d CAs after the grace period, want 1", n)
+	}
+}
