@@ -109,16 +109,18 @@ type fanoutFigure struct {
 }
 
 type stormFigure struct {
-	Alg        string  `json:"alg"`
-	Requests   int     `json:"requests"`
-	WindowS    float64 `json:"window_s"`
-	Errors     int64   `json:"errors"`
-	P50ms      float64 `json:"p50_ms"`
-	P99ms      float64 `json:"p99_ms"`
-	MaxMs      float64 `json:"max_ms"`
-	TotalS     float64 `json:"total_s"`
-	TokensPerS float64 `json:"tokens_per_s"`
-	RSSKiB     int64   `json:"issuer_rss_kib"`
+	Alg      string  `json:"alg"`
+	Requests int     `json:"requests"`
+	WindowS  float64 `json:"window_s"`
+	Errors   int64   `json:"errors"`
+	// ConnectErrors are the part of Errors that never connected.
+	ConnectErrors int64   `json:"connect_errors"`
+	P50ms         float64 `json:"p50_ms"`
+	P99ms         float64 `json:"p99_ms"`
+	MaxMs         float64 `json:"max_ms"`
+	TotalS        float64 `json:"total_s"`
+	TokensPerS    float64 `json:"tokens_per_s"`
+	RSSKiB        int64   `json:"issuer_rss_kib"`
 	// IssuerCPUPercent is the issuer's CPU (% of one core) from the
 	// window's start to the last answer: below 100 × CPUs, the client or
 	// the connection setup bounds the rate, not the issuer.
@@ -222,11 +224,14 @@ func runFleet(out string) error {
 	rep.Fanout = append(rep.Fanout, fo)
 	fmt.Fprintf(os.Stderr, "fanout %d: answered %d, p50 %.0f ms p99 %.0f ms, total %.1f s, write errors %d\n",
 		fo.Machines, fo.Answered, fo.P50ms, fo.P99ms, fo.TotalS, fo.WriteErrors)
-	st := f.storm(ctx, "RS256", f.machines[:*fleetStorm])
-	rep.Storms = append(rep.Storms, st)
-	fmt.Fprintf(os.Stderr, "storm RS256 %d: p50 %.0f ms p99 %.0f ms, errors %d, %.0f tokens/s\n", st.Requests, st.P50ms, st.P99ms, st.Errors, st.TokensPerS)
+	// A fleet-wide restart closes the agents' long polls too; it also
+	// keeps both processes under RLIMIT_NOFILE with the storm's
+	// connections.
 	stopWaiters()
 	wg.Wait()
+	st := f.storm(ctx, "RS256", f.machines[:*fleetStorm])
+	rep.Storms = append(rep.Storms, st)
+	fmt.Fprintf(os.Stderr, "storm RS256 %d: p50 %.0f ms p99 %.0f ms, errors %d, %.0f tokens/s, issuer CPU %.0f%%\n", st.Requests, st.P50ms, st.P99ms, st.Errors, st.TokensPerS, st.IssuerCPUPercent)
 	f.stopIssuer()
 
 	// Cold start: a restart on the same state, every machine registered;
@@ -242,7 +247,7 @@ func runFleet(out string) error {
 	}
 	st = f.storm(ctx, "ES256", f.esMachine)
 	rep.Storms = append(rep.Storms, st)
-	fmt.Fprintf(os.Stderr, "storm ES256 %d: p50 %.0f ms p99 %.0f ms, errors %d, %.0f tokens/s\n", st.Requests, st.P50ms, st.P99ms, st.Errors, st.TokensPerS)
+	fmt.Fprintf(os.Stderr, "storm ES256 %d: p50 %.0f ms p99 %.0f ms, errors %d, %.0f tokens/s, issuer CPU %.0f%%\n", st.Requests, st.P50ms, st.P99ms, st.Errors, st.TokensPerS, st.IssuerCPUPercent)
 	f.stopIssuer()
 
 	rep.Notes = append(rep.Notes,
@@ -435,9 +440,11 @@ func (f *fleet) stopIssuer() {
 	f.logFile.Close()
 }
 
-// dial connects from machine i's loopback source address.
+// dial connects from machine i's loopback source address. The timeout
+// outlasts SYN retransmits (1 s, 3 s, 7 s), as an agent's client would:
+// a full accept queue in a storm is then latency, not an error.
 func (f *fleet) dial(i int) (net.Conn, error) {
-	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: f.sources[i%len(f.sources)]}}
+	d := net.Dialer{Timeout: 30 * time.Second, LocalAddr: &net.TCPAddr{IP: f.sources[i%len(f.sources)]}}
 	return d.Dial("tcp", f.addr)
 }
 
@@ -833,7 +840,7 @@ func (f *fleet) storm(ctx context.Context, alg string, ms []fleetMachine) stormF
 		}
 	}
 	lat := make([]float64, len(ms))
-	var errs atomic.Int64
+	var errs, dialErrs atomic.Int64
 	var wg sync.WaitGroup
 	start := time.Now().Add(100 * time.Millisecond)
 	pid := f.issuer.Process.Pid
@@ -851,6 +858,7 @@ func (f *fleet) storm(ctx context.Context, alg string, ms []fleetMachine) stormF
 			c, err := f.dial(i)
 			if err != nil {
 				errs.Add(1)
+				dialErrs.Add(1)
 				return
 			}
 			defer c.Close()
@@ -873,7 +881,7 @@ func (f *fleet) storm(ctx context.Context, alg string, ms []fleetMachine) stormF
 	wg.Wait()
 	c1 := cpuTicks(pid)
 	ok := slices.DeleteFunc(lat, func(v float64) bool { return v < 0 })
-	s := stormFigure{Alg: alg, Requests: len(ms), WindowS: fleetWindow.Seconds(), Errors: errs.Load(), RSSKiB: rssKiB(f.issuer.Process.Pid)}
+	s := stormFigure{Alg: alg, Requests: len(ms), WindowS: fleetWindow.Seconds(), Errors: errs.Load(), ConnectErrors: dialErrs.Load(), RSSKiB: rssKiB(f.issuer.Process.Pid)}
 	if l := lastEnd.Load(); l > 0 {
 		s.TotalS = float64(l-start.UnixNano()) / 1e9
 		s.TokensPerS = float64(len(ok)) / s.TotalS
@@ -904,9 +912,9 @@ func writeFleetReport(rep *FleetReport, dir string) error {
 	for _, o := range rep.Fanout {
 		fmt.Fprintf(&b, "| %d | %d | %.0f | %.0f | %.0f | %.1f | %.0f | %d |\n", o.Machines, o.Answered, o.P50ms, o.P99ms, o.MaxMs, o.TotalS, o.WritesPerS, o.WriteErrors)
 	}
-	b.WriteString("\n| refresh storm | machines | window s | p50 ms | p99 ms | max ms | total s | tokens/s | issuer CPU % | errors | issuer RSS |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("\n| refresh storm | machines | window s | p50 ms | p99 ms | max ms | total s | tokens/s | issuer CPU % | errors (connect) | issuer RSS |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, s := range rep.Storms {
-		fmt.Fprintf(&b, "| %s | %d | %.0f | %.0f | %.0f | %.0f | %.1f | %.0f | %.0f | %d | %.0f MiB |\n", s.Alg, s.Requests, s.WindowS, s.P50ms, s.P99ms, s.MaxMs, s.TotalS, s.TokensPerS, s.IssuerCPUPercent, s.Errors, float64(s.RSSKiB)/1024)
+		fmt.Fprintf(&b, "| %s | %d | %.0f | %.0f | %.0f | %.0f | %.1f | %.0f | %.0f | %d (%d) | %.0f MiB |\n", s.Alg, s.Requests, s.WindowS, s.P50ms, s.P99ms, s.MaxMs, s.TotalS, s.TokensPerS, s.IssuerCPUPercent, s.Errors, s.ConnectErrors, float64(s.RSSKiB)/1024)
 	}
 	b.WriteString("\n| cold start: machines registered | exec → first authenticated answer | RSS then |\n|---|---|---|\n")
 	for _, c := range rep.ColdStart {
