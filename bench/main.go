@@ -56,6 +56,10 @@ func main() {
 		}
 		return
 	}
+	run := run
+	if *fleetOn { // the fleet simulator, bench/fleet.go
+		run = func(o options) error { return runFleet(o.out) }
+	}
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)

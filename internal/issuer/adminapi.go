@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"regexp"
 	"slices"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -336,6 +337,16 @@ func (s *Issuer) registerAdmin(a *admin.Server) {
 func (s *Issuer) findMachine(ctx context.Context, ref string) (*store.Machine, error) {
 	if m, err := s.store.GetMachine(ctx, ref); err == nil || !errors.Is(err, store.ErrNotFound) {
 		return m, err
+	}
+	if ni, ok := s.store.(store.NameIndex); ok {
+		// Org, app and name never contain '/' (validated at registration),
+		// so the reference splits one way only.
+		org, rest, _ := strings.Cut(ref, "/")
+		app, name, ok := strings.Cut(rest, "/")
+		if !ok || strings.Contains(name, "/") {
+			return nil, store.ErrNotFound
+		}
+		return ni.GetMachineByName(ctx, org, app, name)
 	}
 	ms, err := s.store.ListMachines(ctx)
 	if err != nil {

@@ -44,6 +44,16 @@ type Importer interface {
 	ImportMachine(ctx context.Context, m *Machine) error
 }
 
+// NameIndex finds a machine by its (Org, App, Name), which every store
+// keeps unique, through the store's own name index instead of a listing:
+// without it an "org/app/name" reference (the admin API, EnsureMachine)
+// decodes the whole registry on every call, which at fleet scale is what
+// a name lookup costs. It fails with ErrNotFound when no machine has that
+// name.
+type NameIndex interface {
+	GetMachineByName(ctx context.Context, org, app, name string) (*Machine, error)
+}
+
 // Health reports whether a backend that lives elsewhere (a cluster)
 // answers right now, for status pages. Reachable must not block: it
 // reports what the backend last saw (its watch or its last request), not

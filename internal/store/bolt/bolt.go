@@ -219,6 +219,23 @@ func (s *Store) GetMachine(ctx context.Context, id string) (*store.Machine, erro
 	return m, nil
 }
 
+// GetMachineByName implements store.NameIndex from the names bucket.
+func (s *Store) GetMachineByName(ctx context.Context, org, app, name string) (*store.Machine, error) {
+	var id string
+	err := s.view(ctx, func(tx *bbolt.Tx) error {
+		v := tx.Bucket(bucketNames).Get(compositeKey(org, app, name))
+		if v == nil {
+			return fmt.Errorf("machine %q in org %q app %q: %w", name, org, app, store.ErrNotFound)
+		}
+		id = string(v)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bolt: get machine by name: %w", err)
+	}
+	return s.GetMachine(ctx, id)
+}
+
 // maxCachedMachines bounds the machine cache.
 const maxCachedMachines = 65536
 

@@ -453,6 +453,36 @@ func (s *Store) GetMachine(ctx context.Context, id string) (*store.Machine, erro
 	return m, nil
 }
 
+// GetMachineByName implements store.NameIndex from the names keys. While
+// etcd is unreachable it answers from the mirror, for at most the cache
+// grace.
+func (s *Store) GetMachineByName(ctx context.Context, org, app, name string) (*store.Machine, error) {
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	if !s.useMirror() {
+		octx, cancel := s.reqCtx(ctx)
+		resp, err := s.cli.Get(octx, s.nameKey(&store.Machine{Org: org, App: app, Name: name}))
+		cancel()
+		if err == nil {
+			s.ok()
+			if len(resp.Kvs) == 0 {
+				return nil, fmt.Errorf("etcd: get machine %q in org %q app %q: %w", name, org, app, store.ErrNotFound)
+			}
+			return s.GetMachine(ctx, string(resp.Kvs[0].Value))
+		}
+		if err = s.fail(ctx, "get machine by name", err); !errors.Is(err, ErrUnavailable) || !s.mirrorFresh() {
+			return nil, err
+		}
+	}
+	for _, m := range s.mirror.list() {
+		if m.Org == org && m.App == app && m.Name == name {
+			return m, nil
+		}
+	}
+	return nil, fmt.Errorf("etcd: get machine %q in org %q app %q (cached): %w", name, org, app, store.ErrNotFound)
+}
+
 func (s *Store) mirrorMachine(id string) (*store.Machine, error) {
 	m, _, ok := s.mirror.get(id)
 	if !ok {

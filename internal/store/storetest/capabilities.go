@@ -32,6 +32,8 @@ var capabilityTests = []struct {
 	{"Importer/RequiresIDAndVersion", testImportRequires},
 	{"Importer/Watched", testImportWatched},
 	{"Health/ReachableWhenOpen", testHealthReachable},
+	{"NameIndex/FindsByName", testNameIndexFinds},
+	{"NameIndex/NotFound", testNameIndexNotFound},
 }
 
 // testSharedElects: a store shared between processes can elect one, or
@@ -298,6 +300,49 @@ func testHealthReachable(t *testing.T, s store.Store) {
 	if !h.Reachable() {
 		t.Error("Reachable() = false on an open store that just answered")
 	}
+}
+
+// testNameIndexFinds: the machine with that org, app and name, and only
+// that one, as GetMachine returns it.
+func testNameIndexFinds(t *testing.T, s store.Store) {
+	ni := nameIndex(t, s)
+	mustCreate(t, s, newMachine("m1", "acme", "web", "a"))
+	mustCreate(t, s, newMachine("m2", "acme", "web", "b"))
+	mustCreate(t, s, newMachine("m3", "acme", "api", "a"))
+	for _, id := range []string{"m1", "m2", "m3"} {
+		want := mustGet(t, s, id)
+		got, err := ni.GetMachineByName(t.Context(), want.Org, want.App, want.Name)
+		if err != nil {
+			t.Fatalf("GetMachineByName(%s/%s/%s): %v", want.Org, want.App, want.Name, err)
+		}
+		if d := cmp.Diff(want, got); d != "" {
+			t.Errorf("GetMachineByName(%s/%s/%s) differs from GetMachine(%s) (-want +got):\n%s", want.Org, want.App, want.Name, id, d)
+		}
+	}
+}
+
+// testNameIndexNotFound: an unknown name, and a deleted machine's, is
+// ErrNotFound.
+func testNameIndexNotFound(t *testing.T, s store.Store) {
+	ni := nameIndex(t, s)
+	mustCreate(t, s, newMachine("m1", "acme", "web", "a"))
+	if err := s.DeleteMachine(t.Context(), "m1"); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range [][3]string{{"acme", "web", "a"}, {"acme", "web", "zz"}, {"other", "web", "a"}} {
+		if _, err := ni.GetMachineByName(t.Context(), n[0], n[1], n[2]); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("GetMachineByName(%v) = %v, want ErrNotFound", n, err)
+		}
+	}
+}
+
+func nameIndex(t *testing.T, s store.Store) store.NameIndex {
+	t.Helper()
+	ni, ok := s.(store.NameIndex)
+	if !ok {
+		t.Skipf("%T does not implement store.NameIndex", s)
+	}
+	return ni
 }
 
 // RunShared runs the cases of a store shared between processes. open must

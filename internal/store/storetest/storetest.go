@@ -22,8 +22,9 @@ const waitTimeout = 10 * time.Second
 
 // Run runs the suite. open must return a new, empty store for each call;
 // Run closes it when the subtest ends. The cases of the optional
-// capabilities (store.Elector, store.Importer, store.Health) run for
-// those the store implements; a shared store must also pass RunShared.
+// capabilities (store.Elector, store.Importer, store.Health,
+// store.NameIndex) run for those the store implements; a shared store
+// must also pass RunShared.
 func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	fresh := func(t *testing.T) store.Store {
 		t.Helper()
