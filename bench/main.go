@@ -69,32 +69,32 @@ func main() {
 
 // Report is everything one run measured.
 type Report struct {
-	Date       string       `json:"date"`
-	CPUs       int          `json:"cpus"`
-	GoVersion  string       `json:"go"`
-	Options    string       `json:"options"`
-	Throughput []comparison `json:"throughput"`
+	Date       string        `json:"date"`
+	CPUs       int           `json:"cpus"`
+	GoVersion  string        `json:"go"`
+	Options    string        `json:"options"`
+	Throughput []comparison  `json:"throughput"`
 	Allocs     []allocFigure `json:"allocs"`
-	Peer       []comparison `json:"peer,omitempty"`
-	Minting    []comparison `json:"minting"`
-	Memory     []memFigure  `json:"memory"`
-	DevReady   []devFigure  `json:"dev_ready"`
-	ConnScale  []loadResult `json:"conn_scale,omitempty"`
-	AudScale   []audFigure  `json:"audience_scale,omitempty"`
-	Notes      []string     `json:"notes"`
+	Peer       []comparison  `json:"peer,omitempty"`
+	Minting    []comparison  `json:"minting"`
+	Memory     []memFigure   `json:"memory"`
+	DevReady   []devFigure   `json:"dev_ready"`
+	ConnScale  []loadResult  `json:"conn_scale,omitempty"`
+	AudScale   []audFigure   `json:"audience_scale,omitempty"`
+	Notes      []string      `json:"notes"`
 }
 
 type comparison struct {
-	Name      string       `json:"name"`
-	Reference loadResult   `json:"reference"`
-	Subject   loadResult   `json:"subject"`
-	Ratio     float64      `json:"ratio"`
+	Name      string     `json:"name"`
+	Reference loadResult `json:"reference"`
+	Subject   loadResult `json:"subject"`
+	Ratio     float64    `json:"ratio"`
 	// CPURatio is the subject's server CPU per request over the
 	// reference's; P50Ratio the same for the median latency.
-	CPURatio float64 `json:"cpu_ratio,omitempty"`
-	P50Ratio float64 `json:"p50_ratio,omitempty"`
-	Target   string  `json:"target"`
-	Runs      []loadResult `json:"runs"`
+	CPURatio float64      `json:"cpu_ratio,omitempty"`
+	P50Ratio float64      `json:"p50_ratio,omitempty"`
+	Target   string       `json:"target"`
+	Runs     []loadResult `json:"runs"`
 }
 
 // allocFigure is one Go benchmark of the guest API handler.

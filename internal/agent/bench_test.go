@@ -22,6 +22,7 @@ type benchWriter struct {
 func (w *benchWriter) Header() http.Header         { return w.h }
 func (w *benchWriter) WriteHeader(s int)           { w.status = s }
 func (w *benchWriter) Write(p []byte) (int, error) { w.n += len(p); return len(p), nil }
+
 // SetReadDeadline is what net/http's response offers (the body limit's
 // deadline): without it the guard would count an error path.
 func (w *benchWriter) SetReadDeadline(time.Time) error { return nil }
