@@ -37,7 +37,6 @@ type options struct {
 	conns, rounds    int
 	scale            bool
 	out              string
-	peer             string // "spire": also measure SPIRE's agent
 	profile          string // directory for CPU profiles of the agent under h2load
 	h2load           string // path of h2load, "" when unavailable
 }
@@ -51,7 +50,6 @@ func main() {
 	flag.IntVar(&o.rounds, "rounds", 2, "A/B rounds per comparison")
 	flag.BoolVar(&o.scale, "scale", false, "also measure the connection and audience scale curves")
 	flag.StringVar(&o.out, "out", "bench/results", "directory for latest.json and latest.md")
-	flag.StringVar(&o.peer, "peer", "", `also measure a peer beside wicket in the same run: "spire" (SPIRE v1.13.3's agent, cached JWT-SVID through go-spiffe)`)
 	flag.StringVar(&o.profile, "profile", "", "build the agent with the bench-only pprof socket and write CPU profiles of it under h2load to this directory")
 	flag.Parse()
 	if *ref != "" {
@@ -75,7 +73,6 @@ type Report struct {
 	Options    string        `json:"options"`
 	Throughput []comparison  `json:"throughput"`
 	Allocs     []allocFigure `json:"allocs"`
-	Peer       []comparison  `json:"peer,omitempty"`
 	Minting    []comparison  `json:"minting"`
 	Memory     []memFigure   `json:"memory"`
 	DevReady   []devFigure   `json:"dev_ready"`
@@ -210,16 +207,6 @@ func run(o options) error {
 			return err
 		}
 	}
-	if o.peer != "" {
-		peer, note, err := measurePeer(ctx, o, work, reference, token)
-		if err != nil {
-			return err
-		}
-		rep.Peer = peer
-		if note != "" {
-			rep.Notes = append(rep.Notes, note)
-		}
-	}
 	rep.Memory = append(rep.Memory, memOf("agent after load", sys.agent.Process.Pid, ""))
 	n, closeIdle := holdIdle(sys.api, 1000)
 	time.Sleep(500 * time.Millisecond)
@@ -323,10 +310,6 @@ func renderMarkdown(rep *Report) string {
 		}
 	}
 	table(rep.Throughput)
-	if len(rep.Peer) > 0 {
-		b.WriteString("\n")
-		table(rep.Peer)
-	}
 	b.WriteString("\n| guest API handler (Go benchmark) | ns/op | B/op | allocs/op |\n|---|---|---|---|\n")
 	for _, a := range rep.Allocs {
 		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f |\n", a.Name, a.NsPerOp, a.BytesPerOp, a.AllocsPerOp)
