@@ -29,6 +29,7 @@ func TestDeps_NoClusterStack(t *testing.T) {
 		"go.uber.org/zap",
 		"github.com/wicket-sh/wicket/internal/issuer",
 		"github.com/wicket-sh/wicket/internal/store",
+		"net/http/pprof", // the bench build's profiler is cmd/wicket's, behind a tag
 	}
 	for _, d := range deps {
 		for _, f := range forbidden {
