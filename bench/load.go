@@ -21,6 +21,9 @@ type target struct {
 	name    string
 	socket  string
 	request []byte // the full HTTP/1.1 request, keep-alive
+	path    string // for h2load
+	body    []byte // for h2load: POST when set
+	pid     int    // the serving process, whose CPU time is sampled
 }
 
 func newTarget(name, socket, method, path string, body []byte, headers ...string) target {
@@ -34,12 +37,13 @@ func newTarget(name, socket, method, path string, body []byte, headers ...string
 	}
 	b.WriteString("\r\n")
 	b.Write(body)
-	return target{name: name, socket: socket, request: b.Bytes()}
+	return target{name: name, socket: socket, request: b.Bytes(), path: path, body: body}
 }
 
 // loadResult is what one load run measured.
 type loadResult struct {
 	Name     string  `json:"name"`
+	Client   string  `json:"client"`
 	Conns    int     `json:"conns"`
 	Seconds  float64 `json:"seconds"`
 	Requests int64   `json:"requests"`
@@ -49,6 +53,9 @@ type loadResult struct {
 	P90us    float64 `json:"p90_us"`
 	P99us    float64 `json:"p99_us"`
 	RSSKiB   int64   `json:"rss_kib,omitempty"`
+	// CPUusPerReq is the serving process's user+system CPU time over
+	// the measured period divided by the requests served in it.
+	CPUusPerReq float64 `json:"cpu_us_per_req,omitempty"`
 }
 
 // runLoad keeps conns keep-alive connections busy with t's request: a
@@ -114,16 +121,21 @@ func runLoad(ctx context.Context, t target, conns int, warmup, dur time.Duration
 		}()
 	}
 	sleepCtx(ctx, warmup)
+	cpu0 := procCPU(t.pid)
 	measuring.Store(true)
 	start := time.Now()
 	sleepCtx(ctx, dur)
 	measuring.Store(false)
 	elapsed := time.Since(start)
+	cpu1 := procCPU(t.pid)
 	stop.Store(true)
 	wg.Wait()
 
-	r := loadResult{Name: t.name, Conns: conns, Seconds: elapsed.Seconds(), Requests: reqs.Load(), Errors: errs.Load()}
+	r := loadResult{Name: t.name, Client: "harness", Conns: conns, Seconds: elapsed.Seconds(), Requests: reqs.Load(), Errors: errs.Load()}
 	r.RPS = float64(r.Requests) / elapsed.Seconds()
+	if r.Requests > 0 && t.pid > 0 {
+		r.CPUusPerReq = (cpu1 - cpu0).Seconds() * 1e6 / float64(r.Requests)
+	}
 	if len(lat) > 0 {
 		slices.Sort(lat)
 		q := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))].Nanoseconds()) / 1e3 }

@@ -39,6 +39,7 @@ func TestDeps_NoClusterStack(t *testing.T) {
 		"github.com/tmc/grpc-websocket-proxy",
 		"github.com/wicket-sh/wicket/internal/issuer",
 		"github.com/wicket-sh/wicket/internal/store",
+		"net/http/pprof", // the bench build's profiler is cmd/wicket's, behind a tag
 	}
 	for _, d := range deps {
 		for _, f := range forbidden {

@@ -112,7 +112,7 @@ func fakeJWT(n int, aud string, iat, exp time.Time) string {
 // extra appended (its sockets are never opened, nor is its issuer URL
 // dialled), and a token cache whose issuer call is is.fetch. Call it inside the bubble: everything it starts
 // belongs to the bubble and stops when the test ends.
-func bubbleAgent(t *testing.T, extra string, is *fakeIssuer) (*Agent, *sockettest.Buffer) {
+func bubbleAgent(t testing.TB, extra string, is *fakeIssuer) (*Agent, *sockettest.Buffer) {
 	t.Helper()
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "agent.toml")

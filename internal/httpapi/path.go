@@ -17,15 +17,21 @@ func CanonicalPath(p string) bool {
 	if p == "" || p[0] != '/' || strings.ContainsAny(p, "\x00\\;") {
 		return false
 	}
-	for i, seg := range strings.Split(p[1:], "/") {
+	// Segment by segment without splitting: this runs on every request.
+	rest := p[1:]
+	for {
+		seg, more, found := strings.Cut(rest, "/")
 		if seg == "." || strings.HasPrefix(seg, "..") {
 			return false
 		}
-		if seg == "" && i != strings.Count(p[1:], "/") {
+		if !found {
+			return true // the last segment may be empty: a trailing slash
+		}
+		if seg == "" {
 			return false // "//" inside the path
 		}
+		rest = more
 	}
-	return true
 }
 
 // EncodedSeparator reports whether the raw request path percent-encodes a

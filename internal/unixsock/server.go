@@ -118,9 +118,8 @@ func ReadBody(w http.ResponseWriter, r *http.Request, lim BodyLimits, onError fu
 	if r.ContentLength > lim.MaxBytes {
 		return fail(ErrBodyTooLarge)
 	}
-	rc := http.NewResponseController(w)
-	_ = rc.SetReadDeadline(time.Now().Add(lim.Timeout))
-	body, err := io.ReadAll(io.LimitReader(r.Body, lim.MaxBytes+1))
+	_ = setReadDeadline(w, time.Now().Add(lim.Timeout))
+	body, err := readBody(r, lim.MaxBytes)
 	var ne net.Error
 	switch {
 	case errors.As(err, &ne) && ne.Timeout():
@@ -130,10 +129,46 @@ func ReadBody(w http.ResponseWriter, r *http.Request, lim BodyLimits, onError fu
 	case int64(len(body)) > lim.MaxBytes:
 		return fail(ErrBodyTooLarge)
 	}
-	_ = rc.SetReadDeadline(time.Time{})
-	r.Body = &bufferedBody{Reader: bytes.NewReader(body), b: body}
+	_ = setReadDeadline(w, time.Time{})
+	bb := &bufferedBody{b: body}
+	bb.Reader.Reset(body)
+	r.Body = bb
 	r.ContentLength = int64(len(body))
 	return true
+}
+
+// readBody reads r's body, at most max bytes (one more says it is
+// larger). A body of announced length is read into a buffer of exactly that
+// size, the common case and one allocation; net/http's body reader stops at
+// the announced length itself.
+func readBody(r *http.Request, max int64) ([]byte, error) {
+	if r.ContentLength < 0 {
+		return io.ReadAll(io.LimitReader(r.Body, max+1))
+	}
+	body := make([]byte, r.ContentLength)
+	n := 0
+	for n < len(body) {
+		k, err := r.Body.Read(body[n:])
+		n += k
+		if err == io.EOF {
+			break // shorter than announced: what was read, as io.ReadAll gives
+		}
+		if err != nil {
+			return body[:n], err
+		}
+	}
+	return body[:n], nil
+}
+
+// deadliner is what net/http's response offers directly; asking for it
+// first spares a ResponseController per request.
+type deadliner interface{ SetReadDeadline(time.Time) error }
+
+func setReadDeadline(w http.ResponseWriter, t time.Time) error {
+	if d, ok := w.(deadliner); ok {
+		return d.SetReadDeadline(t)
+	}
+	return http.NewResponseController(w).SetReadDeadline(t)
 }
 
 // CloseAfterReply makes net/http close the connection once the reply is
@@ -149,7 +184,7 @@ func CloseAfterReply(w http.ResponseWriter) {
 
 // bufferedBody is a request body LimitBody has already read in full.
 type bufferedBody struct {
-	*bytes.Reader
+	bytes.Reader
 	b []byte
 }
 

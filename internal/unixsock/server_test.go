@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -84,5 +85,45 @@ func TestHTTPServer_PeerInContextAndBodyLimits(t *testing.T) {
 	n, _ := conn.Read(buf)
 	if !strings.HasPrefix(string(buf[:n]), "HTTP/1.1 408") {
 		t.Errorf("slow body: got %q, want 408", buf[:n])
+	}
+}
+
+// ReadBody reads a body of announced length into a buffer of that size,
+// and gives what was sent when a body is shorter than announced or of
+// unknown length, within the limit.
+func TestReadBody_AnnouncedAndUnknownLength(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		body    string
+		length  int64
+		want    string
+		refused bool
+	}{
+		{"announced", `{"aud":"x"}`, 11, `{"aud":"x"}`, false},
+		{"shorter than announced", `{"a`, 11, `{"a`, false},
+		{"unknown length", `{"aud":"y"}`, -1, `{"aud":"y"}`, false},
+		{"unknown length over the limit", strings.Repeat("x", 65), -1, "", true},
+		{"announced over the limit", strings.Repeat("x", 65), 65, "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := httptest.NewRequest("POST", "/", strings.NewReader(tc.body))
+			r.ContentLength = tc.length
+			w := httptest.NewRecorder()
+			var got error
+			ok := ReadBody(w, r, BodyLimits{MaxBytes: 64}, func(w http.ResponseWriter, r *http.Request, err error) { got = err })
+			if ok == tc.refused {
+				t.Fatalf("ReadBody = %v (%v), want refused %v", ok, got, tc.refused)
+			}
+			if tc.refused {
+				if !errors.Is(got, ErrBodyTooLarge) {
+					t.Errorf("refused with %v, want ErrBodyTooLarge", got)
+				}
+				return
+			}
+			b, buffered := BufferedBody(r)
+			if !buffered || string(b) != tc.want || r.ContentLength != int64(len(tc.want)) {
+				t.Errorf("buffered %v %q length %d, want %q", buffered, b, r.ContentLength, tc.want)
+			}
+		})
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -203,6 +204,9 @@ type metaSnapshot struct {
 	tagsRaw []byte
 	vars    proxy.Vars
 	changed chan struct{}
+	// etagHdr is etag as a header value, built once per snapshot so a
+	// request does not allocate it (see writeSnapshotHeaders).
+	etagHdr []string
 }
 
 // parseMetadata checks the issuer's reply and indexes its fields: string
@@ -243,6 +247,7 @@ func parseMetadata(raw []byte, etag string) (*metaSnapshot, error) {
 		sum := sha256.Sum256(raw)
 		s.etag = `"` + hex.EncodeToString(sum[:12]) + `"`
 	}
+	s.etagHdr = []string{s.etag}
 	return s, nil
 }
 
@@ -390,8 +395,14 @@ type waitParams struct {
 }
 
 // parseWait reads wait, etag and timeout; ok is false for bad values.
-func parseWait(q url.Values) (p waitParams, ok bool) {
+// A request without a query (nearly every one) is not parsed at all.
+func parseWait(rawQuery string) (p waitParams, ok bool) {
 	p.timeout = api.DefaultWait
+	if rawQuery == "" {
+		return p, true
+	}
+	// The pairs that parse, as r.URL.Query() gives them.
+	q, _ := url.ParseQuery(rawQuery)
 	switch q.Get("wait") {
 	case "", "false":
 	case "true":
@@ -417,7 +428,7 @@ func parseWait(q url.Values) (p waitParams, ok bool) {
 // change when r asks to; ok is false when a reply was already written (or
 // the caller left).
 func (f *Feature) snapshotFor(w http.ResponseWriter, r *http.Request) (*metaSnapshot, bool) {
-	p, ok := parseWait(r.URL.Query())
+	p, ok := parseWait(r.URL.RawQuery)
 	if !ok {
 		httpapi.BadRequest(w)
 		return nil, false
@@ -458,12 +469,24 @@ func (f *Feature) snapshotFor(w http.ResponseWriter, r *http.Request) (*metaSnap
 	}
 }
 
-func writeSnapshotHeaders(w http.ResponseWriter, s *metaSnapshot, contentType string) {
+// Header values shared by every reply: net/http only reads them, and each
+// has len == cap, so an Add elsewhere would copy rather than write into it.
+var (
+	hdrJSON    = []string{"application/json"}
+	hdrText    = []string{"text/plain; charset=utf-8"}
+	hdrNoStore = []string{"no-store"}
+	hdrNosniff = []string{"nosniff"}
+)
+
+// writeSnapshotHeaders sets the reply's headers from values built before
+// the request (canonical keys, assigned directly): no allocation per
+// request.
+func writeSnapshotHeaders(w http.ResponseWriter, s *metaSnapshot, contentType []string) {
 	h := w.Header()
-	h.Set("Content-Type", contentType)
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("ETag", s.etag)
+	h["Content-Type"] = contentType
+	h["Cache-Control"] = hdrNoStore
+	h["X-Content-Type-Options"] = hdrNosniff
+	h["Etag"] = s.etagHdr
 }
 
 func (f *Feature) handleMetadata(w http.ResponseWriter, r *http.Request) {
@@ -471,7 +494,7 @@ func (f *Feature) handleMetadata(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	writeSnapshotHeaders(w, s, "application/json")
+	writeSnapshotHeaders(w, s, hdrJSON)
 	w.Write(s.raw)
 }
 
@@ -483,7 +506,7 @@ func (f *Feature) handleMetadataKey(w http.ResponseWriter, r *http.Request) {
 	}
 	key := r.PathValue("key")
 	if key == "tags" {
-		writeSnapshotHeaders(w, s, "application/json")
+		writeSnapshotHeaders(w, s, hdrJSON)
 		w.Write(s.tagsRaw)
 		return
 	}
@@ -492,8 +515,8 @@ func (f *Feature) handleMetadataKey(w http.ResponseWriter, r *http.Request) {
 		httpapi.NotFound(w)
 		return
 	}
-	writeSnapshotHeaders(w, s, "text/plain; charset=utf-8")
-	w.Write([]byte(v))
+	writeSnapshotHeaders(w, s, hdrText)
+	io.WriteString(w, v)
 }
 
 func (f *Feature) handleMetadataTag(w http.ResponseWriter, r *http.Request) {
@@ -506,6 +529,6 @@ func (f *Feature) handleMetadataTag(w http.ResponseWriter, r *http.Request) {
 		httpapi.NotFound(w)
 		return
 	}
-	writeSnapshotHeaders(w, s, "text/plain; charset=utf-8")
-	w.Write([]byte(v))
+	writeSnapshotHeaders(w, s, hdrText)
+	io.WriteString(w, v)
 }

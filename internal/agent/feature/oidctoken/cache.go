@@ -62,7 +62,25 @@ type tokenEntry struct {
 	used  bool
 	timer *time.Timer
 	elem  *list.Element
+	// body is tok.JWT as the reply's bytes, built once per token so a
+	// cache hit copies nothing.
+	body []byte
+	// servedTo: the processes this token was handed to from the cache,
+	// so the audit log has one line per process and token (see serve).
+	// It starts empty with each new token.
+	servedTo map[servedProc]struct{}
 }
+
+// servedProc identifies a calling process for the audit dedup.
+type servedProc struct {
+	uid uint32
+	pid int32
+}
+
+// maxServed bounds the memory of which process got which token, over the
+// whole cache: past it every entry forgets, and the next serve of each is
+// logged again (more lines, never fewer).
+const maxServed = 8192
 
 // flight is one issuer call that every concurrent caller for the same
 // audience waits on.
@@ -93,6 +111,7 @@ type tokenCache struct {
 	entries map[string]*tokenEntry
 	order   *list.List // of *tokenEntry, oldest first
 	flights map[string]*flight
+	served  int // entries in every tokenEntry.servedTo
 	closed  bool
 	wg      sync.WaitGroup
 
@@ -121,6 +140,27 @@ const (
 // refresh once past the refresh point), else from the one issuer call in
 // flight for aud.
 func (c *tokenCache) get(ctx context.Context, aud string) (issued, string, error) {
+	h, err := c.lookup(ctx, aud, nil)
+	return h.tok, h.src, err
+}
+
+// hit is what lookup found: the token, its reply bytes (nil from a fetch)
+// and, for a cache hit with a caller, whether this is the token's first
+// serve to that process.
+type hit struct {
+	tok   issued
+	body  []byte
+	src   string
+	first bool
+}
+
+// serve is get for a guest API caller: the token, its pre-built reply
+// bytes and the audit dedup, all under the cache's one lock.
+func (c *tokenCache) serve(ctx context.Context, aud string, p servedProc) (hit, error) {
+	return c.lookup(ctx, aud, &p)
+}
+
+func (c *tokenCache) lookup(ctx context.Context, aud string, p *servedProc) (hit, error) {
 	now := c.now()
 	c.mu.Lock()
 	if e := c.entries[aud]; e != nil && now.Before(e.usableTil) {
@@ -128,10 +168,13 @@ func (c *tokenCache) get(ctx context.Context, aud string) (issued, string, error
 		if !now.Before(e.refreshAt) {
 			c.startFlightLocked(aud, true)
 		}
-		tok := e.tok
+		h := hit{tok: e.tok, body: e.body, src: SourceCache}
+		if p != nil {
+			h.first = c.firstServeLocked(e, *p)
+		}
 		c.mu.Unlock()
 		c.hits.Add(1)
-		return tok, SourceCache, nil
+		return h, nil
 	}
 	f := c.startFlightLocked(aud, true)
 	c.mu.Unlock()
@@ -139,12 +182,32 @@ func (c *tokenCache) get(ctx context.Context, aud string) (issued, string, error
 	select {
 	case <-f.done:
 	case <-ctx.Done():
-		return issued{}, "", ctx.Err()
+		return hit{}, ctx.Err()
 	}
 	if f.err != nil {
-		return issued{}, "", f.err
+		return hit{}, f.err
 	}
-	return f.tok, SourceIssuer, nil
+	return hit{tok: f.tok, src: SourceIssuer}, nil
+}
+
+// firstServeLocked reports whether e's token is handed to p for the
+// first time, and remembers it.
+func (c *tokenCache) firstServeLocked(e *tokenEntry, p servedProc) bool {
+	if _, seen := e.servedTo[p]; seen {
+		return false
+	}
+	if c.served >= maxServed {
+		for _, o := range c.entries {
+			o.servedTo = nil
+		}
+		c.served = 0
+	}
+	if e.servedTo == nil {
+		e.servedTo = make(map[servedProc]struct{}, 4)
+	}
+	e.servedTo[p] = struct{}{}
+	c.served++
+	return true
 }
 
 // startFlightLocked returns the flight for aud, starting one if none is
@@ -200,6 +263,12 @@ func (c *tokenCache) storeLocked(aud string, tok issued, requested bool, cfg tok
 	} else if e.timer != nil {
 		e.timer.Stop()
 	}
+	if e.tok.JWT != tok.JWT {
+		// A new token: nobody has been handed it yet.
+		c.served -= len(e.servedTo)
+		e.servedTo = nil
+		e.body = []byte(tok.JWT)
+	}
 	e.tok, e.fetched, e.used = tok, now, requested
 	e.refreshAt = now.Add(time.Duration(float64(life) * cfg.refreshAt))
 	// Never hand out a token in its last moments: the caller still has to
@@ -247,6 +316,7 @@ func (c *tokenCache) dropLocked(e *tokenEntry) {
 	}
 	c.order.Remove(e.elem)
 	delete(c.entries, e.aud)
+	c.served -= len(e.servedTo)
 }
 
 // size returns the number of cached audiences.

@@ -95,68 +95,84 @@ func wantsJSON(r *http.Request) bool {
 	return false
 }
 
+// Header values shared by every reply: net/http only reads them, and each
+// has len == cap, so an Add elsewhere would copy rather than write into it.
+var (
+	hdrJWT     = []string{"application/jwt"}
+	hdrJSON    = []string{"application/json"}
+	hdrNoStore = []string{"no-store"}
+	hdrNosniff = []string{"nosniff"}
+)
+
+// logIssue writes the audit line of one token request. A cached token
+// handed again to the same process is counted, not logged (the caller
+// passes logged false): the audit trail keeps one line per process and
+// token, and a hot loop cannot flood the log or slow the socket down.
+func (f *Feature) logIssue(p unixsock.Peer, outcome, aud string, tok issued, err error) {
+	args := []any{"peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID, "aud", aud, "outcome", outcome}
+	if tok.ID != "" {
+		args = append(args, "jti", tok.ID, "expires_at", tok.Expires.Format(time.RFC3339))
+	}
+	if err != nil {
+		args = append(args, "err", err.Error())
+		f.log.Warn("oidc token", args...)
+		return
+	}
+	f.log.Info("oidc token", args...)
+}
+
 func (f *Feature) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
 	p, _ := unixsock.PeerFromContext(r.Context())
-	logIssue := func(outcome, aud string, tok issued, err error) {
-		// A cached token handed again to the same process is counted, not
-		// logged: the audit trail keeps one line per process and token,
-		// and a hot loop cannot flood the log or slow the socket down.
-		if outcome == SourceCache && err == nil && !f.firstServe(p, tok.ID) {
-			return
-		}
-		args := []any{"peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID, "aud", aud, "outcome", outcome}
-		if tok.ID != "" {
-			args = append(args, "jti", tok.ID, "expires_at", tok.Expires.Format(time.RFC3339))
-		}
-		if err != nil {
-			args = append(args, "err", err.Error())
-			f.log.Warn("oidc token", args...)
-			return
-		}
-		f.log.Info("oidc token", args...)
-	}
 	if f.host.RateLimited(w, p) {
-		logIssue("rate_limited", "", issued{}, nil)
+		f.logIssue(p, "rate_limited", "", issued{}, nil)
 		return
 	}
 	aud, ok := parseTokenRequest(r)
 	if !ok {
-		logIssue("bad_request", "", issued{}, nil)
+		f.logIssue(p, "bad_request", "", issued{}, nil)
 		httpapi.BadRequest(w)
 		return
 	}
 	if f.cache == nil {
-		logIssue("unavailable", aud, issued{}, errNoIssuer)
+		f.logIssue(p, "unavailable", aud, issued{}, errNoIssuer)
 		httpapi.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "token unavailable")
 		return
 	}
-	tok, src, err := f.cache.get(r.Context(), aud)
+	// One lookup under the cache's lock: the token, its reply bytes and
+	// whether this process was handed it before.
+	h, err := f.cache.serve(r.Context(), aud, servedProc{p.UID, p.PID})
 	switch {
 	case errors.Is(err, errBadAudience):
-		logIssue("bad_request", aud, issued{}, err)
+		f.logIssue(p, "bad_request", aud, issued{}, err)
 		httpapi.BadRequest(w)
 		return
 	case r.Context().Err() != nil:
-		logIssue("canceled", aud, issued{}, nil)
+		f.logIssue(p, "canceled", aud, issued{}, nil)
 		return
 	case err != nil:
-		logIssue("unavailable", aud, issued{}, err)
+		f.logIssue(p, "unavailable", aud, issued{}, err)
 		httpapi.Write(w, http.StatusServiceUnavailable, api.CodeUpstreamUnavailable, "token unavailable")
 		return
 	}
 	f.served.Add(1)
-	logIssue(src, aud, tok, nil)
-	h := w.Header()
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Content-Type-Options", "nosniff")
+	if h.src != SourceCache || h.first {
+		f.logIssue(p, h.src, aud, h.tok, nil)
+	}
+	hdr := w.Header()
+	hdr["Cache-Control"] = hdrNoStore
+	hdr["X-Content-Type-Options"] = hdrNosniff
 	if wantsJSON(r) {
-		h.Set("Content-Type", "application/json")
+		hdr["Content-Type"] = hdrJSON
 		// Whole seconds, as the JWT's exp.
-		json.NewEncoder(w).Encode(api.TokenReply{Token: tok.JWT, ExpiresAt: tok.Expires.Truncate(time.Second)})
+		json.NewEncoder(w).Encode(api.TokenReply{Token: h.tok.JWT, ExpiresAt: h.tok.Expires.Truncate(time.Second)})
 		return
 	}
-	h.Set("Content-Type", "application/jwt")
-	w.Write([]byte(tok.JWT))
+	hdr["Content-Type"] = hdrJWT
+	if h.body != nil {
+		w.Write(h.body)
+		return
+	}
+	io.WriteString(w, h.tok.JWT)
 }
 
 // fetch is the token cache's call to the issuer, for a cache key (see
@@ -198,32 +214,6 @@ func (f *Feature) fetch(ctx context.Context, key string) (issued, error) {
 	}
 	f.issued.Add(1)
 	return tok, nil
-}
-
-// servedKey identifies a token handed to one process.
-type servedKey struct {
-	uid uint32
-	pid int32
-	jti string
-}
-
-// maxServed bounds the memory of which process got which token.
-const maxServed = 8192
-
-// firstServe reports whether tok (by jti) is handed to this process for the
-// first time.
-func (f *Feature) firstServe(p unixsock.Peer, jti string) bool {
-	k := servedKey{p.UID, p.PID, jti}
-	f.servedMu.Lock()
-	defer f.servedMu.Unlock()
-	if _, seen := f.servedTo[k]; seen {
-		return false
-	}
-	if f.servedTo == nil || len(f.servedTo) >= maxServed {
-		f.servedTo = make(map[servedKey]struct{}, 64)
-	}
-	f.servedTo[k] = struct{}{}
-	return true
 }
 
 // tokenFileStaleWaitMax bounds how long a file refresh waits for the

@@ -16,7 +16,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -107,11 +106,6 @@ type Feature struct {
 	cache *tokenCache // nil without an issuer
 
 	served, issued atomic.Uint64
-
-	// servedTo remembers which process got which cached token, so the
-	// audit log has one line per process and token (see firstServe).
-	servedMu sync.Mutex
-	servedTo map[servedKey]struct{}
 }
 
 var (

@@ -1,0 +1,87 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// benchPprofEnv names the Unix socket on which a `-tags wicketbench` build
+// serves net/http/pprof (cmd/wicket/benchpprof.go).
+const benchPprofEnv = "WICKET_BENCH_PPROF_SOCKET"
+
+// profileAgent takes a CPU profile of the agent process while h2load
+// drives each target, and writes it with its top functions to o.profile.
+func profileAgent(ctx context.Context, sys *system, ts []target, o options) error {
+	if err := os.MkdirAll(o.profile, 0o755); err != nil {
+		return err
+	}
+	if err := waitSocket(sys.pprof, 5*time.Second); err != nil {
+		return err
+	}
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sys.pprof)
+	}}}
+	for i, t := range ts {
+		done := make(chan loadResult, 1)
+		go func() { done <- runH2load(ctx, o.h2load, t, o.conns, 0, o.duration+2*time.Second) }()
+		time.Sleep(time.Second)
+		resp, err := hc.Get(fmt.Sprintf("http://pprof/debug/pprof/profile?seconds=%d", max(1, int(o.duration.Seconds()))))
+		if err != nil {
+			<-done
+			return fmt.Errorf("profile: %w", err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		<-done
+		if err != nil {
+			return err
+		}
+		name := filepath.Join(o.profile, fmt.Sprintf("agent-%d-%s.pprof", i, slug(t.path)))
+		if err := os.WriteFile(name, b, 0o644); err != nil {
+			return err
+		}
+		top, _ := exec.Command("go", "tool", "pprof", "-top", "-nodecount=40", name).CombinedOutput()
+		os.WriteFile(strings.TrimSuffix(name, ".pprof")+".top.txt", top, 0o644)
+		fmt.Fprintf(os.Stderr, "profile of the agent under h2load on %s: %s\n", t.path, name)
+	}
+	return nil
+}
+
+func slug(p string) string { return strings.Trim(strings.ReplaceAll(p, "/", "-"), "-") }
+
+var benchLine = regexp.MustCompile(`^(BenchmarkGuestAPI_\w+)(?:-\d+)?\s+\d+\s+([\d.]+) ns/op\s+([\d.]+) B/op\s+([\d.]+) allocs/op`)
+
+// measureAllocs runs the Go benchmarks of the guest API handler
+// (internal/agent/bench_test.go) for their allocations per request.
+func measureAllocs() ([]allocFigure, error) {
+	out, err := exec.Command("go", "test", "./internal/agent/", "-run", "^$", "-bench", "^BenchmarkGuestAPI_", "-benchmem", "-benchtime", "200000x", "-count", "1").CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("guest API benchmarks: %v\n%s", err, out)
+	}
+	var figs []allocFigure
+	for _, line := range strings.Split(string(out), "\n") {
+		m := benchLine.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		f := allocFigure{Name: m[1]}
+		f.NsPerOp, _ = strconv.ParseFloat(m[2], 64)
+		f.BytesPerOp, _ = strconv.ParseFloat(m[3], 64)
+		f.AllocsPerOp, _ = strconv.ParseFloat(m[4], 64)
+		figs = append(figs, f)
+	}
+	if len(figs) == 0 {
+		return nil, fmt.Errorf("guest API benchmarks: no result in\n%s", out)
+	}
+	return figs, nil
+}
