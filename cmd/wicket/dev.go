@@ -180,7 +180,7 @@ func runDev(parent context.Context, out io.Writer, dir, addr, logFormat string) 
 		<-issDone
 		return err
 	}
-	go cli.ReloadOnHUP(runCtx, a.Reload, logger)
+	cli.ReloadOnHUP(runCtx, a.Reload, logger)
 
 	api := a.Config().API.Path
 	// Print paths relative to where the user is, so the examples are short

@@ -105,7 +105,7 @@ func runIssuer(parent context.Context, f *issuerFlags) error {
 	if err != nil {
 		return err
 	}
-	go cli.ReloadOnHUP(ctx, s.Reload, logger)
+	cli.ReloadOnHUP(ctx, s.Reload, logger)
 	return s.Run(ctx)
 }
 

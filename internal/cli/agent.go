@@ -99,6 +99,6 @@ func runAgent(parent context.Context, f *agentFlags) error {
 	}
 	ctx, stop := signal.NotifyContext(parent, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	go ReloadOnHUP(ctx, a.Reload, logger)
+	ReloadOnHUP(ctx, a.Reload, logger)
 	return a.Run(ctx)
 }
