@@ -110,24 +110,20 @@ func ReadBody(w http.ResponseWriter, r *http.Request, lim BodyLimits, onError fu
 	// On failure the connection is closed after the reply: otherwise
 	// net/http would try to drain the rest of the body first, which is
 	// exactly what a slow or oversized sender wants.
-	fail := func(err error) bool {
-		CloseAfterReply(w)
-		onError(w, r, err)
-		return false
-	}
+	// Failures go through bodyFailed, not a closure, and the timeout test
+	// runs only on an error: either would otherwise allocate on every call.
 	if r.ContentLength > lim.MaxBytes {
-		return fail(ErrBodyTooLarge)
+		return bodyFailed(w, r, onError, ErrBodyTooLarge)
 	}
 	_ = setReadDeadline(w, time.Now().Add(lim.Timeout))
 	body, err := readBody(r, lim.MaxBytes)
-	var ne net.Error
 	switch {
-	case errors.As(err, &ne) && ne.Timeout():
-		return fail(ErrBodyTimeout)
+	case err != nil && isTimeout(err):
+		return bodyFailed(w, r, onError, ErrBodyTimeout)
 	case err != nil:
-		return fail(err)
+		return bodyFailed(w, r, onError, err)
 	case int64(len(body)) > lim.MaxBytes:
-		return fail(ErrBodyTooLarge)
+		return bodyFailed(w, r, onError, ErrBodyTooLarge)
 	}
 	_ = setReadDeadline(w, time.Time{})
 	bb := &bufferedBody{b: body}
@@ -135,6 +131,18 @@ func ReadBody(w http.ResponseWriter, r *http.Request, lim BodyLimits, onError fu
 	r.Body = bb
 	r.ContentLength = int64(len(body))
 	return true
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// bodyFailed answers a body ReadBody refused and closes the connection.
+func bodyFailed(w http.ResponseWriter, r *http.Request, onError func(http.ResponseWriter, *http.Request, error), err error) bool {
+	CloseAfterReply(w)
+	onError(w, r, err)
+	return false
 }
 
 // readBody reads r's body, at most max bytes (one more says it is

@@ -472,10 +472,8 @@ func (f *Feature) snapshotFor(w http.ResponseWriter, r *http.Request) (*metaSnap
 // Header values shared by every reply: net/http only reads them, and each
 // has len == cap, so an Add elsewhere would copy rather than write into it.
 var (
-	hdrJSON    = []string{"application/json"}
-	hdrText    = []string{"text/plain; charset=utf-8"}
-	hdrNoStore = []string{"no-store"}
-	hdrNosniff = []string{"nosniff"}
+	hdrJSON = []string{"application/json"}
+	hdrText = []string{"text/plain; charset=utf-8"}
 )
 
 // writeSnapshotHeaders sets the reply's headers from values built before
@@ -484,8 +482,7 @@ var (
 func writeSnapshotHeaders(w http.ResponseWriter, s *metaSnapshot, contentType []string) {
 	h := w.Header()
 	h["Content-Type"] = contentType
-	h["Cache-Control"] = hdrNoStore
-	h["X-Content-Type-Options"] = hdrNosniff
+	httpapi.SetPrivateReply(h)
 	h["Etag"] = s.etagHdr
 }
 

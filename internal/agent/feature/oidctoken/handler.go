@@ -98,10 +98,8 @@ func wantsJSON(r *http.Request) bool {
 // Header values shared by every reply: net/http only reads them, and each
 // has len == cap, so an Add elsewhere would copy rather than write into it.
 var (
-	hdrJWT     = []string{"application/jwt"}
-	hdrJSON    = []string{"application/json"}
-	hdrNoStore = []string{"no-store"}
-	hdrNosniff = []string{"nosniff"}
+	hdrJWT  = []string{"application/jwt"}
+	hdrJSON = []string{"application/json"}
 )
 
 // logIssue writes the audit line of one token request. A cached token
@@ -159,8 +157,7 @@ func (f *Feature) handleOIDCToken(w http.ResponseWriter, r *http.Request) {
 		f.logIssue(p, h.src, aud, h.tok, nil)
 	}
 	hdr := w.Header()
-	hdr["Cache-Control"] = hdrNoStore
-	hdr["X-Content-Type-Options"] = hdrNosniff
+	httpapi.SetPrivateReply(hdr)
 	if wantsJSON(r) {
 		hdr["Content-Type"] = hdrJSON
 		// Whole seconds, as the JWT's exp.
