@@ -249,7 +249,9 @@ func TestWatch_RelistsAfterCompaction(t *testing.T) {
 	if m, _, ok := s.mirror.get("m1"); !ok || m.Tags["k"] != "after" {
 		t.Errorf("mirror after relist = %+v, want the update", m)
 	}
-	if !strings.Contains(logs.String(), "compaction") {
+	// The warning is written once the resync has published, so the
+	// subscribers above can hear of it first.
+	if !wait.Until(5*time.Second, func() bool { return strings.Contains(logs.String(), "compaction") }) {
 		t.Errorf("relist not logged:\n%s", logs.String())
 	}
 }
