@@ -98,7 +98,6 @@ type Agent struct {
 	tokenSource string // "option", "file", "env" or "" (for status)
 	issuer      *issuerClient
 	limiter     *rateLimiter
-	files       tokenFiles // token file refreshers (tokenfiles.go)
 	// featureSocks are the sockets features serve (feature.Listener),
 	// open while Run runs.
 	featureSocks []*unixsock.Listener
@@ -316,7 +315,11 @@ func (a *Agent) Reload(ctx context.Context) (api.ReloadResult, error) {
 	next.generation = old.generation + 1
 	a.rt.Store(next)
 	a.applyLogLevel(next.cfg)
-	a.syncTokenFiles()
+	for _, b := range a.built {
+		if r, ok := b.inst.(feature.Reloader); ok {
+			r.Reloaded()
+		}
+	}
 	a.reloadsOK.Add(1)
 	a.log.Info("config reloaded", "generation", next.generation, "restart_required", restart)
 	return api.ReloadResult{Status: "ok", Generation: next.generation, RestartRequired: restart}, nil
@@ -370,7 +373,6 @@ func (a *Agent) Run(ctx context.Context) error {
 			w.Start()
 		}
 	}
-	a.startTokenFiles()
 
 	errc := make(chan error, 2+len(listeners))
 	go func() { errc <- serve(apiSrv, a.api) }()
@@ -409,11 +411,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	return runErr
 }
 
-// stopBackground ends the token files' refreshers and the features'
-// workers (the metadata watch among them) and waits for them.
+// stopBackground ends the features' workers (the metadata watch and the
+// token files' refreshers among them) and waits for them.
 func (a *Agent) stopBackground() {
 	a.stopFunc()
-	a.stopTokenFiles()
 	for i := len(a.built) - 1; i >= 0; i-- {
 		if w, ok := a.built[i].inst.(feature.Worker); ok {
 			w.Stop()
@@ -481,7 +482,7 @@ func (a *Agent) Status() any {
 			socks[l.Name()] = sock{Path: l.Path(), Stats: l.Stats()}
 		}
 	}
-	return map[string]any{
+	st := map[string]any{
 		"service":           "agent",
 		"version":           v,
 		"commit":            c,
@@ -490,8 +491,15 @@ func (a *Agent) Status() any {
 		"sockets":           socks,
 		"counters":          a.admin.StatusCounters(a.counters()),
 		"upstream":          a.upstreamStatus(),
-		"token_files":       a.tokenFilesStatus(),
 	}
+	for _, b := range a.built {
+		if s, ok := b.inst.(feature.StatusSection); ok {
+			if k, v := s.StatusSection(); st[k] == nil {
+				st[k] = v
+			}
+		}
+	}
+	return st
 }
 
 // counters lists every counter the agent reports: status shows each
@@ -546,7 +554,6 @@ func (a *Agent) Metrics() []metrics.Sample {
 	s = append(s, a.counters().Samples()...)
 	s = append(s, unixsock.Metrics(append([]*unixsock.Listener{a.api, a.adm}, a.featureSocks...)...)...)
 	s = append(s, unixsock.DenialMetrics("api", a.denials)...)
-	s = append(s, a.tokenFilesMetrics()...)
 	return s
 }
 
@@ -569,6 +576,10 @@ func (h runHost) Issuer() feature.Issuer {
 func (h runHost) RateLimited(w http.ResponseWriter, p unixsock.Peer) bool {
 	return h.rateLimited(w, h.rt.Load(), p)
 }
+
+// TokenSource returns the OIDC token feature's instance, a nil interface
+// when no feature is one.
+func (h runHost) TokenSource() feature.TokenSource { return h.tokens }
 
 // IssuerURL returns the issuer's base URL, nil without an issuer.
 func (h runHost) IssuerURL() *url.URL { return h.issuerURL }

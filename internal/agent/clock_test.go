@@ -324,7 +324,7 @@ func TestTokenFiles_RefreshTakesRenewedToken(t *testing.T) {
 		is.setDelay(60 * time.Millisecond)
 		path := filepath.Join(t.TempDir(), "tokens", "app")
 		a, _ := bubbleAgent(t, tokenFileCfg(path, "app.example"), is)
-		a.startTokenFiles()
+		a.tokenFiles().Start()
 		time.Sleep(time.Second) // past the issuer's delay
 		synctest.Wait()
 		if got := readToken(t, path); got != is.last().JWT {
@@ -341,7 +341,7 @@ func TestTokenFiles_RefreshTakesRenewedToken(t *testing.T) {
 				t.Errorf("round %d: the file's token has %v left", round, left)
 			}
 		}
-		st := a.tokenFilesStatus()
+		st := a.tokenFiles().Files()
 		if len(st) != 1 || int(st[0].Refreshes) > is.issuedCount() || st[0].Failures != 0 {
 			t.Errorf("%d issued, status %+v", is.issuedCount(), st)
 		}
@@ -356,7 +356,7 @@ func TestTokenFiles_IssuerDown(t *testing.T) {
 		is := &fakeIssuer{life: 100 * time.Second}
 		path := filepath.Join(t.TempDir(), "app")
 		a, _ := bubbleAgent(t, tokenFileCfg(path, "app.example"), is)
-		a.startTokenFiles()
+		a.tokenFiles().Start()
 		synctest.Wait()
 		old := readToken(t, path)
 		is.setDown(true)
@@ -365,7 +365,7 @@ func TestTokenFiles_IssuerDown(t *testing.T) {
 		if readToken(t, path) != old {
 			t.Error("file changed while the issuer was down")
 		}
-		st := a.tokenFilesStatus()[0]
+		st := a.tokenFiles().Files()[0]
 		if st.Failures < 1 || st.ConsecutiveFailures < 1 || st.LastError != "fetch token failed" {
 			t.Errorf("status while down: %+v", st)
 		}
@@ -380,7 +380,7 @@ func TestTokenFiles_IssuerDown(t *testing.T) {
 		if got := readToken(t, path); got == old || got != is.last().JWT {
 			t.Error("file not refreshed once the issuer was back")
 		}
-		if st := a.tokenFilesStatus()[0]; st.ConsecutiveFailures != 0 || st.LastError != "" {
+		if st := a.tokenFiles().Files()[0]; st.ConsecutiveFailures != 0 || st.LastError != "" {
 			t.Errorf("status after recovery: %+v", st)
 		}
 	})

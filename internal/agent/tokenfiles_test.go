@@ -18,7 +18,9 @@ import (
 	"time"
 
 	"github.com/wicket-sh/wicket/internal/agent/agenttest"
+	"github.com/wicket-sh/wicket/internal/agent/feature/tokenfiles"
 	"github.com/wicket-sh/wicket/internal/sockettest"
+	"github.com/wicket-sh/wicket/internal/tokenfile"
 	"github.com/wicket-sh/wicket/internal/wait"
 )
 
@@ -149,7 +151,7 @@ func TestTokenFiles_Written(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := g.agent.WaitTokenFiles(ctx); err != nil {
+	if err := g.agent.WaitStarted(ctx); err != nil {
 		t.Fatal(err)
 	}
 	fi, err := os.Stat(path)
@@ -206,7 +208,7 @@ token_file = %q
 `, az))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := g.agent.WaitTokenFiles(ctx); err != nil {
+	if err := g.agent.WaitStarted(ctx); err != nil {
 		t.Fatal(err)
 	}
 	life := func(tok string) time.Duration {
@@ -257,14 +259,10 @@ func TestTokenFiles_Reload(t *testing.T) {
 	g := startFileGuest(t, is, tokenFileCfg(a, "aud-a")+tokenFileCfg(b, "aud-b"))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := g.agent.WaitTokenFiles(ctx); err != nil {
+	if err := g.agent.WaitStarted(ctx); err != nil {
 		t.Fatal(err)
 	}
-	runner := func(p string) *fileRunner {
-		g.agent.files.mu.Lock()
-		defer g.agent.files.mu.Unlock()
-		return g.agent.files.byPath[p]
-	}
+	runner := func(p string) *tokenfile.Refresher { return g.agent.tokenFiles().Refresher(p) }
 	ra := runner(a)
 	reload := func(extra string) {
 		t.Helper()
@@ -275,7 +273,7 @@ func TestTokenFiles_Reload(t *testing.T) {
 	}
 
 	reload(tokenFileCfg(a, "aud-a") + tokenFileCfg(c, "aud-c"))
-	if err := g.agent.WaitTokenFiles(ctx); err != nil {
+	if err := g.agent.WaitStarted(ctx); err != nil {
 		t.Fatal(err)
 	}
 	st, _ := g.fileStatuses(t)
@@ -323,7 +321,7 @@ func TestTokenFiles_StatusAndMetrics(t *testing.T) {
 		"[aws]\nrole_arn = \"arn:aws:iam::123456789012:role/app\"\n"+fmt.Sprintf("token_file = %q\n", filepath.Join(dir, "aws")))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := g.agent.WaitTokenFiles(ctx); err != nil {
+	if err := g.agent.WaitStarted(ctx); err != nil {
 		t.Fatal(err)
 	}
 	st, raw := g.fileStatuses(t)
@@ -400,7 +398,7 @@ func TestTokenFiles_FailureKeepsOldFile(t *testing.T) {
 	g := startFileGuest(t, is, tokenFileCfg(path, "app.example", "refresh", "50%"))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := g.agent.WaitTokenFiles(ctx); err != nil {
+	if err := g.agent.WaitStarted(ctx); err != nil {
 		t.Fatal(err)
 	}
 	old := readToken(t, path)
@@ -494,4 +492,14 @@ func TestWorkloadEnv(t *testing.T) {
 			}
 		})
 	}
+}
+
+// tokenFiles is the token files feature's instance (its refreshers).
+func (a *Agent) tokenFiles() *tokenfiles.Refreshers {
+	for _, b := range a.built {
+		if r, ok := b.inst.(*tokenfiles.Refreshers); ok {
+			return r
+		}
+	}
+	return nil
 }

@@ -41,7 +41,7 @@ audience = %q
 role_arn = %q
 token_file = %q
 `, tokenPath, minioAudience, mio.RoleARN, tokenPath))
-	if err := ag.WaitTokenFiles(ctx); err != nil {
+	if err := ag.WaitStarted(ctx); err != nil {
 		t.Fatal(err)
 	}
 	// The machine id names the role session once the agent has it.

@@ -60,7 +60,7 @@ type Runtime interface {
 
 // Instance is a built feature. What it adds to the agent is given by the
 // optional interfaces it implements: Routes, Fallback, Listener, Worker,
-// Counters, Gauges, Status, Starter and what other features or the core
+// Counters, Gauges, Status, StatusSection, Starter, Reloader and what other features or the core
 // consume (TokenSource, Metadata).
 type Instance any
 
@@ -80,6 +80,9 @@ type RunHost interface {
 	Context() context.Context
 	// Issuer is the issuer client, nil when issuer.url is not set.
 	Issuer() Issuer
+	// TokenSource is the instance that implements TokenSource (the OIDC
+	// token feature's), nil when none does; call it on each use.
+	TokenSource() TokenSource
 	// RateLimited applies the caller's per-uid token bucket ([limits]
 	// token_rate, token_burst); when it refuses, it has answered 429 with
 	// Retry-After and returns true.
@@ -198,8 +201,9 @@ type Starter interface {
 	WaitStarted(ctx context.Context) error
 }
 
-// Gauges is implemented by an instance with values that go up and down:
-// its samples join /metrics.
+// Gauges is implemented by an instance with samples outside the agent's
+// counter list (values that go up and down, series per item such as a
+// token file's): its samples join /metrics.
 type Gauges interface {
 	Gauges() []metrics.Sample
 }
@@ -225,6 +229,20 @@ type Status interface {
 	Status() map[string]any
 }
 
+// StatusSection is implemented by an instance whose state has a key of
+// its own in the status document (the token files' "token_files"); a key
+// the core already writes is ignored. It never holds a secret.
+type StatusSection interface {
+	StatusSection() (key string, v any)
+}
+
+// Reloader is implemented by an instance that acts on a reload (the token
+// files' refreshers follow the running config): Reloaded is called after
+// a valid reload has swapped the new config in, with reloads serialized.
+type Reloader interface {
+	Reloaded()
+}
+
 // Token is one OIDC token as the OIDC token feature hands it out.
 type Token struct {
 	JWT     string
@@ -233,8 +251,8 @@ type Token struct {
 }
 
 // TokenSource is implemented by the OIDC token feature's instance; other
-// parts of the agent (the token files' refreshers) get their tokens from
-// it, so every holder shares one cache and one issuer call per renewal.
+// features (the token files' refreshers) get their tokens from it through
+// RunHost.TokenSource, so every holder shares one cache and one issuer call per renewal.
 type TokenSource interface {
 	// Token returns a token for aud ("" the issuer's default audience)
 	// and where it came from ("cache" or "issuer").

@@ -61,7 +61,7 @@ url = %q
 path = %q
 audience = "files.example.com"
 `, filepath.Join(dir, "api.sock"), filepath.Join(dir, "admin.sock"), ti.URL, tokPath), mt)
-	if err := ag.WaitTokenFiles(ctx); err != nil {
+	if err := ag.WaitStarted(ctx); err != nil {
 		t.Fatal(err)
 	}
 	c := client.New(filepath.Join(dir, "api.sock"))

@@ -3,7 +3,9 @@
 // from disk (AWS_WEB_IDENTITY_TOKEN_FILE, AZURE_FEDERATED_TOKEN_FILE, GCP
 // file-sourced credentials). It owns the section's keys and their checks;
 // the files it claims join the agent's one list of token files
-// (config.Agent.AddTokenFile), which the agent's refreshers keep.
+// (config.Agent.AddTokenFile), and its run-time part (refreshers.go)
+// keeps every file of that list, its own and those [aws] and [azure]
+// imply.
 package tokenfiles
 
 import (
