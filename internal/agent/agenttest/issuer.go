@@ -72,6 +72,7 @@ type Issuer struct {
 	seen      []Seen
 	tokenTTL  time.Duration
 	tokenWait time.Duration
+	svids     svidState
 	removed   bool
 	revoked   map[string]bool // token ids
 
@@ -83,6 +84,9 @@ type Issuer struct {
 	GatewayCalls   atomic.Int64 // gateway requests verified
 	Unauthorized   atomic.Int64 // 401s
 	TokenCallsSeen atomic.Int64 // POST /v1/tokens/oidc received, any outcome
+	X509SVIDCalls  atomic.Int64 // POST /v1/svids/x509 answered 200
+	JWTSVIDCalls   atomic.Int64 // POST /v1/svids/jwt answered 200
+	BundleCalls    atomic.Int64 // GET /v1/svids/bundle answered 200
 }
 
 // New starts an issuer on 127.0.0.1 and stops it when the test ends.
@@ -119,6 +123,9 @@ func New(t testing.TB) *Issuer {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := is.initSVIDs(); err != nil {
+		t.Fatal(err)
+	}
 	is.serve(ln)
 	t.Cleanup(is.Stop)
 	return is
@@ -150,6 +157,7 @@ func (is *Issuer) serve(ln net.Listener) {
 	mux.HandleFunc("POST /v1/tokens/oidc", is.handleToken)
 	mux.HandleFunc("GET /v1/machines/self", is.handleSelf)
 	mux.HandleFunc("/v1/apps/{app}/", is.handleGateway)
+	is.svidRoutes(mux)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	is.mu.Lock()
 	is.srv = srv
@@ -284,15 +292,23 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 // when set) and that its machine is the registered one, as the issuer does.
 func (is *Issuer) authenticate(w http.ResponseWriter, r *http.Request, feature machinetoken.Feature, app string) (*machinetoken.Verified, []byte, bool) {
 	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	req := machinetoken.Request{Feature: feature, App: app}
+	if feature == machinetoken.FeatureOIDC {
+		// As the issuer does: the audience asked for is part of the
+		// check (the agent binds its copies to one).
+		req.Audience = requestedAud(body)
+	}
+	v, ok := is.verify(w, r, body, req)
+	return v, body, ok
+}
+
+// verify checks the request's machine token for req with the real
+// verifier, and that its machine is the registered one; it answers 401
+// itself when not. body is recorded in Seen.
+func (is *Issuer) verify(w http.ResponseWriter, r *http.Request, body []byte, req machinetoken.Request) (*machinetoken.Verified, bool) {
 	tok, err := machinetoken.ParseHeader(r.Header.Get("Authorization"))
 	var v *machinetoken.Verified
 	if err == nil {
-		req := machinetoken.Request{Feature: feature, App: app}
-		if feature == machinetoken.FeatureOIDC {
-			// As the issuer does: the audience asked for is part of the
-			// check (the agent binds its copies to one).
-			req.Audience = requestedAud(body)
-		}
 		v, err = is.Verifier.Verify(tok, req)
 	}
 	m := is.Machine()
@@ -305,12 +321,12 @@ func (is *Issuer) authenticate(w http.ResponseWriter, r *http.Request, feature m
 	if err != nil {
 		is.Unauthorized.Add(1)
 		writeError(w, http.StatusUnauthorized, api.CodeUnauthorized, "unauthorized")
-		return nil, nil, false
+		return nil, false
 	}
 	is.mu.Lock()
 	is.seen = append(is.seen, Seen{Method: r.Method, Path: r.URL.Path, RawQuery: r.URL.RawQuery, Header: r.Header.Clone(), Token: tok, Verified: v, Body: body})
 	is.mu.Unlock()
-	return v, body, true
+	return v, true
 }
 
 // requestedAud is the aud of a token request body; nil (the default

@@ -77,6 +77,9 @@ func Run(t *testing.T, newTarget func(t *testing.T) *Target) {
 		{"GatewayForwardsIdentity", testGatewayIdentity},
 		{"GatewayScrubsHeaders", testGatewayHeaders},
 		{"GatewayOtherApp401", testGatewayOtherApp},
+		{"SVIDBundle", testSVIDBundle},
+		{"X509SVID", testX509SVID},
+		{"JWTSVID", testJWTSVID},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, newTarget(t)) })
