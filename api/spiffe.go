@@ -13,9 +13,9 @@ const SPIFFEEndpointSocketEnv = "SPIFFE_ENDPOINT_SOCKET"
 // DefaultSPIFFESocket is the agent's SPIFFE Workload API socket.
 const DefaultSPIFFESocket = "/run/wicket/spiffe.sock"
 
-// X509SVIDRequest is the body of the issuer's POST /v1/svids/x509 and of
-// the guest API's POST /v1/svids/x509 (without CSR there: the agent makes
-// the key). Unknown fields are refused.
+// X509SVIDRequest is the body of the issuer's POST /v1/svids/x509 (the
+// guest API's takes no body: the agent makes the key). Unknown fields are
+// refused.
 type X509SVIDRequest struct {
 	// CSR is the DER of a PKCS#10 request whose only SAN is the URI SAN
 	// of the SPIFFE ID asked for (base64 in JSON).
@@ -32,16 +32,17 @@ type X509SVIDReply struct {
 	ExpiresAt time.Time `json:"expires_at"`
 }
 
-// JWTSVIDRequest is the body of POST /v1/svids/jwt (issuer and guest API).
+// JWTSVIDRequest is the body of the issuer's POST /v1/svids/jwt (the guest
+// API's is JWTSVIDGuestRequest).
 type JWTSVIDRequest struct {
-	// SPIFFEID is the ID asked for (issuer only; the guest API takes the
-	// caller's from the agent's policy).
+	// SPIFFEID is the ID asked for.
 	SPIFFEID string `json:"spiffe_id,omitempty"`
 	// Audience lists 1 to 10 audiences; required.
 	Audience []string `json:"aud"`
 }
 
-// JWTSVIDReply is the answer to POST /v1/svids/jwt.
+// JWTSVIDReply is the answer to POST /v1/svids/jwt (issuer and guest
+// API).
 type JWTSVIDReply struct {
 	SPIFFEID  string    `json:"spiffe_id"`
 	Token     string    `json:"token"`
@@ -60,13 +61,31 @@ type SVIDBundleReply struct {
 }
 
 // X509SVIDGuestReply is the guest API's JSON answer to POST
-// /v1/svids/x509: the SVID with its private key, for a caller the policy
-// admits. The key is PKCS#8 PEM; it exists only in the agent's memory and
-// in this reply.
+// /v1/svids/x509: the caller's X.509-SVID with its private key, for a
+// caller the policy admits (the same SVID the Workload API serves it).
+// Every field is PEM; the key exists only in the agent's memory and in
+// this reply.
 type X509SVIDGuestReply struct {
-	SPIFFEID  string    `json:"spiffe_id"`
-	CertPEM   string    `json:"cert_pem"`
-	KeyPEM    string    `json:"key_pem"`
-	BundlePEM string    `json:"bundle_pem"`
+	SPIFFEID string `json:"spiffe_id"`
+	// X509SVID is the certificate chain, leaf first ("CERTIFICATE"
+	// blocks).
+	X509SVID string `json:"x509_svid"`
+	// X509SVIDKey is the private key ("PRIVATE KEY", PKCS#8).
+	X509SVIDKey string `json:"x509_svid_key"`
+	// Bundle is the trust domain's X.509 authorities ("CERTIFICATE"
+	// blocks).
+	Bundle string `json:"bundle"`
+	// ExpiresAt is the leaf's NotAfter, RFC 3339.
 	ExpiresAt time.Time `json:"expires_at"`
 }
+
+// JWTSVIDGuestRequest is the body of the guest API's POST /v1/svids/jwt:
+// the audiences (1 to 10) only, the identity being the caller's own.
+// Unknown fields are refused. The answer is a JWTSVIDReply.
+type JWTSVIDGuestRequest struct {
+	Audience []string `json:"audience"`
+}
+
+// PEMContentType is the media type a guest API caller names in Accept to
+// get POST /v1/svids/x509's answer as PEM (the chain, then the key).
+const PEMContentType = "application/x-pem-file"

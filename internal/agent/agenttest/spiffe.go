@@ -7,8 +7,10 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/wicket-sh/wicket/api"
@@ -289,5 +291,21 @@ func (is *Issuer) handleJWTSVID(w http.ResponseWriter, r *http.Request) {
 // readBody reads at most 64 KiB, as the issuer's readSVIDBody.
 func readBody(r *http.Request) []byte {
 	b, _ := io.ReadAll(io.LimitReader(r.Body, 64<<10))
+	return b
+}
+
+// Bundle is the trust domain's bundle as GET /v1/svids/bundle serves it:
+// what a relying party of the machine's SVIDs trusts.
+func (is *Issuer) Bundle(t testing.TB) *spiffebundle.Bundle {
+	t.Helper()
+	td := is.TrustDomain()
+	doc, err := is.bundleDoc(td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := spiffebundle.Parse(td, doc)
+	if err != nil {
+		t.Fatal(err)
+	}
 	return b
 }
