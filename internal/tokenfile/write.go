@@ -36,6 +36,15 @@ const tmpInfix = ".wicket-tmp-"
 // symlink, a directory, any other non-regular file or a file another user
 // owns is refused. Errors never contain data.
 func Write(path string, data []byte, mode fs.FileMode, gid int) error {
+	return WriteOwned(path, data, mode, -1, gid)
+}
+
+// WriteOwned is Write that also gives the file to owner uid (-1 keeps the
+// writer's): the new file is chowned before the rename, and an existing
+// file at path may be owned by uid too (it is the one this writer gave
+// it), besides this user and root. The directory's rules are Write's: the
+// owner gets a file in it, never a say over the directory.
+func WriteOwned(path string, data []byte, mode fs.FileMode, uid, gid int) error {
 	if mode&^fs.ModePerm != 0 {
 		return fmt.Errorf("token file %s: mode %#o has bits beyond permissions", path, uint32(mode))
 	}
@@ -47,7 +56,7 @@ func Write(path string, data []byte, mode fs.FileMode, gid int) error {
 	if testHookDirChecked != nil {
 		testHookDirChecked()
 	}
-	if err := checkTarget(d, path, base); err != nil {
+	if err := checkTarget(d, path, base, uid); err != nil {
 		return err
 	}
 	var rnd [8]byte
@@ -73,10 +82,11 @@ func Write(path string, data []byte, mode fs.FileMode, gid int) error {
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("token file %s: fsync: %w", path, stripPath(err))
 	}
-	// Group before mode, so the final mode is exactly what was asked for.
-	if gid >= 0 {
-		if err := f.Chown(-1, gid); err != nil {
-			return fmt.Errorf("token file %s: chown to group %d: %w", path, gid, stripPath(err))
+	// Owner and group before mode, so the final mode is exactly what was
+	// asked for (chown clears set-id bits, and there are none).
+	if uid >= 0 || gid >= 0 {
+		if err := f.Chown(uid, gid); err != nil {
+			return fmt.Errorf("token file %s: chown to %d:%d: %w", path, uid, gid, stripPath(err))
 		}
 	}
 	if err := f.Chmod(mode); err != nil {
@@ -88,7 +98,7 @@ func Write(path string, data []byte, mode fs.FileMode, gid int) error {
 	// Check the target again right before the rename: in a shared sticky
 	// directory another user may have claimed the name meanwhile (rename
 	// replaces a symlink itself rather than writing through it anyway).
-	if err := checkTarget(d, path, base); err != nil {
+	if err := checkTarget(d, path, base, uid); err != nil {
 		return err
 	}
 	if err := d.Rename(tmp, base); err != nil {
@@ -120,8 +130,8 @@ func openDir(path string) (*safedir.Dir, string, error) {
 }
 
 // checkTarget refuses to replace anything but a regular file owned by this
-// user or root.
-func checkTarget(d *safedir.Dir, path, base string) error {
+// user or root, or by owner when owner >= 0.
+func checkTarget(d *safedir.Dir, path, base string, owner int) error {
 	fi, err := d.Lstat(base)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -134,6 +144,9 @@ func checkTarget(d *safedir.Dir, path, base string) error {
 		return fmt.Errorf("token file %s: is a directory", path)
 	case !fi.Mode().IsRegular():
 		return fmt.Errorf("token file %s: not a regular file (%s)", path, fi.Mode().Type())
+	}
+	if uid, ok := safedir.UID(fi); ok && owner >= 0 && uid == uint32(owner) {
+		return nil
 	}
 	if err := safedir.CheckOwner(path, fi, safedir.SelfOrRoot); err != nil {
 		return fmt.Errorf("token file: refusing to replace it: %w", err)

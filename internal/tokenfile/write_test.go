@@ -354,3 +354,35 @@ func TestWrite_SymlinkedDirectoryRefused(t *testing.T) {
 		t.Errorf("files written into the symlink target: %v", ents)
 	}
 }
+
+// TestWriteOwned_OwnerAndOnlyThatOwnerReplaced: the file gets the owner
+// and group asked for, and a rewrite replaces a file that owner holds;
+// a file of any other user stays refused.
+func TestWriteOwned_OwnerAndOnlyThatOwnerReplaced(t *testing.T) {
+	sockettest.RequireRoot(t, "giving a file to another uid needs root")
+	dir := t.TempDir()
+	path := filepath.Join(dir, "svid_key.pem")
+	for i := range 2 {
+		if err := WriteOwned(path, []byte(token(i)), 0o400, 65534, 65534); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+		fi, _ := os.Stat(path)
+		st := fi.Sys().(*syscall.Stat_t)
+		if st.Uid != 65534 || st.Gid != 65534 || fi.Mode().Perm() != 0o400 {
+			t.Errorf("write %d: %d:%d %v, want 65534:65534 0400", i, st.Uid, st.Gid, fi.Mode().Perm())
+		}
+		if b, _ := os.ReadFile(path); string(b) != token(i) {
+			t.Errorf("write %d: content not replaced", i)
+		}
+	}
+	other := filepath.Join(dir, "other.pem")
+	os.WriteFile(other, []byte("planted"), 0o644)
+	os.Chown(other, 65533, 65533)
+	if err := WriteOwned(other, []byte("x"), 0o400, 65534, 65534); err == nil || !strings.Contains(err.Error(), "uid 65533") {
+		t.Errorf("file of uid 65533 with owner 65534: %v, want a refusal", err)
+	}
+	// Without an owner, the file another uid holds is refused as before.
+	if err := Write(path, []byte("x"), 0o440, -1); err == nil {
+		t.Error("Write replaced a file uid 65534 owns")
+	}
+}
