@@ -49,6 +49,9 @@ url = "` + is.URL + `"
 [limits]
 token_rate = 100.0
 token_burst = 50
+[spiffe]
+enabled = true
+socket_path = "%[1]s/spiffe.sock"
 `
 	level := new(slog.LevelVar)
 	h := startAgentWith(t, base, fastRetries(Options{MachineToken: mt, LogLevel: level}), nil)
@@ -287,6 +290,7 @@ token_burst = 50
 				}
 			}},
 		{"token_file", "[[token_file]]\npath = \"" + tf + "/plain\"\naudience = \"files\"", fileAppears("plain", false), fileAppears("plain", true)},
+		{"svid_file", "[[svid_file]]\ndir = \"" + tf + "/svid\"", fileAppears("svid/svid.pem", false), fileAppears("svid/svid.pem", true)},
 		{"aws.role_arn", "[aws]\nrole_arn = \"arn:aws:iam::123456789012:role/r\"\ntoken_file = \"" + tf + "/aws\"",
 			envHas("AWS_ROLE_ARN=arn:aws:iam::123456789012:role/r", false), func(t *testing.T) {
 				envHas("AWS_ROLE_ARN=arn:aws:iam::123456789012:role/r", true)(t)

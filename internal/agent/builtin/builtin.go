@@ -28,5 +28,6 @@ func Features() []feature.Module {
 		gcp.Module{},
 		proxyroutes.Module{},
 		spiffe.Module{},
+		spiffe.FilesModule{},
 	}
 }

@@ -128,14 +128,16 @@ func (Module) Build(h feature.RunHost) (feature.Instance, error) {
 		Issuer: issuer{h}, Identify: f.identify, Now: h.Now,
 		Logger: h.Logger().With("socket", Key),
 	})
+	f.files = &fileWriters{f: f}
 	return f, nil
 }
 
 // Feature is the built feature: the Workload API server, nil when
 // disabled.
 type Feature struct {
-	host feature.RunHost
-	srv  *workloadapi.Server
+	host  feature.RunHost
+	srv   *workloadapi.Server
+	files *fileWriters // [[svid_file]], nil when disabled
 }
 
 var (
@@ -158,12 +160,21 @@ func (f *Feature) ListenConfig() (unixsock.Config, bool, error) {
 // Serve implements feature.Listener.
 func (f *Feature) Serve(l *unixsock.Listener) error { return f.srv.Serve(l) }
 
-// Start implements feature.Worker: the renewals start with Serve.
-func (f *Feature) Start() {}
+// Start implements feature.Worker: the renewals start with Serve; the
+// [[svid_file]] writers start here.
+func (f *Feature) Start() {
+	if f.files != nil {
+		f.files.start()
+	}
+}
 
-// Stop implements feature.Worker: it ends the Workload API's streams and
-// renewals, and with them Serve.
+// Stop implements feature.Worker: it stops the [[svid_file]] writers
+// (their files stay), then ends the Workload API's streams and renewals,
+// and with them Serve.
 func (f *Feature) Stop() {
+	if f.files != nil {
+		f.files.stop()
+	}
 	if f.srv != nil {
 		f.srv.Stop()
 	}
@@ -202,14 +213,18 @@ func (f *Feature) Counters() metrics.CounterSet {
 }
 
 // Gauges implements feature.Gauges: the seconds to the soonest cached
-// X.509-SVID's end, when there is one.
+// X.509-SVID's end, when there is one, and each [[svid_file]]'s series.
 func (f *Feature) Gauges() []metrics.Sample {
+	var out []metrics.Sample
+	if f.files != nil {
+		out = f.files.samples(f.host.Now())
+	}
 	st := f.stats()
 	if st.SoonestExpiry.IsZero() {
-		return nil
+		return out
 	}
-	return []metrics.Sample{{Name: "wicket_svid_seconds_to_expiry", Help: "Seconds until the soonest cached X.509-SVID expires.",
-		Type: metrics.Gauge, Value: st.SoonestExpiry.Sub(f.host.Now()).Seconds()}}
+	return append(out, metrics.Sample{Name: "wicket_svid_seconds_to_expiry", Help: "Seconds until the soonest cached X.509-SVID expires.",
+		Type: metrics.Gauge, Value: st.SoonestExpiry.Sub(f.host.Now()).Seconds()})
 }
 
 // Status implements feature.Status: under "spiffe", whether the Workload
