@@ -215,3 +215,36 @@ func (c *Client) OIDCToken(ctx context.Context, aud string) (string, time.Time, 
 	}
 	return rep.Token, rep.ExpiresAt, nil
 }
+
+// X509SVID returns the caller's X.509-SVID with its private key and the
+// trust domain's bundle, all PEM (the SPIFFE Workload API's SVID for the
+// same caller): tls.X509KeyPair([]byte(s.X509SVID), []byte(s.X509SVIDKey))
+// makes a certificate of it. The agent must serve SPIFFE ([spiffe]
+// enabled) and its policy give the caller an identity. The reply holds a
+// private key: keep it in memory.
+func (c *Client) X509SVID(ctx context.Context) (*api.X509SVIDGuestReply, error) {
+	data, _, err := c.do(ctx, http.MethodPost, "/v1/svids/x509", nil, map[string]string{"Accept": "application/json"}, c.Timeout)
+	if err != nil {
+		return nil, err
+	}
+	var rep api.X509SVIDGuestReply
+	if err := json.Unmarshal(data, &rep); err != nil || rep.X509SVID == "" || rep.X509SVIDKey == "" {
+		return nil, fmt.Errorf("wicket agent at %s: unexpected x509 svid reply", c.socket)
+	}
+	return &rep, nil
+}
+
+// JWTSVID returns a JWT-SVID of the caller's identity for the audiences
+// (1 to 10) and when it expires.
+func (c *Client) JWTSVID(ctx context.Context, audience ...string) (*api.JWTSVIDReply, error) {
+	body, _ := json.Marshal(api.JWTSVIDGuestRequest{Audience: audience})
+	data, _, err := c.do(ctx, http.MethodPost, "/v1/svids/jwt", body, map[string]string{"Content-Type": "application/json"}, c.Timeout)
+	if err != nil {
+		return nil, err
+	}
+	var rep api.JWTSVIDReply
+	if err := json.Unmarshal(data, &rep); err != nil || rep.Token == "" {
+		return nil, fmt.Errorf("wicket agent at %s: unexpected jwt svid reply", c.socket)
+	}
+	return &rep, nil
+}

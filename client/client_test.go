@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -23,6 +24,13 @@ import (
 // socket once the first metadata fetch has succeeded.
 func startAgent(t *testing.T) (*agenttest.Issuer, string) {
 	t.Helper()
+	return startAgentWith(t, "")
+}
+
+// startAgentWith is startAgent with more config; %[1]s in extra is the
+// agent's run directory.
+func startAgentWith(t *testing.T, extra string) (*agenttest.Issuer, string) {
+	t.Helper()
 	is := agenttest.New(t)
 	dir, err := os.MkdirTemp("", "wcl")
 	if err != nil {
@@ -30,8 +38,11 @@ func startAgent(t *testing.T) (*agenttest.Issuer, string) {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	cfg := filepath.Join(dir, "agent.toml")
+	if extra != "" {
+		extra = fmt.Sprintf(extra, filepath.Join(dir, "run"))
+	}
 	os.WriteFile(cfg, []byte(fmt.Sprintf("[api]\nsocket_path = %q\n[admin]\nsocket_path = %q\n[issuer]\nurl = %q\n",
-		filepath.Join(dir, "run", "api.sock"), filepath.Join(dir, "run", "admin.sock"), is.URL)), 0o600)
+		filepath.Join(dir, "run", "api.sock"), filepath.Join(dir, "run", "admin.sock"), is.URL)+extra), 0o600)
 	tok, err := agent.ParseMachineToken(is.MachineToken(t))
 	if err != nil {
 		t.Fatal(err)
@@ -141,5 +152,28 @@ func TestClient_DefaultSocket(t *testing.T) {
 	}
 	if got := client.New("/explicit.sock").Socket(); got != "/explicit.sock" {
 		t.Errorf("explicit socket = %q", got)
+	}
+}
+
+// The SVID routes: the caller's X.509-SVID as a usable key pair, and a
+// JWT-SVID for the audiences asked; a bad audience is the agent's 400.
+func TestClient_SVIDs(t *testing.T) {
+	_, sock := startAgentWith(t, "[spiffe]\nenabled = true\nsocket_path = \"%[1]s/spiffe.sock\"\n")
+	c := client.New(sock)
+	ctx := context.Background()
+	s, err := c.X509SVID(ctx)
+	if err != nil {
+		t.Fatalf("X509SVID: %v", err)
+	}
+	if _, err := tls.X509KeyPair([]byte(s.X509SVID), []byte(s.X509SVIDKey)); err != nil || !strings.HasPrefix(s.SPIFFEID, "spiffe://") || s.Bundle == "" {
+		t.Errorf("X509SVID for %s: key pair %v", s.SPIFFEID, err)
+	}
+	j, err := c.JWTSVID(ctx, "db")
+	if err != nil || j.SPIFFEID != s.SPIFFEID || strings.Count(j.Token, ".") != 2 || time.Until(j.ExpiresAt) < time.Minute {
+		t.Errorf("JWTSVID = %+v, %v", j, err)
+	}
+	var ce *client.Error
+	if _, err := c.JWTSVID(ctx); !errors.As(err, &ce) || ce.Status != 400 {
+		t.Errorf("JWTSVID without audience: %v, want 400", err)
 	}
 }
