@@ -269,3 +269,35 @@ func TestSVIDFiles_ForeignDirRefused(t *testing.T) {
 		t.Error("WaitStarted returned before the svid file was written")
 	}
 }
+
+// A bundle change rewrites the files without a new SVID: after a CA
+// rotation, once the agent refreshes the bundle (its refresh hint, on the
+// agent's clock), bundle.pem holds both CAs and the same svid.pem still
+// chains to it.
+func TestSVIDFiles_BundleChangeRewrites(t *testing.T) {
+	sockettest.RequireRoot(t, "the policy names uid 0")
+	is := agenttest.New(t)
+	dir := filepath.Join(t.TempDir(), "svid")
+	clk := &skewClock{}
+	g := startGuestWith(t, is, svidCfg+svidFileCfg(dir), Options{Now: clk.now})
+	if err := g.agent.WaitStarted(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	first := svidFiles(t, dir, machineSPIFFEID(is))
+	if err := is.RotateCA(); err != nil {
+		t.Fatal(err)
+	}
+	// Past the 5 min refresh hint, well before the SVID's half-life.
+	clk.jump(6 * time.Minute)
+	wait.Eventually(t, 20*time.Second, func() bool { return svidFileStatus(t, g)[dir].Writes == 2 }, "the files rewritten for the new bundle")
+	b, _ := os.ReadFile(filepath.Join(dir, spiffe.BundleFileName))
+	if n := strings.Count(string(b), "BEGIN CERTIFICATE"); n != 2 {
+		t.Errorf("bundle.pem holds %d CAs after the rotation, want 2", n)
+	}
+	if now := svidFiles(t, dir, machineSPIFFEID(is)); !now.Equal(first) {
+		t.Error("the svid changed: the rewrite was for the bundle only")
+	}
+	if n := is.X509SVIDCalls.Load(); n != 1 {
+		t.Errorf("issuer signed %d svids, want 1", n)
+	}
+}
