@@ -2,6 +2,7 @@ package builtin
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -58,5 +59,28 @@ command = ["/usr/bin/systemctl", "reload", "envoy"]
 		if _, err := LoadAgent(writeFile(t, tc.toml)); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: err %v, want %q", name, err, tc.want)
 		}
+	}
+}
+
+// The [[svid_file]] example of docs/spiffe.md is a valid config.
+func TestSVIDFileSection_DocExample(t *testing.T) {
+	b, err := os.ReadFile("../../../docs/spiffe.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	i := strings.Index(s, "\n## SVID files\n")
+	j := strings.Index(s[i:], "```toml\n")
+	if i < 0 || j < 0 {
+		t.Fatal("docs/spiffe.md has no toml example under \"## SVID files\"")
+	}
+	block := s[i+j+len("```toml\n"):]
+	block = block[:strings.Index(block, "```")]
+	if !strings.Contains(block, "[[svid_file]]") {
+		t.Fatalf("the example is not an [[svid_file]]:\n%s", block)
+	}
+	base := cloudBase + fmt.Sprintf("[spiffe]\nenabled = true\nsocket_path = %q\n", filepath.Join(t.TempDir(), "spiffe.sock"))
+	if _, err := LoadAgent(writeFile(t, base+block)); err != nil {
+		t.Errorf("docs/spiffe.md's [[svid_file]] example: %v", err)
 	}
 }
