@@ -439,11 +439,17 @@ func (w *fileWriter) runCommand(ctx context.Context, args []string) error {
 }
 
 // readPID reads the pid a pid file names, refusing what the signal must
-// not reach: the file must be a regular file (not a symlink); a pid file
-// written by neither root nor the agent can only direct the signal at a
-// process of the user who owns it (as that user's own kill(1) could), and
-// never at pid 1 or below.
+// not reach: the file must be a regular file reached without a symlink; a
+// pid file written by neither root nor the agent can only direct the
+// signal at a process of the user who owns it (as that user's own kill(1)
+// could), and never at pid 1 or below.
 func readPID(path string) (int, error) {
+	// No symlink on the way either: a workload that may replace a
+	// directory of the path must not point it at another daemon's pid
+	// file (which root or the agent owns).
+	if real, err := filepath.EvalSymlinks(path); err != nil || real != path {
+		return 0, errors.New("pid file path is missing or goes through a symlink")
+	}
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return 0, err
