@@ -301,3 +301,23 @@ func TestSVIDFiles_BundleChangeRewrites(t *testing.T) {
 		t.Errorf("issuer signed %d svids, want 1", n)
 	}
 }
+
+// An issuer out of reach when the writer starts: the failures are
+// counted and retried with backoff, and the files appear once it is back.
+func TestSVIDFiles_IssuerDownAtStartThenWritten(t *testing.T) {
+	sockettest.RequireRoot(t, "the policy names uid 0")
+	is := agenttest.New(t)
+	is.Stop()
+	dir := filepath.Join(t.TempDir(), "svid")
+	g := startGuest(t, is, svidCfg+svidFileCfg(dir))
+	wait.Eventually(t, 10*time.Second, func() bool { return svidFileStatus(t, g)[dir].Failures >= 1 }, "the failed fetch counted")
+	if _, err := os.Stat(filepath.Join(dir, spiffe.SVIDFileName)); err == nil {
+		t.Fatal("svid.pem written without an issuer")
+	}
+	is.Start(t)
+	wait.Eventually(t, 30*time.Second, func() bool { return svidFileStatus(t, g)[dir].Writes == 1 }, "the files written once the issuer is back")
+	svidFiles(t, dir, machineSPIFFEID(is))
+	if st := svidFileStatus(t, g)[dir]; st.ConsecutiveFailures != 0 || st.LastError != "" {
+		t.Errorf("status after the write: %+v", st)
+	}
+}

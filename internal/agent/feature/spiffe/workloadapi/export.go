@@ -2,7 +2,6 @@ package workloadapi
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"time"
@@ -19,8 +18,9 @@ import (
 // them from this server's cache, so every surface hands out the same SVID
 // for an identity, renewed once, at the same moment.
 
-// X509SVID is one cached X.509-SVID as another surface hands it out. It
-// holds the private key: never log or keep it.
+// X509SVID is one cached X.509-SVID as another surface hands it out. Its
+// slices are the cache's: read them, never change them. It holds the
+// private key: never log it.
 type X509SVID struct {
 	ID spiffeid.ID
 	// Chain is the certificate chain, leaf first (DER).
@@ -32,9 +32,6 @@ type X509SVID struct {
 	// ExpiresAt is the leaf's NotAfter.
 	ExpiresAt time.Time
 }
-
-// Leaf parses the leaf certificate.
-func (s *X509SVID) Leaf() (*x509.Certificate, error) { return x509.ParseCertificate(s.Chain[0]) }
 
 // JWTSVID is one JWT-SVID as another surface hands it out.
 type JWTSVID struct {
