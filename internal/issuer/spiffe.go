@@ -176,7 +176,7 @@ func readSVIDBody(r *http.Request, v any) error {
 
 // refuseSVID answers an SVID request the machine may not have: a CSR or
 // ID outside its namespace is the caller's fault (400), logged with why.
-func (s *Issuer) refuseSVID(m *store.Machine, ver *machinetoken.Verified, kind string, cause error) error {
+func (s *Issuer) refuseSVID(m *store.Machine, ver *machinetoken.Verified, kind machinetoken.SVIDKind, cause error) error {
 	s.svidsRefused.Add(1)
 	return httpapi.BadRequestError(fmt.Errorf("%s svid request of machine %s (token %s): %w", kind, m.ID, ver.TokenID, cause))
 }
@@ -194,11 +194,12 @@ func answered(err error) error {
 }
 
 // authorizeSVID is the one gate of SVID issuance: the copy must pass for
-// the svid feature, the SPIFFE ID asked for and (JWT) its audiences; then
-// the request must be well formed (reqErr) and the ID in the machine's
+// the svid feature, the kind of SVID (an SVID-kinds caveat binds a copy
+// to one), the SPIFFE ID asked for and (JWT) its audiences; then the
+// request must be well formed (reqErr) and the ID in the machine's
 // namespace, or it is refused whatever the copy says.
-func (s *Issuer) authorizeSVID(w http.ResponseWriter, r *http.Request, kind string, id spiffeid.ID, aud []string, reqErr error) (*store.Machine, *machinetoken.Verified, error) {
-	q := machinetoken.Request{Feature: machinetoken.FeatureSVID, Audience: aud}
+func (s *Issuer) authorizeSVID(w http.ResponseWriter, r *http.Request, kind machinetoken.SVIDKind, id spiffeid.ID, aud []string, reqErr error) (*store.Machine, *machinetoken.Verified, error) {
+	q := machinetoken.Request{Feature: machinetoken.FeatureSVID, SVIDKind: kind, Audience: aud}
 	if !id.IsZero() {
 		q.SPIFFEID = id.String()
 	}
@@ -226,7 +227,7 @@ func (s *Issuer) handleX509SVID(w http.ResponseWriter, r *http.Request) error {
 	if reqErr == nil {
 		reqErr = csrErr
 	}
-	m, ver, err := s.authorizeSVID(w, r, "x509", id, nil, reqErr)
+	m, ver, err := s.authorizeSVID(w, r, machinetoken.SVIDX509, id, nil, reqErr)
 	if err != nil {
 		return answered(err)
 	}
@@ -265,7 +266,7 @@ func (s *Issuer) handleJWTSVID(w http.ResponseWriter, r *http.Request) error {
 		// An audience caveat must not read "none asked" as the default.
 		aud = []string{""}
 	}
-	m, ver, err := s.authorizeSVID(w, r, "jwt", id, aud, reqErr)
+	m, ver, err := s.authorizeSVID(w, r, machinetoken.SVIDJWT, id, aud, reqErr)
 	if err != nil {
 		return answered(err)
 	}
@@ -303,7 +304,7 @@ func (s *Issuer) handleJWTSVID(w http.ResponseWriter, r *http.Request) error {
 // handleSVIDBundle tells the machine its trust domain, its own SPIFFE ID
 // and the trust domain's bundle.
 func (s *Issuer) handleSVIDBundle(w http.ResponseWriter, r *http.Request) error {
-	m, _, ok := s.authenticate(w, r, machinetoken.FeatureSVID, "")
+	m, _, ok := s.authenticateFor(w, r, machinetoken.Request{Feature: machinetoken.FeatureSVID, SVIDKind: machinetoken.SVIDBundle})
 	if !ok {
 		return nil
 	}

@@ -20,11 +20,17 @@ import (
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 )
 
-// svidCopy attenuates tok the way the agent does for one SVID request.
+// svidCopy attenuates tok the way the agent does for one SVID request: an
+// X.509-SVID's copy without aud, a JWT-SVID's with.
 func svidCopy(t *testing.T, tok string, now time.Time, ttl time.Duration, id string, aud ...string) string {
 	t.Helper()
+	kind := machinetoken.SVIDX509
+	if aud != nil {
+		kind = machinetoken.SVIDJWT
+	}
 	c, err := machinetoken.RestrictScope(tok, now, ttl, machinetoken.Scope{
-		Features: []machinetoken.Feature{machinetoken.FeatureSVID}, SPIFFEIDs: []string{id}, Audiences: aud})
+		Features: []machinetoken.Feature{machinetoken.FeatureSVID}, SVIDKinds: []machinetoken.SVIDKind{kind},
+		SPIFFEIDs: []string{id}, Audiences: aud})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,14 +193,12 @@ func TestSVID_CapturedCopyBound(t *testing.T) {
 	if end := now.Add(2 * time.Minute); leaf.NotAfter.After(end) {
 		t.Errorf("copy valid until %s bought an svid until %s", end, leaf.NotAfter)
 	}
-	if r := ti.call(t, "POST", "/v1/svids/jwt", cp, `{"spiffe_id":"`+info.SPIFFEID+`","aud":["db"]}`); r.status != 200 {
-		t.Errorf("id-bound copy, jwt-svid for its id: %d %s", r.status, r.body)
-	}
 	jwtCopy := svidCopy(t, tok, now, 2*time.Minute, info.SPIFFEID, "db")
 	for name, tc := range map[string]struct{ path, body, tok string }{
 		"jwt copy, other audience": {"/v1/svids/jwt", `{"spiffe_id":"` + info.SPIFFEID + `","aud":["other"]}`, jwtCopy},
 		"jwt copy, other id":       {"/v1/svids/jwt", `{"spiffe_id":"` + wl + `","aud":["db"]}`, jwtCopy},
 		"jwt copy, x509 svid":      {"/v1/svids/x509", x509Body(csrFor(t, info.SPIFFEID)), jwtCopy},
+		"x509 copy, jwt svid":      {"/v1/svids/jwt", `{"spiffe_id":"` + info.SPIFFEID + `","aud":["db"]}`, cp},
 		"svid copy, oidc token":    {"/v1/tokens/oidc", `{"aud":"db"}`, cp},
 		"svid copy, metadata":      {"/v1/machines/self", "", cp},
 		"svid copy, bundle read":   {"/v1/svids/bundle", "", cp},
@@ -213,6 +217,54 @@ func TestSVID_CapturedCopyBound(t *testing.T) {
 	if r := ti.call(t, "POST", "/v1/svids/jwt", jwtCopy, `{"spiffe_id":"`+info.SPIFFEID+`","aud":["db"]}`); r.status != 200 {
 		t.Errorf("jwt copy for its own id and audience: %d %s", r.status, r.body)
 	}
+}
+
+// Each copy the agent sends is bound to the one kind of SVID request it
+// was made for: captured, the bundle read's copy (no SPIFFE ID caveat)
+// buys no SVID for any ID, and an X.509-SVID's copy no JWT-SVID for its
+// ID, whatever the audience. A token without the kinds caveat (the
+// machine token itself) keeps every kind.
+func TestSVID_CapturedCopyBoundToKind(t *testing.T) {
+	ti := startIssuer(t, shortDir(t), nil)
+	_, tok := ti.addMachine(t, devSpec)
+	info, _ := ti.svidBundle(t, tok)
+	wl := "spiffe://dev.wicket.internal/app/dev-app/workload/frontend"
+	now := ti.clock.Now()
+	bundleCopy, err := machinetoken.RestrictScope(tok, now, time.Minute, machinetoken.Scope{
+		Features: []machinetoken.Feature{machinetoken.FeatureSVID}, SVIDKinds: []machinetoken.SVIDKind{machinetoken.SVIDBundle}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := ti.svidBundle(t, bundleCopy); got.SPIFFEID != info.SPIFFEID {
+		t.Errorf("bundle copy read %+v", got)
+	}
+	x509Copy := svidCopy(t, tok, now, time.Hour, wl)
+	jwtCopy := svidCopy(t, tok, now, 5*time.Minute, wl, "db")
+	jwt := func(id, aud string) string { return `{"spiffe_id":"` + id + `","aud":["` + aud + `"]}` }
+	for name, tc := range map[string]struct{ method, path, body, tok string }{
+		"bundle copy, x509 svid of the machine":  {"POST", "/v1/svids/x509", x509Body(csrFor(t, info.SPIFFEID)), bundleCopy},
+		"bundle copy, x509 svid of a workload":   {"POST", "/v1/svids/x509", x509Body(csrFor(t, wl)), bundleCopy},
+		"bundle copy, jwt svid of the machine":   {"POST", "/v1/svids/jwt", jwt(info.SPIFFEID, "db"), bundleCopy},
+		"bundle copy, jwt svid of a workload":    {"POST", "/v1/svids/jwt", jwt(wl, "db"), bundleCopy},
+		"x509 copy, jwt svid of its id":          {"POST", "/v1/svids/jwt", jwt(wl, "db"), x509Copy},
+		"x509 copy, jwt svid of its id, any aud": {"POST", "/v1/svids/jwt", jwt(wl, "https://attacker.example"), x509Copy},
+		"x509 copy, bundle read":                 {"GET", "/v1/svids/bundle", "", x509Copy},
+		"jwt copy, x509 svid of its id":          {"POST", "/v1/svids/x509", x509Body(csrFor(t, wl)), jwtCopy},
+		"jwt copy, bundle read":                  {"GET", "/v1/svids/bundle", "", jwtCopy},
+	} {
+		if r := ti.call(t, tc.method, tc.path, tc.tok, tc.body); r.status != 401 {
+			t.Errorf("%s: %d %s, want 401", name, r.status, r.body)
+		}
+	}
+	// Each copy still does what it was made for, and the token itself
+	// (no kinds caveat) every kind.
+	x509Reply(t, ti.call(t, "POST", "/v1/svids/x509", x509Copy, x509Body(csrFor(t, wl))))
+	for name, c := range map[string]string{"jwt copy": jwtCopy, "machine token": tok} {
+		if r := ti.call(t, "POST", "/v1/svids/jwt", c, jwt(wl, "db")); r.status != 200 {
+			t.Errorf("%s, jwt svid: %d %s", name, r.status, r.body)
+		}
+	}
+	x509Reply(t, ti.call(t, "POST", "/v1/svids/x509", tok, x509Body(csrFor(t, wl))))
 }
 
 // A JWT-SVID validates with go-spiffe against the issuer's bundle: sub is
