@@ -145,6 +145,7 @@ var (
 	_ feature.Counters = (*Feature)(nil)
 	_ feature.Gauges   = (*Feature)(nil)
 	_ feature.Status   = (*Feature)(nil)
+	_ feature.Reloader = (*Feature)(nil)
 )
 
 // ListenConfig implements feature.Listener.
@@ -167,6 +168,16 @@ func (f *Feature) Start() {}
 func (f *Feature) Stop() {
 	if f.srv != nil {
 		f.srv.Stop()
+	}
+}
+
+// Reloaded implements feature.Reloader: a reload may have changed the
+// [[policy]] rules that name the callers' identities, so every open
+// Workload API stream decides its caller's again (a caller no longer
+// admitted loses its stream, a renamed one gets its new SVID).
+func (f *Feature) Reloaded() {
+	if f.srv != nil {
+		f.srv.PolicyChanged()
 	}
 }
 
