@@ -147,6 +147,14 @@ func (c *SPIFFE) validate() []error {
 		if other, dup := seen[name]; dup {
 			errs = append(errs, fmt.Errorf("spiffe.trust_domains: orgs %s and %s share a trust domain", min(org, other), max(org, other)))
 		}
+		// An org not listed gets the template's name: if that is this
+		// entry's, the two orgs would share a trust domain (the issuer
+		// refuses the unlisted one anyway, at its first SVID).
+		if other, ok := spiffe.TemplateOrg(c.TrustDomain, name); ok && other != org && ValidName(other) {
+			if _, listed := c.TrustDomains[other]; !listed {
+				errs = append(errs, fmt.Errorf("spiffe.trust_domains.%s: the trust_domain template gives org %q the same name; list %q explicitly too, or choose another name", org, other, other))
+			}
+		}
 		seen[name] = org
 	}
 	if c.X509SVIDTTL.Duration < time.Minute || c.X509SVIDTTL.Duration > 24*time.Hour {
