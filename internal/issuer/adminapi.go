@@ -316,6 +316,21 @@ func (s *Issuer) registerAdmin(a *admin.Server) {
 				return
 			}
 			admin.WriteJSON(w, http.StatusOK, k)
+		case store.KindSPIFFEJWT:
+			if body.Alg != "" && body.Alg != "RS256" && body.Alg != "ES256" {
+				fail(w, r, invalidf("alg: want RS256 or ES256"))
+				return
+			}
+			if !config.ValidName(body.Org) {
+				fail(w, r, invalidf("org: required"))
+				return
+			}
+			k, err := s.RotateOrgJWTSVIDKey(r.Context(), body.Org, oidc.Alg(body.Alg))
+			if err != nil {
+				fail(w, r, err)
+				return
+			}
+			admin.WriteJSON(w, http.StatusOK, k)
 		case store.KindSPIFFECA:
 			if !config.ValidName(body.Org) {
 				fail(w, r, invalidf("org: required"))
@@ -328,7 +343,7 @@ func (s *Issuer) registerAdmin(a *admin.Server) {
 			}
 			admin.WriteJSON(w, http.StatusOK, k)
 		default:
-			fail(w, r, invalidf("kind: want oidc, spiffe-ca or macaroon"))
+			fail(w, r, invalidf("kind: want oidc, spiffe-jwt, spiffe-ca or macaroon"))
 		}
 	}))
 }

@@ -270,26 +270,23 @@ func (s *Issuer) handleJWTSVID(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return answered(err)
 	}
-	key, herr := s.orgSigner(r.Context(), m.Org)
+	key, herr := s.familySigner(r.Context(), svidFamily, m.Org)
 	if herr != nil {
 		return herr
 	}
 	now := s.now()
-	// Never longer than an OIDC token: the key stays published for
-	// oidc.grace (≥ oidc.max_ttl) after it retires.
+	// Never longer than an OIDC token: JWT-SVID keys stay in the bundle
+	// for oidc.grace (≥ oidc.max_ttl) after they retire, as OIDC keys do.
 	exp, capped, ok := s.capAtToken(w, r, ver, now, min(s.cfg().SPIFFE.JWTSVIDTTL.Duration, s.cfg().OIDC.MaxTTL.Duration))
 	if !ok {
 		return nil
 	}
-	// The org's issuer URL as iss, so the token is also an OIDC token of
-	// the org (verifiable through its discovery); sub is the SPIFFE ID,
-	// which no OIDC subject of wicket's ("org:app:name") can equal.
-	claims := oidc.Claims{
-		Issuer: oidc.IssuerURL(s.cfg().Server.PublicURL, m.Org), Subject: id.String(), Audience: req.Audience,
-		IssuedAt: now, NotBefore: now, Expiry: exp, ID: newJTI(),
-		Org: m.Org, App: m.App, MachineID: m.ID, MachineName: m.Name,
-	}
-	tok, err := oidc.Sign(key, claims)
+	// Signed with the org's JWT-SVID keys, which are in its SPIFFE bundle
+	// and in no JWKS, and with none of an OIDC token's claims (no iss, no
+	// org/app/machine): a relying party that trusts the org's OIDC issuer
+	// can neither verify it nor mistake it for the machine's OIDC token.
+	claims := oidc.JWTSVIDClaims{Subject: id.String(), Audience: req.Audience, IssuedAt: now, Expiry: exp, ID: newJTI()}
+	tok, err := oidc.SignJWTSVID(key, claims)
 	if err != nil {
 		return httpapi.InternalError(fmt.Errorf("sign jwt svid for org %s: %w", m.Org, err))
 	}
@@ -316,8 +313,8 @@ func (s *Issuer) handleSVIDBundle(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return httpapi.InternalError(fmt.Errorf("spiffe id of machine %s: %w", m.ID, err))
 	}
-	if _, herr := s.orgSigner(r.Context(), m.Org); herr != nil {
-		return herr // the bundle's JWT keys: the org's first one if need be
+	if _, herr := s.familySigner(r.Context(), svidFamily, m.Org); herr != nil {
+		return herr // the bundle's JWT-SVID keys: the org's first one if need be
 	}
 	doc, err := s.bundleDoc(m.Org, td)
 	if err != nil {
@@ -351,21 +348,22 @@ func (s *Issuer) handleBundleEndpoint(w http.ResponseWriter, r *http.Request) er
 }
 
 // bundleDoc is org's SPIFFE bundle document at the issuer's now: the CAs
-// and JWT keys published then. spiffe_sequence is the issuer's clock in
+// and JWT-SVID keys published then (never the org's OIDC keys, which are
+// its JWKS's). spiffe_sequence is the issuer's clock in
 // seconds, which grows with every change (and, harmlessly, without one).
 func (s *Issuer) bundleDoc(org string, td spiffeid.TrustDomain) ([]byte, error) {
 	cfg := s.cfg()
 	now := s.now()
 	kr := s.keys.Load()
 	cas := spiffe.Published(kr.cas[org], now, cfg.SPIFFE.CAGrace.Duration)
-	b, err := spiffe.NewBundle(td, cas, jwksOf(kr.oidcSets[org], now, cfg.OIDC.Grace.Duration), cfg.SPIFFE.BundleRefreshHint.Duration, uint64(max(now.Unix(), 0)))
+	b, err := spiffe.NewBundle(td, cas, jwksOf(svidFamily.of(kr).sets[org], now, cfg.OIDC.Grace.Duration), cfg.SPIFFE.BundleRefreshHint.Duration, uint64(max(now.Unix(), 0)))
 	if err != nil {
 		return nil, err
 	}
 	return b.Marshal()
 }
 
-// jwksOf is the org's published JWT keys; none before its first key.
+// jwksOf is a family's published keys of one org; none before its first key.
 func jwksOf(set *oidc.KeySet, now time.Time, grace time.Duration) jose.JSONWebKeySet {
 	if set == nil {
 		return jose.JSONWebKeySet{}

@@ -7,17 +7,22 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	gooidc "github.com/coreos/go-oidc/v3/oidc"
+	"github.com/go-jose/go-jose/v4"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/wicket-sh/wicket/api"
+	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
+	"github.com/wicket-sh/wicket/internal/sockettest"
 )
 
 // svidCopy attenuates tok the way the agent does for one SVID request: an
@@ -343,5 +348,192 @@ func TestSPIFFECA_RotationPrepublishes(t *testing.T) {
 	_, b = ti.svidBundle(t, tok)
 	if n := len(b.X509Authorities()); n != 1 {
 		t.Errorf("bundle has %d CAs after the grace period, want 1", n)
+	}
+}
+
+func (ti *testIssuer) jwtSVID(t *testing.T, tok, id, aud string) string {
+	t.Helper()
+	r := ti.call(t, "POST", "/v1/svids/jwt", tok, `{"spiffe_id":"`+id+`","aud":["`+aud+`"]}`)
+	if r.status != 200 {
+		t.Fatalf("jwt svid: %d %s", r.status, r.body)
+	}
+	var out api.JWTSVIDReply
+	if err := json.Unmarshal([]byte(r.body), &out); err != nil {
+		t.Fatal(err)
+	}
+	return out.Token
+}
+
+// oidcJWKSKids is every kid in the org's OIDC JWKS, found through its
+// discovery document as a relying party finds it.
+func (ti *testIssuer) oidcJWKSKids(t *testing.T, org string) map[string]bool {
+	t.Helper()
+	r := ti.call(t, "GET", "/"+org+"/.well-known/openid-configuration", "", "")
+	var disc struct {
+		JWKSURI string `json:"jwks_uri"`
+	}
+	if err := json.Unmarshal([]byte(r.body), &disc); err != nil || !strings.HasPrefix(disc.JWKSURI, ti.url) {
+		t.Fatalf("discovery %d %s: %v", r.status, r.body, err)
+	}
+	r = ti.call(t, "GET", strings.TrimPrefix(disc.JWKSURI, ti.url), "", "")
+	var set jose.JSONWebKeySet
+	if err := json.Unmarshal([]byte(r.body), &set); err != nil || len(set.Keys) == 0 {
+		t.Fatalf("jwks %d %s: %v", r.status, r.body, err)
+	}
+	kids := map[string]bool{}
+	for _, k := range set.Keys {
+		kids[k.KeyID] = true
+	}
+	return kids
+}
+
+// A JWT-SVID is no OIDC token of the org: its signing key is one of the
+// org's JWT-SVID keys, which are in its SPIFFE bundle and never in its
+// OIDC JWKS, so go-oidc (a relying party trusting the org's issuer)
+// refuses it even when told to skip the issuer check; and it carries
+// none of an OIDC token's claims but sub, aud, exp, iat and jti.
+func TestJWTSVID_NotAnOIDCToken(t *testing.T) {
+	ti := startIssuer(t, shortDir(t), nil)
+	_, tok := ti.addMachine(t, devSpec)
+	info, bundle := ti.svidBundle(t, tok)
+	ti.oidcToken(t, tok, `{"aud":"db"}`) // the org's OIDC keys exist and are published
+	svid := ti.jwtSVID(t, tok, info.SPIFFEID, "db")
+	ctx := t.Context()
+	provider, err := gooidc.NewProvider(ctx, ti.url+"/dev")
+	if err != nil {
+		t.Fatalf("discovery: %v", err)
+	}
+	for name, cfg := range map[string]*gooidc.Config{
+		"as is":               {ClientID: "db"},
+		"issuer check off":    {ClientID: "db", SkipIssuerCheck: true},
+		"every check but sig": {ClientID: "db", SkipIssuerCheck: true, SkipExpiryCheck: true, SkipClientIDCheck: true},
+	} {
+		if _, err := provider.Verifier(cfg).Verify(ctx, svid); err == nil {
+			t.Errorf("go-oidc (%s) accepted a jwt-svid as an oidc token of the org", name)
+		}
+	}
+	var disc struct {
+		JWKSURI string `json:"jwks_uri"`
+	}
+	provider.Claims(&disc)
+	if _, err := gooidc.NewRemoteKeySet(ctx, disc.JWKSURI).VerifySignature(ctx, svid); err == nil {
+		t.Error("the jwt-svid's signature verifies against the org's oidc jwks")
+	}
+	kid := kidOf(t, svid)
+	oidcKids := ti.oidcJWKSKids(t, "dev")
+	if oidcKids[kid] {
+		t.Errorf("the jwt-svid's kid %s is in the org's oidc jwks", kid)
+	}
+	bundleKids := map[string]bool{}
+	for k := range bundle.JWTAuthorities() {
+		bundleKids[k] = true
+		if oidcKids[k] {
+			t.Errorf("bundle jwt-svid key %s is in the org's oidc jwks", k)
+		}
+	}
+	if !bundleKids[kid] {
+		t.Errorf("the jwt-svid's kid %s is not in the bundle (%v)", kid, bundleKids)
+	}
+	for k := range oidcKids {
+		if bundleKids[k] {
+			t.Errorf("oidc key %s is in the spiffe bundle", k)
+		}
+	}
+	// The claims: a JWT-SVID's and nothing of an OIDC token's.
+	sv, err := jwtsvid.ParseAndValidate(svid, bundle, []string{"db"})
+	if err != nil {
+		t.Fatalf("jwtsvid.ParseAndValidate: %v", err)
+	}
+	var names []string
+	for k := range sv.Claims {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	if want := []string{"aud", "exp", "iat", "jti", "sub"}; !slices.Equal(names, want) {
+		t.Errorf("jwt-svid claims %v, want %v", names, want)
+	}
+	// The public bundle endpoint publishes the same JWT-SVID keys.
+	r := ti.call(t, "GET", "/dev/.well-known/spiffe-bundle", "", "")
+	pub, err := spiffebundle.Parse(spiffeid.RequireTrustDomainFromString(info.TrustDomain), []byte(r.body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := pub.FindJWTAuthority(kid); !ok {
+		t.Error("the public bundle lacks the jwt-svid's key")
+	}
+}
+
+// Rotating an org's JWT-SVID key (kind spiffe-jwt) pre-publishes the new
+// key in the bundle before it signs and keeps the old one there for the
+// grace; neither ever reaches the OIDC JWKS, and the OIDC key does not
+// rotate with it. The key is sealed at rest under its own record.
+func TestJWTSVIDKey_RotationPrepublishes(t *testing.T) {
+	ti := startIssuer(t, shortDir(t), nil)
+	_, tok := ti.addMachine(t, devSpec)
+	info, _ := ti.svidBundle(t, tok)
+	before := ti.jwtSVID(t, tok, info.SPIFFEID, "db")
+	oidcBefore := kidOf(t, ti.oidcToken(t, tok, `{"aud":"db"}`))
+	r := sockettest.Do(ti.adminSock, "POST", "/v1/keys/rotate", `{"kind":"spiffe-jwt","org":"dev"}`, nil)
+	if r.Status != 200 {
+		t.Fatalf("rotate spiffe-jwt: %d %s", r.Status, r.Body)
+	}
+	var next api.KeyInfo
+	json.Unmarshal([]byte(r.Body), &next)
+	if next.Kind != "spiffe-jwt" || next.State != "pending" || next.Org != "dev" {
+		t.Fatalf("rotated key %+v, want a pending spiffe-jwt key of dev", next)
+	}
+	_, b := ti.svidBundle(t, tok)
+	if _, ok := b.FindJWTAuthority(next.ID); !ok || len(b.JWTAuthorities()) != 2 {
+		t.Fatalf("bundle during prepublish has %d jwt keys, the new one %v", len(b.JWTAuthorities()), ok)
+	}
+	if during := ti.jwtSVID(t, tok, info.SPIFFEID, "db"); kidOf(t, during) != kidOf(t, before) {
+		t.Error("the pending jwt-svid key signed before its prepublish delay")
+	}
+	ti.clock.Advance(16 * time.Minute) // past [oidc] prepublish (15m)
+	after := ti.jwtSVID(t, tok, info.SPIFFEID, "db")
+	if kidOf(t, after) != next.ID {
+		t.Errorf("after the prepublish delay the jwt-svid is signed by %s, want %s", kidOf(t, after), next.ID)
+	}
+	_, b = ti.svidBundle(t, tok)
+	for _, kid := range []string{kidOf(t, before), next.ID} {
+		if _, ok := b.FindJWTAuthority(kid); !ok {
+			t.Errorf("bundle lacks jwt-svid key %s during the grace", kid)
+		}
+	}
+	oidcKids := ti.oidcJWKSKids(t, "dev")
+	if oidcKids[next.ID] || oidcKids[kidOf(t, before)] {
+		t.Error("a jwt-svid key is in the oidc jwks")
+	}
+	if got := kidOf(t, ti.oidcToken(t, tok, `{"aud":"db"}`)); got != oidcBefore {
+		t.Errorf("the oidc key changed (%s → %s) with the jwt-svid key's rotation", oidcBefore, got)
+	}
+	// Listed under its own kind, never with private material.
+	keys := sockettest.Do(ti.adminSock, "GET", "/v1/keys", "", nil)
+	if !strings.Contains(keys.Body, `"spiffe-jwt"`) || strings.Contains(keys.Body, "PRIVATE") {
+		t.Errorf("keys list: %s", keys.Body)
+	}
+}
+
+// [spiffe] jwt_rotate_every rotates each org's JWT-SVID key on schedule,
+// with the same prepublish as a manual rotation, and not its OIDC key.
+func TestJWTSVIDKey_ScheduledRotation(t *testing.T) {
+	ti := startIssuer(t, shortDir(t), func(c *config.Issuer) { c.SPIFFE.JWTRotateEvery = config.Duration{Duration: 3 * time.Hour} })
+	_, tok := ti.addMachine(t, devSpec)
+	info, _ := ti.svidBundle(t, tok)
+	oidcKid := kidOf(t, ti.oidcToken(t, tok, `{"aud":"db"}`))
+	svidKid := kidOf(t, ti.jwtSVID(t, tok, info.SPIFFEID, "db"))
+	ti.clock.Advance(3*time.Hour + time.Minute)
+	if err := ti.maintainKeys(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	_, b := ti.svidBundle(t, tok)
+	if n := len(b.JWTAuthorities()); n != 2 {
+		t.Fatalf("bundle has %d jwt-svid keys after the scheduled rotation, want 2 (old and pending)", n)
+	}
+	if got := kidOf(t, ti.jwtSVID(t, tok, info.SPIFFEID, "db")); got != svidKid {
+		t.Error("the scheduled key signed before its prepublish delay")
+	}
+	if got := kidOf(t, ti.oidcToken(t, tok, `{"aud":"db"}`)); got != oidcKid {
+		t.Error("the oidc key rotated on the jwt-svid schedule")
 	}
 }

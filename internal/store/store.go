@@ -40,6 +40,9 @@ const (
 	KindMacaroon = "macaroon"  // macaroon root keys
 	KindOIDC     = "oidc"      // OIDC signing keys
 	KindSPIFFECA = "spiffe-ca" // SPIFFE X.509 CAs, one kind per org: "spiffe-ca/<org>"
+	// KindSPIFFEJWT is an org's JWT-SVID signing keys, "spiffe-jwt/<org>":
+	// apart from its OIDC keys, published only in its SPIFFE bundle.
+	KindSPIFFEJWT = "spiffe-jwt"
 	// KindAdminToken is one remote admin token's root key and its label
 	// and expiry, sealed together; the record's ID is the token id.
 	KindAdminToken = "admin-token"
@@ -82,7 +85,7 @@ func (m *Machine) Clone() *Machine {
 // the store never sees key material in the clear.
 type SealedKey struct {
 	ID         string
-	Kind       string // KindMacaroon, KindOIDC, KindSPIFFECA/<org> or KindAdminToken
+	Kind       string // KindMacaroon, KindOIDC/<org>, KindSPIFFECA/<org>, KindSPIFFEJWT/<org> or KindAdminToken
 	Alg        string // e.g. "RS256", "ES256", "HS256"
 	State      string // lifecycle state, owned by the issuer
 	CreatedAt  time.Time
