@@ -223,7 +223,14 @@ func (s *Issuer) updateMachine(ctx context.Context, id string, u api.MachineUpda
 // RemoveMachine deletes a machine: its tokens stop working at once, because
 // every verification looks the machine up.
 func (s *Issuer) RemoveMachine(ctx context.Context, id string) error {
-	return s.store.DeleteMachine(ctx, id)
+	return s.removeMachine(ctx, id, nil)
+}
+
+// removeMachine is RemoveMachine; check, when set, is asked about the
+// machine as it is inside the store's deletion, so a concurrent change
+// (a move out of the caller's scope) cannot slip past it.
+func (s *Issuer) removeMachine(ctx context.Context, id string, check func(*store.Machine) error) error {
+	return s.store.DeleteMachine(ctx, id, check)
 }
 
 // RevokeToken revokes a machine token (and all its attenuated copies) by id.

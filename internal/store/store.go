@@ -149,7 +149,13 @@ type Store interface {
 	// It returns the new machine.
 	UpdateMachine(ctx context.Context, id string, expectVersion uint64, fn func(*Machine) error) (*Machine, error)
 	// DeleteMachine removes the machine with id, or returns ErrNotFound.
-	DeleteMachine(ctx context.Context, id string) error
+	// check, when not nil, is asked about the machine as it is inside the
+	// deletion's transaction: an error from it aborts the deletion and is
+	// returned as is, so a caller's decision (a scope check) is made on
+	// the very record deleted, never on an earlier read. Like
+	// UpdateMachine's fn it may be called more than once and must have no
+	// side effects; it must not call the store.
+	DeleteMachine(ctx context.Context, id string, check func(*Machine) error) error
 
 	// PutKey creates or replaces the key with k's (Kind, ID).
 	PutKey(ctx context.Context, k *SealedKey) error

@@ -1,0 +1,89 @@
+package issuer
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/wicket-sh/wicket/api"
+	"github.com/wicket-sh/wicket/internal/admintoken"
+	"github.com/wicket-sh/wicket/internal/store"
+)
+
+// movingStore moves one machine to another region right after the next
+// read of it, once armed: the change lands between a command's scope
+// check on what it read and the act itself, the window a concurrent
+// PATCH by the machine's other manager could hit.
+type movingStore struct {
+	store.Store
+	id     atomic.Value // string: the machine to move
+	armed  atomic.Bool
+	region string
+}
+
+func (s *movingStore) GetMachine(ctx context.Context, id string) (*store.Machine, error) {
+	m, err := s.Store.GetMachine(ctx, id)
+	if err == nil && id == s.id.Load() && s.armed.CompareAndSwap(true, false) {
+		if _, err := s.Store.UpdateMachine(ctx, id, 0, func(m *store.Machine) error { m.Region = s.region; return nil }); err != nil {
+			panic(err)
+		}
+	}
+	return m, err
+}
+
+// A remote DELETE or token mint acts only on a machine that is in the
+// token's scope when it acts, not merely when it was looked up: a
+// machine moved out of scope in between is neither removed nor given a
+// token (404, as for any machine out of scope).
+func TestRemoteAdmin_ScopeCheckedOnTheRecordActedOn(t *testing.T) {
+	ms := &movingStore{region: "ord"}
+	ti := startIssuerWith(t, shortDir(t), withRemote(nil), func(o *Options) {
+		o.wrapStore = func(s store.Store) store.Store { ms.Store = s; return ms }
+	})
+	root := ti.mintAdmin(t, api.AdminTokenRequest{Label: "root"})
+	fra := attenuate(t, root.Token, admintoken.Scope{Orgs: []string{"acme"}, Regions: []string{"fra"},
+		Ops: []admintoken.Op{admintoken.OpMachineGet, admintoken.OpMachineRemove, admintoken.OpTokenMint}})
+	r := ti.admin(t, "POST", "/v1/machines", spec("acme", "fra", "m1"))
+	if r.Status != 201 {
+		t.Fatalf("add: %+v", r)
+	}
+	var added api.MachineAdded
+	json.Unmarshal([]byte(r.Body), &added)
+	id := added.Machine.MachineID
+	ms.id.Store(id)
+	backToFra := func() {
+		t.Helper()
+		if r := ti.admin(t, "PATCH", "/v1/machines/"+id, `{"region":"fra"}`); r.Status != 200 {
+			t.Fatalf("move back: %+v", r)
+		}
+	}
+
+	ms.armed.Store(true)
+	wantCode(t, "delete of a machine moved out of scope", ti.remote(t, "DELETE", "/v1/machines/"+id, fra, ""), 404, api.CodeNotFound)
+	m, err := ti.Store().GetMachine(t.Context(), id)
+	if err != nil || m.Region != "ord" {
+		t.Fatalf("the machine moved out of scope was removed: %v, %v", m, err)
+	}
+
+	backToFra()
+	ms.armed.Store(true)
+	r2 := ti.remote(t, "POST", "/v1/machines/"+id+"/tokens", fra, `{"ttl":"1h"}`)
+	wantCode(t, "mint for a machine moved out of scope", r2, 404, api.CodeNotFound)
+	if strings.Contains(r2.body, "fm2_") {
+		t.Error("a machine token was handed out for a machine moved out of scope")
+	}
+	if !strings.Contains(ti.logs.String(), "token dropped") {
+		t.Error("no log line for the dropped token")
+	}
+
+	// Unmoved, the same token removes and mints as before.
+	backToFra()
+	if r := ti.remote(t, "POST", "/v1/machines/"+id+"/tokens", fra, `{"ttl":"1h"}`); r.status != 201 {
+		t.Errorf("mint in scope: %d %s", r.status, r.body)
+	}
+	if r := ti.remote(t, "DELETE", "/v1/machines/"+id, fra, ""); r.status != 200 {
+		t.Errorf("delete in scope: %d %s", r.status, r.body)
+	}
+}
