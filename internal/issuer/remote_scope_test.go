@@ -3,9 +3,11 @@ package issuer
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/admintoken"
@@ -85,5 +87,45 @@ func TestRemoteAdmin_ScopeCheckedOnTheRecordActedOn(t *testing.T) {
 	}
 	if r := ti.remote(t, "DELETE", "/v1/machines/"+id, fra, ""); r.status != 200 {
 		t.Errorf("delete in scope: %d %s", r.status, r.body)
+	}
+}
+
+// GET /v1/status states exactly what a token copy with a machine-token
+// cap of 0 can do: it mints no machine token, so neither token.mint nor
+// machine.add is among its operations and its cap shows as "0s", not as
+// no cap, nor as the cap of a larger caveat appended after it. The
+// issuer refuses both, as shown.
+func TestRemoteStatus_CapZeroShownExactly(t *testing.T) {
+	ti := startIssuer(t, shortDir(t), withRemote(nil))
+	root := ti.mintAdmin(t, api.AdminTokenRequest{Label: "root"})
+	none := attenuate(t, root.Token, admintoken.Scope{MintsNone: true})
+	noneThenDay := attenuate(t, none, admintoken.Scope{MaxMachineTTL: 24 * time.Hour})
+	r := ti.admin(t, "POST", "/v1/machines", spec("acme", "fra", "m1"))
+	var added api.MachineAdded
+	json.Unmarshal([]byte(r.Body), &added)
+	for name, tok := range map[string]string{"cap 0": none, "cap 0, then 24h": noneThenDay} {
+		var st api.RemoteStatus
+		if r := ti.remote(t, "GET", "/v1/status", tok, ""); r.status != 200 || json.Unmarshal([]byte(r.body), &st) != nil {
+			t.Fatalf("%s: status %d %s", name, r.status, r.body)
+		}
+		if st.Scope.MaxMachineTTL != "0s" {
+			t.Errorf("%s: max_machine_ttl %q, want \"0s\"", name, st.Scope.MaxMachineTTL)
+		}
+		want := []string{"machine.update", "machine.remove", "machine.get", "token.revoke"}
+		if !slices.Equal(st.Scope.Ops, want) {
+			t.Errorf("%s: ops %v, want %v", name, st.Scope.Ops, want)
+		}
+		wantCode(t, name+": mint", ti.remote(t, "POST", "/v1/machines/"+added.Machine.MachineID+"/tokens", tok, `{"ttl":"1h"}`), 403, api.CodeForbidden)
+		wantCode(t, name+": add", ti.remote(t, "POST", "/v1/machines", tok, spec("acme", "fra", "m2")), 403, api.CodeForbidden)
+		if r := ti.remote(t, "GET", "/v1/machines/"+added.Machine.MachineID, tok, ""); r.status != 200 {
+			t.Errorf("%s: get, which the status lists: %d", name, r.status)
+		}
+	}
+	// A token with a positive cap shows it, and all its operations.
+	day := attenuate(t, root.Token, admintoken.Scope{MaxMachineTTL: 24 * time.Hour})
+	var st api.RemoteStatus
+	json.Unmarshal([]byte(ti.remote(t, "GET", "/v1/status", day, "").body), &st)
+	if st.Scope.MaxMachineTTL != "24h0m0s" || st.Scope.Ops != nil {
+		t.Errorf("24h cap: %+v", st.Scope)
 	}
 }
