@@ -71,10 +71,9 @@ func TestRemoteAdmin_ScopeCheckedOnTheRecordActedOn(t *testing.T) {
 
 	backToFra()
 	ms.armed.Store(true)
-	r2 := ti.remote(t, "POST", "/v1/machines/"+id+"/tokens", fra, `{"ttl":"1h"}`)
-	wantCode(t, "mint for a machine moved out of scope", r2, 404, api.CodeNotFound)
-	if strings.Contains(r2.body, "fm2_") {
-		t.Error("a machine token was handed out for a machine moved out of scope")
+	// The reply is not printed: on failure it would hold a machine token.
+	if r2 := ti.remote(t, "POST", "/v1/machines/"+id+"/tokens", fra, `{"ttl":"1h"}`); r2.status != 404 || strings.Contains(r2.body, "fm2_") {
+		t.Errorf("mint for a machine moved out of scope: %d (token in the reply: %v), want 404", r2.status, strings.Contains(r2.body, "fm2_"))
 	}
 	if !strings.Contains(ti.logs.String(), "token dropped") {
 		t.Error("no log line for the dropped token")
@@ -83,7 +82,7 @@ func TestRemoteAdmin_ScopeCheckedOnTheRecordActedOn(t *testing.T) {
 	// Unmoved, the same token removes and mints as before.
 	backToFra()
 	if r := ti.remote(t, "POST", "/v1/machines/"+id+"/tokens", fra, `{"ttl":"1h"}`); r.status != 201 {
-		t.Errorf("mint in scope: %d %s", r.status, r.body)
+		t.Errorf("mint in scope: %d", r.status)
 	}
 	if r := ti.remote(t, "DELETE", "/v1/machines/"+id, fra, ""); r.status != 200 {
 		t.Errorf("delete in scope: %d %s", r.status, r.body)
@@ -115,8 +114,13 @@ func TestRemoteStatus_CapZeroShownExactly(t *testing.T) {
 		if !slices.Equal(st.Scope.Ops, want) {
 			t.Errorf("%s: ops %v, want %v", name, st.Scope.Ops, want)
 		}
-		wantCode(t, name+": mint", ti.remote(t, "POST", "/v1/machines/"+added.Machine.MachineID+"/tokens", tok, `{"ttl":"1h"}`), 403, api.CodeForbidden)
-		wantCode(t, name+": add", ti.remote(t, "POST", "/v1/machines", tok, spec("acme", "fra", "m2")), 403, api.CodeForbidden)
+		// Replies not printed: on failure they would hold a machine token.
+		if r := ti.remote(t, "POST", "/v1/machines/"+added.Machine.MachineID+"/tokens", tok, `{"ttl":"1h"}`); r.status != 403 {
+			t.Errorf("%s: mint: %d, want 403", name, r.status)
+		}
+		if r := ti.remote(t, "POST", "/v1/machines", tok, spec("acme", "fra", "m2")); r.status != 403 {
+			t.Errorf("%s: add: %d, want 403", name, r.status)
+		}
 		if r := ti.remote(t, "GET", "/v1/machines/"+added.Machine.MachineID, tok, ""); r.status != 200 {
 			t.Errorf("%s: get, which the status lists: %d", name, r.status)
 		}
