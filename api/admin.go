@@ -117,8 +117,8 @@ type KeyList struct {
 
 // RotateRequest is the body of POST /v1/keys/rotate.
 type RotateRequest struct {
-	Kind string `json:"kind"` // "oidc" (default) or "macaroon"
-	Org  string `json:"org"`  // the org whose OIDC key rotates
+	Kind string `json:"kind"` // "oidc" (default), "spiffe-jwt", "spiffe-ca" or "macaroon"
+	Org  string `json:"org"`  // the org whose key or CA rotates
 	Alg  string `json:"alg"`  // "RS256" or "ES256"; empty = the configured one
 }
 

@@ -62,7 +62,7 @@ type AdminScope struct {
 	Apps          []string  `json:"apps"`
 	Regions       []string  `json:"regions"`
 	Ops           []string  `json:"ops"`
-	MaxMachineTTL string    `json:"max_machine_ttl"` // "" = no cap of the token's own
+	MaxMachineTTL string    `json:"max_machine_ttl"` // "" = no cap of the token's own; "0s" = mints no machine token
 	SourceAddrs   []string  `json:"source_addrs"`
 	ExpiresAt     time.Time `json:"expires_at"`
 }

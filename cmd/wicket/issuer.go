@@ -312,12 +312,12 @@ func newIssuerKeysCmd() *cobra.Command {
 	var kind, org, alg string
 	list := &cobra.Command{Use: "list", Short: "List keys (never private material)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return af.call(cmd, "GET", "/v1/keys", nil) }}
-	rotate := &cobra.Command{Use: "rotate", Short: "Rotate an org's OIDC signing key, or the machine token key", Args: cobra.NoArgs,
+	rotate := &cobra.Command{Use: "rotate", Short: "Rotate an org's OIDC or JWT-SVID signing key or SPIFFE CA, or the machine token key", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return af.call(cmd, "POST", "/v1/keys/rotate", map[string]string{"kind": kind, "org": org, "alg": alg})
 		}}
-	rotate.Flags().StringVar(&kind, "kind", "oidc", "oidc, spiffe-ca or macaroon")
-	rotate.Flags().StringVar(&org, "org", "", "org whose OIDC key to rotate")
+	rotate.Flags().StringVar(&kind, "kind", "oidc", "oidc, spiffe-jwt, spiffe-ca or macaroon")
+	rotate.Flags().StringVar(&org, "org", "", "org whose key or CA to rotate")
 	rotate.Flags().StringVar(&alg, "alg", "", "RS256 or ES256 (default from config)")
 	cmd.AddCommand(list, rotate)
 	return cmd

@@ -82,6 +82,11 @@ type Scope struct {
 	// MaxMachineTTL, when positive, is the longest machine token the
 	// holder may mint (at registration or later).
 	MaxMachineTTL time.Duration
+	// MintsNone caps machine tokens at 0: the holder may mint none, and so
+	// register no machine (registration mints one). Verified.Scope sets
+	// it for a cap caveat of 0 or less, whatever other caps say, and
+	// leaves MaxMachineTTL 0; Attenuate adds such a caveat.
+	MintsNone bool
 	// NotBefore and NotAfter narrow the validity window (NotAfter zero:
 	// unchanged; NotBefore zero: no lower bound added).
 	NotBefore, NotAfter time.Time
@@ -145,6 +150,10 @@ func (s Scope) caveats() ([]macaroon.Caveat, error) {
 	}
 	if s.MaxMachineTTL > 0 {
 		c := maxTTLCaveat(int64(s.MaxMachineTTL / time.Second))
+		cavs = append(cavs, &c)
+	}
+	if s.MintsNone {
+		c := maxTTLCaveat(0)
 		cavs = append(cavs, &c)
 	}
 	if len(s.SourceAddrs) > 0 {

@@ -218,3 +218,66 @@ func TestCaveatNumbers_Stable(t *testing.T) {
 		t.Error("admin caveat numbers overlap the machine token's")
 	}
 }
+
+// capped appends a raw machine-TTL caveat of secs seconds (0 included, as
+// a holder can with the macaroon library) to tok.
+func capped(t *testing.T, tok string, secs int64) string {
+	t.Helper()
+	m, err := macaroonwire.Decode(tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := maxTTLCaveat(secs)
+	if err := m.Add(&c); err != nil {
+		t.Fatal(err)
+	}
+	out, err := m.String()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// The effective scope states the machine-token cap exactly: the smallest
+// of every cap caveat, and a cap of 0 (which nothing can be minted
+// under) as minting nothing, never as "no cap" nor as a later, larger
+// caveat's cap. Attenuating with MintsNone makes such a token.
+func TestScope_MachineTTLCapExact(t *testing.T) {
+	base, _ := root(t)
+	none, err := Attenuate(base, Scope{MintsNone: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	day := int64(24 * 3600)
+	for _, tc := range []struct {
+		name      string
+		tok       string
+		cap       time.Duration
+		mintsNone bool
+	}{
+		{"no cap", base, 0, false},
+		{"one cap", capped(t, base, day), 24 * time.Hour, false},
+		{"two caps", capped(t, capped(t, base, day), day/2), 12 * time.Hour, false},
+		{"cap 0", capped(t, base, 0), 0, true},
+		{"cap 0 then 24h", capped(t, capped(t, base, 0), day), 0, true},
+		{"24h then cap 0", capped(t, capped(t, base, day), 0), 0, true},
+		{"negative cap", capped(t, base, -5), 0, true},
+		{"attenuated MintsNone", none, 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v, err := verifier().Verify(tc.tok, t0, inNet)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sc := v.Scope()
+			if sc.MaxMachineTTL != tc.cap || sc.MintsNone != tc.mintsNone {
+				t.Errorf("Scope cap %v mints-none %v, want %v %v", sc.MaxMachineTTL, sc.MintsNone, tc.cap, tc.mintsNone)
+			}
+			// What the scope says is what Allow does.
+			err = v.Allow(OpTokenMint, Target{Org: "acme", App: "web", Region: "fra", TTL: time.Hour})
+			if tc.mintsNone != (err != nil) {
+				t.Errorf("Allow(mint 1h) = %v, scope says mints-none %v", err, tc.mintsNone)
+			}
+		})
+	}
+}

@@ -110,10 +110,12 @@ func (v *Verified) check(a *access) error {
 
 // Scope is the token's effective scope: each list the intersection of its
 // caveats of that kind (nil: no such caveat, anything goes), the smallest
-// TTL cap and the window's end.
+// TTL cap (MintsNone when it is 0 or less: MaxMachineTTL 0 would read as
+// no cap at all) and the window's end.
 func (v *Verified) Scope() Scope {
 	var s Scope
 	var orgs, apps, regions, ops, addrs [][]string
+	hasCap := false
 	for _, c := range v.cavs.Caveats {
 		switch c := c.(type) {
 		case *orgsCaveat:
@@ -127,10 +129,14 @@ func (v *Verified) Scope() Scope {
 		case *sourceAddrsCaveat:
 			addrs = append(addrs, *c)
 		case *maxTTLCaveat:
-			if d := time.Duration(*c) * time.Second; s.MaxMachineTTL == 0 || d < s.MaxMachineTTL {
-				s.MaxMachineTTL = d
+			if d := time.Duration(*c) * time.Second; !hasCap || d < s.MaxMachineTTL {
+				s.MaxMachineTTL, hasCap = d, true
 			}
 		}
+	}
+	if hasCap && s.MaxMachineTTL <= 0 {
+		// Every machine token has a positive life: none passes this cap.
+		s.MaxMachineTTL, s.MintsNone = 0, true
 	}
 	s.Orgs, s.Apps, s.Regions = intersect(orgs), intersect(apps), intersect(regions)
 	for _, o := range intersect(ops) {

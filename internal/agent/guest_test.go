@@ -673,11 +673,48 @@ func TestSVIDCopy_ReuseNeverCrossesSPIFFEIDs(t *testing.T) {
 	if again, _ := mt.restrictScope(now, time.Hour, spiffe.Scope(a, nil)); again != ca {
 		t.Error("the copy for the same id was not reused")
 	}
-	v, err := is.Verifier.Verify(cb, machinetoken.Request{Feature: machinetoken.FeatureSVID, SPIFFEID: b})
+	v, err := is.Verifier.Verify(cb, machinetoken.Request{Feature: machinetoken.FeatureSVID, SVIDKind: machinetoken.SVIDX509, SPIFFEID: b})
 	if err != nil || !slices.Equal(v.SPIFFEIDs, []string{b}) {
 		t.Fatalf("copy for b: %v, %v", v, err)
 	}
-	if _, err := is.Verifier.Verify(cb, machinetoken.Request{Feature: machinetoken.FeatureSVID, SPIFFEID: a}); err == nil {
+	if _, err := is.Verifier.Verify(cb, machinetoken.Request{Feature: machinetoken.FeatureSVID, SVIDKind: machinetoken.SVIDX509, SPIFFEID: a}); err == nil {
 		t.Error("the copy made for b is accepted for a")
+	}
+}
+
+// A reused copy never crosses kinds of SVID request: two scopes that
+// differ only in their kind get two copies, each refused for the other
+// kind.
+func TestSVIDCopy_ReuseNeverCrossesKinds(t *testing.T) {
+	is := agenttest.New(t)
+	mt, err := ParseMachineToken(is.MachineToken(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const a = "spiffe://td.test/app/web/workload/a"
+	scope := func(k machinetoken.SVIDKind) machinetoken.Scope {
+		return machinetoken.Scope{Features: []machinetoken.Feature{machinetoken.FeatureSVID},
+			SVIDKinds: []machinetoken.SVIDKind{k}, SPIFFEIDs: []string{a}}
+	}
+	now := time.Now()
+	cx, err := mt.restrictScope(now, time.Hour, scope(machinetoken.SVIDX509))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cj, err := mt.restrictScope(now, time.Hour, scope(machinetoken.SVIDJWT))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := mt.restrictScope(now, time.Hour, scope(machinetoken.SVIDX509)); again != cx {
+		t.Error("the copy for the same kind was not reused")
+	}
+	q := func(k machinetoken.SVIDKind) machinetoken.Request {
+		return machinetoken.Request{Feature: machinetoken.FeatureSVID, SVIDKind: k, SPIFFEID: a}
+	}
+	if v, err := is.Verifier.Verify(cj, q(machinetoken.SVIDJWT)); err != nil || !slices.Equal(v.SVIDKinds, []machinetoken.SVIDKind{machinetoken.SVIDJWT}) {
+		t.Fatalf("jwt copy: %v, %v", v, err)
+	}
+	if _, err := is.Verifier.Verify(cj, q(machinetoken.SVIDX509)); err == nil {
+		t.Error("the copy made for a jwt-svid is accepted for an x509-svid")
 	}
 }

@@ -109,6 +109,7 @@ type restrictKey struct {
 	external            string
 	spiffeIDs           string
 	hasSPIFFEIDs        bool
+	svidKinds           string
 }
 
 // restrictScope returns the per-request copy: valid for ttl from now and
@@ -122,7 +123,8 @@ func (t MachineToken) restrictScope(now time.Time, ttl time.Duration, s machinet
 	}
 	key := restrictKey{ttl: ttl, features: fmt.Sprintf("%q", s.Features), audiences: fmt.Sprintf("%q", s.Audiences),
 		hasAudiences: s.Audiences != nil, external: s.External,
-		spiffeIDs: fmt.Sprintf("%q", s.SPIFFEIDs), hasSPIFFEIDs: s.SPIFFEIDs != nil}
+		spiffeIDs: fmt.Sprintf("%q", s.SPIFFEIDs), hasSPIFFEIDs: s.SPIFFEIDs != nil,
+		svidKinds: fmt.Sprintf("%q", s.SVIDKinds)}
 	t.cache.mu.Lock()
 	defer t.cache.mu.Unlock()
 	if e, ok := t.cache.entries[key]; ok && now.Sub(e.created) >= 0 && now.Sub(e.created) < restrictReuse {

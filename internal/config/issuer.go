@@ -114,9 +114,13 @@ type SPIFFE struct {
 	// X509SVIDTTL is an X.509-SVID's life (at most the copy's that asked).
 	X509SVIDTTL Duration `toml:"x509_svid_ttl"`
 	// JWTSVIDTTL is a JWT-SVID's life (1m to 1h), capped at oidc.max_ttl
-	// when issued: it is signed with the org's OIDC keys, which stay
-	// published for oidc.grace ≥ oidc.max_ttl after they retire.
+	// when issued: its signing keys (the org's JWT-SVID keys, apart from
+	// its OIDC keys) share oidc.prepublish and oidc.grace ≥ oidc.max_ttl.
 	JWTSVIDTTL Duration `toml:"jwt_svid_ttl"`
+	// JWTRotateEvery rotates each org's JWT-SVID signing key on a
+	// schedule; 0 = only when asked (`wicket issuer keys rotate --kind
+	// spiffe-jwt`).
+	JWTRotateEvery Duration `toml:"jwt_rotate_every"`
 	// CATTL is the life of each CA certificate.
 	CATTL Duration `toml:"ca_ttl"`
 	// CAPrepublish is how long a new CA is in the bundle before it signs.
@@ -146,6 +150,14 @@ func (c *SPIFFE) validate() []error {
 		}
 		if other, dup := seen[name]; dup {
 			errs = append(errs, fmt.Errorf("spiffe.trust_domains: orgs %s and %s share a trust domain", min(org, other), max(org, other)))
+		}
+		// An org not listed gets the template's name: if that is this
+		// entry's, the two orgs would share a trust domain (the issuer
+		// refuses the unlisted one anyway, at its first SVID).
+		if other, ok := spiffe.TemplateOrg(c.TrustDomain, name); ok && other != org && ValidName(other) {
+			if _, listed := c.TrustDomains[other]; !listed {
+				errs = append(errs, fmt.Errorf("spiffe.trust_domains.%s: the trust_domain template gives org %q the same name; list %q explicitly too, or choose another name", org, other, other))
+			}
 		}
 		seen[name] = org
 	}
@@ -321,6 +333,9 @@ func (c *Issuer) Validate() error {
 	}
 	if c.OIDC.RotateEvery.Duration != 0 && c.OIDC.RotateEvery.Duration < c.OIDC.Prepublish.Duration+c.OIDC.Grace.Duration {
 		errs = append(errs, errors.New("oidc.rotate_every must be 0 or at least prepublish + grace"))
+	}
+	if c.SPIFFE.JWTRotateEvery.Duration != 0 && c.SPIFFE.JWTRotateEvery.Duration < c.OIDC.Prepublish.Duration+c.OIDC.Grace.Duration {
+		errs = append(errs, errors.New("spiffe.jwt_rotate_every must be 0 or at least oidc.prepublish + oidc.grace"))
 	}
 	if c.MachineTokens.DefaultTTL.Duration <= 0 || c.MachineTokens.DefaultTTL.Duration > c.MachineTokens.MaxTTL.Duration {
 		errs = append(errs, errors.New("machine_tokens.default_ttl: want more than 0 and at most machine_tokens.max_ttl"))

@@ -167,3 +167,36 @@ func TestValidate_RemoteAdmin(t *testing.T) {
 		})
 	}
 }
+
+// An explicit trust domain that the template gives another org (one not
+// listed itself) is refused: the two orgs would share a trust domain.
+func TestValidate_TrustDomainEqualsAnotherOrgsTemplated(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		template string
+		explicit map[string]string
+		bad      string // in the error; "" when valid
+	}{
+		{"another org's templated name", "", map[string]string{"acme": "beta.wicket.internal"}, `"beta"`},
+		{"custom template", "td-{org}.example", map[string]string{"acme": "td-beta.example"}, `"beta"`},
+		{"its own templated name", "", map[string]string{"acme": "acme.wicket.internal"}, ""},
+		{"the other org is listed too", "", map[string]string{"acme": "beta.wicket.internal", "beta": "b.example"}, ""},
+		{"no org can have that name", "", map[string]string{"acme": "a.b.wicket.internal"}, ""},
+		{"unrelated name", "", map[string]string{"acme": "acme.example"}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := DefaultIssuer()
+			if tc.template != "" {
+				c.SPIFFE.TrustDomain = tc.template
+			}
+			c.SPIFFE.TrustDomains = tc.explicit
+			err := c.Validate()
+			switch {
+			case tc.bad == "" && err != nil && strings.Contains(err.Error(), "spiffe.trust_domains"):
+				t.Errorf("Validate = %v, want no trust_domains error", err)
+			case tc.bad != "" && (err == nil || !strings.Contains(err.Error(), tc.bad) || !strings.Contains(err.Error(), "spiffe.trust_domains.acme")):
+				t.Errorf("Validate = %v, want spiffe.trust_domains.acme naming %s", err, tc.bad)
+			}
+		})
+	}
+}

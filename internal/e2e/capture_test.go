@@ -2,21 +2,30 @@ package e2e
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"github.com/superfly/macaroon"
 
+	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/client"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/sockettest"
@@ -219,5 +228,71 @@ match = "GET /v1/apps/{app}/gateway"
 	// A route to the issuer's own gateway still gets a copy it accepts.
 	if r := get("/v1/apps/dev-app/gateway"); r.Status != 200 {
 		t.Errorf("gateway route: %d %s", r.Status, r.Body)
+	}
+}
+
+// The copies the agent really sends for SPIFFE, captured on their way to
+// the issuer, are each bound to the one kind of request they were made
+// for: the bundle read's copy buys no SVID for any ID, the X.509-SVID's
+// no JWT-SVID and the JWT-SVID's no X.509-SVID; each still buys what the
+// agent asked for.
+func TestCapturedSVIDCopies_BoundToTheirKind(t *testing.T) {
+	ti := StartIssuer(t)
+	mt := ti.MachineToken(t, "dev", "dev-app", "web-1")
+	cp := newCapture(t, ti.URL)
+	sock := filepath.Join(ShortDir(t), "spiffe.sock")
+	StartAgent(t, cp.URL, mt, fmt.Sprintf("[spiffe]\nenabled = true\nsocket_path = %q\n", sock))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+sock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	svid, err := c.FetchX509SVID(ctx)
+	if err != nil {
+		t.Fatalf("FetchX509SVID: %v", err)
+	}
+	id := svid.ID.String()
+	if _, err := c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "db"}); err != nil {
+		t.Fatalf("FetchJWTSVID: %v", err)
+	}
+	bundleCopy, x509Copy, jwtCopy := cp.last(t, "/v1/svids/bundle"), cp.last(t, "/v1/svids/x509"), cp.last(t, "/v1/svids/jwt")
+	other := "spiffe://dev.wicket.internal/app/dev-app/workload/other"
+	csr := func(id string) string {
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		u, _ := url.Parse(id)
+		der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := json.Marshal(api.X509SVIDRequest{CSR: der})
+		return string(b)
+	}
+	jwt := func(id, aud string) string { return `{"spiffe_id":"` + id + `","aud":["` + aud + `"]}` }
+	for _, tc := range []struct{ name, method, path, tok, body string }{
+		{"bundle copy, x509 svid of the machine", "POST", "/v1/svids/x509", bundleCopy, csr(id)},
+		{"bundle copy, x509 svid of a workload", "POST", "/v1/svids/x509", bundleCopy, csr(other)},
+		{"bundle copy, jwt svid of the machine", "POST", "/v1/svids/jwt", bundleCopy, jwt(id, "db")},
+		{"bundle copy, jwt svid of a workload", "POST", "/v1/svids/jwt", bundleCopy, jwt(other, "db")},
+		{"x509 copy, jwt svid of its id", "POST", "/v1/svids/jwt", x509Copy, jwt(id, "db")},
+		{"x509 copy, jwt svid of its id, another aud", "POST", "/v1/svids/jwt", x509Copy, jwt(id, "https://attacker.example")},
+		{"x509 copy, bundle read", "GET", "/v1/svids/bundle", x509Copy, ""},
+		{"jwt copy, x509 svid of its id", "POST", "/v1/svids/x509", jwtCopy, csr(id)},
+		{"jwt copy, bundle read", "GET", "/v1/svids/bundle", jwtCopy, ""},
+	} {
+		if status, body := replay(t, tc.method, ti.URL+tc.path, tc.tok, tc.body); status != 401 {
+			t.Errorf("%s: %d %s, want 401", tc.name, status, body)
+		}
+	}
+	// What each copy was made for, it still buys.
+	for _, tc := range []struct{ name, method, path, tok, body string }{
+		{"bundle copy, bundle read", "GET", "/v1/svids/bundle", bundleCopy, ""},
+		{"x509 copy, x509 svid of its id", "POST", "/v1/svids/x509", x509Copy, csr(id)},
+		{"jwt copy, jwt svid of its id and aud", "POST", "/v1/svids/jwt", jwtCopy, jwt(id, "db")},
+	} {
+		if status, body := replay(t, tc.method, ti.URL+tc.path, tc.tok, tc.body); status != 200 {
+			t.Errorf("%s: %d %s, want 200", tc.name, status, body)
+		}
 	}
 }

@@ -223,7 +223,14 @@ func (s *Issuer) updateMachine(ctx context.Context, id string, u api.MachineUpda
 // RemoveMachine deletes a machine: its tokens stop working at once, because
 // every verification looks the machine up.
 func (s *Issuer) RemoveMachine(ctx context.Context, id string) error {
-	return s.store.DeleteMachine(ctx, id)
+	return s.removeMachine(ctx, id, nil)
+}
+
+// removeMachine is RemoveMachine; check, when set, is asked about the
+// machine as it is inside the store's deletion, so a concurrent change
+// (a move out of the caller's scope) cannot slip past it.
+func (s *Issuer) removeMachine(ctx context.Context, id string, check func(*store.Machine) error) error {
+	return s.store.DeleteMachine(ctx, id, check)
 }
 
 // RevokeToken revokes a machine token (and all its attenuated copies) by id.
@@ -316,6 +323,21 @@ func (s *Issuer) registerAdmin(a *admin.Server) {
 				return
 			}
 			admin.WriteJSON(w, http.StatusOK, k)
+		case store.KindSPIFFEJWT:
+			if body.Alg != "" && body.Alg != "RS256" && body.Alg != "ES256" {
+				fail(w, r, invalidf("alg: want RS256 or ES256"))
+				return
+			}
+			if !config.ValidName(body.Org) {
+				fail(w, r, invalidf("org: required"))
+				return
+			}
+			k, err := s.RotateOrgJWTSVIDKey(r.Context(), body.Org, oidc.Alg(body.Alg))
+			if err != nil {
+				fail(w, r, err)
+				return
+			}
+			admin.WriteJSON(w, http.StatusOK, k)
 		case store.KindSPIFFECA:
 			if !config.ValidName(body.Org) {
 				fail(w, r, invalidf("org: required"))
@@ -328,7 +350,7 @@ func (s *Issuer) registerAdmin(a *admin.Server) {
 			}
 			admin.WriteJSON(w, http.StatusOK, k)
 		default:
-			fail(w, r, invalidf("kind: want oidc, spiffe-ca or macaroon"))
+			fail(w, r, invalidf("kind: want oidc, spiffe-jwt, spiffe-ca or macaroon"))
 		}
 	}))
 }

@@ -16,7 +16,8 @@ import (
 //
 // The key binds everything Verify looked at besides the clock: the token
 // bytes, the caller's address (source-address caveats), the feature, the
-// app and the OIDC audiences asked for (audience caveats). Entries expire at the token's own end or after
+// app, the OIDC audiences asked for (audience caveats), the SPIFFE ID
+// and the kind of SVID request (SPIFFE ID and SVID-kinds caveats). Entries expire at the token's own end or after
 // verifyCacheTTL, whichever comes first. Revocation and the machine's
 // existence are not cached: authenticate checks both on every request.
 // The cache is flushed whenever the key ring changes.
@@ -61,6 +62,9 @@ func verifyKey(token string, q machinetoken.Request) [32]byte {
 	// The SPIFFE ID asked for (SPIFFE ID caveats check it).
 	h.Write([]byte{0})
 	h.Write([]byte(q.SPIFFEID))
+	// The kind of SVID request (SVID-kinds caveats check it).
+	h.Write([]byte{0})
+	h.Write([]byte(q.SVIDKind))
 	var k [32]byte
 	h.Sum(k[:0])
 	return k

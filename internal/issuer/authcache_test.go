@@ -119,3 +119,19 @@ func TestGateway_RefusesAmbiguousPaths(t *testing.T) {
 		t.Errorf("%d ambiguous requests reached the upstream", forwarded)
 	}
 }
+
+// A cached verification never covers another kind of SVID request: the
+// same copy asking for the same ID as an X.509- and a JWT-SVID, or for
+// the bundle, has three cache keys.
+func TestVerifyCache_SVIDKindNotShared(t *testing.T) {
+	q := machinetoken.Request{Feature: machinetoken.FeatureSVID, SPIFFEID: "spiffe://td.test/app/web/workload/a"}
+	keys := map[[32]byte]machinetoken.SVIDKind{}
+	for _, k := range []machinetoken.SVIDKind{machinetoken.SVIDBundle, machinetoken.SVIDX509, machinetoken.SVIDJWT, ""} {
+		q.SVIDKind = k
+		ck := verifyKey("fm2_token", q)
+		if other, dup := keys[ck]; dup {
+			t.Errorf("svid kinds %q and %q share a cache key", other, k)
+		}
+		keys[ck] = k
+	}
+}

@@ -45,8 +45,9 @@ type Options struct {
 	// listening on server.listen (tests, dev mode on a port chosen by the OS).
 	Listener net.Listener
 
-	allowNoMintKey bool          // Init creates the first key
-	maintainEvery  time.Duration // key maintenance period; 0 = a minute (tests shorten it)
+	allowNoMintKey bool                          // Init creates the first key
+	maintainEvery  time.Duration                 // key maintenance period; 0 = a minute (tests shorten it)
+	wrapStore      func(store.Store) store.Store // tests: interpose on the opened store
 }
 
 type runtime struct {
@@ -118,6 +119,9 @@ func New(ctx context.Context, opts Options) (*Issuer, error) {
 	s.store, err = openStore(ctx, rt.cfg.State, s.log)
 	if err != nil {
 		return nil, err
+	}
+	if opts.wrapStore != nil {
+		s.store = opts.wrapStore(s.store)
 	}
 	if err := s.refreshKeys(ctx); err != nil {
 		s.store.Close()

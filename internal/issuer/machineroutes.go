@@ -193,7 +193,15 @@ func (s *Issuer) machineRoutes(handle func(string, http.Handler), callerOf func(
 		if err := c.allow(admintoken.OpMachineRemove, target(m, 0)); err != nil {
 			return err
 		}
-		if err := s.RemoveMachine(r.Context(), m.ID); err != nil {
+		// Asked again on the record the store deletes: a machine moved
+		// out of scope since the lookup is not removed.
+		err = s.removeMachine(r.Context(), m.ID, func(cur *store.Machine) error {
+			if !c.sees(cur) {
+				return store.ErrNotFound
+			}
+			return c.allow(admintoken.OpMachineRemove, target(cur, 0))
+		})
+		if err != nil {
 			return err
 		}
 		c.log().Info("machine removed", "machine_id", m.ID)
@@ -208,18 +216,11 @@ func (s *Issuer) machineRoutes(handle func(string, http.Handler), callerOf func(
 		if err := c.allowOp(admintoken.OpTokenMint); err != nil {
 			return err
 		}
-		m, err := find(r, c, r.PathValue("id"))
-		if err != nil {
-			return err
-		}
 		ttl, err := s.tokenTTLFor(c, body.TTL)
 		if err != nil {
 			return err
 		}
-		if err := c.allow(admintoken.OpTokenMint, target(m, ttl)); err != nil {
-			return err
-		}
-		tok, err := s.mint(m, ttl)
+		m, tok, err := s.mintInScope(r, c, find, r.PathValue("id"), ttl)
 		if err != nil {
 			return err
 		}
@@ -265,6 +266,48 @@ func (s *Issuer) machineRoutes(handle func(string, http.Handler), callerOf func(
 		admin.WriteJSON(w, http.StatusOK, api.TokenRevoked{Status: "revoked", TokenID: id})
 		return nil
 	})
+}
+
+// mintAttempts bounds mintInScope's rounds when the machine keeps changing.
+const mintAttempts = 3
+
+// mintInScope mints a machine token for the machine ref names, if c may
+// mint for it. Minting writes nothing to the store, so there is no
+// read-modify-write to check inside; instead the scope check and the
+// token's claims come from one read of the machine, and the machine is
+// read again once the token exists: if it changed in between (moved out
+// of scope, say, or removed), the token, which has reached nobody, is
+// dropped and the round starts over on
+// the new record (and revoked, so not even its bytes in this process's
+// memory are worth anything). So a token is handed out only for a
+// machine that was in scope, unchanged, from the check until after the
+// mint.
+func (s *Issuer) mintInScope(r *http.Request, c caller, find func(*http.Request, caller, string) (*store.Machine, error), ref string, ttl time.Duration) (*store.Machine, *api.MintedToken, error) {
+	for range mintAttempts {
+		m, err := find(r, c, ref)
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := c.allow(admintoken.OpTokenMint, target(m, ttl)); err != nil {
+			return nil, nil, err
+		}
+		tok, err := s.mint(m, ttl)
+		if err != nil {
+			return nil, nil, err
+		}
+		now, err := s.store.GetMachine(r.Context(), m.ID)
+		if err != nil {
+			return nil, nil, err
+		}
+		if now.Version == m.Version && now.CreatedAt.Equal(m.CreatedAt) {
+			return m, tok, nil
+		}
+		c.log().Info("machine changed while minting; token dropped", "machine_id", m.ID, "token_id", tok.TokenID)
+		if err := s.RevokeToken(r.Context(), tok.TokenID, "dropped: the machine changed while it was minted"); err != nil {
+			return nil, nil, err
+		}
+	}
+	return nil, nil, store.ErrConflict
 }
 
 // tokenMachine returns the registered machine a machine token (or any copy

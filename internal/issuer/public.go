@@ -240,11 +240,17 @@ func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// orgSigner returns the org's current JWT signing key, creating the org's
-// first key if it has none yet.
+// orgSigner returns the org's current OIDC signing key, creating the
+// org's first key if it has none yet.
 func (s *Issuer) orgSigner(ctx context.Context, org string) (*oidc.Key, *httpapi.Error) {
-	if err := s.ensureOrgKeys(ctx, org); err != nil {
-		err = fmt.Errorf("org %s keys: %w", org, err)
+	return s.familySigner(ctx, oidcFamily, org)
+}
+
+// familySigner returns the org's current signing key of family f,
+// creating the org's first key of it if it has none yet.
+func (s *Issuer) familySigner(ctx context.Context, f *jwtKeys, org string) (*oidc.Key, *httpapi.Error) {
+	if err := s.ensureJWTKeys(ctx, f, org); err != nil {
+		err = fmt.Errorf("org %s %s keys: %w", org, f.kind, err)
 		if unavailable(err) {
 			return nil, storeUnavailable(err)
 		}
@@ -252,7 +258,7 @@ func (s *Issuer) orgSigner(ctx context.Context, org string) (*oidc.Key, *httpapi
 	}
 	alg := oidc.Alg(s.cfg().OIDC.Alg)
 	now := s.now()
-	set := s.keys.Load().oidcSets[org]
+	set := f.of(s.keys.Load()).sets[org]
 	key, err := set.Signer(alg, now)
 	if errors.Is(err, oidc.ErrNoSigningKey) {
 		// The org's keys use the other algorithm (alg changed in config):
@@ -260,7 +266,7 @@ func (s *Issuer) orgSigner(ctx context.Context, org string) (*oidc.Key, *httpapi
 		key, err = set.Signer(otherAlg(alg), now)
 	}
 	if err != nil {
-		return nil, httpapi.InternalError(fmt.Errorf("no signing key for org %s: %w", org, err))
+		return nil, httpapi.InternalError(fmt.Errorf("no %s key for org %s: %w", f.kind, org, err))
 	}
 	return key, nil
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 
 	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/admin"
@@ -57,16 +58,31 @@ func (s *Issuer) remoteHandler() *remoteadmin.Server {
 	return srv
 }
 
-// scopeView is a token's effective scope as the API shows it.
+// scopeView is a token's effective scope as the API shows it: exactly
+// what it can do. A token whose machine-token cap is 0 mints none, so it
+// can neither mint nor register (which mints): its cap shows as "0s" and
+// its operations without machine.add and token.mint, never as no cap.
 func scopeView(sc admintoken.Scope) api.AdminScope {
 	out := api.AdminScope{Orgs: sc.Orgs, Apps: sc.Apps, Regions: sc.Regions, ExpiresAt: sc.NotAfter}
-	if sc.Ops != nil {
+	ops := sc.Ops
+	if sc.MintsNone {
+		if ops == nil {
+			ops = admintoken.Ops()
+		}
+		ops = slices.DeleteFunc(slices.Clone(ops), func(o admintoken.Op) bool {
+			return o == admintoken.OpMachineAdd || o == admintoken.OpTokenMint
+		})
+	}
+	if ops != nil {
 		out.Ops = []string{}
-		for _, o := range sc.Ops {
+		for _, o := range ops {
 			out.Ops = append(out.Ops, string(o))
 		}
 	}
-	if sc.MaxMachineTTL > 0 {
+	switch {
+	case sc.MintsNone:
+		out.MaxMachineTTL = "0s"
+	case sc.MaxMachineTTL > 0:
 		out.MaxMachineTTL = sc.MaxMachineTTL.String()
 	}
 	for _, p := range sc.SourceAddrs {

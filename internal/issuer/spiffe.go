@@ -176,7 +176,7 @@ func readSVIDBody(r *http.Request, v any) error {
 
 // refuseSVID answers an SVID request the machine may not have: a CSR or
 // ID outside its namespace is the caller's fault (400), logged with why.
-func (s *Issuer) refuseSVID(m *store.Machine, ver *machinetoken.Verified, kind string, cause error) error {
+func (s *Issuer) refuseSVID(m *store.Machine, ver *machinetoken.Verified, kind machinetoken.SVIDKind, cause error) error {
 	s.svidsRefused.Add(1)
 	return httpapi.BadRequestError(fmt.Errorf("%s svid request of machine %s (token %s): %w", kind, m.ID, ver.TokenID, cause))
 }
@@ -194,11 +194,12 @@ func answered(err error) error {
 }
 
 // authorizeSVID is the one gate of SVID issuance: the copy must pass for
-// the svid feature, the SPIFFE ID asked for and (JWT) its audiences; then
-// the request must be well formed (reqErr) and the ID in the machine's
+// the svid feature, the kind of SVID (an SVID-kinds caveat binds a copy
+// to one), the SPIFFE ID asked for and (JWT) its audiences; then the
+// request must be well formed (reqErr) and the ID in the machine's
 // namespace, or it is refused whatever the copy says.
-func (s *Issuer) authorizeSVID(w http.ResponseWriter, r *http.Request, kind string, id spiffeid.ID, aud []string, reqErr error) (*store.Machine, *machinetoken.Verified, error) {
-	q := machinetoken.Request{Feature: machinetoken.FeatureSVID, Audience: aud}
+func (s *Issuer) authorizeSVID(w http.ResponseWriter, r *http.Request, kind machinetoken.SVIDKind, id spiffeid.ID, aud []string, reqErr error) (*store.Machine, *machinetoken.Verified, error) {
+	q := machinetoken.Request{Feature: machinetoken.FeatureSVID, SVIDKind: kind, Audience: aud}
 	if !id.IsZero() {
 		q.SPIFFEID = id.String()
 	}
@@ -226,7 +227,7 @@ func (s *Issuer) handleX509SVID(w http.ResponseWriter, r *http.Request) error {
 	if reqErr == nil {
 		reqErr = csrErr
 	}
-	m, ver, err := s.authorizeSVID(w, r, "x509", id, nil, reqErr)
+	m, ver, err := s.authorizeSVID(w, r, machinetoken.SVIDX509, id, nil, reqErr)
 	if err != nil {
 		return answered(err)
 	}
@@ -265,30 +266,27 @@ func (s *Issuer) handleJWTSVID(w http.ResponseWriter, r *http.Request) error {
 		// An audience caveat must not read "none asked" as the default.
 		aud = []string{""}
 	}
-	m, ver, err := s.authorizeSVID(w, r, "jwt", id, aud, reqErr)
+	m, ver, err := s.authorizeSVID(w, r, machinetoken.SVIDJWT, id, aud, reqErr)
 	if err != nil {
 		return answered(err)
 	}
-	key, herr := s.orgSigner(r.Context(), m.Org)
+	key, herr := s.familySigner(r.Context(), svidFamily, m.Org)
 	if herr != nil {
 		return herr
 	}
 	now := s.now()
-	// Never longer than an OIDC token: the key stays published for
-	// oidc.grace (≥ oidc.max_ttl) after it retires.
+	// Never longer than an OIDC token: JWT-SVID keys stay in the bundle
+	// for oidc.grace (≥ oidc.max_ttl) after they retire, as OIDC keys do.
 	exp, capped, ok := s.capAtToken(w, r, ver, now, min(s.cfg().SPIFFE.JWTSVIDTTL.Duration, s.cfg().OIDC.MaxTTL.Duration))
 	if !ok {
 		return nil
 	}
-	// The org's issuer URL as iss, so the token is also an OIDC token of
-	// the org (verifiable through its discovery); sub is the SPIFFE ID,
-	// which no OIDC subject of wicket's ("org:app:name") can equal.
-	claims := oidc.Claims{
-		Issuer: oidc.IssuerURL(s.cfg().Server.PublicURL, m.Org), Subject: id.String(), Audience: req.Audience,
-		IssuedAt: now, NotBefore: now, Expiry: exp, ID: newJTI(),
-		Org: m.Org, App: m.App, MachineID: m.ID, MachineName: m.Name,
-	}
-	tok, err := oidc.Sign(key, claims)
+	// Signed with the org's JWT-SVID keys, which are in its SPIFFE bundle
+	// and in no JWKS, and with none of an OIDC token's claims (no iss, no
+	// org/app/machine): a relying party that trusts the org's OIDC issuer
+	// can neither verify it nor mistake it for the machine's OIDC token.
+	claims := oidc.JWTSVIDClaims{Subject: id.String(), Audience: req.Audience, IssuedAt: now, Expiry: exp, ID: newJTI()}
+	tok, err := oidc.SignJWTSVID(key, claims)
 	if err != nil {
 		return httpapi.InternalError(fmt.Errorf("sign jwt svid for org %s: %w", m.Org, err))
 	}
@@ -303,7 +301,7 @@ func (s *Issuer) handleJWTSVID(w http.ResponseWriter, r *http.Request) error {
 // handleSVIDBundle tells the machine its trust domain, its own SPIFFE ID
 // and the trust domain's bundle.
 func (s *Issuer) handleSVIDBundle(w http.ResponseWriter, r *http.Request) error {
-	m, _, ok := s.authenticate(w, r, machinetoken.FeatureSVID, "")
+	m, _, ok := s.authenticateFor(w, r, machinetoken.Request{Feature: machinetoken.FeatureSVID, SVIDKind: machinetoken.SVIDBundle})
 	if !ok {
 		return nil
 	}
@@ -315,8 +313,8 @@ func (s *Issuer) handleSVIDBundle(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return httpapi.InternalError(fmt.Errorf("spiffe id of machine %s: %w", m.ID, err))
 	}
-	if _, herr := s.orgSigner(r.Context(), m.Org); herr != nil {
-		return herr // the bundle's JWT keys: the org's first one if need be
+	if _, herr := s.familySigner(r.Context(), svidFamily, m.Org); herr != nil {
+		return herr // the bundle's JWT-SVID keys: the org's first one if need be
 	}
 	doc, err := s.bundleDoc(m.Org, td)
 	if err != nil {
@@ -350,21 +348,22 @@ func (s *Issuer) handleBundleEndpoint(w http.ResponseWriter, r *http.Request) er
 }
 
 // bundleDoc is org's SPIFFE bundle document at the issuer's now: the CAs
-// and JWT keys published then. spiffe_sequence is the issuer's clock in
+// and JWT-SVID keys published then (never the org's OIDC keys, which are
+// its JWKS's). spiffe_sequence is the issuer's clock in
 // seconds, which grows with every change (and, harmlessly, without one).
 func (s *Issuer) bundleDoc(org string, td spiffeid.TrustDomain) ([]byte, error) {
 	cfg := s.cfg()
 	now := s.now()
 	kr := s.keys.Load()
 	cas := spiffe.Published(kr.cas[org], now, cfg.SPIFFE.CAGrace.Duration)
-	b, err := spiffe.NewBundle(td, cas, jwksOf(kr.oidcSets[org], now, cfg.OIDC.Grace.Duration), cfg.SPIFFE.BundleRefreshHint.Duration, uint64(max(now.Unix(), 0)))
+	b, err := spiffe.NewBundle(td, cas, jwksOf(svidFamily.of(kr).sets[org], now, cfg.OIDC.Grace.Duration), cfg.SPIFFE.BundleRefreshHint.Duration, uint64(max(now.Unix(), 0)))
 	if err != nil {
 		return nil, err
 	}
 	return b.Marshal()
 }
 
-// jwksOf is the org's published JWT keys; none before its first key.
+// jwksOf is a family's published keys of one org; none before its first key.
 func jwksOf(set *oidc.KeySet, now time.Time, grace time.Duration) jose.JSONWebKeySet {
 	if set == nil {
 		return jose.JSONWebKeySet{}

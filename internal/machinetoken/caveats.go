@@ -28,6 +28,7 @@ const (
 	CavAudiences                       // []string: the only OIDC audiences the token may get
 	CavExternal                        // string: the non-wicket upstream a copy was made for
 	CavSPIFFEIDs                       // []string: the only SPIFFE IDs the token may get SVIDs for
+	CavSVIDKinds                       // []string: the only kinds of SVID request (bundle, x509, jwt) the token may make
 )
 
 func init() {
@@ -39,6 +40,7 @@ func init() {
 	macaroon.RegisterCaveatType(new(audiencesCaveat))
 	macaroon.RegisterCaveatType(new(externalCaveat))
 	macaroon.RegisterCaveatType(new(spiffeIDsCaveat))
+	macaroon.RegisterCaveatType(new(svidKindsCaveat))
 }
 
 // access is what a request looks like to caveats. The identity fields are
@@ -52,6 +54,7 @@ type access struct {
 	remote            netip.Addr
 	audience          []string // asked for, OIDC and JWT-SVID; empty: the default audience (OIDC)
 	spiffeID          string   // asked for, SVID issuance only
+	svidKind          SVIDKind // asked for, FeatureSVID only
 }
 
 func (a *access) Now() time.Time  { return a.now }
@@ -67,6 +70,7 @@ var (
 	errAudience = errors.New("audience not granted")
 	errExternal = errors.New("copy made for an external upstream")
 	errSPIFFEID = errors.New("spiffe id not granted")
+	errSVIDKind = errors.New("svid kind not granted")
 )
 
 // check is the shared body of Prohibits: refuse an access we did not build.
@@ -196,4 +200,20 @@ func (c *spiffeIDsCaveat) Prohibits(a macaroon.Access) error {
 	return check(a, func(a *access) bool {
 		return a.feature == FeatureSVID && a.spiffeID != "" && slices.Contains(*c, a.spiffeID)
 	}, errSPIFFEID)
+}
+
+// svidKindsCaveat limits a token to these kinds of SVID request: the kind
+// a request makes must be listed, so several such caveats intersect. It
+// refuses every other feature and an SVID request of no known kind. The
+// agent binds each copy to the one kind it was made for, so a captured
+// bundle copy buys no SVID and an X.509 copy no JWT-SVID. A token without
+// the caveat (every token minted before it existed) keeps every kind.
+type svidKindsCaveat []SVIDKind
+
+func (c *svidKindsCaveat) CaveatType() macaroon.CaveatType { return CavSVIDKinds }
+func (c *svidKindsCaveat) Name() string                    { return "wicket.SVIDKinds" }
+func (c *svidKindsCaveat) Prohibits(a macaroon.Access) error {
+	return check(a, func(a *access) bool {
+		return a.feature == FeatureSVID && knownSVIDKind(a.svidKind) && slices.Contains(*c, a.svidKind)
+	}, errSVIDKind)
 }

@@ -43,8 +43,8 @@ func FuzzVerify(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Add("FlyV1 " + ext)
-	// The agent's JWT-SVID copy: SPIFFE ID and audience caveats.
-	svid, err := RestrictScope(tok, t0, time.Minute, Scope{Features: []Feature{FeatureSVID},
+	// The agent's JWT-SVID copy: SVID kind, SPIFFE ID and audience caveats.
+	svid, err := RestrictScope(tok, t0, time.Minute, Scope{Features: []Feature{FeatureSVID}, SVIDKinds: []SVIDKind{SVIDJWT},
 		SPIFFEIDs: []string{"spiffe://acme.test/app/web/machine/m"}, Audiences: []string{"db"}})
 	if err != nil {
 		f.Fatal(err)
@@ -95,10 +95,10 @@ func TestCaveatNumbers_Stable(t *testing.T) {
 		"org": uint64(CavOrg), "app": uint64(CavApp), "machine": uint64(CavMachine),
 		"features": uint64(CavFeatures), "source_addrs": uint64(CavSourceAddrs),
 		"audiences": uint64(CavAudiences), "external": uint64(CavExternal),
-		"spiffe_ids": uint64(CavSPIFFEIDs),
+		"spiffe_ids": uint64(CavSPIFFEIDs), "svid_kinds": uint64(CavSVIDKinds),
 	} {
 		want := base + map[string]uint64{"org": 0, "app": 1, "machine": 2, "features": 3, "source_addrs": 4,
-			"audiences": 5, "external": 6, "spiffe_ids": 7}[name]
+			"audiences": 5, "external": 6, "spiffe_ids": 7, "svid_kinds": 8}[name]
 		if got != want {
 			t.Errorf("caveat %s = %#x, want %#x", name, got, want)
 		}

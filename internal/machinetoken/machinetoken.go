@@ -51,6 +51,22 @@ const (
 	FeatureSVID Feature = "svid"
 )
 
+// SVIDKind is one kind of SVID request (FeatureSVID): what an SVID-kinds
+// caveat lists and what the issuer names per endpoint.
+type SVIDKind string
+
+// The kinds of SVID request.
+const (
+	SVIDBundle SVIDKind = "bundle" // GET /v1/svids/bundle: the trust domain, the machine's ID, the bundle
+	SVIDX509   SVIDKind = "x509"   // POST /v1/svids/x509
+	SVIDJWT    SVIDKind = "jwt"    // POST /v1/svids/jwt
+)
+
+// allSVIDKinds is the canonical order of SVID kinds in caveats and results.
+var allSVIDKinds = []SVIDKind{SVIDBundle, SVIDX509, SVIDJWT}
+
+func knownSVIDKind(k SVIDKind) bool { return slices.Contains(allSVIDKinds, k) }
+
 // allFeatures is the canonical order of features in caveats and results.
 var allFeatures = []Feature{FeatureMetadata, FeatureOIDC, FeatureProxy, FeatureSVID}
 
@@ -159,6 +175,10 @@ type Scope struct {
 	// for, and the copy is refused for everything else (bundle reads
 	// included). Several attenuations intersect.
 	SPIFFEIDs []string
+	// SVIDKinds, when not empty, are the only kinds of SVID request left
+	// (the bundle read, X.509-SVIDs, JWT-SVIDs), and the copy is refused
+	// for every other feature. Several attenuations intersect.
+	SVIDKinds []SVIDKind
 }
 
 // AttenuateScope is [Attenuate] with the caveats of s.
@@ -192,6 +212,13 @@ func AttenuateScope(token string, notBefore, notAfter time.Time, s Scope) (strin
 	if s.SPIFFEIDs != nil {
 		ids := spiffeIDsCaveat(slices.Clone(s.SPIFFEIDs))
 		cavs = append(cavs, &ids)
+	}
+	if len(s.SVIDKinds) > 0 {
+		kinds, err := canonicalSVIDKinds(s.SVIDKinds)
+		if err != nil {
+			return "", fmt.Errorf("machinetoken: attenuate: %w", err)
+		}
+		cavs = append(cavs, &kinds)
 	}
 	if err := m.Add(cavs...); err != nil {
 		return "", fmt.Errorf("machinetoken: attenuate: %w", err)
@@ -258,6 +285,22 @@ func canonicalFeatures(fs []Feature) (featuresCaveat, error) {
 	for _, f := range allFeatures {
 		if slices.Contains(fs, f) {
 			out = append(out, f)
+		}
+	}
+	return out, nil
+}
+
+// canonicalSVIDKinds sorts and deduplicates ks, refusing unknown kinds.
+func canonicalSVIDKinds(ks []SVIDKind) (svidKindsCaveat, error) {
+	for _, k := range ks {
+		if !knownSVIDKind(k) {
+			return nil, fmt.Errorf("unknown svid kind %q", k)
+		}
+	}
+	var out svidKindsCaveat
+	for _, k := range allSVIDKinds {
+		if slices.Contains(ks, k) {
+			out = append(out, k)
 		}
 	}
 	return out, nil

@@ -408,6 +408,85 @@ func TestSPIFFEIDsCaveat_BindsID(t *testing.T) {
 	}
 }
 
+// An SVID-kinds caveat lets a copy make only the kinds of SVID request it
+// lists (the bundle read, X.509-SVIDs, JWT-SVIDs); several intersect, and
+// a token without one (minted before the caveat existed) keeps every kind.
+func TestSVIDKindsCaveat_BindsKind(t *testing.T) {
+	full, _ := mint(t, testClaims())
+	v := testVerifier()
+	const me = "spiffe://acme.test/app/web/machine/m"
+	scoped := func(tok string, s Scope) string {
+		t.Helper()
+		out, err := AttenuateScope(tok, time.Time{}, time.Time{}, s)
+		if err != nil {
+			t.Fatalf("AttenuateScope: %v", err)
+		}
+		return out
+	}
+	kinds := func(ks ...SVIDKind) Scope { return Scope{SVIDKinds: ks} }
+	bundle := scoped(full, kinds(SVIDBundle))
+	x509 := scoped(full, kinds(SVIDX509))
+	jwt := scoped(full, kinds(SVIDJWT))
+	x509OrJWT := scoped(full, kinds(SVIDX509, SVIDJWT))
+	narrowed := scoped(x509OrJWT, kinds(SVIDJWT, SVIDBundle)) // ∩ = {jwt}
+	q := func(k SVIDKind, id string, aud ...string) Request {
+		return Request{Now: t0, Feature: FeatureSVID, SVIDKind: k, SPIFFEID: id, Audience: aud}
+	}
+	for _, tc := range []struct {
+		name      string
+		token     string
+		r         Request
+		ok        bool
+		wantKinds []SVIDKind
+	}{
+		{"bundle copy, bundle", bundle, q(SVIDBundle, ""), true, []SVIDKind{SVIDBundle}},
+		{"bundle copy, x509", bundle, q(SVIDX509, me), false, nil},
+		{"bundle copy, jwt", bundle, q(SVIDJWT, me, "db"), false, nil},
+		{"x509 copy, x509", x509, q(SVIDX509, me), true, []SVIDKind{SVIDX509}},
+		{"x509 copy, jwt", x509, q(SVIDJWT, me, "db"), false, nil},
+		{"x509 copy, bundle", x509, q(SVIDBundle, ""), false, nil},
+		{"jwt copy, jwt", jwt, q(SVIDJWT, me, "db"), true, []SVIDKind{SVIDJWT}},
+		{"jwt copy, x509", jwt, q(SVIDX509, me), false, nil},
+		{"no kind asked", x509OrJWT, q("", me), false, nil},
+		{"unknown kind asked", x509OrJWT, q("wit", me), false, nil},
+		{"intersection keeps jwt", narrowed, q(SVIDJWT, me, "db"), true, []SVIDKind{SVIDJWT}},
+		{"intersection drops x509", narrowed, q(SVIDX509, me), false, nil},
+		{"intersection drops bundle", narrowed, q(SVIDBundle, ""), false, nil},
+		{"oidc refused", x509OrJWT, Request{Now: t0, Feature: FeatureOIDC}, false, nil},
+		{"metadata refused", bundle, Request{Now: t0, Feature: FeatureMetadata}, false, nil},
+		{"old token, x509", full, q(SVIDX509, me), true, nil},
+		{"old token, jwt", full, q(SVIDJWT, me, "db"), true, nil},
+		{"old token, bundle", full, q(SVIDBundle, ""), true, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := v.Verify(tc.token, tc.r)
+			if !tc.ok {
+				if !errors.Is(err, ErrInvalid) {
+					t.Fatalf("Verify = %v, want ErrInvalid", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Verify: %v", err)
+			}
+			if diff := cmp.Diff(tc.wantKinds, got.SVIDKinds); diff != "" {
+				t.Errorf("SVIDKinds (-want +got):\n%s", diff)
+			}
+		})
+	}
+	// The agent's copies: kind, ID and (JWT) audiences together.
+	x509Copy := scoped(full, Scope{Features: []Feature{FeatureSVID}, SVIDKinds: []SVIDKind{SVIDX509}, SPIFFEIDs: []string{me}})
+	if _, err := v.Verify(x509Copy, q(SVIDJWT, me, "db")); !errors.Is(err, ErrInvalid) {
+		t.Errorf("x509 copy for a jwt-svid of its id: Verify = %v, want ErrInvalid", err)
+	}
+	if _, err := v.Verify(x509Copy, q(SVIDX509, me)); err != nil {
+		t.Errorf("x509 copy for its own x509-svid: %v", err)
+	}
+	if _, err := AttenuateScope(full, time.Time{}, time.Time{}, kinds("wit")); err == nil {
+		t.Error("attenuating to an unknown svid kind succeeded")
+	}
+}
+
 // A copy made for an external upstream is refused for every feature.
 func TestExternalCaveat_RefusedEverywhere(t *testing.T) {
 	full, _ := mint(t, testClaims())

@@ -26,6 +26,10 @@ type Request struct {
 	// empty for a bundle read. SPIFFE ID caveats refuse any ID they do
 	// not list.
 	SPIFFEID string
+	// SVIDKind is the kind of SVID request (FeatureSVID), set by the
+	// issuer per endpoint. SVID-kind caveats refuse any kind they do not
+	// list; a FeatureSVID request without one is refused by them.
+	SVIDKind SVIDKind
 }
 
 // Verified is what a valid token says.
@@ -41,6 +45,9 @@ type Verified struct {
 	// SPIFFEIDs, when not nil, are the only SPIFFE IDs the token may get
 	// SVIDs for: those listed by every SPIFFE ID caveat.
 	SPIFFEIDs []string
+	// SVIDKinds, when not nil, are the only kinds of SVID request the
+	// token may make: those listed by every SVID-kinds caveat.
+	SVIDKinds []SVIDKind
 }
 
 // Verifier checks tokens minted by one issuer. It holds no state of its own
@@ -81,7 +88,7 @@ func (v *Verifier) Verify(token string, r Request) (*Verified, error) {
 		return nil, invalid("copy made for an external upstream")
 	}
 	out.Org, out.App, out.MachineID, out.NotAfter = p.org, p.app, p.machine, p.notAfter
-	feats, auds, ids, windows := p.feats, p.auds, p.ids, p.windows
+	feats, auds, ids, kinds, windows := p.feats, p.auds, p.ids, p.kinds, p.windows
 	switch {
 	case out.Org == "" || out.App == "" || out.MachineID == "":
 		return nil, invalid("not bound to a machine")
@@ -102,6 +109,7 @@ func (v *Verifier) Verify(token string, r Request) (*Verified, error) {
 		remote:   r.RemoteAddr,
 		audience: r.Audience,
 		spiffeID: r.SPIFFEID,
+		svidKind: r.SVIDKind,
 	}
 	if a.now.IsZero() {
 		a.now = time.Now()
@@ -117,6 +125,14 @@ func (v *Verifier) Verify(token string, r Request) (*Verified, error) {
 	}
 	out.Audiences = intersect(auds)
 	out.SPIFFEIDs = intersect(ids)
+	if len(kinds) > 0 {
+		out.SVIDKinds = []SVIDKind{}
+		for _, k := range allSVIDKinds {
+			if grantedByAll(kinds, k) {
+				out.SVIDKinds = append(out.SVIDKinds, k)
+			}
+		}
+	}
 	return out, nil
 }
 
@@ -187,6 +203,7 @@ type sorted struct {
 	feats             []featuresCaveat
 	auds              []audiencesCaveat
 	ids               []spiffeIDsCaveat
+	kinds             []svidKindsCaveat
 	windows           int
 	notAfter          time.Time // earliest end of all validity windows
 	external          bool
@@ -219,6 +236,8 @@ func sortCaveats(cavs *macaroon.CaveatSet) (*sorted, error) {
 			p.auds = append(p.auds, *c) // checked against the request's audiences by Validate
 		case *spiffeIDsCaveat:
 			p.ids = append(p.ids, *c) // checked against the request's SPIFFE ID by Validate
+		case *svidKindsCaveat:
+			p.kinds = append(p.kinds, *c) // checked against the request's kind by Validate
 		case *externalCaveat:
 			p.external = true
 		default:

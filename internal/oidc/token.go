@@ -94,6 +94,51 @@ func Sign(k *Key, c Claims) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("oidc: sign: %w", err)
 	}
+	return signPayload(k, payload)
+}
+
+// JWTSVIDClaims are the claims of a JWT-SVID: the SPIFFE ID as sub, its
+// audiences, when it was issued and ends, and a jti for the logs. Nothing
+// else: no iss and none of the org/app/machine claims of an OIDC token,
+// so a relying party that reads OIDC tokens' claims finds nothing of them.
+type JWTSVIDClaims struct {
+	Subject  string
+	Audience []string
+	IssuedAt time.Time
+	Expiry   time.Time
+	ID       string
+}
+
+type wireJWTSVID struct {
+	Subject  string           `json:"sub"`
+	Audience jwt.Audience     `json:"aud"`
+	Expiry   *jwt.NumericDate `json:"exp"`
+	IssuedAt *jwt.NumericDate `json:"iat"`
+	ID       string           `json:"jti"`
+}
+
+// SignJWTSVID returns c as a compact JWS signed by k (kid and typ "JWT"
+// in the protected header), refusing claims without sub, jti, an
+// audience or an expiry after iat.
+func SignJWTSVID(k *Key, c JWTSVIDClaims) (string, error) {
+	if c.Subject == "" || c.ID == "" {
+		return "", errors.New("oidc: sign jwt-svid: sub and jti are required")
+	}
+	if err := ValidateAudience(c.Audience); err != nil {
+		return "", fmt.Errorf("oidc: sign jwt-svid: %w", err)
+	}
+	if c.IssuedAt.IsZero() || !c.Expiry.After(c.IssuedAt) {
+		return "", errors.New("oidc: sign jwt-svid: iat must be set and exp after it")
+	}
+	payload, err := json.Marshal(wireJWTSVID{Subject: c.Subject, Audience: jwt.Audience(c.Audience),
+		Expiry: jwt.NewNumericDate(c.Expiry), IssuedAt: jwt.NewNumericDate(c.IssuedAt), ID: c.ID})
+	if err != nil {
+		return "", fmt.Errorf("oidc: sign jwt-svid: %w", err)
+	}
+	return signPayload(k, payload)
+}
+
+func signPayload(k *Key, payload []byte) (string, error) {
 	s, err := k.joseSigner()
 	if err != nil {
 		return "", err

@@ -67,6 +67,44 @@ func TestSign_RefusesIncompleteClaims(t *testing.T) {
 	}
 }
 
+// A JWT-SVID carries sub, aud, exp, iat and jti and nothing else (no iss,
+// none of an OIDC token's org/app/machine claims), and incomplete claims
+// are refused.
+func TestSignJWTSVID_OnlySVIDClaims(t *testing.T) {
+	k := mustKey(t, oidc.ES256, t0, 0)
+	good := oidc.JWTSVIDClaims{Subject: "spiffe://td.test/app/a/workload/w", Audience: []string{"db"}, IssuedAt: t0, Expiry: t0.Add(time.Minute), ID: "j"}
+	tok, err := oidc.SignJWTSVID(k, good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jws, err := jose.ParseSigned(tok, []jose.SignatureAlgorithm{jose.ES256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload, err := jws.Verify(k.Private.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var claims map[string]json.RawMessage
+	json.Unmarshal(payload, &claims)
+	if len(claims) != 5 || claims["sub"] == nil || claims["aud"] == nil || claims["exp"] == nil || claims["iat"] == nil || claims["jti"] == nil {
+		t.Errorf("claims %s, want exactly sub, aud, exp, iat, jti", payload)
+	}
+	for name, mutate := range map[string]func(*oidc.JWTSVIDClaims){
+		"no subject":     func(c *oidc.JWTSVIDClaims) { c.Subject = "" },
+		"no jti":         func(c *oidc.JWTSVIDClaims) { c.ID = "" },
+		"no audience":    func(c *oidc.JWTSVIDClaims) { c.Audience = nil },
+		"no iat":         func(c *oidc.JWTSVIDClaims) { c.IssuedAt = time.Time{} },
+		"exp before iat": func(c *oidc.JWTSVIDClaims) { c.Expiry = c.IssuedAt.Add(-time.Second) },
+	} {
+		c := good
+		mutate(&c)
+		if tok, err := oidc.SignJWTSVID(k, c); err == nil {
+			t.Errorf("%s: signed %s", name, tok)
+		}
+	}
+}
+
 func TestValidateAudience(t *testing.T) {
 	many := make([]string, oidc.MaxAudiences+1)
 	for i := range many {

@@ -28,23 +28,61 @@ const MaxWorkloadNameLen = 128
 var ErrNamespace = errors.New("spiffe: id outside the machine's namespace")
 
 // TrustDomainFor returns org's trust domain: explicit[org] when listed,
-// else template with "{org}" replaced. The result is validated.
+// else template with "{org}" replaced. The result is validated, and a
+// templated name that another org holds explicitly is refused: the two
+// orgs would share a trust domain, and each trust the other's SVIDs.
+// (Config validation refuses such an entry where it can tell; this holds
+// whatever the config says.)
 func TrustDomainFor(template string, explicit map[string]string, org string) (spiffeid.TrustDomain, error) {
 	if org == "" {
 		return spiffeid.TrustDomain{}, errors.New("spiffe: empty org")
 	}
 	name, ok := explicit[org]
 	if !ok {
-		if template == "" {
-			template = DefaultTrustDomainTemplate
+		name = strings.ReplaceAll(orDefault(template), "{org}", org)
+		for other, n := range explicit {
+			if n == name {
+				return spiffeid.TrustDomain{}, fmt.Errorf("spiffe: templated trust domain of org %q is the one org %q names explicitly", org, other)
+			}
 		}
-		name = strings.ReplaceAll(template, "{org}", org)
 	}
 	td, err := spiffeid.TrustDomainFromString(name)
 	if err != nil {
 		return spiffeid.TrustDomain{}, fmt.Errorf("spiffe: trust domain of org %q: %w", org, err)
 	}
 	return td, nil
+}
+
+func orDefault(template string) string {
+	if template == "" {
+		return DefaultTrustDomainTemplate
+	}
+	return template
+}
+
+// TemplateOrg returns the org whose templated trust domain is name (the
+// template with every "{org}" replaced by it), if there is one: a
+// non-empty string, which config validation then checks is an org name.
+func TemplateOrg(template, name string) (string, bool) {
+	template = orDefault(template)
+	k := strings.Count(template, "{org}")
+	if k == 0 {
+		return "", false
+	}
+	// len(name) = len(template) - k·len("{org}") + k·len(org)
+	rest := len(name) - (len(template) - k*len("{org}"))
+	if rest <= 0 || rest%k != 0 {
+		return "", false
+	}
+	start := strings.Index(template, "{org}")
+	if start+rest/k > len(name) {
+		return "", false
+	}
+	org := name[start : start+rest/k]
+	if strings.ReplaceAll(template, "{org}", org) != name {
+		return "", false
+	}
+	return org, true
 }
 
 // ValidateTemplate checks a trust domain template: it must name {org}

@@ -78,3 +78,45 @@ func TestWorkloadID(t *testing.T) {
 		t.Fatalf("MachineID = %s, %v", id, err)
 	}
 }
+
+// An org whose templated trust domain is another org's explicit one is
+// refused, so the two never share a trust domain; an explicit entry that
+// is its own org's templated name is fine.
+func TestTrustDomainFor_TemplatedEqualsExplicitRefused(t *testing.T) {
+	explicit := map[string]string{"acme": "beta.wicket.internal", "self": "self.wicket.internal"}
+	if _, err := TrustDomainFor("", explicit, "beta"); err == nil {
+		t.Error("org beta got the trust domain org acme names explicitly")
+	}
+	if td, err := TrustDomainFor("", explicit, "acme"); err != nil || td.Name() != "beta.wicket.internal" {
+		t.Errorf("acme's explicit trust domain: %q, %v", td, err)
+	}
+	for _, org := range []string{"self", "gamma"} {
+		if td, err := TrustDomainFor("", explicit, org); err != nil || td.Name() != org+".wicket.internal" {
+			t.Errorf("org %s: %q, %v", org, td, err)
+		}
+	}
+}
+
+// TemplateOrg inverts the template: the org whose templated trust domain
+// is name, when there is one.
+func TestTemplateOrg(t *testing.T) {
+	for _, tc := range []struct {
+		template, name, org string
+		ok                  bool
+	}{
+		{"{org}.wicket.internal", "beta.wicket.internal", "beta", true},
+		{"{org}.wicket.internal", "a.b.wicket.internal", "a.b", true},
+		{"{org}.wicket.internal", "beta.example", "", false},
+		{"{org}.wicket.internal", ".wicket.internal", "", false}, // no org is empty
+		{"td-{org}.example", "td-beta.example", "beta", true},
+		{"{org}.{org}.example", "x.x.example", "x", true},
+		{"{org}.{org}.example", "x.y.example", "", false},
+		{"{org}", "beta", "beta", true},
+		{"", "beta.wicket.internal", "beta", true}, // the default template
+	} {
+		org, ok := TemplateOrg(tc.template, tc.name)
+		if ok != tc.ok || org != tc.org {
+			t.Errorf("TemplateOrg(%q, %q) = %q, %v; want %q, %v", tc.template, tc.name, org, ok, tc.org, tc.ok)
+		}
+	}
+}

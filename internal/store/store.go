@@ -40,6 +40,9 @@ const (
 	KindMacaroon = "macaroon"  // macaroon root keys
 	KindOIDC     = "oidc"      // OIDC signing keys
 	KindSPIFFECA = "spiffe-ca" // SPIFFE X.509 CAs, one kind per org: "spiffe-ca/<org>"
+	// KindSPIFFEJWT is an org's JWT-SVID signing keys, "spiffe-jwt/<org>":
+	// apart from its OIDC keys, published only in its SPIFFE bundle.
+	KindSPIFFEJWT = "spiffe-jwt"
 	// KindAdminToken is one remote admin token's root key and its label
 	// and expiry, sealed together; the record's ID is the token id.
 	KindAdminToken = "admin-token"
@@ -82,7 +85,7 @@ func (m *Machine) Clone() *Machine {
 // the store never sees key material in the clear.
 type SealedKey struct {
 	ID         string
-	Kind       string // KindMacaroon, KindOIDC, KindSPIFFECA/<org> or KindAdminToken
+	Kind       string // KindMacaroon, KindOIDC/<org>, KindSPIFFECA/<org>, KindSPIFFEJWT/<org> or KindAdminToken
 	Alg        string // e.g. "RS256", "ES256", "HS256"
 	State      string // lifecycle state, owned by the issuer
 	CreatedAt  time.Time
@@ -146,7 +149,13 @@ type Store interface {
 	// It returns the new machine.
 	UpdateMachine(ctx context.Context, id string, expectVersion uint64, fn func(*Machine) error) (*Machine, error)
 	// DeleteMachine removes the machine with id, or returns ErrNotFound.
-	DeleteMachine(ctx context.Context, id string) error
+	// check, when not nil, is asked about the machine as it is inside the
+	// deletion's transaction: an error from it aborts the deletion and is
+	// returned as is, so a caller's decision (a scope check) is made on
+	// the very record deleted, never on an earlier read. Like
+	// UpdateMachine's fn it may be called more than once and must have no
+	// side effects; it must not call the store.
+	DeleteMachine(ctx context.Context, id string, check func(*Machine) error) error
 
 	// PutKey creates or replaces the key with k's (Kind, ID).
 	PutKey(ctx context.Context, k *SealedKey) error

@@ -319,11 +319,17 @@ func (s *Store) UpdateMachine(ctx context.Context, id string, expectVersion uint
 }
 
 // DeleteMachine implements store.Store.
-func (s *Store) DeleteMachine(ctx context.Context, id string) error {
+func (s *Store) DeleteMachine(ctx context.Context, id string, check func(*store.Machine) error) error {
+	var checkErr error
 	rev, err := s.update(ctx, func(tx *bbolt.Tx) error {
 		cur, err := getMachine(tx, id)
 		if err != nil {
 			return err
+		}
+		if check != nil {
+			if checkErr = check(cur.Clone()); checkErr != nil {
+				return checkErr
+			}
 		}
 		if err := tx.Bucket(bucketNames).Delete(nameKey(cur)); err != nil {
 			return err
@@ -331,6 +337,9 @@ func (s *Store) DeleteMachine(ctx context.Context, id string) error {
 		return tx.Bucket(bucketMachines).Delete([]byte(id))
 	})
 	s.forget(id)
+	if checkErr != nil {
+		return checkErr
+	}
 	if err != nil {
 		return fmt.Errorf("bolt: delete machine: %w", err)
 	}

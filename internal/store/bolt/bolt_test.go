@@ -210,7 +210,7 @@ func TestMachineCache_NeverStale(t *testing.T) {
 	if again, _ := s.GetMachine(ctx, "m1"); again.Tags["v"] == "mutated" {
 		t.Fatal("cache shares memory with callers")
 	}
-	if err := s.DeleteMachine(ctx, "m1"); err != nil {
+	if err := s.DeleteMachine(ctx, "m1", nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.GetMachine(ctx, "m1"); !errors.Is(err, store.ErrNotFound) {

@@ -616,7 +616,7 @@ func contended(ctx context.Context, attempt int) error {
 }
 
 // DeleteMachine implements store.Store.
-func (s *Store) DeleteMachine(ctx context.Context, id string) error {
+func (s *Store) DeleteMachine(ctx context.Context, id string, check func(*store.Machine) error) error {
 	if err := s.check(ctx); err != nil {
 		return err
 	}
@@ -636,6 +636,13 @@ func (s *Store) DeleteMachine(ctx context.Context, id string) error {
 		cur, err := decodeMachine(kvs[0].Value)
 		if err != nil {
 			return fmt.Errorf("etcd: delete machine %q: %w", id, err)
+		}
+		// The check sees the revision the delete is conditional on: a
+		// change after it fails the compare and is checked again.
+		if check != nil {
+			if err := check(cur.Clone()); err != nil {
+				return err
+			}
 		}
 		octx, cancel := s.reqCtx(ctx)
 		tresp, err := s.cli.Txn(octx).

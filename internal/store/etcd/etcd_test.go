@@ -221,7 +221,7 @@ func TestWatch_RelistsAfterCompaction(t *testing.T) {
 	if _, err := writer.UpdateMachine(ctx, "m1", 0, func(m *store.Machine) error { m.Tags["k"] = "after"; return nil }); err != nil {
 		t.Fatal(err)
 	}
-	if err := writer.DeleteMachine(ctx, "m2"); err != nil {
+	if err := writer.DeleteMachine(ctx, "m2", nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := writer.PutKey(ctx, &store.SealedKey{ID: "k1", Kind: store.KindMacaroon, Sealed: []byte{1}}); err != nil {

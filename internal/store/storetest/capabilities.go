@@ -326,7 +326,7 @@ func testNameIndexFinds(t *testing.T, s store.Store) {
 func testNameIndexNotFound(t *testing.T, s store.Store) {
 	ni := nameIndex(t, s)
 	mustCreate(t, s, newMachine("m1", "acme", "web", "a"))
-	if err := s.DeleteMachine(t.Context(), "m1"); err != nil {
+	if err := s.DeleteMachine(t.Context(), "m1", nil); err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range [][3]string{{"acme", "web", "a"}, {"acme", "web", "zz"}, {"other", "web", "a"}} {
@@ -421,7 +421,7 @@ func testSharedWatches(t *testing.T, a, b store.Store) {
 		t.Fatal(err)
 	}
 	recv(t, kch)
-	if err := a.DeleteMachine(t.Context(), "m1"); err != nil {
+	if err := a.DeleteMachine(t.Context(), "m1", nil); err != nil {
 		t.Fatal(err)
 	}
 	for {

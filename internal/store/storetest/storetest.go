@@ -324,18 +324,35 @@ func testUpdateRename(t *testing.T, s store.Store) {
 }
 
 func testDelete(t *testing.T, s store.Store) {
-	if err := s.DeleteMachine(t.Context(), "missing"); !errors.Is(err, store.ErrNotFound) {
+	if err := s.DeleteMachine(t.Context(), "missing", nil); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("DeleteMachine(missing) err = %v, want ErrNotFound", err)
 	}
 	mustCreate(t, s, newMachine("m1", "acme", "web", "a"))
 	mustCreate(t, s, newMachine("m2", "acme", "web", "b"))
-	if err := s.DeleteMachine(t.Context(), "m1"); err != nil {
+	// The check sees the machine as it is now, and its error aborts the
+	// deletion and comes back as is.
+	if _, err := s.UpdateMachine(t.Context(), "m1", 0, setTag("moved", "yes")); err != nil {
+		t.Fatal(err)
+	}
+	errRefused := errors.New("refused by check")
+	var seen *store.Machine
+	err := s.DeleteMachine(t.Context(), "m1", func(m *store.Machine) error { seen = m; return errRefused })
+	if !errors.Is(err, errRefused) {
+		t.Fatalf("DeleteMachine with a refusing check err = %v, want the check's error", err)
+	}
+	if seen == nil || seen.Version != 2 || seen.Tags["moved"] != "yes" {
+		t.Errorf("the check saw %+v, want the machine as updated (version 2)", seen)
+	}
+	if _, err := s.GetMachine(t.Context(), "m1"); err != nil {
+		t.Fatalf("machine gone after a refused delete: %v", err)
+	}
+	if err := s.DeleteMachine(t.Context(), "m1", func(*store.Machine) error { return nil }); err != nil {
 		t.Fatalf("DeleteMachine: %v", err)
 	}
 	if _, err := s.GetMachine(t.Context(), "m1"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("GetMachine after delete err = %v, want ErrNotFound", err)
 	}
-	if err := s.DeleteMachine(t.Context(), "m1"); !errors.Is(err, store.ErrNotFound) {
+	if err := s.DeleteMachine(t.Context(), "m1", nil); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("second DeleteMachine err = %v, want ErrNotFound", err)
 	}
 	if got, _ := s.ListMachines(t.Context()); len(got) != 1 || got[0].ID != "m2" {
@@ -603,7 +620,7 @@ func testCanceledContext(t *testing.T, s store.Store) {
 		"ListMachines":  func() error { _, err := s.ListMachines(ctx); return err },
 		"CreateMachine": func() error { return s.CreateMachine(ctx, newMachine("m2", "acme", "web", "b")) },
 		"UpdateMachine": func() error { _, err := s.UpdateMachine(ctx, "m1", 0, setTag("k", "v")); return err },
-		"DeleteMachine": func() error { return s.DeleteMachine(ctx, "m1") },
+		"DeleteMachine": func() error { return s.DeleteMachine(ctx, "m1", nil) },
 		"WatchMachine":  func() error { _, err := s.WatchMachine(ctx, "m1"); return err },
 		"WatchKeys":     func() error { _, err := s.WatchKeys(ctx); return err },
 	}
@@ -693,7 +710,7 @@ func testWatchMachine(t *testing.T, s store.Store) {
 		t.Errorf("revision did not grow: %d after %d", ev.Revision, first.Revision)
 	}
 
-	if err := s.DeleteMachine(t.Context(), "m1"); err != nil {
+	if err := s.DeleteMachine(t.Context(), "m1", nil); err != nil {
 		t.Fatal(err)
 	}
 	del := recv(t, ch)

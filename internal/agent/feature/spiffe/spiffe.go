@@ -10,10 +10,11 @@
 // (JWT-SVIDs, JWT bundles, validation) on the guest API, and the rule
 // that admits the caller names its workload (svid_name; none: the
 // machine's own SPIFFE ID). The issuer signs: each call to it carries a
-// copy of the machine token narrowed to the svid feature and the one
-// SPIFFE ID asked for (and a JWT-SVID's audiences), so a copy captured on
-// the way buys nothing but an SVID for that same ID, expiring no later
-// than the copy.
+// copy of the machine token narrowed to the svid feature, the one kind of
+// request it is (bundle, X.509, JWT) and, for an SVID, the one SPIFFE ID
+// asked for (and a JWT-SVID's audiences), so a copy captured on the way
+// buys nothing but the same kind of answer for that same ID, expiring no
+// later than the copy.
 package spiffe
 
 import (
@@ -146,6 +147,7 @@ var (
 	_ feature.Counters = (*Feature)(nil)
 	_ feature.Gauges   = (*Feature)(nil)
 	_ feature.Status   = (*Feature)(nil)
+	_ feature.Reloader = (*Feature)(nil)
 )
 
 // ListenConfig implements feature.Listener.
@@ -177,6 +179,16 @@ func (f *Feature) Stop() {
 	}
 	if f.srv != nil {
 		f.srv.Stop()
+	}
+}
+
+// Reloaded implements feature.Reloader: a reload may have changed the
+// [[policy]] rules that name the callers' identities, so every open
+// Workload API stream decides its caller's again (a caller no longer
+// admitted loses its stream, a renamed one gets its new SVID).
+func (f *Feature) Reloaded() {
+	if f.srv != nil {
+		f.srv.PolicyChanged()
 	}
 }
 
@@ -266,16 +278,30 @@ func (s issuer) do(ctx context.Context, method, path string, body any, ttl time.
 	return nil
 }
 
-// Scope is the copy of the machine token an SVID request for id (and
-// aud, for a JWT-SVID) carries: the svid feature and that one ID.
+// Scope is the copy of the machine token an SVID request for id carries:
+// the svid feature, the one kind of SVID (an X.509-SVID without aud, a
+// JWT-SVID with) and that one ID, and a JWT-SVID's audiences. Captured,
+// an X.509 copy buys no JWT-SVID and a JWT copy no X.509-SVID.
 func Scope(id string, aud []string) machinetoken.Scope {
-	return machinetoken.Scope{Features: []machinetoken.Feature{machinetoken.FeatureSVID}, SPIFFEIDs: []string{id}, Audiences: aud}
+	kind := machinetoken.SVIDX509
+	if aud != nil {
+		kind = machinetoken.SVIDJWT
+	}
+	return machinetoken.Scope{Features: []machinetoken.Feature{machinetoken.FeatureSVID},
+		SVIDKinds: []machinetoken.SVIDKind{kind}, SPIFFEIDs: []string{id}, Audiences: aud}
+}
+
+// BundleScope is the copy the bundle read carries: the svid feature and
+// the bundle kind only. It names no SPIFFE ID (it reads the machine's
+// own), so captured it must buy no SVID at all: the kind binds it.
+func BundleScope() machinetoken.Scope {
+	return machinetoken.Scope{Features: []machinetoken.Feature{machinetoken.FeatureSVID},
+		SVIDKinds: []machinetoken.SVIDKind{machinetoken.SVIDBundle}}
 }
 
 func (s issuer) Bundle(ctx context.Context) (*api.SVIDBundleReply, error) {
 	var out api.SVIDBundleReply
-	return &out, s.do(ctx, http.MethodGet, "/v1/svids/bundle", nil, feature.CopyTTL,
-		machinetoken.Scope{Features: []machinetoken.Feature{machinetoken.FeatureSVID}}, &out)
+	return &out, s.do(ctx, http.MethodGet, "/v1/svids/bundle", nil, feature.CopyTTL, BundleScope(), &out)
 }
 
 func (s issuer) X509(ctx context.Context, id string, csr []byte) (*api.X509SVIDReply, error) {

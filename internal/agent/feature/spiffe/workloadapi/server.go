@@ -91,6 +91,9 @@ type Server struct {
 	served   sync.Map // "pid\x00id" → struct{}: first hand-out per process is audited
 	denied   uint64
 	deniedMu sync.Mutex
+
+	policyMu sync.Mutex
+	policy   chan struct{} // closed and replaced when the policy may have changed
 }
 
 // securityHeader is the metadata every Workload API call must carry
@@ -112,7 +115,7 @@ func New(opts Options) *Server {
 	if opts.Tick <= 0 {
 		opts.Tick = time.Second
 	}
-	s := &Server{opts: opts, log: opts.Logger, cache: newCache(opts.Issuer, opts.Now)}
+	s := &Server{opts: opts, log: opts.Logger, cache: newCache(opts.Issuer, opts.Now), policy: make(chan struct{})}
 	s.stop, s.stopFunc = context.WithCancel(context.Background())
 	s.grpc = grpc.NewServer(
 		grpc.Creds(peerCreds{}),
@@ -163,6 +166,24 @@ func (s *Server) Stop() {
 	s.stopFunc()
 	s.grpc.Stop()
 	s.wg.Wait()
+}
+
+// PolicyChanged tells every open stream that the policy may have changed
+// (the agent reloaded its config): each decides its caller's identity
+// again at once, ends with PermissionDenied when the caller has none any
+// more, and sends the new identity's SVID when it was renamed.
+func (s *Server) PolicyChanged() {
+	s.policyMu.Lock()
+	defer s.policyMu.Unlock()
+	close(s.policy)
+	s.policy = make(chan struct{})
+}
+
+// policyWatch returns a channel closed at the next PolicyChanged.
+func (s *Server) policyWatch() <-chan struct{} {
+	s.policyMu.Lock()
+	defer s.policyMu.Unlock()
+	return s.policy
 }
 
 // Stats reports the cache's counters.
@@ -277,11 +298,16 @@ func rawCerts(t *trust) [][]byte {
 }
 
 // stream sends make()'s answer now and again after every change of the
-// cache until the caller goes away; an unchanged answer is not resent.
+// cache or the policy until the caller goes away; an unchanged answer is
+// not resent. make decides the caller's identity every time, so a stream
+// never outlives the policy that admitted it: a caller the policy no
+// longer admits gets make's PermissionDenied, which ends the stream.
 func stream[T any](s *Server, ctx context.Context, make func() (*T, error), send func(*T) error, same func(a, b *T) bool) error {
 	var last *T
 	for {
-		changed := s.cache.watch()
+		// Both watches are taken before make reads anything, so a change
+		// while it runs wakes the next round.
+		changed, reloaded := s.cache.watch(), s.policyWatch()
 		msg, err := make()
 		if err != nil {
 			return err
@@ -298,31 +324,32 @@ func stream[T any](s *Server, ctx context.Context, make func() (*T, error), send
 		case <-s.stop.Done():
 			return status.Error(codes.Unavailable, "agent stopping")
 		case <-changed:
+		case <-reloaded:
 		}
 	}
 }
 
 func (h *handler) FetchX509SVID(_ *workload.X509SVIDRequest, ss grpc.ServerStreamingServer[workload.X509SVIDResponse]) error {
 	ctx := ss.Context()
-	p, id, _, err := h.s.identify(ctx, KindX509)
-	if err != nil {
-		return err
-	}
-	return stream(h.s, ctx, func() (*workload.X509SVIDResponse, error) { return h.x509Response(ctx, p, id) }, ss.Send,
+	return stream(h.s, ctx, func() (*workload.X509SVIDResponse, error) {
+		p, id, _, err := h.s.identify(ctx, KindX509)
+		if err != nil {
+			return nil, err
+		}
+		return h.x509Response(ctx, p, id)
+	}, ss.Send,
 		func(a, b *workload.X509SVIDResponse) bool {
-			return bytes.Equal(a.Svids[0].X509Svid, b.Svids[0].X509Svid) && bytes.Equal(a.Svids[0].Bundle, b.Svids[0].Bundle)
+			return a.Svids[0].SpiffeId == b.Svids[0].SpiffeId &&
+				bytes.Equal(a.Svids[0].X509Svid, b.Svids[0].X509Svid) && bytes.Equal(a.Svids[0].Bundle, b.Svids[0].Bundle)
 		})
 }
 
 func (h *handler) FetchX509Bundles(_ *workload.X509BundlesRequest, ss grpc.ServerStreamingServer[workload.X509BundlesResponse]) error {
 	ctx := ss.Context()
-	if _, _, _, err := h.s.identify(ctx, KindX509); err != nil {
-		return err
-	}
 	return stream(h.s, ctx, func() (*workload.X509BundlesResponse, error) {
-		t, err := h.s.cache.getTrust(ctx)
+		_, _, t, err := h.s.identify(ctx, KindX509)
 		if err != nil {
-			return nil, status.Error(codes.Unavailable, "issuer unavailable")
+			return nil, err
 		}
 		return &workload.X509BundlesResponse{Bundles: map[string][]byte{t.td.IDString(): concat(rawCerts(t))}}, nil
 	}, ss.Send, func(a, b *workload.X509BundlesResponse) bool { return sameMap(a.Bundles, b.Bundles) })
@@ -388,10 +415,10 @@ func (h *handler) jwtBundles(ctx context.Context) (*jwtbundle.Bundle, *trust, er
 
 func (h *handler) FetchJWTBundles(_ *workload.JWTBundlesRequest, ss grpc.ServerStreamingServer[workload.JWTBundlesResponse]) error {
 	ctx := ss.Context()
-	if _, _, _, err := h.s.identify(ctx, KindJWT); err != nil {
-		return err
-	}
 	return stream(h.s, ctx, func() (*workload.JWTBundlesResponse, error) {
+		if _, _, _, err := h.s.identify(ctx, KindJWT); err != nil {
+			return nil, err
+		}
 		b, t, err := h.jwtBundles(ctx)
 		if err != nil {
 			return nil, err
