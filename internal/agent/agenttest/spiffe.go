@@ -39,6 +39,7 @@ const (
 type svidState struct {
 	ca               *spiffe.CA
 	prev             []*spiffe.CA // rotated out, still in the bundle
+	jwtKey           *oidc.Key    // JWT-SVIDs' own key, as the issuer's spiffe-jwt family: never in the OIDC JWKS
 	x509TTL, jwtTTL  time.Duration
 	bundleRefreshFor time.Duration
 }
@@ -52,7 +53,11 @@ func (is *Issuer) initSVIDs() error {
 	if err != nil {
 		return err
 	}
-	is.svids = svidState{ca: ca, x509TTL: defaultX509SVIDTTL, jwtTTL: defaultJWTSVIDTTL, bundleRefreshFor: bundleRefreshHint}
+	jwtKey, err := oidc.GenerateKey(oidc.ES256, time.Now(), 0)
+	if err != nil {
+		return err
+	}
+	is.svids = svidState{ca: ca, jwtKey: jwtKey, x509TTL: defaultX509SVIDTTL, jwtTTL: defaultJWTSVIDTTL, bundleRefreshFor: bundleRefreshHint}
 	return nil
 }
 
@@ -128,14 +133,14 @@ func decodeStrict(body []byte, v any) error {
 	return dec.Decode(v)
 }
 
-// bundleDoc is the trust domain's SPIFFE bundle: every CA and the OIDC
-// signing key.
+// bundleDoc is the trust domain's SPIFFE bundle: every CA and the
+// JWT-SVID key (never the OIDC signing key, as on the issuer).
 func (is *Issuer) bundleDoc(td spiffeid.TrustDomain) ([]byte, error) {
 	is.mu.Lock()
 	cas := append([]*spiffe.CA{is.svids.ca}, is.svids.prev...)
-	hint := is.svids.bundleRefreshFor
+	hint, jwtKey := is.svids.bundleRefreshFor, is.svids.jwtKey
 	is.mu.Unlock()
-	set, err := oidc.NewKeySet([]*oidc.Key{is.oidcKey})
+	set, err := oidc.NewKeySet([]*oidc.Key{jwtKey})
 	if err != nil {
 		return nil, err
 	}
@@ -148,7 +153,7 @@ func (is *Issuer) bundleDoc(td spiffeid.TrustDomain) ([]byte, error) {
 }
 
 func (is *Issuer) handleSVIDBundle(w http.ResponseWriter, r *http.Request) {
-	if _, _, ok := is.authenticate(w, r, machinetoken.FeatureSVID, ""); !ok {
+	if _, ok := is.verify(w, r, nil, machinetoken.Request{Feature: machinetoken.FeatureSVID, SVIDKind: machinetoken.SVIDBundle}); !ok {
 		return
 	}
 	m := is.Machine()
@@ -174,8 +179,8 @@ func (is *Issuer) handleSVIDBundle(w http.ResponseWriter, r *http.Request) {
 // authorizeSVID is the issuer's gate: the copy verified for the svid
 // feature, id and aud; then the request well formed (reqErr) and id in
 // the machine's namespace (400 otherwise). It answers refusals itself.
-func (is *Issuer) authorizeSVID(w http.ResponseWriter, r *http.Request, body []byte, id spiffeid.ID, aud []string, reqErr error) (*machinetoken.Verified, bool) {
-	q := machinetoken.Request{Feature: machinetoken.FeatureSVID, Audience: aud}
+func (is *Issuer) authorizeSVID(w http.ResponseWriter, r *http.Request, body []byte, kind machinetoken.SVIDKind, id spiffeid.ID, aud []string, reqErr error) (*machinetoken.Verified, bool) {
+	q := machinetoken.Request{Feature: machinetoken.FeatureSVID, SVIDKind: kind, Audience: aud}
 	if !id.IsZero() {
 		q.SPIFFEID = id.String()
 	}
@@ -222,7 +227,7 @@ func (is *Issuer) handleX509SVID(w http.ResponseWriter, r *http.Request) {
 	if reqErr == nil {
 		reqErr = csrErr
 	}
-	v, ok := is.authorizeSVID(w, r, body, id, nil, reqErr)
+	v, ok := is.authorizeSVID(w, r, body, machinetoken.SVIDX509, id, nil, reqErr)
 	if !ok {
 		return
 	}
@@ -260,7 +265,7 @@ func (is *Issuer) handleJWTSVID(w http.ResponseWriter, r *http.Request) {
 		// as the default.
 		aud = []string{""}
 	}
-	v, ok := is.authorizeSVID(w, r, body, id, aud, reqErr)
+	v, ok := is.authorizeSVID(w, r, body, machinetoken.SVIDJWT, id, aud, reqErr)
 	if !ok {
 		return
 	}
@@ -272,13 +277,13 @@ func (is *Issuer) handleJWTSVID(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	m := is.Machine()
 	jti := make([]byte, 12)
 	rand.Read(jti)
-	tok, err := oidc.Sign(is.oidcKey, oidc.Claims{
-		Issuer: oidc.IssuerURL(is.URL, m.Org), Subject: id.String(), Audience: req.Audience,
-		IssuedAt: now, NotBefore: now, Expiry: exp, ID: hex.EncodeToString(jti),
-		Org: m.Org, App: m.App, MachineID: m.MachineID, MachineName: m.MachineName,
+	is.mu.Lock()
+	key := is.svids.jwtKey
+	is.mu.Unlock()
+	tok, err := oidc.SignJWTSVID(key, oidc.JWTSVIDClaims{
+		Subject: id.String(), Audience: req.Audience, IssuedAt: now, Expiry: exp, ID: hex.EncodeToString(jti),
 	})
 	if err != nil {
 		writeError(w, 500, api.CodeInternal, "internal error")

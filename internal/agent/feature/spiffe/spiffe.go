@@ -182,15 +182,6 @@ func (f *Feature) Stop() {
 	}
 }
 
-// Reloaded implements feature.Reloader: a reload may have changed the
-// [[policy]] rules that name the callers' identities, so every open
-// Workload API stream decides its caller's again (a caller no longer
-// admitted loses its stream, a renamed one gets its new SVID).
-func (f *Feature) Reloaded() {
-	if f.srv != nil {
-		f.srv.PolicyChanged()
-	}
-}
 
 // route is the guest API route whose policy a Workload API call of kind
 // k shares.

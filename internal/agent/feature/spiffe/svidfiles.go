@@ -48,9 +48,15 @@ var (
 	_ feature.Starter       = (*Feature)(nil)
 )
 
-// Reloaded implements feature.Reloader: [[svid_file]] is dynamic; the
-// writers follow the running config.
+// Reloaded implements feature.Reloader. A reload may have changed the
+// [[policy]] rules that name the callers' identities, so every open
+// Workload API stream decides its caller's again (a caller no longer
+// admitted loses its stream, a renamed one gets its new SVID); and
+// [[svid_file]] is dynamic: the writers follow the running config.
 func (f *Feature) Reloaded() {
+	if f.srv != nil {
+		f.srv.PolicyChanged()
+	}
 	if f.files != nil {
 		f.files.sync()
 	}
