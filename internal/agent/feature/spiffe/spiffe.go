@@ -182,7 +182,6 @@ func (f *Feature) Stop() {
 	}
 }
 
-
 // route is the guest API route whose policy a Workload API call of kind
 // k shares.
 func route(k workloadapi.Kind) string { return "/v1/svids/" + string(k) }
