@@ -192,7 +192,13 @@ func TestCluster_ConcurrentUpdatesNoLostUpdate(t *testing.T) {
 	cl := newCluster(t, 1)
 	// Every update comes from our one uid, n at a time per replica: more
 	// than the admin socket's default per-uid share (max_conns/4).
-	oneUID := func(c *config.Issuer) { c.Admin.MaxConnsPerUID = c.Admin.MaxConns }
+	// And 40 compare-and-swap retries at once are slow on a loaded
+	// machine (the race detector, CI): this test is not about outages, so
+	// a request gets more than the cluster's 1 s.
+	oneUID := func(c *config.Issuer) {
+		c.Admin.MaxConnsPerUID = c.Admin.MaxConns
+		c.State.RequestTimeout = config.Duration{Duration: 10 * time.Second}
+	}
 	a := cl.replica(t, oneUID, nil)
 	b := cl.replica(t, oneUID, nil)
 	m, _ := a.addMachine(t, devSpec)
