@@ -59,7 +59,7 @@ type env struct {
 // setup runs an issuer and an agent whose Workload API gives root the
 // machine's ID, uid 65534 "frontend" and uid 65533 "backend"; uid 65532
 // has no rule. The socket is in gid 65534.
-func setup(t *testing.T) *env {
+func setup(t testing.TB) *env {
 	t.Helper()
 	iss := e2e.StartIssuer(t)
 	tok := iss.MachineToken(t, "dev", "web", "m1")
