@@ -56,6 +56,9 @@ type loadResult struct {
 	// CPUusPerReq is the serving process's user+system CPU time over
 	// the measured period divided by the requests served in it.
 	CPUusPerReq float64 `json:"cpu_us_per_req,omitempty"`
+	// ClientCPUusPerReq is the same for the load client's process (this
+	// one), where it is measured (the Workload API's go-spiffe client).
+	ClientCPUusPerReq float64 `json:"client_cpu_us_per_req,omitempty"`
 }
 
 // runLoad keeps conns keep-alive connections busy with t's request: a
