@@ -141,6 +141,9 @@ func (a *Agent) PID() int { return a.proc.cmd.Process.Pid }
 // Log is the path of the agent's log (its stdout and stderr).
 func (a *Agent) Log() string { return a.proc.log }
 
+// LogTail is the end of the agent's log, join tokens redacted.
+func (a *Agent) LogTail() string { return a.proc.tail() }
+
 // WaitServes waits (StartTimeout) until the agent hands this process an
 // X.509-SVID for spiffeID: its entry is registered and synced, and the
 // caller's selectors match it. An agent syncs entries every few seconds.

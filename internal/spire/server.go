@@ -160,6 +160,9 @@ func (s *Server) PID() int { return s.proc.cmd.Process.Pid }
 // Log is the path of the server's log (its stdout and stderr).
 func (s *Server) Log() string { return s.proc.log }
 
+// LogTail is the end of the server's log, join tokens redacted.
+func (s *Server) LogTail() string { return s.proc.tail() }
+
 // CLI runs `spire-server <args...> -socketPath <the server's socket>`
 // (bounded) and returns its output: bundle show, bundle set, federation
 // create and the like. Not for `token generate`, whose output is a

@@ -10,7 +10,8 @@
 // Agent.WaitServes waits until the agent hands an entry out. Everything
 // runs from plain functions taking a directory and returning a handle with
 // Close, so the bench can use it; internal/spire/spiretest wraps them for
-// tests (t.TempDir, t.Cleanup, a skip when the binaries are missing).
+// tests (a short temporary directory, t.Cleanup, a skip when the
+// binaries are missing).
 //
 // Each process runs in its own process group, killed whole on Close with
 // bounded waits; its stdout and stderr go to a file in the directory,

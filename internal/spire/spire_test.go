@@ -172,7 +172,7 @@ func TestClose_ProcessesGone(t *testing.T) {
 		t.Skip("starts SPIRE's server and agent (seconds)")
 	}
 	bins := spiretest.Binaries(t)
-	d, err := spire.Start(context.Background(), t.TempDir(), spire.Options{Server: spire.ServerOptions{Bins: bins, KeyManager: "disk"}})
+	d, err := spire.Start(context.Background(), spiretest.Dir(t), spire.Options{Server: spire.ServerOptions{Bins: bins, KeyManager: "disk"}})
 	if err != nil {
 		t.Fatal(err)
 	}
