@@ -9,13 +9,16 @@
 //     registry lookup, claims, signing) against a bare go-jose signing loop of
 //     the same algorithm;
 //   - agent memory idle and with many open connections, and `wicket dev`
-//     time to ready.
+//     time to ready;
+//   - with -peer spire, the agent's SPIFFE Workload API against SPIRE's
+//     agent through go-spiffe (bench/spire.go).
 //
 // Reference and subject alternate (A/B/A/B) so drift on a shared machine
 // hits both; every figure is printed with its ratio to the reference. It is
 // a benchmark, not a test: nothing here asserts a time.
 //
 //	go run ./bench -duration 10s
+//	go run ./bench -peer spire -peer-only
 package main
 
 import (
