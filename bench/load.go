@@ -56,6 +56,9 @@ type loadResult struct {
 	// CPUusPerReq is the serving process's user+system CPU time over
 	// the measured period divided by the requests served in it.
 	CPUusPerReq float64 `json:"cpu_us_per_req,omitempty"`
+	// ClientCPUusPerReq is the same for the load client's process (this
+	// one: the harness's client or go-spiffe's), not measured for h2load.
+	ClientCPUusPerReq float64 `json:"client_cpu_us_per_req,omitempty"`
 }
 
 // runLoad keeps conns keep-alive connections busy with t's request: a
@@ -121,13 +124,14 @@ func runLoad(ctx context.Context, t target, conns int, warmup, dur time.Duration
 		}()
 	}
 	sleepCtx(ctx, warmup)
-	cpu0 := procCPU(t.pid)
+	self := os.Getpid()
+	cpu0, ccpu0 := procCPU(t.pid), procCPU(self)
 	measuring.Store(true)
 	start := time.Now()
 	sleepCtx(ctx, dur)
 	measuring.Store(false)
 	elapsed := time.Since(start)
-	cpu1 := procCPU(t.pid)
+	cpu1, ccpu1 := procCPU(t.pid), procCPU(self)
 	stop.Store(true)
 	wg.Wait()
 
@@ -135,6 +139,7 @@ func runLoad(ctx context.Context, t target, conns int, warmup, dur time.Duration
 	r.RPS = float64(r.Requests) / elapsed.Seconds()
 	if r.Requests > 0 && t.pid > 0 {
 		r.CPUusPerReq = (cpu1 - cpu0).Seconds() * 1e6 / float64(r.Requests)
+		r.ClientCPUusPerReq = (ccpu1 - ccpu0).Seconds() * 1e6 / float64(r.Requests)
 	}
 	if len(lat) > 0 {
 		slices.Sort(lat)

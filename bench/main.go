@@ -9,13 +9,16 @@
 //     registry lookup, claims, signing) against a bare go-jose signing loop of
 //     the same algorithm;
 //   - agent memory idle and with many open connections, and `wicket dev`
-//     time to ready.
+//     time to ready;
+//   - with -peer spire, the agent's SPIFFE Workload API against SPIRE's
+//     agent through go-spiffe (bench/spire.go).
 //
 // Reference and subject alternate (A/B/A/B) so drift on a shared machine
 // hits both; every figure is printed with its ratio to the reference. It is
 // a benchmark, not a test: nothing here asserts a time.
 //
 //	go run ./bench -duration 10s
+//	go run ./bench -peer spire -peer-only
 package main
 
 import (
@@ -39,6 +42,8 @@ type options struct {
 	out              string
 	profile          string // directory for CPU profiles of the agent under h2load
 	h2load           string // path of h2load, "" when unavailable
+	peer             string // "spire": the Workload API against SPIRE's agent (bench/spire.go)
+	peerOnly         bool   // only the peer comparison
 }
 
 func main() {
@@ -52,6 +57,15 @@ func main() {
 	flag.StringVar(&o.out, "out", "bench/results", "directory for latest.json and latest.md")
 	flag.StringVar(&o.profile, "profile", "", "build the agent with the bench-only pprof socket and write CPU profiles of it under h2load to this directory")
 	flag.Parse()
+	o.peer, o.peerOnly = *peerFlag, *peerOnlyFlag
+	if o.peer != "" && o.peer != "spire" {
+		fmt.Fprintf(os.Stderr, "bench: -peer %q: the only peer is spire\n", o.peer)
+		os.Exit(2)
+	}
+	if o.peerOnly && o.peer == "" {
+		fmt.Fprintln(os.Stderr, "bench: -peer-only needs -peer spire")
+		os.Exit(2)
+	}
 	if *ref != "" {
 		if err := serveReference(*ref); err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -81,8 +95,10 @@ type Report struct {
 	Memory     []memFigure   `json:"memory"`
 	DevReady   []devFigure   `json:"dev_ready"`
 	ConnScale  []loadResult  `json:"conn_scale,omitempty"`
-	AudScale   []audFigure   `json:"audience_scale,omitempty"`
-	Notes      []string      `json:"notes"`
+	// SPIRE is -peer spire's: the Workload API against SPIRE's agent.
+	SPIRE    []peerComparison `json:"spire,omitempty"`
+	AudScale []audFigure      `json:"audience_scale,omitempty"`
+	Notes    []string         `json:"notes"`
 }
 
 type comparison struct {
@@ -152,11 +168,28 @@ func run(o options) error {
 	rep := &Report{Date: time.Now().UTC().Format(time.RFC3339), CPUs: runtime.NumCPU(), GoVersion: runtime.Version(),
 		Options: fmt.Sprintf("duration=%s warmup=%s conns=%d rounds=%d", o.duration, o.warmup, o.conns, o.rounds)}
 
-	sys, err := startSystem(ctx, bin, work, o.profile != "")
+	if o.peer != "" {
+		rep.Options += " peer=" + o.peer
+		if o.peerOnly {
+			rep.Options += " (peer only)"
+		}
+	}
+	sys, err := startSystem(ctx, bin, work, o.profile != "", o.peer == "spire")
 	if err != nil {
 		return err
 	}
 	defer sys.stop()
+	if o.peer == "spire" {
+		var notes []string
+		rep.SPIRE, notes, err = measureSPIRE(ctx, sys, work, o)
+		if err != nil {
+			return err
+		}
+		rep.Notes = append(rep.Notes, notes...)
+		if o.peerOnly {
+			return writeReport(rep, o.out)
+		}
+	}
 	refSock := filepath.Join(work, "ref.sock")
 	refProc, err := startReference(refSock)
 	if err != nil {
@@ -313,22 +346,32 @@ func renderMarkdown(rep *Report) string {
 				c.Subject.P99us, c.Subject.Errors, c.Subject.CPUusPerReq, c.Reference.RPS, c.Reference.P50us, c.Reference.CPUusPerReq, c.Ratio, c.CPURatio, c.P50Ratio, c.Target)
 		}
 	}
-	table(rep.Throughput)
-	b.WriteString("\n| guest API handler (Go benchmark) | ns/op | B/op | allocs/op |\n|---|---|---|---|\n")
-	for _, a := range rep.Allocs {
-		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f |\n", a.Name, a.NsPerOp, a.BytesPerOp, a.AllocsPerOp)
+	if len(rep.Throughput) > 0 { // none with -peer-only
+		table(rep.Throughput)
+		b.WriteString("\n| guest API handler (Go benchmark) | ns/op | B/op | allocs/op |\n|---|---|---|---|\n")
+		for _, a := range rep.Allocs {
+			fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f |\n", a.Name, a.NsPerOp, a.BytesPerOp, a.AllocsPerOp)
+		}
+		b.WriteString("\n| minting | tokens/s | bare signing tokens/s | ratio | target |\n|---|---|---|---|---|\n")
+		for _, c := range rep.Minting {
+			fmt.Fprintf(&b, "| %s | %.0f | %.0f | **%.2f** | %s |\n", c.Name, c.Subject.RPS, c.Reference.RPS, c.Ratio, c.Target)
+		}
+		b.WriteString("\n| memory | RSS | of which anonymous | target (RSS) |\n|---|---|---|---|\n")
+		for _, m := range rep.Memory {
+			fmt.Fprintf(&b, "| %s | %.1f MiB | %.1f MiB | %s |\n", m.Name, float64(m.RSSKiB)/1024, float64(m.AnonKiB)/1024, m.Target)
+		}
+		b.WriteString("\n| wicket dev | time to ready |\n|---|---|\n")
+		for _, d := range rep.DevReady {
+			fmt.Fprintf(&b, "| %s | %.0f ms |\n", d.Name, d.Ms)
+		}
 	}
-	b.WriteString("\n| minting | tokens/s | bare signing tokens/s | ratio | target |\n|---|---|---|---|---|\n")
-	for _, c := range rep.Minting {
-		fmt.Fprintf(&b, "| %s | %.0f | %.0f | **%.2f** | %s |\n", c.Name, c.Subject.RPS, c.Reference.RPS, c.Ratio, c.Target)
-	}
-	b.WriteString("\n| memory | RSS | of which anonymous | target (RSS) |\n|---|---|---|---|\n")
-	for _, m := range rep.Memory {
-		fmt.Fprintf(&b, "| %s | %.1f MiB | %.1f MiB | %s |\n", m.Name, float64(m.RSSKiB)/1024, float64(m.AnonKiB)/1024, m.Target)
-	}
-	b.WriteString("\n| wicket dev | time to ready |\n|---|---|\n")
-	for _, d := range rep.DevReady {
-		fmt.Fprintf(&b, "| %s | %.0f ms |\n", d.Name, d.Ms)
+	if len(rep.SPIRE) > 0 {
+		b.WriteString("\n| Workload API vs SPIRE | callers | wicket req/s | p50 µs | p99 µs | errors | agent CPU µs/fetch | client CPU µs/fetch | SPIRE req/s | p50 µs | p99 µs | errors | agent CPU µs/fetch | client CPU µs/fetch | wicket/SPIRE req/s | SPIRE/wicket agent CPU | target |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		for _, c := range rep.SPIRE {
+			fmt.Fprintf(&b, "| %s | %d | %.0f | %.0f | %.0f | %d | %.1f | %.1f | %.0f | %.0f | %.0f | %d | %.1f | %.1f | **%.2f** | **%.2f** | %s |\n", c.Name, c.Callers,
+				c.Wicket.RPS, c.Wicket.P50us, c.Wicket.P99us, c.Wicket.Errors, c.Wicket.CPUusPerReq, c.Wicket.ClientCPUusPerReq,
+				c.SPIRE.RPS, c.SPIRE.P50us, c.SPIRE.P99us, c.SPIRE.Errors, c.SPIRE.CPUusPerReq, c.SPIRE.ClientCPUusPerReq, c.Throughput, c.CPU, c.Target)
+		}
 	}
 	if len(rep.ConnScale) > 0 {
 		b.WriteString("\n| connections | metadata req/s | p99 µs | errors | agent RSS |\n|---|---|---|---|---|\n")

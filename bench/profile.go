@@ -22,6 +22,20 @@ const benchPprofEnv = "WICKET_BENCH_PPROF_SOCKET"
 // profileAgent takes a CPU profile of the agent process while h2load
 // drives each target, and writes it with its top functions to o.profile.
 func profileAgent(ctx context.Context, sys *system, ts []target, o options) error {
+	for i, t := range ts {
+		name := filepath.Join(o.profile, fmt.Sprintf("agent-%d-%s.pprof", i, slug(t.path)))
+		err := cpuProfile(ctx, sys, name, func(d time.Duration) { runH2load(ctx, o.h2load, t, o.conns, 0, d) }, o)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// cpuProfile runs load for o.duration plus two seconds and takes a CPU
+// profile of the agent for o.duration from its second second on, into
+// name with its top functions beside it (name.top.txt).
+func cpuProfile(ctx context.Context, sys *system, name string, load func(time.Duration), o options) error {
 	if err := os.MkdirAll(o.profile, 0o755); err != nil {
 		return err
 	}
@@ -31,29 +45,26 @@ func profileAgent(ctx context.Context, sys *system, ts []target, o options) erro
 	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", sys.pprof)
 	}}}
-	for i, t := range ts {
-		done := make(chan loadResult, 1)
-		go func() { done <- runH2load(ctx, o.h2load, t, o.conns, 0, o.duration+2*time.Second) }()
-		time.Sleep(time.Second)
-		resp, err := hc.Get(fmt.Sprintf("http://pprof/debug/pprof/profile?seconds=%d", max(1, int(o.duration.Seconds()))))
-		if err != nil {
-			<-done
-			return fmt.Errorf("profile: %w", err)
-		}
-		b, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
+	done := make(chan struct{})
+	go func() { load(o.duration + 2*time.Second); close(done) }()
+	time.Sleep(time.Second)
+	resp, err := hc.Get(fmt.Sprintf("http://pprof/debug/pprof/profile?seconds=%d", max(1, int(o.duration.Seconds()))))
+	if err != nil {
 		<-done
-		if err != nil {
-			return err
-		}
-		name := filepath.Join(o.profile, fmt.Sprintf("agent-%d-%s.pprof", i, slug(t.path)))
-		if err := os.WriteFile(name, b, 0o644); err != nil {
-			return err
-		}
-		top, _ := exec.Command("go", "tool", "pprof", "-top", "-nodecount=40", name).CombinedOutput()
-		os.WriteFile(strings.TrimSuffix(name, ".pprof")+".top.txt", top, 0o644)
-		fmt.Fprintf(os.Stderr, "profile of the agent under h2load on %s: %s\n", t.path, name)
+		return fmt.Errorf("profile: %w", err)
 	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	<-done
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(name, b, 0o644); err != nil {
+		return err
+	}
+	top, _ := exec.Command("go", "tool", "pprof", "-top", "-nodecount=40", name).CombinedOutput()
+	os.WriteFile(strings.TrimSuffix(name, ".pprof")+".top.txt", top, 0o644)
+	fmt.Fprintf(os.Stderr, "profile of the agent: %s\n", name)
 	return nil
 }
 

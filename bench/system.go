@@ -27,6 +27,7 @@ type system struct {
 	issuer, agent *exec.Cmd
 	api, admin    string
 	pprof         string // the bench build's pprof socket, when asked for
+	spiffe        string // the Workload API's socket, when asked for
 	stopOnce      sync.Once
 }
 
@@ -72,8 +73,9 @@ func waitSocket(path string, d time.Duration) error {
 }
 
 // startSystem runs a real issuer and a real agent as separate processes,
-// with one registered machine, the way they run in production.
-func startSystem(ctx context.Context, bin, work string, pprof bool) (*system, error) {
+// with one registered machine, the way they run in production; with
+// spiffe, the agent also serves the SPIFFE Workload API ([spiffe]).
+func startSystem(ctx context.Context, bin, work string, pprof, spiffe bool) (*system, error) {
 	addr, err := freePort()
 	if err != nil {
 		return nil, err
@@ -125,6 +127,10 @@ token_burst = 1000000
 [log]
 level = "info"
 `, s.api, s.admin, addr)
+	if spiffe {
+		s.spiffe = filepath.Join(work, "run", "spiffe.sock")
+		body += fmt.Sprintf("[spiffe]\nenabled = true\nsocket_path = %q\n", s.spiffe)
+	}
 	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
 		s.stop()
 		return nil, err
@@ -160,6 +166,12 @@ level = "info"
 		if time.Now().After(deadline) {
 			s.stop()
 			return nil, fmt.Errorf("agent never served metadata")
+		}
+	}
+	if spiffe {
+		if err := waitSocket(s.spiffe, 10*time.Second); err != nil {
+			s.stop()
+			return nil, err
 		}
 	}
 	return s, nil

@@ -59,7 +59,7 @@ type env struct {
 // setup runs an issuer and an agent whose Workload API gives root the
 // machine's ID, uid 65534 "frontend" and uid 65533 "backend"; uid 65532
 // has no rule. The socket is in gid 65534.
-func setup(t *testing.T) *env {
+func setup(t testing.TB) *env {
 	t.Helper()
 	iss := e2e.StartIssuer(t)
 	tok := iss.MachineToken(t, "dev", "web", "m1")
@@ -181,6 +181,43 @@ func TestGoSPIFFE_JWTSVIDFetchAndValidate(t *testing.T) {
 	// Asking for another identity than the caller's own is refused.
 	if _, err := c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "db", Subject: spiffeid.RequireFromString(frontend)}); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("jwt svid for another identity: %v, want PermissionDenied", err)
+	}
+}
+
+// The first hand-out of each kind of SVID to a process is audited, with
+// the X.509-SVID's end; repeats (cached, other audiences, new clients of
+// the same process) are not logged again.
+func TestWorkloadAPI_AuditFirstHandOutPerProcess(t *testing.T) {
+	e := setup(t)
+	ctx := ctxT(t)
+	for i := range 3 {
+		c := e.client(t)
+		if _, err := c.FetchX509SVID(ctx); err != nil {
+			t.Fatalf("FetchX509SVID %d: %v", i, err)
+		}
+		for _, aud := range []string{"db", "cache"} {
+			if _, err := c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: aud}); err != nil {
+				t.Fatalf("FetchJWTSVID %d %s: %v", i, aud, err)
+			}
+		}
+	}
+	var x509Lines, jwtLines []string
+	for _, line := range strings.Split(e.ag.Logs(), "\n") {
+		if !strings.Contains(line, `msg="svid served"`) || !strings.Contains(line, fmt.Sprintf("peer_pid=%d", os.Getpid())) {
+			continue
+		}
+		switch {
+		case strings.Contains(line, "kind=x509 spiffe_id="+machineID):
+			x509Lines = append(x509Lines, line)
+		case strings.Contains(line, "kind=jwt spiffe_id="+machineID):
+			jwtLines = append(jwtLines, line)
+		}
+	}
+	if len(x509Lines) != 1 || len(jwtLines) != 1 {
+		t.Fatalf("audit lines for this process: %d x509, %d jwt, want 1 each:\n%s", len(x509Lines), len(jwtLines), e.ag.Logs())
+	}
+	if !strings.Contains(x509Lines[0], "expires_at=20") || !strings.Contains(x509Lines[0], fmt.Sprintf("peer_uid=%d", os.Getuid())) {
+		t.Errorf("x509 audit line without its end or peer: %s", x509Lines[0])
 	}
 }
 

@@ -1,6 +1,7 @@
 package workloadapi
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -27,6 +28,7 @@ type x509Entry struct {
 	key       *ecdsa.PrivateKey
 	keyDER    []byte   // PKCS#8
 	chain     [][]byte // leaf first
+	chainDER  []byte   // chain joined, as the Workload API sends it
 	expires   time.Time
 	refreshAt time.Time
 }
@@ -45,6 +47,7 @@ type trust struct {
 	machineID spiffeid.ID
 	bundle    *spiffebundle.Bundle
 	raw       []byte
+	x509DER   []byte // the X.509 authorities joined, as the Workload API sends them
 	refreshAt time.Time
 }
 
@@ -175,11 +178,21 @@ func (c *cache) refreshTrust(ctx context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	old := c.trust
-	c.trust = &trust{td: td, machineID: id, bundle: b, raw: canon, refreshAt: c.now().Add(hint)}
+	c.trust = &trust{td: td, machineID: id, bundle: b, raw: canon, x509DER: concat(rawCerts(b)), refreshAt: c.now().Add(hint)}
 	if old == nil || !sameAuthorities(old.bundle, b) {
 		c.notifyLocked()
 	}
 	return nil
+}
+
+func concat(ders [][]byte) []byte { return bytes.Join(ders, nil) }
+
+func rawCerts(b *spiffebundle.Bundle) [][]byte {
+	var out [][]byte
+	for _, c := range b.X509Authorities() {
+		out = append(out, c.Raw)
+	}
+	return out
 }
 
 // sameAuthorities compares what a relying party trusts, not the sequence
@@ -262,7 +275,7 @@ func (c *cache) renewX509(ctx context.Context, id spiffeid.ID) error {
 		return err
 	}
 	now := c.now()
-	e := &x509Entry{id: id, key: key, keyDER: der, chain: rep.CertChain, expires: leaf.NotAfter, refreshAt: halfLife(now, leaf.NotAfter)}
+	e := &x509Entry{id: id, key: key, keyDER: der, chain: rep.CertChain, chainDER: concat(rep.CertChain), expires: leaf.NotAfter, refreshAt: halfLife(now, leaf.NotAfter)}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, had := c.x509[id]; had {
@@ -274,7 +287,12 @@ func (c *cache) renewX509(ctx context.Context, id spiffeid.ID) error {
 	return nil
 }
 
+// jwtKey is the cache key of id's JWT-SVID for the audience set aud.
 func jwtKey(id spiffeid.ID, aud []string) string {
+	if len(aud) == 1 {
+		// The usual request: nothing to sort or deduplicate.
+		return id.String() + "\x00" + aud[0]
+	}
 	a := slices.Clone(aud)
 	slices.Sort(a)
 	a = slices.Compact(a)

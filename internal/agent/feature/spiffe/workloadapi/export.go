@@ -74,7 +74,7 @@ func (s *Server) X509SVIDFor(ctx context.Context, workload string) (*X509SVID, e
 	if err != nil {
 		return nil, fmt.Errorf("%w: bundle: %w", ErrUnavailable, err)
 	}
-	return &X509SVID{ID: id, Chain: e.chain, Key: e.keyDER, Bundle: rawCerts(t), ExpiresAt: e.expires}, nil
+	return &X509SVID{ID: id, Chain: e.chain, Key: e.keyDER, Bundle: rawCerts(t.bundle), ExpiresAt: e.expires}, nil
 }
 
 // JWTSVIDFor returns a JWT-SVID of workload ("" for the machine's own)
@@ -123,7 +123,5 @@ func (s *Server) Changed() <-chan struct{} { return s.cache.watch() }
 // "http"): the surface logs that one as the Workload API logs its own
 // first hand-outs, and only counts the repeats.
 func (s *Server) FirstHandOut(p unixsock.Peer, via, kind string, id spiffeid.ID) bool {
-	k := fmt.Sprintf("%s\x00%d\x00%s\x00%s", via, p.PID, kind, id)
-	_, seen := s.served.LoadOrStore(k, struct{}{})
-	return !seen
+	return s.firstHandOut(auditKey{pid: p.PID, via: via, kind: kind, id: id})
 }

@@ -16,7 +16,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"slices"
@@ -88,12 +87,41 @@ type Server struct {
 	stopFunc context.CancelFunc
 	wg       sync.WaitGroup
 
-	served   sync.Map // "pid\x00id" → struct{}: first hand-out per process is audited
+	servedMu sync.Mutex
+	served   map[auditKey]struct{} // first hand-out per process is audited
 	denied   uint64
 	deniedMu sync.Mutex
 
 	policyMu sync.Mutex
 	policy   chan struct{} // closed and replaced when the policy may have changed
+}
+
+// auditKey is one process's hand-out of one kind of SVID for one ID on
+// one surface (via: "" for the Workload API, "http" for the guest API).
+type auditKey struct {
+	pid       int32
+	via, kind string
+	id        spiffeid.ID
+}
+
+// maxServed bounds the set of first hand-outs: a workload that starts
+// process after process must not grow the agent's memory without end.
+// When it is full it starts again, so a process seen before may be
+// audited twice: the log errs on the side of saying more.
+const maxServed = 1 << 16
+
+// firstHandOut records k and reports whether it is new.
+func (s *Server) firstHandOut(k auditKey) bool {
+	s.servedMu.Lock()
+	defer s.servedMu.Unlock()
+	if _, seen := s.served[k]; seen {
+		return false
+	}
+	if len(s.served) >= maxServed {
+		clear(s.served)
+	}
+	s.served[k] = struct{}{}
+	return true
 }
 
 // securityHeader is the metadata every Workload API call must carry
@@ -115,7 +143,7 @@ func New(opts Options) *Server {
 	if opts.Tick <= 0 {
 		opts.Tick = time.Second
 	}
-	s := &Server{opts: opts, log: opts.Logger, cache: newCache(opts.Issuer, opts.Now), policy: make(chan struct{})}
+	s := &Server{opts: opts, log: opts.Logger, cache: newCache(opts.Issuer, opts.Now), policy: make(chan struct{}), served: map[auditKey]struct{}{}}
 	s.stop, s.stopFunc = context.WithCancel(context.Background())
 	s.grpc = grpc.NewServer(
 		grpc.Creds(peerCreds{}),
@@ -189,9 +217,10 @@ func (s *Server) policyWatch() <-chan struct{} {
 // Stats reports the cache's counters.
 func (s *Server) Stats() Stats { return s.cache.stats() }
 
+// checkHeader reads the one key (FromIncomingContext would copy the
+// whole metadata map on every call).
 func checkHeader(ctx context.Context) error {
-	md, _ := metadata.FromIncomingContext(ctx)
-	if v := md.Get(securityHeader); len(v) != 1 || v[0] != "true" {
+	if v := metadata.ValueFromIncomingContext(ctx, securityHeader); len(v) != 1 || v[0] != "true" {
 		return status.Error(codes.InvalidArgument, "security header missing from request")
 	}
 	return nil
@@ -257,18 +286,19 @@ func (s *Server) identify(ctx context.Context, k Kind) (unixsock.Peer, spiffeid.
 	return info.peer, id, t, nil
 }
 
-// audit logs the first hand-out of an SVID to each process; repeats are
-// only counted.
-func (s *Server) audit(p unixsock.Peer, kind string, id spiffeid.ID, extra ...any) {
-	k := fmt.Sprintf("%d\x00%s\x00%s", p.PID, kind, id)
-	if _, seen := s.served.LoadOrStore(k, struct{}{}); seen {
+// audit logs the first hand-out of an SVID to each process, with the
+// SVID's end when it has one (expires non-zero); repeats cost one map
+// lookup, nothing is formatted for them.
+func (s *Server) audit(p unixsock.Peer, kind string, id spiffeid.ID, expires time.Time) {
+	if !s.firstHandOut(auditKey{pid: p.PID, kind: kind, id: id}) {
 		return
 	}
-	args := append([]any{"kind", kind, "spiffe_id", id.String(), "peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID}, extra...)
+	args := []any{"kind", kind, "spiffe_id", id.String(), "peer_uid", p.UID, "peer_gid", p.GID, "peer_pid", p.PID}
+	if !expires.IsZero() {
+		args = append(args, "expires_at", expires.UTC().Format(time.RFC3339))
+	}
 	s.log.Info("svid served", args...)
 }
-
-func concat(ders [][]byte) []byte { return bytes.Join(ders, nil) }
 
 func (h *handler) x509Response(ctx context.Context, p unixsock.Peer, id spiffeid.ID) (*workload.X509SVIDResponse, error) {
 	e, err := h.s.cache.x509For(ctx, id)
@@ -280,21 +310,13 @@ func (h *handler) x509Response(ctx context.Context, p unixsock.Peer, id spiffeid
 	if err != nil {
 		return nil, status.Error(codes.Unavailable, "issuer unavailable")
 	}
-	h.s.audit(p, "x509", id, "expires_at", e.expires.UTC().Format(time.RFC3339))
+	h.s.audit(p, "x509", id, e.expires)
 	return &workload.X509SVIDResponse{Svids: []*workload.X509SVID{{
 		SpiffeId:    id.String(),
-		X509Svid:    concat(e.chain),
+		X509Svid:    e.chainDER,
 		X509SvidKey: e.keyDER,
-		Bundle:      concat(rawCerts(t)),
+		Bundle:      t.x509DER,
 	}}}, nil
-}
-
-func rawCerts(t *trust) [][]byte {
-	var out [][]byte
-	for _, c := range t.bundle.X509Authorities() {
-		out = append(out, c.Raw)
-	}
-	return out
 }
 
 // stream sends make()'s answer now and again after every change of the
@@ -351,7 +373,7 @@ func (h *handler) FetchX509Bundles(_ *workload.X509BundlesRequest, ss grpc.Serve
 		if err != nil {
 			return nil, err
 		}
-		return &workload.X509BundlesResponse{Bundles: map[string][]byte{t.td.IDString(): concat(rawCerts(t))}}, nil
+		return &workload.X509BundlesResponse{Bundles: map[string][]byte{t.td.IDString(): t.x509DER}}, nil
 	}, ss.Send, func(a, b *workload.X509BundlesResponse) bool { return sameMap(a.Bundles, b.Bundles) })
 }
 
@@ -387,7 +409,7 @@ func (h *handler) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest
 		h.s.log.Warn("jwt svid unavailable", "spiffe_id", id.String(), "err", err)
 		return nil, status.Error(codes.Unavailable, "issuer unavailable")
 	}
-	h.s.audit(p, "jwt", id)
+	h.s.audit(p, "jwt", id, time.Time{})
 	return &workload.JWTSVIDResponse{Svids: []*workload.JWTSVID{{SpiffeId: id.String(), Svid: tok}}}, nil
 }
 
