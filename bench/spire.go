@@ -2,7 +2,10 @@ package main
 
 // `-peer spire`: wicket agent's SPIFFE Workload API against SPIRE's agent
 // (v1.13.3, real binaries run by internal/spire) in the same run, through
-// the same client, go-spiffe v2's workloadapi:
+// the same clients: go-spiffe v2's workloadapi (what a program uses) and,
+// at 64 callers, the generated gRPC client alone (no SVID parsing, so
+// less of the shared cores goes to the client and more of what is
+// measured is the agents):
 //
 //   - cached FetchJWTSVID (audience "bench", primed on both) and cached
 //     FetchX509SVID (one-shot: the stream is opened, its first message
@@ -22,6 +25,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -34,8 +38,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/wicket-sh/wicket/internal/spire"
 )
@@ -47,6 +55,12 @@ var (
 
 // The SPIRE side: its trust domain and the one workload entry, selecting
 // this process by uid as wicket's default policy does.
+// callName and callTitle name a kind of call in results.
+var (
+	callName  = map[string]string{"jwt": "FetchJWTSVID", "x509": "FetchX509SVID"}
+	callTitle = map[string]string{"jwt": "FetchJWTSVID (cached)", "x509": "FetchX509SVID (cached, one-shot)"}
+)
+
 const (
 	spireTD       = "spire.bench"
 	spireWorkload = "spiffe://" + spireTD + "/workload/bench"
@@ -87,23 +101,68 @@ func spireBins() (spire.Bins, error) {
 
 // wlTarget is one Workload API call repeated by the load client.
 type wlTarget struct {
-	name string
-	addr string // unix:///…
-	pid  int    // the agent process, whose CPU is sampled
-	call func(ctx context.Context, c *workloadapi.Client) error
+	name   string
+	addr   string // unix:///…
+	pid    int    // the agent process, whose CPU is sampled
+	kind   string // "jwt" (cached FetchJWTSVID) or "x509" (one-shot FetchX509SVID)
+	client string // "go-spiffe" or "grpc"
 }
 
-func fetchJWT(ctx context.Context, c *workloadapi.Client) error {
-	_, err := c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: benchAudience})
-	return err
+// dial makes one caller's client of t and returns its call.
+func (t wlTarget) dial(ctx context.Context) (call func(context.Context) error, closeFn func(), err error) {
+	if t.client == "grpc" {
+		return t.dialGRPC(ctx)
+	}
+	c, err := workloadapi.New(ctx, workloadapi.WithAddr(t.addr))
+	if err != nil {
+		return nil, nil, err
+	}
+	closeFn = func() { c.Close() }
+	if t.kind == "jwt" {
+		return func(ctx context.Context) error {
+			_, err := c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: benchAudience})
+			return err
+		}, closeFn, nil
+	}
+	return func(ctx context.Context) error { _, err := c.FetchX509SVID(ctx); return err }, closeFn, nil
 }
 
-func fetchX509(ctx context.Context, c *workloadapi.Client) error {
-	_, err := c.FetchX509SVID(ctx)
-	return err
+// dialGRPC is the generated client alone: the security header and the
+// call, no parsing of what comes back beyond protobuf.
+func (t wlTarget) dialGRPC(ctx context.Context) (func(context.Context) error, func(), error) {
+	conn, err := grpc.NewClient(t.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, nil, err
+	}
+	wc := workload.NewSpiffeWorkloadAPIClient(conn)
+	md := metadata.Pairs("workload.spiffe.io", "true")
+	closeFn := func() { conn.Close() }
+	if t.kind == "jwt" {
+		req := &workload.JWTSVIDRequest{Audience: []string{benchAudience}}
+		return func(ctx context.Context) error {
+			rep, err := wc.FetchJWTSVID(metadata.NewOutgoingContext(ctx, md), req)
+			if err == nil && len(rep.Svids) == 0 {
+				err = errors.New("no svid")
+			}
+			return err
+		}, closeFn, nil
+	}
+	return func(ctx context.Context) error {
+		sctx, cancel := context.WithCancel(metadata.NewOutgoingContext(ctx, md))
+		defer cancel()
+		st, err := wc.FetchX509SVID(sctx, &workload.X509SVIDRequest{})
+		if err != nil {
+			return err
+		}
+		rep, err := st.Recv()
+		if err == nil && len(rep.Svids) == 0 {
+			err = errors.New("no svid")
+		}
+		return err
+	}, closeFn, nil
 }
 
-// runWorkload keeps callers go-spiffe clients (one connection each)
+// runWorkload keeps callers clients of t (one connection each)
 // calling t back to back: warm-up first (not counted: connections made,
 // caches primed), then dur measured, the agent's CPU sampled around it.
 func runWorkload(ctx context.Context, t wlTarget, callers int, warmup, dur time.Duration) loadResult {
@@ -124,17 +183,17 @@ func runWorkload(ctx context.Context, t wlTarget, callers int, warmup, dur time.
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c, err := workloadapi.New(ctx, workloadapi.WithAddr(t.addr))
+			call, closeFn, err := t.dial(ctx)
 			if err != nil {
 				errs.Add(1)
 				firstErr.CompareAndSwap(nil, err)
 				return
 			}
-			defer c.Close()
+			defer closeFn()
 			local := make([]time.Duration, 0, 4096)
 			for !stop.Load() && ctx.Err() == nil {
 				start := time.Now()
-				err := t.call(ctx, c)
+				err := call(ctx)
 				d := time.Since(start)
 				if !measuring.Load() {
 					continue
@@ -163,7 +222,7 @@ func runWorkload(ctx context.Context, t wlTarget, callers int, warmup, dur time.
 	cpu1, ccpu1 := procCPU(t.pid), procCPU(self)
 	stop.Store(true)
 	wg.Wait()
-	r := loadResult{Name: t.name, Client: "go-spiffe", Conns: callers, Seconds: elapsed.Seconds(), Requests: reqs.Load(), Errors: errs.Load()}
+	r := loadResult{Name: t.name, Client: t.client, Conns: callers, Seconds: elapsed.Seconds(), Requests: reqs.Load(), Errors: errs.Load()}
 	r.RPS = float64(r.Requests) / elapsed.Seconds()
 	if r.Requests > 0 && t.pid > 0 {
 		r.CPUusPerReq = (cpu1 - cpu0).Seconds() * 1e6 / float64(r.Requests)
@@ -227,33 +286,32 @@ func measureSPIRE(ctx context.Context, sys *system, work string, o options) ([]p
 	}
 	defer d.Close()
 	wpid := sys.agent.Process.Pid
-	targets := map[string][2]wlTarget{
-		"FetchJWTSVID (cached)": {
-			{name: "wicket FetchJWTSVID", addr: "unix://" + sys.spiffe, pid: wpid, call: fetchJWT},
-			{name: "SPIRE FetchJWTSVID", addr: d.Agent.Addr(), pid: d.Agent.PID(), call: fetchJWT},
-		},
-		"FetchX509SVID (cached, one-shot)": {
-			{name: "wicket FetchX509SVID", addr: "unix://" + sys.spiffe, pid: wpid, call: fetchX509},
-			{name: "SPIRE FetchX509SVID", addr: d.Agent.Addr(), pid: d.Agent.PID(), call: fetchX509},
-		},
+	wicket := func(kind, client string) wlTarget {
+		return wlTarget{name: "wicket " + callName[kind], addr: "unix://" + sys.spiffe, pid: wpid, kind: kind, client: client}
+	}
+	peer := func(kind, client string) wlTarget {
+		return wlTarget{name: "SPIRE " + callName[kind], addr: d.Agent.Addr(), pid: d.Agent.PID(), kind: kind, client: client}
 	}
 	// Prime both caches, and check each side answers before measuring.
-	for _, pair := range targets {
-		for _, t := range pair {
+	for _, kind := range []string{"jwt", "x509"} {
+		for _, t := range []wlTarget{wicket(kind, "go-spiffe"), peer(kind, "go-spiffe")} {
 			if r := runWorkload(ctx, t, 1, 0, 300*time.Millisecond); r.Requests == 0 || r.Errors > 0 {
 				return nil, nil, fmt.Errorf("priming %s: %d served, %d errors", t.name, r.Requests, r.Errors)
 			}
 		}
 	}
 	var out []peerComparison
-	for _, callers := range []int{o.conns, 1} {
-		for _, name := range []string{"FetchJWTSVID (cached)", "FetchX509SVID (cached, one-shot)"} {
-			w, s := targets[name][0], targets[name][1]
-			c := comparePeer(name, callers, o,
-				func() loadResult { return runWorkload(ctx, w, callers, o.warmup, o.duration) },
-				func() loadResult { return runWorkload(ctx, s, callers, o.warmup, o.duration) })
+	for _, m := range []struct {
+		callers int
+		client  string
+	}{{o.conns, "go-spiffe"}, {o.conns, "grpc"}, {1, "go-spiffe"}} {
+		for _, kind := range []string{"jwt", "x509"} {
+			w, s := wicket(kind, m.client), peer(kind, m.client)
+			c := comparePeer(callTitle[kind]+", client "+m.client, m.callers, o,
+				func() loadResult { return runWorkload(ctx, w, m.callers, o.warmup, o.duration) },
+				func() loadResult { return runWorkload(ctx, s, m.callers, o.warmup, o.duration) })
 			c.Target = "informational (1 caller: latency)"
-			if callers > 1 {
+			if m.callers > 1 {
 				c.Target = "throughput ≥ 5×, CPU/fetch ≤ 1/5 (SPIRE/wicket ≥ 5)"
 			}
 			out = append(out, c)
@@ -263,20 +321,20 @@ func measureSPIRE(ctx context.Context, sys *system, work string, o options) ([]p
 	// against SPIRE's cached JWT-SVID (gRPC, go-spiffe).
 	token := newTarget("guest API POST /v1/tokens/oidc (cached)", sys.api, "POST", "/v1/tokens/oidc", []byte(`{"aud":"bench"}`))
 	token.pid = wpid
-	s := targets["FetchJWTSVID (cached)"][1]
+	s := peer("jwt", "go-spiffe")
 	c := comparePeer("guest API cached OIDC token (HTTP) vs SPIRE cached JWT-SVID", o.conns, o,
 		func() loadResult { return runLoad(ctx, token, o.conns, o.warmup, o.duration) },
 		func() loadResult { return runWorkload(ctx, s, o.conns, o.warmup, o.duration) })
 	c.Target = "informational"
 	out = append(out, c)
 	if o.profile != "" {
-		if err := profileWorkload(ctx, sys, []wlTarget{targets["FetchJWTSVID (cached)"][0], targets["FetchX509SVID (cached, one-shot)"][0]}, o); err != nil {
+		if err := profileWorkload(ctx, sys, []wlTarget{wicket("jwt", "go-spiffe"), wicket("x509", "go-spiffe")}, o); err != nil {
 			return nil, nil, err
 		}
 	}
 	notes := []string{
-		fmt.Sprintf("SPIRE %s (spire-server + spire-agent, join_token and unix workload attestors, sqlite3 datastore, memory key manager, log level INFO, its default) against wicket's agent ([spiffe] enabled, default policy, log level info, its default); both through go-spiffe v2.9.0's workloadapi client, one client and connection per caller.", spire.Version),
-		"Workload API CPU/fetch: user+system time of each agent process (/proc/PID/stat) over the measured period / fetches served; the load client (go-spiffe) shares the cores with both agents.",
+		fmt.Sprintf("SPIRE %s (spire-server + spire-agent, join_token and unix workload attestors, sqlite3 datastore, memory key manager, log level INFO, its default) against wicket's agent ([spiffe] enabled, default policy, log level info, its default); both through go-spiffe v2.9.0's workloadapi client and, at %d callers, through the generated gRPC client alone (no SVID parsing); one client and connection per caller.", spire.Version, o.conns),
+		"Workload API CPU/fetch: user+system time of each agent process (/proc/PID/stat) over the measured period / fetches served; the load client shares the cores with both agents, so where the client costs more than the agent (go-spiffe against wicket) throughput measures the client too: the grpc rows and the CPU ratios are the agents'.",
 	}
 	return out, notes, nil
 }
