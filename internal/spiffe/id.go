@@ -104,3 +104,30 @@ func CheckNamespace(id spiffeid.ID, td spiffeid.TrustDomain, app, machineName st
 	}
 	return fmt.Errorf("%w: not the machine's own id or a workload id", ErrNamespace)
 }
+
+// TemplateOrg returns the org whose templated trust domain is name, if
+// template can produce name at all: a foreign trust domain that an org of
+// wicket's could one day be given must not be trusted as foreign.
+func TemplateOrg(template, name string) (string, bool) {
+	if template == "" {
+		template = DefaultTrustDomainTemplate
+	}
+	parts := strings.Split(template, "{org}")
+	n := len(parts) - 1
+	if n == 0 {
+		return "", template == name
+	}
+	fixed := 0
+	for _, p := range parts {
+		fixed += len(p)
+	}
+	if len(name) <= fixed || (len(name)-fixed)%n != 0 || !strings.HasPrefix(name, parts[0]) {
+		return "", false
+	}
+	l := (len(name) - fixed) / n
+	org := name[len(parts[0]) : len(parts[0])+l]
+	if strings.ReplaceAll(template, "{org}", org) != name {
+		return "", false
+	}
+	return org, true
+}

@@ -78,3 +78,24 @@ func TestWorkloadID(t *testing.T) {
 		t.Fatalf("MachineID = %s, %v", id, err)
 	}
 }
+
+func TestTemplateOrg(t *testing.T) {
+	for _, tc := range []struct {
+		template, name, org string
+		ok                  bool
+	}{
+		{"", "acme.wicket.internal", "acme", true},
+		{"", "spire.test", "", false},
+		{"", ".wicket.internal", "", false}, // an empty org is no org
+		{"{org}.corp.example", "a-b.corp.example", "a-b", true},
+		{"td-{org}.{org}.example", "td-x.x.example", "x", true},
+		{"td-{org}.{org}.example", "td-x.y.example", "", false},
+		{"td-{org}.{org}.example", "td-xy.example", "", false},
+		{"wicket.internal", "wicket.internal", "", true},
+	} {
+		org, ok := TemplateOrg(tc.template, tc.name)
+		if ok != tc.ok || org != tc.org {
+			t.Errorf("TemplateOrg(%q, %q) = %q, %v; want %q, %v", tc.template, tc.name, org, ok, tc.org, tc.ok)
+		}
+	}
+}
