@@ -45,6 +45,11 @@ type Options struct {
 	// listening on server.listen (tests, dev mode on a port chosen by the OS).
 	Listener net.Listener
 
+	// FederationRefreshMin replaces the shortest wait between fetches of
+	// a foreign SPIFFE bundle (30 s), whatever its refresh hint says;
+	// tests shorten it.
+	FederationRefreshMin time.Duration
+
 	allowNoMintKey bool          // Init creates the first key
 	maintainEvery  time.Duration // key maintenance period; 0 = a minute (tests shorten it)
 }
@@ -71,6 +76,7 @@ type Issuer struct {
 	keyMu    sync.Mutex // serializes key ring loads
 	rotateMu sync.Mutex // serializes key creation and rotation
 	verified verifyCache
+	fed      *federation // [[spiffe.federation]]: static
 
 	adm      *unixsock.Listener
 	admin    *admin.Server
@@ -105,6 +111,9 @@ func New(ctx context.Context, opts Options) (*Issuer, error) {
 	rt.generation = 1
 	s.rt.Store(rt)
 	s.applyLogLevel(rt.cfg)
+	if s.fed, err = newFederation(rt.cfg.SPIFFE); err != nil {
+		return nil, err
+	}
 
 	key, err := loadSealKey(rt.cfg.State)
 	if err != nil {
@@ -240,6 +249,7 @@ func (s *Issuer) Run(ctx context.Context) error {
 	defer stopBG()
 	bgDone.Go(func() { s.watchKeys(bg) })
 	bgDone.Go(func() { s.keyMaintenance(bg) })
+	bgDone.Go(func() { s.runFederation(bg) })
 
 	errc := make(chan error, 3)
 	go func() { errc <- ignoreClosed(admSrv.Serve(s.adm)) }()
@@ -436,6 +446,7 @@ func (s *Issuer) Status() any {
 		"long_polls":        s.longPolls.Load(),
 		"state":             s.stateStatus(rt.cfg.State),
 		"remote_admin":      s.remoteStatus(),
+		"spiffe_federation": s.federationStatus(),
 	}
 }
 
@@ -443,7 +454,7 @@ func (s *Issuer) Status() any {
 // under its key, /metrics as its sample, so the two cannot drift.
 func (s *Issuer) counters() metrics.CounterSet {
 	reloads := "Config reloads."
-	return metrics.CounterSet{
+	return append(metrics.CounterSet{
 		{Key: "oidc_tokens_issued", Name: "wicket_oidc_tokens_issued_total", Help: "OIDC tokens signed.", Value: s.tokensIssued.Load},
 		{Key: "machine_tokens_minted", Name: "wicket_machine_tokens_minted_total", Help: "Machine tokens minted.", Value: s.machineTokensMinted.Load},
 		{Key: "auth_failures", Name: "wicket_auth_failures_total", Help: "Requests refused with 401.", Value: s.authFailed.Load},
@@ -452,7 +463,7 @@ func (s *Issuer) counters() metrics.CounterSet {
 		{Key: "svids_refused", Name: "wicket_svids_refused_total", Help: "SVID requests refused for their CSR or SPIFFE ID (after the token passed).", Value: s.svidsRefused.Load},
 		{Key: "reloads_ok", Name: "wicket_reloads_total", Help: reloads, Labels: map[string]string{"outcome": "ok"}, Value: s.reloadsOK.Load},
 		{Key: "reloads_failed", Name: "wicket_reloads_total", Help: reloads, Labels: map[string]string{"outcome": "failed"}, Value: s.reloadsKO.Load},
-	}
+	}, s.federationCounters()...)
 }
 
 // Metrics implements admin.Service.
@@ -465,6 +476,7 @@ func (s *Issuer) Metrics() []metrics.Sample {
 	out = append(out, s.counters().Samples()...)
 	out = append(out, unixsock.Metrics(s.adm)...)
 	out = append(out, s.remoteMetrics()...)
+	out = append(out, s.federationGauges()...)
 	return out
 }
 
