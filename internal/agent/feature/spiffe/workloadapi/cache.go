@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/big"
@@ -39,14 +40,21 @@ type jwtEntry struct {
 }
 
 // trust is what the agent knows of its trust domain: its name, the
-// machine's own ID and the bundle.
+// machine's own ID and the bundle, and the bundles of the foreign trust
+// domains its org federates with.
 type trust struct {
 	td        spiffeid.TrustDomain
 	machineID spiffeid.ID
 	bundle    *spiffebundle.Bundle
 	raw       []byte
 	refreshAt time.Time
+	// federated holds the foreign trust domains' bundles, never one of
+	// td: they add trust anchors for their own domain only.
+	federated map[spiffeid.TrustDomain]*spiffebundle.Bundle
 }
+
+// maxFederated bounds the foreign bundles taken from one reply.
+const maxFederated = 256
 
 // maxJWTEntries bounds the JWT-SVID cache: one entry per identity and
 // audience set asked for.
@@ -167,6 +175,11 @@ func (c *cache) refreshTrust(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("issuer bundle: %w", err)
 	}
+	fed, err := parseFederated(td, rep.FederatedBundles)
+	if err != nil {
+		c.count(&c.failures)
+		return err
+	}
 	hint, ok := b.RefreshHint()
 	if !ok || hint <= 0 {
 		hint = 5 * time.Minute
@@ -175,11 +188,49 @@ func (c *cache) refreshTrust(ctx context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	old := c.trust
-	c.trust = &trust{td: td, machineID: id, bundle: b, raw: canon, refreshAt: c.now().Add(hint)}
-	if old == nil || !sameAuthorities(old.bundle, b) {
+	c.trust = &trust{td: td, machineID: id, bundle: b, raw: canon, refreshAt: c.now().Add(hint), federated: fed}
+	if old == nil || !sameAuthorities(old.bundle, b) || !sameFederated(old.federated, fed) {
 		c.notifyLocked()
 	}
 	return nil
+}
+
+// parseFederated reads the foreign bundles of the issuer's reply. The
+// whole reply is refused (the old bundles stay) if one is not a bundle,
+// names no valid trust domain, or claims the machine's own domain: a
+// foreign bundle must never add anchors for the agent's own IDs.
+func parseFederated(own spiffeid.TrustDomain, docs map[string]json.RawMessage) (map[spiffeid.TrustDomain]*spiffebundle.Bundle, error) {
+	if len(docs) > maxFederated {
+		return nil, fmt.Errorf("issuer named %d federated trust domains, more than %d", len(docs), maxFederated)
+	}
+	out := make(map[spiffeid.TrustDomain]*spiffebundle.Bundle, len(docs))
+	for name, doc := range docs {
+		ftd, err := spiffeid.TrustDomainFromString(name)
+		if err != nil || ftd.Name() != name {
+			return nil, errors.New("issuer named an invalid federated trust domain")
+		}
+		if ftd == own {
+			return nil, errors.New("issuer named the machine's own trust domain as federated")
+		}
+		b, err := spiffebundle.Parse(ftd, doc)
+		if err != nil {
+			return nil, fmt.Errorf("federated bundle of %s: %w", ftd, err)
+		}
+		out[ftd] = b
+	}
+	return out, nil
+}
+
+func sameFederated(a, b map[spiffeid.TrustDomain]*spiffebundle.Bundle) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for td, ab := range a {
+		if bb, ok := b[td]; !ok || !sameAuthorities(ab, bb) {
+			return false
+		}
+	}
+	return true
 }
 
 // sameAuthorities compares what a relying party trusts, not the sequence

@@ -265,7 +265,7 @@ func (h *handler) x509Response(ctx context.Context, p unixsock.Peer, id spiffeid
 		X509Svid:    concat(e.chain),
 		X509SvidKey: e.keyDER,
 		Bundle:      concat(rawCerts(t)),
-	}}}, nil
+	}}, FederatedBundles: t.federatedX509()}, nil
 }
 
 func rawCerts(t *trust) [][]byte {
@@ -310,7 +310,8 @@ func (h *handler) FetchX509SVID(_ *workload.X509SVIDRequest, ss grpc.ServerStrea
 	}
 	return stream(h.s, ctx, func() (*workload.X509SVIDResponse, error) { return h.x509Response(ctx, p, id) }, ss.Send,
 		func(a, b *workload.X509SVIDResponse) bool {
-			return bytes.Equal(a.Svids[0].X509Svid, b.Svids[0].X509Svid) && bytes.Equal(a.Svids[0].Bundle, b.Svids[0].Bundle)
+			return bytes.Equal(a.Svids[0].X509Svid, b.Svids[0].X509Svid) && bytes.Equal(a.Svids[0].Bundle, b.Svids[0].Bundle) &&
+				sameMap(a.FederatedBundles, b.FederatedBundles)
 		})
 }
 
@@ -324,7 +325,7 @@ func (h *handler) FetchX509Bundles(_ *workload.X509BundlesRequest, ss grpc.Serve
 		if err != nil {
 			return nil, status.Error(codes.Unavailable, "issuer unavailable")
 		}
-		return &workload.X509BundlesResponse{Bundles: map[string][]byte{t.td.IDString(): concat(rawCerts(t))}}, nil
+		return &workload.X509BundlesResponse{Bundles: t.x509Bundles()}, nil
 	}, ss.Send, func(a, b *workload.X509BundlesResponse) bool { return sameMap(a.Bundles, b.Bundles) })
 }
 
@@ -392,15 +393,15 @@ func (h *handler) FetchJWTBundles(_ *workload.JWTBundlesRequest, ss grpc.ServerS
 		return err
 	}
 	return stream(h.s, ctx, func() (*workload.JWTBundlesResponse, error) {
-		b, t, err := h.jwtBundles(ctx)
+		_, t, err := h.jwtBundles(ctx)
 		if err != nil {
 			return nil, err
 		}
-		doc, err := b.Marshal()
+		docs, err := t.jwtBundleDocs()
 		if err != nil {
 			return nil, status.Error(codes.Internal, "internal error")
 		}
-		return &workload.JWTBundlesResponse{Bundles: map[string][]byte{t.td.IDString(): doc}}, nil
+		return &workload.JWTBundlesResponse{Bundles: docs}, nil
 	}, ss.Send, func(a, b *workload.JWTBundlesResponse) bool { return sameMap(a.Bundles, b.Bundles) })
 }
 
@@ -414,16 +415,21 @@ func (h *handler) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWT
 	if _, _, _, err := h.s.identify(ctx, KindJWT); err != nil {
 		return nil, err
 	}
-	b, _, err := h.jwtBundles(ctx)
+	_, t, err := h.jwtBundles(ctx)
 	if err != nil {
 		return nil, err
 	}
-	sv, err := jwtsvid.ParseAndValidate(req.Svid, b, []string{req.Audience})
+	// The machine's own trust domain's keys and the federated domains'.
+	sv, err := jwtsvid.ParseAndValidate(req.Svid, t.jwtSet(), []string{req.Audience})
 	if err != nil {
 		// The token is the caller's input: not echoed, not logged.
 		return nil, status.Error(codes.InvalidArgument, "invalid JWT-SVID")
 	}
-	claims, err := structpb.NewStruct(sv.Claims)
+	c := sv.Claims
+	if !sv.ID.MemberOf(t.td) {
+		c = foreignClaims(c)
+	}
+	claims, err := structpb.NewStruct(c)
 	if err != nil {
 		return nil, status.Error(codes.Internal, "internal error")
 	}
