@@ -251,4 +251,3 @@ func keys[V any](m map[string]V) []string {
 	}
 	return out
 }
-
