@@ -1,0 +1,399 @@
+package spiffetest
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/wicket-sh/wicket/internal/config"
+	"github.com/wicket-sh/wicket/internal/e2e"
+	"github.com/wicket-sh/wicket/internal/issuer"
+	"github.com/wicket-sh/wicket/internal/wait"
+)
+
+// The SPIRE side of the federation test. A minimal launcher: one
+// spire-server and one spire-agent of trust domain spire.test, each in
+// its own process group, killed with the test.
+const (
+	spireTD       = "spire.test"
+	spireAgentID  = "spiffe://spire.test/agent/a1"
+	spireWorkload = "spiffe://spire.test/workload/app"
+)
+
+func freeTCPPort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// spireProcess starts bin with args in its own process group, its output
+// in logPath; the test's end stops it (SIGTERM, then SIGKILL, each wait
+// bounded) and a failed test shows the log's tail.
+func spireProcess(t *testing.T, logPath string, env []string, bin string, args ...string) {
+	t.Helper()
+	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = lf, lf
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
+			syscall.Kill(-cmd.Process.Pid, sig)
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				continue
+			}
+			break
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+			t.Logf("%s (last lines):\n%s", filepath.Base(logPath), strings.Join(lines[max(0, len(lines)-40):], "\n"))
+		}
+	})
+}
+
+// spireServer writes the server's config and starts it; it is ready when
+// its healthcheck passes. federation is the federation {...} block.
+func spireServer(t *testing.T, bin, dir string, port int, federation string) string {
+	t.Helper()
+	sock := filepath.Join(dir, "server.sock")
+	conf := fmt.Sprintf(`server {
+  bind_address = "127.0.0.1"
+  bind_port = "%d"
+  socket_path = %q
+  trust_domain = %q
+  data_dir = %q
+  log_level = "DEBUG"
+%s
+}
+
+plugins {
+  DataStore "sql" {
+    plugin_data {
+      database_type = "sqlite3"
+      connection_string = %q
+    }
+  }
+  NodeAttestor "join_token" {
+    plugin_data {}
+  }
+  KeyManager "memory" {
+    plugin_data {}
+  }
+}
+`, port, sock, spireTD, filepath.Join(dir, "server-data"), federation, filepath.Join(dir, "datastore.sqlite3"))
+	path := filepath.Join(dir, "server.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// SPIRE's https_web client trusts the system roots: the test CA.
+	spireProcess(t, filepath.Join(dir, "server.log"), []string{"SSL_CERT_FILE=" + webPKI.caFile}, bin, "run", "-config", path)
+	var last string
+	if !wait.Until(60*time.Second, func() bool {
+		out, err := runSPIRE(t, bin, "healthcheck", "-socketPath", sock)
+		last = out
+		return err == nil
+	}) {
+		t.Fatalf("spire-server not healthy in 60s: %s", last)
+	}
+	return sock
+}
+
+// spireAgent attests with a fresh join token (written only into the
+// agent's 0600 config) and serves the Workload API on its socket.
+func spireAgent(t *testing.T, serverBin, agentBin, serverSock, dir string, port int) string {
+	t.Helper()
+	out, err := runSPIRE(t, serverBin, "token", "generate", "-socketPath", serverSock, "-spiffeID", spireAgentID, "-ttl", "600")
+	tok, ok := strings.CutPrefix(strings.TrimSpace(out), "Token: ")
+	if err != nil || !ok {
+		t.Fatalf("spire-server token generate failed: %v", err) // the output holds the token: not shown
+	}
+	sock := filepath.Join(dir, "agent.sock")
+	conf := fmt.Sprintf(`agent {
+  data_dir = %q
+  log_level = "DEBUG"
+  server_address = "127.0.0.1"
+  server_port = "%d"
+  socket_path = %q
+  trust_domain = %q
+  insecure_bootstrap = true
+  join_token = %q
+}
+
+plugins {
+  NodeAttestor "join_token" {
+    plugin_data {}
+  }
+  KeyManager "memory" {
+    plugin_data {}
+  }
+  WorkloadAttestor "unix" {
+    plugin_data {}
+  }
+}
+`, filepath.Join(dir, "agent-data"), port, sock, spireTD, tok)
+	path := filepath.Join(dir, "agent.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	spireProcess(t, filepath.Join(dir, "agent.log"), nil, agentBin, "run", "-config", path)
+	return sock
+}
+
+// x509Source is go-spiffe's X509Source on a Workload API socket, once it
+// holds a bundle of every trust domain in want.
+func x509Source(t *testing.T, sock string, want ...spiffeid.TrustDomain) *workloadapi.X509Source {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr("unix://"+sock)))
+	if err != nil {
+		t.Fatalf("X509Source on %s: %v", sock, err)
+	}
+	t.Cleanup(func() { src.Close() })
+	wait.Eventually(t, 60*time.Second, func() bool {
+		for _, td := range want {
+			if _, err := src.GetX509BundleForTrustDomain(td); err != nil {
+				return false
+			}
+		}
+		return true
+	}, fmt.Sprintf("bundles of %v on %s", want, sock))
+	return src
+}
+
+// mtlsServer accepts mTLS connections with svid and bundles, authorizing
+// only peer; it answers "hello <peer ID>" to each line and reports each
+// handshake's error (nil when it succeeded) on the returned channel.
+func mtlsServer(t *testing.T, svid x509svid.Source, bundles x509bundle.Source, peer spiffeid.ID) (string, <-chan error) {
+	t.Helper()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", tlsconfig.MTLSServerConfig(svid, bundles, tlsconfig.AuthorizeID(peer)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	results := make(chan error, 16)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				tc := c.(*tls.Conn)
+				tc.SetDeadline(time.Now().Add(10 * time.Second))
+				if err := tc.Handshake(); err != nil {
+					results <- err
+					return
+				}
+				if _, err := bufio.NewReader(tc).ReadString('\n'); err != nil {
+					results <- err
+					return
+				}
+				id, _ := x509svid.IDFromCert(tc.ConnectionState().PeerCertificates[0])
+				fmt.Fprintf(tc, "hello %s\n", id)
+				results <- nil
+			}()
+		}
+	}()
+	return ln.Addr().String(), results
+}
+
+// mtlsDial connects with svid and bundles, authorizing only peer, and
+// returns the server's answer to "hi".
+func mtlsDial(addr string, svid x509svid.Source, bundles x509bundle.Source, peer spiffeid.ID) (string, error) {
+	d := &net.Dialer{Timeout: 10 * time.Second}
+	c, err := tls.DialWithDialer(d, "tcp", addr, tlsconfig.MTLSClientConfig(svid, bundles, tlsconfig.AuthorizeID(peer)))
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := fmt.Fprintln(c, "hi"); err != nil {
+		return "", err
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return strings.TrimSpace(line), err
+}
+
+func handshakeResult(t *testing.T, results <-chan error) error {
+	t.Helper()
+	select {
+	case err := <-results:
+		return err
+	case <-time.After(30 * time.Second):
+		t.Fatal("the server saw no handshake in 30s")
+		return nil
+	}
+}
+
+// A SPIRE server federates with wicket's trust domain through wicket's
+// bundle endpoint (https_web), and wicket's issuer with SPIRE's through
+// SPIRE's (https_web, serving_cert_file). A workload with a SPIRE-issued
+// SVID and one with a wicket SVID complete mTLS with each other, in both
+// roles, each authorizing the other's exact SPIFFE ID; a workload of a
+// wicket org that does not federate with spire.test is refused both ways,
+// and another identity of the federated org is refused by the ID check.
+func TestSPIRE_FederationMTLS(t *testing.T) {
+	serverBin, agentBin := spireBin(t, "spire-server"), spireBin(t, "spire-agent")
+	dir := e2e.ShortDir(t)
+	serverPort, bundlePort := freeTCPPort(t), freeTCPPort(t)
+
+	// wicket: org dev federates with spire.test; org other does not.
+	iss := e2e.StartIssuerOpts(t, func(c *config.Issuer) {
+		c.Server.TLSCert, c.Server.TLSKey = webPKI.certFile, webPKI.keyFile
+		c.SPIFFE.BundleRefreshHint = config.Duration{Duration: time.Second}
+		c.SPIFFE.Federation = []config.SPIFFEFederation{{
+			TrustDomain:       spireTD,
+			BundleEndpointURL: fmt.Sprintf("https://127.0.0.1:%d", bundlePort),
+			Profile:           config.ProfileHTTPSWeb,
+			CAFile:            webPKI.caFile,
+			Orgs:              []string{"dev"},
+		}}
+	}, func(o *issuer.Options) { o.FederationRefreshMin = time.Millisecond })
+	e := setupWith(t, iss)
+	if _, err := e.client(t).FetchX509SVID(ctxT(t)); err != nil { // dev's CA exists from here on
+		t.Fatalf("wicket svid: %v", err)
+	}
+	otherSock := filepath.Join(e2e.ShortDir(t), "spiffe.sock")
+	e2e.StartAgent(t, iss.URL, iss.MachineToken(t, "other", "web", "m1"), fmt.Sprintf(`
+[spiffe]
+enabled = true
+socket_path = %q
+
+[[policy]]
+name = "root"
+uids = [0]
+allow = ["*"]
+`, otherSock))
+
+	// SPIRE: federates with dev.wicket.internal through wicket's bundle
+	// endpoint, and serves its own over https_web with the test PKI's
+	// certificate.
+	federation := fmt.Sprintf(`  federation {
+    bundle_endpoint {
+      address = "127.0.0.1"
+      port = %d
+      refresh_hint = "1s"
+      profile "https_web" {
+        serving_cert_file {
+          cert_file_path = %q
+          key_file_path = %q
+        }
+      }
+    }
+    federates_with %q {
+      bundle_endpoint_url = "%s/dev/.well-known/spiffe-bundle"
+      bundle_endpoint_profile "https_web" {}
+    }
+  }`, bundlePort, webPKI.certFile, webPKI.keyFile, td, iss.URL)
+	serverSock := spireServer(t, serverBin, dir, serverPort, federation)
+	wicketTDID := "spiffe://" + td
+	var out string
+	if !wait.Until(60*time.Second, func() bool {
+		runSPIRE(t, serverBin, "federation", "refresh", "-socketPath", serverSock, "-id", wicketTDID)
+		o, err := runSPIRE(t, serverBin, "bundle", "list", "-socketPath", serverSock, "-id", wicketTDID)
+		out = o
+		return err == nil
+	}) {
+		t.Fatalf("spire-server never got %s's bundle from wicket's endpoint: %s", td, out)
+	}
+	agentSock := spireAgent(t, serverBin, agentBin, serverSock, dir, serverPort)
+	if out, err := runSPIRE(t, serverBin, "entry", "create", "-socketPath", serverSock, "-parentID", spireAgentID,
+		"-spiffeID", spireWorkload, "-selector", "unix:uid:"+strconv.Itoa(os.Getuid()), "-federatesWith", wicketTDID); err != nil {
+		t.Fatalf("spire-server entry create: %v\n%s", err, out)
+	}
+
+	wicketTD, spireDomain := spiffeid.RequireTrustDomainFromString(td), spiffeid.RequireTrustDomainFromString(spireTD)
+	spireSrc := x509Source(t, agentSock, spireDomain, wicketTD)
+	wicketSrc := x509Source(t, e.sock, wicketTD, spireDomain)
+	otherSrc := x509Source(t, otherSock, spiffeid.RequireTrustDomainFromString("other.wicket.internal"))
+	spireID, wicketID := spiffeid.RequireFromString(spireWorkload), spiffeid.RequireFromString(machineID)
+	if sv, _ := spireSrc.GetX509SVID(); sv.ID != spireID {
+		t.Fatalf("SPIRE's agent gave %s, want %s", sv.ID, spireID)
+	}
+	if _, err := otherSrc.GetX509BundleForTrustDomain(spireDomain); err == nil {
+		t.Fatal("an org that does not federate with spire.test has its bundle")
+	}
+
+	// SPIRE-identified server, wicket-identified client.
+	addr, results := mtlsServer(t, spireSrc, spireSrc, wicketID)
+	if reply, err := mtlsDial(addr, wicketSrc, wicketSrc, spireID); err != nil || reply != "hello "+machineID {
+		t.Fatalf("wicket client → SPIRE server: %q, %v", reply, err)
+	}
+	if err := handshakeResult(t, results); err != nil {
+		t.Fatalf("SPIRE server side: %v", err)
+	}
+	// And the other way round.
+	waddr, wresults := mtlsServer(t, wicketSrc, wicketSrc, spireID)
+	if reply, err := mtlsDial(waddr, spireSrc, spireSrc, wicketID); err != nil || reply != "hello "+spireWorkload {
+		t.Fatalf("SPIRE client → wicket server: %q, %v", reply, err)
+	}
+	if err := handshakeResult(t, wresults); err != nil {
+		t.Fatalf("wicket server side: %v", err)
+	}
+
+	// Refusals. A workload of the unfederated org cannot verify the
+	// SPIRE server: it has no bundle of spire.test.
+	if reply, err := mtlsDial(addr, otherSrc, otherSrc, spireID); err == nil || reply != "" {
+		t.Fatalf("unfederated org's workload → SPIRE server: %q, %v", reply, err)
+	}
+	handshakeResult(t, results) // the server's side of that failed handshake
+	// Even handed spire.test's bundle, its SVID is refused by the SPIRE
+	// side: SPIRE's agent has no bundle of other.wicket.internal.
+	if reply, err := mtlsDial(addr, otherSrc, spireSrc, spireID); err == nil || reply != "" {
+		t.Fatalf("unfederated org's SVID accepted by the SPIRE server: %q, %v", reply, err)
+	}
+	if err := handshakeResult(t, results); err == nil || !strings.Contains(err.Error(), "other.wicket.internal") {
+		t.Fatalf("SPIRE server side of the unfederated SVID: %v, want a refusal naming other.wicket.internal", err)
+	}
+	// A wicket server refuses the unfederated org's client the same way
+	// (it authorizes only SPIRE's workload, and has no bundle for other).
+	if reply, err := mtlsDial(waddr, otherSrc, spireSrc, wicketID); err == nil || reply != "" {
+		t.Fatalf("unfederated org's SVID accepted by the wicket server: %q, %v", reply, err)
+	}
+	if err := handshakeResult(t, wresults); err == nil {
+		t.Fatal("wicket server accepted an SVID of the unfederated org")
+	}
+	// Another identity of the federated org (uid 65534: workload
+	// "frontend") is refused by the SPIRE server's exact-ID check.
+	res := runAs(t, uidFrontend, gidWorkloads, helperSpec{Mode: "dial", Socket: e.sock, Addr: addr, Authorize: spireWorkload})
+	if res["reply"] != "" {
+		t.Fatalf("frontend → SPIRE server authorizing only %s: %v", machineID, res)
+	}
+	if err := handshakeResult(t, results); err == nil || !strings.Contains(err.Error(), "unexpected ID") {
+		t.Fatalf("SPIRE server side of frontend's handshake: %v, want unexpected ID", err)
+	}
+}
