@@ -291,3 +291,31 @@ func TestValidate_SPIFFEFederation(t *testing.T) {
 		})
 	}
 }
+
+// TestSPIFFEDoc_FederationTOML: every issuer snippet of docs/spiffe.md
+// with [[spiffe.federation]] is a valid config.
+func TestSPIFFEDoc_FederationTOML(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/spiffe.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for i, b := range strings.Split(string(doc), "```toml\n")[1:] {
+		b, _, _ = strings.Cut(b, "```")
+		if !strings.Contains(b, "[[spiffe.federation]]") {
+			continue
+		}
+		n++
+		c, err := LoadIssuer(writeIssuerFile(t, b))
+		if err != nil {
+			t.Errorf("snippet %d:\n%s\n%v", i, b, err)
+			continue
+		}
+		if len(c.SPIFFE.Federation) == 0 {
+			t.Errorf("snippet %d: no federation read", i)
+		}
+	}
+	if n < 2 {
+		t.Fatalf("%d federation snippets in docs/spiffe.md, want the reference one and the SPIRE test's", n)
+	}
+}
