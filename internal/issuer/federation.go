@@ -153,9 +153,8 @@ func (s *Issuer) runFederation(ctx context.Context) {
 	var wg sync.WaitGroup
 	for _, d := range s.fed.domains {
 		wg.Go(func() {
-			for {
-				wait := s.fetchForeign(ctx, d)
-				if !sleepCtx(ctx, wait) {
+			for ctx.Err() == nil {
+				if !sleepCtx(ctx, s.fetchForeign(ctx, d)) {
 					return
 				}
 			}
