@@ -48,8 +48,9 @@ func freeTCPPort(t *testing.T) int {
 
 // spireProcess starts bin with args in its own process group, its output
 // in logPath; the test's end stops it (SIGTERM, then SIGKILL, each wait
-// bounded) and a failed test shows the log's tail.
-func spireProcess(t *testing.T, logPath string, env []string, bin string, args ...string) {
+// bounded) and a failed test shows the log's tail. The channel is closed
+// when the process exits.
+func spireProcess(t *testing.T, logPath string, env []string, bin string, args ...string) <-chan struct{} {
 	t.Helper()
 	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
@@ -81,6 +82,7 @@ func spireProcess(t *testing.T, logPath string, env []string, bin string, args .
 			t.Logf("%s (last lines):\n%s", filepath.Base(logPath), strings.Join(lines[max(0, len(lines)-40):], "\n"))
 		}
 	})
+	return done
 }
 
 // spireServer writes the server's config and starts it; it is ready when
@@ -118,13 +120,24 @@ plugins {
 		t.Fatal(err)
 	}
 	// SPIRE's https_web client trusts the system roots: the test CA.
-	spireProcess(t, filepath.Join(dir, "server.log"), []string{"SSL_CERT_FILE=" + webPKI.caFile}, bin, "run", "-config", path)
+	exited := spireProcess(t, filepath.Join(dir, "server.log"), []string{"SSL_CERT_FILE=" + webPKI.caFile}, bin, "run", "-config", path)
 	var last string
-	if !wait.Until(60*time.Second, func() bool {
+	healthy := wait.Until(60*time.Second, func() bool {
+		select {
+		case <-exited:
+			return true
+		default:
+		}
 		out, err := runSPIRE(t, bin, "healthcheck", "-socketPath", sock)
 		last = out
 		return err == nil
-	}) {
+	})
+	select {
+	case <-exited:
+		t.Fatal("spire-server exited")
+	default:
+	}
+	if !healthy {
 		t.Fatalf("spire-server not healthy in 60s: %s", last)
 	}
 	return sock
@@ -271,8 +284,39 @@ func TestSPIRE_FederationMTLS(t *testing.T) {
 	dir := e2e.ShortDir(t)
 	serverPort, bundlePort := freeTCPPort(t), freeTCPPort(t)
 
+	// The issuer's listener comes first: SPIRE's config names its URL.
+	issuerLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	issuerURL := "https://" + issuerLn.Addr().String()
+
+	// SPIRE: federates with dev.wicket.internal through wicket's bundle
+	// endpoint, and serves its own over https_web with the test PKI's
+	// certificate.
+	federation := fmt.Sprintf(`  federation {
+    bundle_endpoint {
+      address = "127.0.0.1"
+      port = %d
+      refresh_hint = "1m"
+      profile "https_web" {
+        serving_cert_file {
+          cert_file_path = %q
+          key_file_path = %q
+          file_sync_interval = "1h"
+        }
+      }
+    }
+    federates_with %q {
+      bundle_endpoint_url = "%s/dev/.well-known/spiffe-bundle"
+      bundle_endpoint_profile "https_web" {}
+    }
+  }`, bundlePort, webPKI.certFile, webPKI.keyFile, td, issuerURL)
+	serverSock := spireServer(t, serverBin, dir, serverPort, federation)
+
 	// wicket: org dev federates with spire.test; org other does not.
 	iss := e2e.StartIssuerOpts(t, func(c *config.Issuer) {
+		c.Server.PublicURL, c.Server.Listen = issuerURL, issuerLn.Addr().String()
 		c.Server.TLSCert, c.Server.TLSKey = webPKI.certFile, webPKI.keyFile
 		c.SPIFFE.BundleRefreshHint = config.Duration{Duration: time.Second}
 		c.SPIFFE.Federation = []config.SPIFFEFederation{{
@@ -282,7 +326,11 @@ func TestSPIRE_FederationMTLS(t *testing.T) {
 			CAFile:            webPKI.caFile,
 			Orgs:              []string{"dev"},
 		}}
-	}, func(o *issuer.Options) { o.FederationRefreshMin = time.Millisecond })
+	}, func(o *issuer.Options) {
+		o.Listener.Close()
+		o.Listener = issuerLn
+		o.FederationRefreshMin = time.Millisecond
+	})
 	e := setupWith(t, iss)
 	if _, err := e.client(t).FetchX509SVID(ctxT(t)); err != nil { // dev's CA exists from here on
 		t.Fatalf("wicket svid: %v", err)
@@ -299,27 +347,6 @@ uids = [0]
 allow = ["*"]
 `, otherSock))
 
-	// SPIRE: federates with dev.wicket.internal through wicket's bundle
-	// endpoint, and serves its own over https_web with the test PKI's
-	// certificate.
-	federation := fmt.Sprintf(`  federation {
-    bundle_endpoint {
-      address = "127.0.0.1"
-      port = %d
-      refresh_hint = "1s"
-      profile "https_web" {
-        serving_cert_file {
-          cert_file_path = %q
-          key_file_path = %q
-        }
-      }
-    }
-    federates_with %q {
-      bundle_endpoint_url = "%s/dev/.well-known/spiffe-bundle"
-      bundle_endpoint_profile "https_web" {}
-    }
-  }`, bundlePort, webPKI.certFile, webPKI.keyFile, td, iss.URL)
-	serverSock := spireServer(t, serverBin, dir, serverPort, federation)
 	wicketTDID := "spiffe://" + td
 	var out string
 	if !wait.Until(60*time.Second, func() bool {
