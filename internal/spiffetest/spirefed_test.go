@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -422,5 +423,74 @@ allow = ["*"]
 	}
 	if err := handshakeResult(t, results); err == nil || !strings.Contains(err.Error(), "unexpected ID") {
 		t.Fatalf("SPIRE server side of frontend's handshake: %v, want unexpected ID", err)
+	}
+}
+
+// wicket federates with SPIRE through SPIRE's default bundle endpoint
+// profile, https_spiffe: the issuer authenticates the endpoint by the
+// SPIRE server's X.509-SVID (spiffe://spire.test/spire/server) against
+// the bundle it started from (`spire-server bundle show -format spiffe`),
+// and the machines of the federating org get spire.test's bundle.
+func TestSPIRE_FederationHTTPSSPIFFE(t *testing.T) {
+	serverBin := spireBin(t, "spire-server")
+	dir := e2e.ShortDir(t)
+	bundlePort := freeTCPPort(t)
+	serverSock := spireServer(t, serverBin, dir, freeTCPPort(t), fmt.Sprintf(`  federation {
+    bundle_endpoint {
+      address = "127.0.0.1"
+      port = %d
+      profile "https_spiffe" {}
+    }
+  }`, bundlePort))
+	doc, err := runSPIRE(t, serverBin, "bundle", "show", "-socketPath", serverSock, "-format", "spiffe")
+	if err != nil {
+		t.Fatalf("spire-server bundle show: %v\n%s", err, doc)
+	}
+	bundleFile := filepath.Join(dir, "spire.test.bundle.json")
+	if err := os.WriteFile(bundleFile, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	iss := e2e.StartIssuerOpts(t, func(c *config.Issuer) {
+		c.SPIFFE.BundleRefreshHint = config.Duration{Duration: time.Second}
+		c.SPIFFE.Federation = []config.SPIFFEFederation{{
+			TrustDomain:       spireTD,
+			BundleEndpointURL: fmt.Sprintf("https://127.0.0.1:%d", bundlePort),
+			Profile:           config.ProfileHTTPSSPIFFE,
+			EndpointSPIFFEID:  "spiffe://spire.test/spire/server",
+			BundleFile:        bundleFile,
+			Orgs:              []string{"dev"},
+		}}
+	}, func(o *issuer.Options) { o.FederationRefreshMin = time.Millisecond })
+	e := setupWith(t, iss)
+	spireDomain := spiffeid.RequireTrustDomainFromString(spireTD)
+	src := x509Source(t, e.sock, spiffeid.RequireTrustDomainFromString(td), spireDomain)
+	got, _ := src.GetX509BundleForTrustDomain(spireDomain)
+	want, err := spiffebundle.Parse(spireDomain, []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.Equal(want.X509Bundle()) {
+		t.Fatal("the agent's spire.test bundle is not the SPIRE server's")
+	}
+	// The issuer has fetched from the endpoint (the bundle is the same as
+	// bundle_file's, so only the status tells), and no fetch failed.
+	wait.Eventually(t, 30*time.Second, func() bool {
+		st := iss.Status().(map[string]any)["spiffe_federation"].(map[string]any)[spireTD].(map[string]any)
+		return st["fetched"] == true && st["last_success"] != nil
+	}, "a fetch from SPIRE's https_spiffe endpoint")
+	if strings.Contains(iss.Logs(), "bundle fetch failed") {
+		t.Errorf("fetches from SPIRE's endpoint failed:\n%s", iss.Logs())
+	}
+	// An issuer expecting another ID of the endpoint refuses SPIRE's.
+	wrong := e2e.StartIssuerOpts(t, func(c *config.Issuer) {
+		c.SPIFFE.Federation = []config.SPIFFEFederation{{
+			TrustDomain: spireTD, BundleEndpointURL: fmt.Sprintf("https://127.0.0.1:%d", bundlePort),
+			Profile: config.ProfileHTTPSSPIFFE, EndpointSPIFFEID: "spiffe://spire.test/not-the-server",
+			BundleFile: bundleFile, Orgs: []string{"dev"},
+		}}
+	}, func(o *issuer.Options) { o.FederationRefreshMin = time.Millisecond })
+	wait.Eventually(t, 30*time.Second, func() bool { return strings.Contains(wrong.Logs(), "unexpected ID") }, "SPIRE's endpoint refused for its ID")
+	if st := wrong.Status().(map[string]any)["spiffe_federation"].(map[string]any)[spireTD].(map[string]any); st["fetched"] != false {
+		t.Errorf("status after refused fetches: %v", st)
 	}
 }
