@@ -5,12 +5,14 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"encoding/json"
 	"encoding/pem"
 	"io"
 	"log"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strings"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -29,6 +31,7 @@ import (
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/e2e"
 	"github.com/wicket-sh/wicket/internal/issuer"
+	"github.com/wicket-sh/wicket/internal/sockettest"
 	"github.com/wicket-sh/wicket/internal/spiffe"
 	"github.com/wicket-sh/wicket/internal/wait"
 )
@@ -201,6 +204,18 @@ func TestGoSPIFFE_FederatedBundleAndUpdateOnStream(t *testing.T) {
 	stranger.jwtKey, _ = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if _, err := c.ValidateJWTSVID(ctx, stranger.jwtSVID(t, foreignID, "db"), "db"); err == nil {
 		t.Error("a JWT-SVID signed by an unknown key validated")
+	}
+
+	var st struct {
+		Upstream struct {
+			SPIFFE struct {
+				Federated []string `json:"federated_trust_domains"`
+			} `json:"spiffe"`
+		} `json:"upstream"`
+	}
+	body := sockettest.Do(e.ag.AdminSocket, "GET", "/v1/status", "", nil).Body
+	if err := json.Unmarshal([]byte(body), &st); err != nil || strings.Join(st.Upstream.SPIFFE.Federated, ",") != "spire.test" {
+		t.Errorf("agent status does not name the federated domain (%v): %s", err, body)
 	}
 
 	// spire.test adds a CA: the stream gets a new message with both.

@@ -400,12 +400,21 @@ type Stats struct {
 	// SoonestExpiry is the earliest end of a cached X.509-SVID (zero
 	// when there is none).
 	SoonestExpiry time.Time
+	// Federated names the foreign trust domains whose bundles are held,
+	// sorted.
+	Federated []string
 }
 
 func (c *cache) stats() Stats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s := Stats{Issued: c.issued, Rotations: c.rotations, Failures: c.failures, X509SVIDs: len(c.x509)}
+	if c.trust != nil {
+		for td := range c.trust.federated {
+			s.Federated = append(s.Federated, td.Name())
+		}
+		slices.Sort(s.Federated)
+	}
 	for _, e := range c.x509 {
 		if s.SoonestExpiry.IsZero() || e.expires.Before(s.SoonestExpiry) {
 			s.SoonestExpiry = e.expires
