@@ -1,6 +1,7 @@
 package issuer
 
 import (
+	"cmp"
 	"context"
 	"crypto/x509"
 	"encoding/json"
@@ -172,10 +173,8 @@ func (s *Issuer) fetchForeign(ctx context.Context, d *foreignDomain) time.Durati
 	d.mu.Unlock()
 	b, err := d.ep.Fetch(ctx, current)
 	now := s.now()
-	lo := federationRefreshMin
-	if s.opts.FederationRefreshMin > 0 {
-		lo = s.opts.FederationRefreshMin
-	}
+	lo, hi := cmp.Or(s.opts.FederationRefreshMin, federationRefreshMin), cmp.Or(s.opts.FederationRefreshMax, federationRefreshMax)
+	lo = min(lo, hi)
 	if err != nil {
 		if ctx.Err() != nil {
 			return 0
@@ -187,7 +186,7 @@ func (s *Issuer) fetchForeign(ctx context.Context, d *foreignDomain) time.Durati
 		d.lastFailure, d.lastErr = now, err.Error()
 		wait := min(federationRetryMin<<min(d.failing-1, 16), federationRetryMax)
 		if d.bundle != nil {
-			wait = min(wait, spiffe.RefreshAfter(d.bundle, federationRefreshDefault, lo, federationRefreshMax))
+			wait = min(wait, spiffe.RefreshAfter(d.bundle, federationRefreshDefault, lo, hi))
 		}
 		d.nextFetch = now.Add(wait)
 		s.log.Warn("spiffe federation: bundle fetch failed; keeping the last good bundle", "trust_domain", d.td.Name(),
@@ -204,7 +203,7 @@ func (s *Issuer) fetchForeign(ctx context.Context, d *foreignDomain) time.Durati
 		s.fed.updates.Add(1)
 	}
 	seq, _ := b.SequenceNumber()
-	wait := spiffe.RefreshAfter(b, federationRefreshDefault, lo, federationRefreshMax)
+	wait := spiffe.RefreshAfter(b, federationRefreshDefault, lo, hi)
 	d.mu.Lock()
 	wasFailing := d.failing
 	d.fetched, d.failing, d.lastSuccess, d.nextFetch = true, 0, now, now.Add(wait)

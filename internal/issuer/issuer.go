@@ -45,10 +45,10 @@ type Options struct {
 	// listening on server.listen (tests, dev mode on a port chosen by the OS).
 	Listener net.Listener
 
-	// FederationRefreshMin replaces the shortest wait between fetches of
-	// a foreign SPIFFE bundle (30 s), whatever its refresh hint says;
-	// tests shorten it.
-	FederationRefreshMin time.Duration
+	// FederationRefreshMin and FederationRefreshMax replace the bounds
+	// of the wait between fetches of a foreign SPIFFE bundle (30 s and
+	// 1 h), whatever its refresh hint says; tests shorten them.
+	FederationRefreshMin, FederationRefreshMax time.Duration
 
 	allowNoMintKey bool          // Init creates the first key
 	maintainEvery  time.Duration // key maintenance period; 0 = a minute (tests shorten it)

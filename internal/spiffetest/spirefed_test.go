@@ -281,6 +281,9 @@ func handshakeResult(t *testing.T, results <-chan error) error {
 // wicket org that does not federate with spire.test is refused both ways,
 // and another identity of the federated org is refused by the ID check.
 func TestSPIRE_FederationMTLS(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts SPIRE's server (and agent): seconds of real time")
+	}
 	serverBin, agentBin := spireBin(t, "spire-server"), spireBin(t, "spire-agent")
 	dir := e2e.ShortDir(t)
 	serverPort, bundlePort := freeTCPPort(t), freeTCPPort(t)
@@ -432,6 +435,9 @@ allow = ["*"]
 // the bundle it started from (`spire-server bundle show -format spiffe`),
 // and the machines of the federating org get spire.test's bundle.
 func TestSPIRE_FederationHTTPSSPIFFE(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts SPIRE's server (and agent): seconds of real time")
+	}
 	serverBin := spireBin(t, "spire-server")
 	dir := e2e.ShortDir(t)
 	bundlePort := freeTCPPort(t)
