@@ -176,7 +176,9 @@ func TestFederation_HTTPSWebBundleToListedOrgs(t *testing.T) {
 	ti := startIssuerWith(t, dir, func(c *config.Issuer) {
 		c.SPIFFE.Federation = []config.SPIFFEFederation{{TrustDomain: spireTD.Name(), BundleEndpointURL: ep.srv.URL + "/bundle",
 			Profile: config.ProfileHTTPSWeb, CAFile: ep.caFile(t, dir), Orgs: []string{"dev"}}}
-	}, func(o *Options) { o.FederationRefreshMin, o.FederationRefreshMax = time.Millisecond, 20 * time.Millisecond })
+	}, func(o *Options) {
+		o.FederationRefreshMin, o.FederationRefreshMax = time.Millisecond, 20*time.Millisecond
+	})
 	_, dev := ti.addMachine(t, devSpec)
 	other := devSpec
 	other.Org = "acme"
@@ -251,7 +253,9 @@ func TestFederation_HTTPSSPIFFEFollowsRotation(t *testing.T) {
 	ti := startIssuerWith(t, dir, func(c *config.Issuer) {
 		c.SPIFFE.Federation = []config.SPIFFEFederation{{TrustDomain: spireTD.Name(), BundleEndpointURL: ep.srv.URL,
 			Profile: config.ProfileHTTPSSPIFFE, EndpointSPIFFEID: serverID.String(), BundleFile: bundleFile, Orgs: []string{"dev"}}}
-	}, func(o *Options) { o.FederationRefreshMin, o.FederationRefreshMax = time.Millisecond, 20 * time.Millisecond })
+	}, func(o *Options) {
+		o.FederationRefreshMin, o.FederationRefreshMax = time.Millisecond, 20*time.Millisecond
+	})
 	_, dev := ti.addMachine(t, devSpec)
 	// Before any fetch the machine has bundle_file's bundle; then the
 	// endpoint's, which adds ca2.
