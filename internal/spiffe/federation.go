@@ -95,7 +95,16 @@ func (e *BundleEndpoint) Fetch(ctx context.Context, current *spiffebundle.Bundle
 	if len(body) > MaxBundleBytes {
 		return nil, fmt.Errorf("spiffe: bundle of %s: larger than %d bytes", e.TrustDomain, MaxBundleBytes)
 	}
-	return ParseForeignBundle(e.TrustDomain, body)
+	b, err := ParseForeignBundle(e.TrustDomain, body)
+	if err != nil {
+		return nil, err
+	}
+	if !e.EndpointID.IsZero() && len(b.X509Authorities()) == 0 {
+		// The next fetch authenticates with this bundle: without an
+		// X.509 authority it could never succeed again.
+		return nil, fmt.Errorf("spiffe: bundle of %s: no x509 authority to authenticate the endpoint with next time", e.TrustDomain)
+	}
+	return b, nil
 }
 
 // ParseForeignBundle parses a bundle document of td (the SPIFFE bundle

@@ -186,6 +186,21 @@ func TestFetch_HTTPSSPIFFE(t *testing.T) {
 	if _, err := wrongID.Fetch(t.Context(), f.b); err == nil || !strings.Contains(err.Error(), "unexpected ID") {
 		t.Errorf("endpoint with another SPIFFE ID: %v", err)
 	}
+	// A bundle without an X.509 authority would lock the next fetch out.
+	jwtOnly := spiffebundle.New(foreign)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err := jwtOnly.AddJWTAuthority("k1", key.Public()); err != nil {
+		t.Fatal(err)
+	}
+	jwtDoc, _ := jwtOnly.Marshal()
+	srv := httptest.NewUnstartedServer(serveDoc(jwtDoc))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{svidCert(t, f.ca, serverID)}}
+	srv.StartTLS()
+	defer srv.Close()
+	lockout := &BundleEndpoint{TrustDomain: foreign, URL: srv.URL, EndpointID: serverID}
+	if _, err := lockout.Fetch(t.Context(), f.b); err == nil || !strings.Contains(err.Error(), "no x509 authority") {
+		t.Errorf("https_spiffe bundle without x509 authorities: %v", err)
+	}
 	// The right ID signed by a CA the current bundle does not hold.
 	rogue := newForeign(t, foreign, time.Minute)
 	wrongCA := start(t, svidCert(t, rogue.ca, serverID))
