@@ -7,11 +7,9 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -25,15 +23,14 @@ import (
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/e2e"
 	"github.com/wicket-sh/wicket/internal/issuer"
+	"github.com/wicket-sh/wicket/internal/spire"
+	"github.com/wicket-sh/wicket/internal/spire/spiretest"
 	"github.com/wicket-sh/wicket/internal/wait"
 )
 
-// The SPIRE side of the federation test. A minimal launcher: one
-// spire-server and one spire-agent of trust domain spire.test, each in
-// its own process group, killed with the test.
+// The SPIRE side of the federation tests runs on internal/spire.
 const (
 	spireTD       = "spire.test"
-	spireAgentID  = "spiffe://spire.test/agent/a1"
 	spireWorkload = "spiffe://spire.test/workload/app"
 )
 
@@ -47,142 +44,33 @@ func freeTCPPort(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// spireProcess starts bin with args in its own process group, its output
-// in logPath; the test's end stops it (SIGTERM, then SIGKILL, each wait
-// bounded) and a failed test shows the log's tail. The channel is closed
-// when the process exits.
-func spireProcess(t *testing.T, logPath string, env []string, bin string, args ...string) <-chan struct{} {
+// spireServer starts a SPIRE server of spire.test whose server block
+// holds federation, stopped when the test ends; a failed test shows its
+// log's tail.
+func spireServer(t *testing.T, federation string) *spire.Server {
 	t.Helper()
-	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	srv, err := spire.StartServer(t.Context(), e2e.ShortDir(t), spire.ServerOptions{
+		Bins: spiretest.Binaries(t), TrustDomain: spireTD, ServerHCL: federation, LogLevel: "DEBUG",
+		// SPIRE's https_web federation client trusts the system roots:
+		// the test CA.
+		Env: []string{"SSL_CERT_FILE=" + webPKI.caFile},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer lf.Close()
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = lf, lf
-	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
 	t.Cleanup(func() {
-		for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
-			syscall.Kill(-cmd.Process.Pid, sig)
-			select {
-			case <-done:
-			case <-time.After(5 * time.Second):
-				continue
-			}
-			break
-		}
 		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-			t.Logf("%s (last lines):\n%s", filepath.Base(logPath), strings.Join(lines[max(0, len(lines)-40):], "\n"))
+			logTail(t, srv.Log())
 		}
+		srv.Close()
 	})
-	return done
+	return srv
 }
 
-// spireServer writes the server's config and starts it; it is ready when
-// its healthcheck passes. federation is the federation {...} block.
-func spireServer(t *testing.T, bin, dir string, port int, federation string) string {
-	t.Helper()
-	sock := filepath.Join(dir, "server.sock")
-	conf := fmt.Sprintf(`server {
-  bind_address = "127.0.0.1"
-  bind_port = "%d"
-  socket_path = %q
-  trust_domain = %q
-  data_dir = %q
-  log_level = "DEBUG"
-%s
-}
-
-plugins {
-  DataStore "sql" {
-    plugin_data {
-      database_type = "sqlite3"
-      connection_string = %q
-    }
-  }
-  NodeAttestor "join_token" {
-    plugin_data {}
-  }
-  KeyManager "memory" {
-    plugin_data {}
-  }
-}
-`, port, sock, spireTD, filepath.Join(dir, "server-data"), federation, filepath.Join(dir, "datastore.sqlite3"))
-	path := filepath.Join(dir, "server.conf")
-	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	// SPIRE's https_web client trusts the system roots: the test CA.
-	exited := spireProcess(t, filepath.Join(dir, "server.log"), []string{"SSL_CERT_FILE=" + webPKI.caFile}, bin, "run", "-config", path)
-	var last string
-	healthy := wait.Until(60*time.Second, func() bool {
-		select {
-		case <-exited:
-			return true
-		default:
-		}
-		out, err := runSPIRE(t, bin, "healthcheck", "-socketPath", sock)
-		last = out
-		return err == nil
-	})
-	select {
-	case <-exited:
-		t.Fatal("spire-server exited")
-	default:
-	}
-	if !healthy {
-		t.Fatalf("spire-server not healthy in 60s: %s", last)
-	}
-	return sock
-}
-
-// spireAgent attests with a fresh join token (written only into the
-// agent's 0600 config) and serves the Workload API on its socket.
-func spireAgent(t *testing.T, serverBin, agentBin, serverSock, dir string, port int) string {
-	t.Helper()
-	out, err := runSPIRE(t, serverBin, "token", "generate", "-socketPath", serverSock, "-spiffeID", spireAgentID, "-ttl", "600")
-	tok, ok := strings.CutPrefix(strings.TrimSpace(out), "Token: ")
-	if err != nil || !ok {
-		t.Fatalf("spire-server token generate failed: %v", err) // the output holds the token: not shown
-	}
-	sock := filepath.Join(dir, "agent.sock")
-	conf := fmt.Sprintf(`agent {
-  data_dir = %q
-  log_level = "DEBUG"
-  server_address = "127.0.0.1"
-  server_port = "%d"
-  socket_path = %q
-  trust_domain = %q
-  insecure_bootstrap = true
-  join_token = %q
-}
-
-plugins {
-  NodeAttestor "join_token" {
-    plugin_data {}
-  }
-  KeyManager "memory" {
-    plugin_data {}
-  }
-  WorkloadAttestor "unix" {
-    plugin_data {}
-  }
-}
-`, filepath.Join(dir, "agent-data"), port, sock, spireTD, tok)
-	path := filepath.Join(dir, "agent.conf")
-	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	spireProcess(t, filepath.Join(dir, "agent.log"), nil, agentBin, "run", "-config", path)
-	return sock
+func logTail(t *testing.T, path string) {
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	t.Logf("%s (last lines):\n%s", filepath.Base(path), strings.Join(lines[max(0, len(lines)-40):], "\n"))
 }
 
 // x509Source is go-spiffe's X509Source on a Workload API socket, once it
@@ -284,9 +172,8 @@ func TestSPIRE_FederationMTLS(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts SPIRE's server (and agent): seconds of real time")
 	}
-	serverBin, agentBin := spireBin(t, "spire-server"), spireBin(t, "spire-agent")
-	dir := e2e.ShortDir(t)
-	serverPort, bundlePort := freeTCPPort(t), freeTCPPort(t)
+	spiretest.Binaries(t)
+	bundlePort := freeTCPPort(t)
 
 	// The issuer's listener comes first: SPIRE's config names its URL.
 	issuerLn, err := net.Listen("tcp", "127.0.0.1:0")
@@ -316,7 +203,7 @@ func TestSPIRE_FederationMTLS(t *testing.T) {
       bundle_endpoint_profile "https_web" {}
     }
   }`, bundlePort, webPKI.certFile, webPKI.keyFile, td, issuerURL)
-	serverSock := spireServer(t, serverBin, dir, serverPort, federation)
+	srv := spireServer(t, federation)
 
 	// wicket: org dev federates with spire.test; org other does not.
 	iss := e2e.StartIssuerOpts(t, func(c *config.Issuer) {
@@ -352,19 +239,28 @@ allow = ["*"]
 `, otherSock))
 
 	wicketTDID := "spiffe://" + td
-	var out string
+	var lastErr error
 	if !wait.Until(60*time.Second, func() bool {
-		runSPIRE(t, serverBin, "federation", "refresh", "-socketPath", serverSock, "-id", wicketTDID)
-		o, err := runSPIRE(t, serverBin, "bundle", "list", "-socketPath", serverSock, "-id", wicketTDID)
-		out = o
-		return err == nil
+		srv.CLI(t.Context(), "federation", "refresh", "-id", wicketTDID)
+		_, lastErr = srv.CLI(t.Context(), "bundle", "list", "-id", wicketTDID)
+		return lastErr == nil
 	}) {
-		t.Fatalf("spire-server never got %s's bundle from wicket's endpoint: %s", td, out)
+		t.Fatalf("spire-server never got %s's bundle from wicket's endpoint: %v", td, lastErr)
 	}
-	agentSock := spireAgent(t, serverBin, agentBin, serverSock, dir, serverPort)
-	if out, err := runSPIRE(t, serverBin, "entry", "create", "-socketPath", serverSock, "-parentID", spireAgentID,
-		"-spiffeID", spireWorkload, "-selector", "unix:uid:"+strconv.Itoa(os.Getuid()), "-federatesWith", wicketTDID); err != nil {
-		t.Fatalf("spire-server entry create: %v\n%s", err, out)
+	ag, err := spire.StartAgent(t.Context(), e2e.ShortDir(t), srv, spire.AgentOptions{LogLevel: "DEBUG"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			logTail(t, ag.Log())
+		}
+		ag.Close()
+	})
+	agentSock := ag.SocketPath()
+	if _, err := srv.CreateEntry(t.Context(), spire.Entry{SPIFFEID: spireWorkload, ParentID: ag.ID(),
+		Selectors: []string{"unix:uid:" + strconv.Itoa(os.Getuid())}, FederatesWith: []string{wicketTDID}}); err != nil {
+		t.Fatal(err)
 	}
 
 	wicketTD, spireDomain := spiffeid.RequireTrustDomainFromString(td), spiffeid.RequireTrustDomainFromString(spireTD)
@@ -438,22 +334,22 @@ func TestSPIRE_FederationHTTPSSPIFFE(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts SPIRE's server (and agent): seconds of real time")
 	}
-	serverBin := spireBin(t, "spire-server")
+	spiretest.Binaries(t)
 	dir := e2e.ShortDir(t)
 	bundlePort := freeTCPPort(t)
-	serverSock := spireServer(t, serverBin, dir, freeTCPPort(t), fmt.Sprintf(`  federation {
+	srv := spireServer(t, fmt.Sprintf(`  federation {
     bundle_endpoint {
       address = "127.0.0.1"
       port = %d
       profile "https_spiffe" {}
     }
   }`, bundlePort))
-	doc, err := runSPIRE(t, serverBin, "bundle", "show", "-socketPath", serverSock, "-format", "spiffe")
+	doc, err := srv.CLI(t.Context(), "bundle", "show", "-format", "spiffe")
 	if err != nil {
-		t.Fatalf("spire-server bundle show: %v\n%s", err, doc)
+		t.Fatal(err)
 	}
 	bundleFile := filepath.Join(dir, "spire.test.bundle.json")
-	if err := os.WriteFile(bundleFile, []byte(doc), 0o600); err != nil {
+	if err := os.WriteFile(bundleFile, doc, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	iss := e2e.StartIssuerOpts(t, func(c *config.Issuer) {
@@ -471,7 +367,7 @@ func TestSPIRE_FederationHTTPSSPIFFE(t *testing.T) {
 	spireDomain := spiffeid.RequireTrustDomainFromString(spireTD)
 	src := x509Source(t, e.sock, spiffeid.RequireTrustDomainFromString(td), spireDomain)
 	got, _ := src.GetX509BundleForTrustDomain(spireDomain)
-	want, err := spiffebundle.Parse(spireDomain, []byte(doc))
+	want, err := spiffebundle.Parse(spireDomain, doc)
 	if err != nil {
 		t.Fatal(err)
 	}
