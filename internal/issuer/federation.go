@@ -18,6 +18,7 @@ import (
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/metrics"
 	"github.com/wicket-sh/wicket/internal/spiffe"
+	"github.com/wicket-sh/wicket/internal/spiffe/bundlefetch"
 )
 
 // Bounds on how often a foreign bundle is fetched, whatever its
@@ -55,7 +56,7 @@ type foreignDomain struct {
 	url     string
 	profile string
 	orgs    []string
-	ep      *spiffe.BundleEndpoint
+	ep      *bundlefetch.Endpoint
 
 	mu          sync.Mutex
 	bundle      *spiffebundle.Bundle // nil before the first good fetch (https_web)
@@ -79,7 +80,7 @@ func newFederation(c config.SPIFFE) (*federation, error) {
 			return nil, fmt.Errorf("spiffe.federation %s: %w", fc.TrustDomain, err)
 		}
 		d := &foreignDomain{td: td, url: fc.BundleEndpointURL, profile: fc.Profile, orgs: fc.Orgs,
-			ep: &spiffe.BundleEndpoint{TrustDomain: td, URL: fc.BundleEndpointURL}}
+			ep: &bundlefetch.Endpoint{TrustDomain: td, URL: fc.BundleEndpointURL}}
 		if fc.CAFile != "" {
 			pem, err := os.ReadFile(fc.CAFile)
 			if err != nil {
@@ -186,7 +187,7 @@ func (s *Issuer) fetchForeign(ctx context.Context, d *foreignDomain) time.Durati
 		d.lastFailure, d.lastErr = now, err.Error()
 		wait := min(federationRetryMin<<min(d.failing-1, 16), federationRetryMax)
 		if d.bundle != nil {
-			wait = min(wait, spiffe.RefreshAfter(d.bundle, federationRefreshDefault, lo, hi))
+			wait = min(wait, bundlefetch.RefreshAfter(d.bundle, federationRefreshDefault, lo, hi))
 		}
 		d.nextFetch = now.Add(wait)
 		s.log.Warn("spiffe federation: bundle fetch failed; keeping the last good bundle", "trust_domain", d.td.Name(),
@@ -203,7 +204,7 @@ func (s *Issuer) fetchForeign(ctx context.Context, d *foreignDomain) time.Durati
 		s.fed.updates.Add(1)
 	}
 	seq, _ := b.SequenceNumber()
-	wait := spiffe.RefreshAfter(b, federationRefreshDefault, lo, hi)
+	wait := bundlefetch.RefreshAfter(b, federationRefreshDefault, lo, hi)
 	d.mu.Lock()
 	wasFailing := d.failing
 	d.fetched, d.failing, d.lastSuccess, d.nextFetch = true, 0, now, now.Add(wait)

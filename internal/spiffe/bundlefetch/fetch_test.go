@@ -1,4 +1,4 @@
-package spiffe
+package bundlefetch
 
 import (
 	"context"
@@ -17,24 +17,26 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/wicket-sh/wicket/internal/spiffe"
 )
 
 var foreign = spiffeid.RequireTrustDomainFromString("spire.test")
 
 // foreignDomain is a CA of a foreign trust domain and its bundle document.
 type foreignDomain struct {
-	ca  *CA
+	ca  *spiffe.CA
 	doc []byte
 	b   *spiffebundle.Bundle
 }
 
 func newForeign(t *testing.T, td spiffeid.TrustDomain, hint time.Duration) *foreignDomain {
 	t.Helper()
-	ca, err := NewCA(td, time.Now(), 24*time.Hour, 0)
+	ca, err := spiffe.NewCA(td, time.Now(), 24*time.Hour, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := NewBundle(td, []*CA{ca}, jose.JSONWebKeySet{}, hint, 7)
+	b, err := spiffe.NewBundle(td, []*spiffe.CA{ca}, jose.JSONWebKeySet{}, hint, 7)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +48,7 @@ func newForeign(t *testing.T, td spiffeid.TrustDomain, hint time.Duration) *fore
 }
 
 // svidCert is a TLS certificate holding an X.509-SVID of id signed by ca.
-func svidCert(t *testing.T, ca *CA, id spiffeid.ID) tls.Certificate {
+func svidCert(t *testing.T, ca *spiffe.CA, id spiffeid.ID) tls.Certificate {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -56,25 +58,25 @@ func svidCert(t *testing.T, ca *CA, id spiffeid.ID) tls.Certificate {
 	if err != nil {
 		t.Fatal(err)
 	}
-	csr, _, err := ParseCSR(csrDER)
+	csr, _, err := spiffe.ParseCSR(csrDER)
 	if err != nil {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	der, _, err := SignX509SVID(ca, csr, id, now, now.Add(time.Hour))
+	der, _, err := spiffe.SignX509SVID(ca, csr, id, now, now.Add(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
-func webEndpoint(t *testing.T, h http.Handler) (*BundleEndpoint, *httptest.Server) {
+func webEndpoint(t *testing.T, h http.Handler) (*Endpoint, *httptest.Server) {
 	t.Helper()
 	srv := httptest.NewTLSServer(h)
 	t.Cleanup(srv.Close)
 	roots := x509.NewCertPool()
 	roots.AddCert(srv.Certificate())
-	return &BundleEndpoint{TrustDomain: foreign, URL: srv.URL + "/bundle", Roots: roots}, srv
+	return &Endpoint{TrustDomain: foreign, URL: srv.URL + "/bundle", Roots: roots}, srv
 }
 
 func serveDoc(doc []byte) http.Handler {
@@ -126,7 +128,7 @@ func TestFetch_Refusals(t *testing.T) {
 		h    http.Handler
 		want string
 	}{
-		{"too large", serveDoc([]byte(`{"keys":[` + strings.Repeat(" ", MaxBundleBytes) + `]}`)), "larger than"},
+		{"too large", serveDoc([]byte(`{"keys":[` + strings.Repeat(" ", MaxBytes) + `]}`)), "larger than"},
 		{"not a bundle", serveDoc([]byte(`<html>`)), "bundle of spire.test"},
 		{"no authorities", serveDoc([]byte(`{"keys":[]}`)), "no authorities"},
 		{"another domain's CA", serveDoc(other.doc), "names trust domain other.test"},
@@ -163,12 +165,12 @@ func TestFetch_Timeout(t *testing.T) {
 func TestFetch_HTTPSSPIFFE(t *testing.T) {
 	f := newForeign(t, foreign, time.Minute)
 	serverID := spiffeid.RequireFromString("spiffe://spire.test/spire/server")
-	start := func(t *testing.T, cert tls.Certificate) *BundleEndpoint {
+	start := func(t *testing.T, cert tls.Certificate) *Endpoint {
 		srv := httptest.NewUnstartedServer(serveDoc(f.doc))
 		srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
 		srv.StartTLS()
 		t.Cleanup(srv.Close)
-		return &BundleEndpoint{TrustDomain: foreign, URL: srv.URL, EndpointID: serverID}
+		return &Endpoint{TrustDomain: foreign, URL: srv.URL, EndpointID: serverID}
 	}
 	ep := start(t, svidCert(t, f.ca, serverID))
 	b, err := ep.Fetch(t.Context(), f.b)
@@ -197,7 +199,7 @@ func TestFetch_HTTPSSPIFFE(t *testing.T) {
 	srv.TLS = &tls.Config{Certificates: []tls.Certificate{svidCert(t, f.ca, serverID)}}
 	srv.StartTLS()
 	defer srv.Close()
-	lockout := &BundleEndpoint{TrustDomain: foreign, URL: srv.URL, EndpointID: serverID}
+	lockout := &Endpoint{TrustDomain: foreign, URL: srv.URL, EndpointID: serverID}
 	if _, err := lockout.Fetch(t.Context(), f.b); err == nil || !strings.Contains(err.Error(), "no x509 authority") {
 		t.Errorf("https_spiffe bundle without x509 authorities: %v", err)
 	}
