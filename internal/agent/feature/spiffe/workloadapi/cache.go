@@ -51,6 +51,7 @@ type trust struct {
 	// federated holds the foreign trust domains' bundles, never one of
 	// td: they add trust anchors for their own domain only.
 	federated map[spiffeid.TrustDomain]*spiffebundle.Bundle
+	fedDER    map[string][]byte // federatedDER(federated)
 }
 
 // maxFederated bounds the foreign bundles taken from one reply.
@@ -188,7 +189,7 @@ func (c *cache) refreshTrust(ctx context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	old := c.trust
-	c.trust = &trust{td: td, machineID: id, bundle: b, raw: canon, refreshAt: c.now().Add(hint), federated: fed}
+	c.trust = &trust{td: td, machineID: id, bundle: b, raw: canon, refreshAt: c.now().Add(hint), federated: fed, fedDER: federatedDER(fed)}
 	if old == nil || !sameAuthorities(old.bundle, b) || !sameFederated(old.federated, fed) {
 		c.notifyLocked()
 	}

@@ -1,7 +1,11 @@
 package workloadapi
 
 import (
+	"bytes"
+
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // The foreign trust domains' bundles in the Workload API's answers (the
@@ -12,34 +16,46 @@ import (
 // ValidateJWTSVID accepts. A domain with no authority of a kind is left
 // out of that kind's answers.
 
-// federatedX509 is each foreign domain's CA certificates (concatenated
-// DER), by trust domain ID.
-func (t *trust) federatedX509() map[string][]byte {
+// authoritiesDER is b's X.509 authorities as the Workload API carries
+// them: concatenated DER; nil when it has none.
+func authoritiesDER(b *spiffebundle.Bundle) []byte {
+	var ders [][]byte
+	for _, c := range b.X509Authorities() {
+		ders = append(ders, c.Raw)
+	}
+	return bytes.Join(ders, nil)
+}
+
+// federatedDER is each foreign domain's X.509 authorities (authoritiesDER)
+// by trust domain ID, built once per bundle refresh; domains without one
+// are left out. nil without any.
+func federatedDER(fed map[spiffeid.TrustDomain]*spiffebundle.Bundle) map[string][]byte {
 	var out map[string][]byte
-	for td, b := range t.federated {
-		var ders [][]byte
-		for _, c := range b.X509Authorities() {
-			ders = append(ders, c.Raw)
-		}
-		if len(ders) == 0 {
+	for td, b := range fed {
+		der := authoritiesDER(b)
+		if len(der) == 0 {
 			continue
 		}
 		if out == nil {
 			out = map[string][]byte{}
 		}
-		out[td.IDString()] = concat(ders)
+		out[td.IDString()] = der
 	}
 	return out
 }
 
+// federatedX509 is X509SVIDResponse.FederatedBundles: shared by every
+// response until the next refresh, never changed.
+func (t *trust) federatedX509() map[string][]byte { return t.fedDER }
+
 // x509Bundles is FetchX509Bundles's answer: the machine's own trust
 // domain's CAs and every foreign domain's.
 func (t *trust) x509Bundles() map[string][]byte {
-	out := t.federatedX509()
-	if out == nil {
-		out = map[string][]byte{}
+	out := make(map[string][]byte, len(t.fedDER)+1)
+	for k, v := range t.fedDER {
+		out[k] = v
 	}
-	out[t.td.IDString()] = concat(rawCerts(t))
+	out[t.td.IDString()] = authoritiesDER(t.bundle)
 	return out
 }
 
