@@ -193,9 +193,18 @@ orgs = ["acme", "dev"]
 		f[1].EndpointSPIFFEID != "spiffe://other.example/spire/server" || len(f[1].Orgs) != 2 {
 		t.Errorf("federation = %+v", f)
 	}
-	// Static, like all of [spiffe].
+	// Static, like all of [spiffe]: a reload reports it and keeps the
+	// running list.
 	if got := DynamicFields(c); slicesContainsPrefix(got, "spiffe") {
 		t.Errorf("dynamic fields include spiffe: %v", got)
+	}
+	next := DefaultIssuer()
+	if got := RestartRequired(c, next); !slicesContainsPrefix(got, "spiffe.federation") {
+		t.Errorf("RestartRequired = %v, want spiffe.federation", got)
+	}
+	KeepStatic(next, c)
+	if len(next.SPIFFE.Federation) != 2 {
+		t.Errorf("KeepStatic dropped the running federation: %+v", next.SPIFFE.Federation)
 	}
 }
 
