@@ -324,3 +324,28 @@ func TestFederation_FilesCheckedAtStart(t *testing.T) {
 		})
 	}
 }
+
+// Before a domain's first good fetch (https_web) its machines get no
+// bundle of it, and the status says so; SVIDs are issued as ever.
+func TestFederation_AbsentBeforeFirstFetch(t *testing.T) {
+	dir := shortDir(t)
+	ep := newForeignEndpoint(t, false)
+	ep.status.Store(http.StatusServiceUnavailable)
+	ti := startIssuerWith(t, dir, func(c *config.Issuer) {
+		c.SPIFFE.Federation = []config.SPIFFEFederation{{TrustDomain: spireTD.Name(), BundleEndpointURL: ep.srv.URL,
+			Profile: config.ProfileHTTPSWeb, CAFile: ep.caFile(t, dir), Orgs: []string{"dev"}}}
+	}, nil)
+	_, dev := ti.addMachine(t, devSpec)
+	wait.Eventually(t, 30*time.Second, func() bool { return ti.fedStatus(t).Counters["federated_bundle_failures"] >= 1 }, "a failed first fetch")
+	info, _ := ti.svidBundle(t, dev)
+	if info.FederatedBundles != nil {
+		t.Fatalf("federated_bundles before any good fetch: %v", info.FederatedBundles)
+	}
+	st := ti.fedStatus(t).Fed[spireTD.Name()]
+	if st["have_bundle"] != false || st["fetched"] != false || st["last_error"] == nil {
+		t.Errorf("status before a good fetch: %v", st)
+	}
+	if r := ti.call(t, "POST", "/v1/svids/x509", svidCopy(t, dev, time.Now(), time.Minute, info.SPIFFEID), x509Body(csrFor(t, info.SPIFFEID))); r.status != 200 {
+		t.Errorf("x509 svid while the foreign endpoint fails: %d %s", r.status, r.body)
+	}
+}
