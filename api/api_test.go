@@ -63,7 +63,7 @@ func TestWireNames(t *testing.T) {
 		{X509SVIDReply{}, "spiffe_id cert_chain expires_at"},
 		{JWTSVIDRequest{}, "spiffe_id aud"},
 		{JWTSVIDReply{}, "spiffe_id token expires_at"},
-		{SVIDBundleReply{}, "trust_domain spiffe_id bundle"},
+		{SVIDBundleReply{}, "trust_domain spiffe_id bundle federated_bundles"},
 		{X509SVIDGuestReply{}, "spiffe_id x509_svid x509_svid_key bundle expires_at"},
 		{JWTSVIDGuestRequest{}, "audience"},
 		{AdminTokenRequest{}, "label ttl orgs apps regions ops max_machine_ttl source_addrs"},

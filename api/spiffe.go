@@ -50,7 +50,8 @@ type JWTSVIDReply struct {
 }
 
 // SVIDBundleReply is the issuer's answer to GET /v1/svids/bundle: the
-// machine's trust domain, its own SPIFFE ID and its trust domain's bundle.
+// machine's trust domain, its own SPIFFE ID and its trust domain's bundle,
+// and the bundles of the foreign trust domains its org federates with.
 type SVIDBundleReply struct {
 	TrustDomain string `json:"trust_domain"`
 	// SPIFFEID is the machine's own ID.
@@ -58,6 +59,11 @@ type SVIDBundleReply struct {
 	// Bundle is the trust domain's SPIFFE bundle document (the same JSON
 	// as <public_url>/<org>/.well-known/spiffe-bundle).
 	Bundle json.RawMessage `json:"bundle"`
+	// FederatedBundles are the SPIFFE bundle documents of the foreign
+	// trust domains ([[spiffe.federation]]) the machine's org trusts,
+	// keyed by trust domain name ("spire.example"); absent when there
+	// are none, and a domain is absent until the issuer has its bundle.
+	FederatedBundles map[string]json.RawMessage `json:"federated_bundles,omitempty"`
 }
 
 // X509SVIDGuestReply is the guest API's JSON answer to POST

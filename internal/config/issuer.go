@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/httpapi"
 	"github.com/wicket-sh/wicket/internal/proxy"
@@ -132,6 +134,48 @@ type SPIFFE struct {
 	CARotateEvery Duration `toml:"ca_rotate_every"`
 	// BundleRefreshHint is the bundle's spiffe_refresh_hint.
 	BundleRefreshHint Duration `toml:"bundle_refresh_hint"`
+	// Federation lists the foreign trust domains whose bundles the issuer
+	// fetches and hands to the agents of the orgs that trust them
+	// ([[spiffe.federation]]).
+	Federation []SPIFFEFederation `toml:"federation"`
+}
+
+// The bundle endpoint profiles of the SPIFFE Federation specification.
+const (
+	// ProfileHTTPSWeb: the endpoint's TLS certificate is checked against
+	// web PKI roots (ca_file, or the system's).
+	ProfileHTTPSWeb = "https_web"
+	// ProfileHTTPSSPIFFE: the endpoint's certificate is an X.509-SVID of
+	// endpoint_spiffe_id, checked against the last known bundle of the
+	// foreign trust domain (bundle_file to start with).
+	ProfileHTTPSSPIFFE = "https_spiffe"
+)
+
+// SPIFFEFederation is one foreign trust domain that machines of Orgs
+// trust: its bundle is fetched from BundleEndpointURL and handed to their
+// agents beside their own. A foreign bundle only adds trust anchors for
+// that trust domain; it never makes the issuer sign anything.
+type SPIFFEFederation struct {
+	// TrustDomain is the foreign trust domain's name ("spire.example").
+	TrustDomain string `toml:"trust_domain"`
+	// BundleEndpointURL is its SPIFFE bundle endpoint (https only).
+	BundleEndpointURL string `toml:"bundle_endpoint_url"`
+	// Profile is https_web or https_spiffe (required).
+	Profile string `toml:"profile"`
+	// CAFile (https_web) is a PEM file of the roots the endpoint's
+	// certificate must chain to; empty: the system's roots.
+	CAFile string `toml:"ca_file"`
+	// EndpointSPIFFEID (https_spiffe, required there) is the SPIFFE ID
+	// the endpoint's X.509-SVID must carry, a member of TrustDomain.
+	EndpointSPIFFEID string `toml:"endpoint_spiffe_id"`
+	// BundleFile (https_spiffe, required there) is the trust domain's
+	// bundle to start from (SPIFFE bundle format), obtained out of band;
+	// each fetched bundle replaces it in memory, never on disk.
+	BundleFile string `toml:"bundle_file"`
+	// Orgs are the orgs whose machines trust the domain: at least one,
+	// there is no wildcard (a new org trusts nothing foreign until it is
+	// listed).
+	Orgs []string `toml:"orgs"`
 }
 
 func (c *SPIFFE) validate() []error {
@@ -179,6 +223,84 @@ func (c *SPIFFE) validate() []error {
 	}
 	if c.BundleRefreshHint.Duration < time.Second || c.BundleRefreshHint.Duration > c.CAPrepublish.Duration && c.CAPrepublish.Duration > 0 {
 		errs = append(errs, errors.New("spiffe.bundle_refresh_hint: want at least 1s and shorter than ca_prepublish, or federated systems may not see a new CA before it signs"))
+	}
+	seenFed := map[string]bool{}
+	for i, f := range c.Federation {
+		errs = append(errs, c.validateFederation(i, f, seenFed)...)
+	}
+	return errs
+}
+
+// validateFederation checks one [[spiffe.federation]] entry: a valid
+// foreign name that no org of ours has or could get, listed once; an
+// https endpoint; the profile's own settings and no other's; valid orgs.
+func (c *SPIFFE) validateFederation(i int, f SPIFFEFederation, seen map[string]bool) []error {
+	var errs []error
+	at := fmt.Sprintf("spiffe.federation[%d]", i)
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(at+": "+format, a...)) }
+	td, err := spiffeid.TrustDomainFromString(f.TrustDomain)
+	switch {
+	case f.TrustDomain == "":
+		bad("trust_domain is required")
+	case err != nil || td.Name() != f.TrustDomain:
+		bad("trust_domain %q: want a trust domain name (lowercase, no scheme or path)", f.TrustDomain)
+	case seen[f.TrustDomain]:
+		bad("trust_domain %q is listed twice", f.TrustDomain)
+	default:
+		seen[f.TrustDomain] = true
+		for org, name := range c.TrustDomains {
+			if name == f.TrustDomain {
+				bad("trust_domain %q is org %s's own (spiffe.trust_domains)", f.TrustDomain, org)
+			}
+		}
+		if org, ok := spiffe.TemplateOrg(c.TrustDomain, f.TrustDomain); ok && (org == "" || ValidName(org)) {
+			bad("trust_domain %q is what spiffe.trust_domain names org %q's: a wicket trust domain cannot be foreign", f.TrustDomain, org)
+		}
+	}
+	u, err := url.Parse(f.BundleEndpointURL)
+	switch {
+	case f.BundleEndpointURL == "":
+		bad("bundle_endpoint_url is required")
+	case err != nil || u.Scheme != "https" || u.Host == "":
+		bad("bundle_endpoint_url %q: want an https URL", f.BundleEndpointURL)
+	case u.User != nil || u.Fragment != "":
+		bad("bundle_endpoint_url %q: no user info or fragment", f.BundleEndpointURL)
+	}
+	switch f.Profile {
+	case ProfileHTTPSWeb:
+		if f.EndpointSPIFFEID != "" || f.BundleFile != "" {
+			bad("endpoint_spiffe_id and bundle_file are for profile %q only", ProfileHTTPSSPIFFE)
+		}
+		if f.CAFile != "" && !filepath.IsAbs(f.CAFile) {
+			bad("ca_file %q: want an absolute path", f.CAFile)
+		}
+	case ProfileHTTPSSPIFFE:
+		if f.CAFile != "" {
+			bad("ca_file is for profile %q only: https_spiffe trusts the domain's own bundle", ProfileHTTPSWeb)
+		}
+		if id, err := spiffeid.FromString(f.EndpointSPIFFEID); err != nil || td.IsZero() || !id.MemberOf(td) {
+			bad("endpoint_spiffe_id %q: want the SPIFFE ID of the bundle endpoint, in trust domain %q", f.EndpointSPIFFEID, f.TrustDomain)
+		}
+		if f.BundleFile == "" || !filepath.IsAbs(f.BundleFile) {
+			bad("bundle_file %q: want the absolute path of the domain's initial bundle", f.BundleFile)
+		}
+	case "":
+		bad("profile is required: %q or %q", ProfileHTTPSWeb, ProfileHTTPSSPIFFE)
+	default:
+		bad("profile %q: want %q or %q", f.Profile, ProfileHTTPSWeb, ProfileHTTPSSPIFFE)
+	}
+	if len(f.Orgs) == 0 {
+		bad("orgs: list the orgs whose machines trust %q (there is no wildcard)", f.TrustDomain)
+	}
+	dup := map[string]bool{}
+	for _, org := range f.Orgs {
+		switch {
+		case !ValidName(org):
+			bad("orgs: %q is not a valid org name", org)
+		case dup[org]:
+			bad("orgs: %q is listed twice", org)
+		}
+		dup[org] = true
 	}
 	return errs
 }

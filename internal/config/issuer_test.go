@@ -200,3 +200,163 @@ func TestValidate_TrustDomainEqualsAnotherOrgsTemplated(t *testing.T) {
 		})
 	}
 }
+func TestLoadIssuer_SPIFFEFederation(t *testing.T) {
+	c, err := LoadIssuer(writeIssuerFile(t, `
+[[spiffe.federation]]
+trust_domain = "spire.example"
+bundle_endpoint_url = "https://spire.example:8443/"
+profile = "https_web"
+ca_file = "/etc/wicket/spire-ca.pem"
+orgs = ["acme"]
+
+[[spiffe.federation]]
+trust_domain = "other.example"
+bundle_endpoint_url = "https://10.0.0.9:8443"
+profile = "https_spiffe"
+endpoint_spiffe_id = "spiffe://other.example/spire/server"
+bundle_file = "/etc/wicket/other.bundle.json"
+orgs = ["acme", "dev"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := c.SPIFFE.Federation
+	if len(f) != 2 || f[0].TrustDomain != "spire.example" || f[0].CAFile != "/etc/wicket/spire-ca.pem" ||
+		f[1].EndpointSPIFFEID != "spiffe://other.example/spire/server" || len(f[1].Orgs) != 2 {
+		t.Errorf("federation = %+v", f)
+	}
+	// Static, like all of [spiffe]: a reload reports it and keeps the
+	// running list.
+	if got := DynamicFields(c); slicesContainsPrefix(got, "spiffe") {
+		t.Errorf("dynamic fields include spiffe: %v", got)
+	}
+	next := DefaultIssuer()
+	if got := RestartRequired(c, next); !slicesContainsPrefix(got, "spiffe.federation") {
+		t.Errorf("RestartRequired = %v, want spiffe.federation", got)
+	}
+	KeepStatic(next, c)
+	if len(next.SPIFFE.Federation) != 2 {
+		t.Errorf("KeepStatic dropped the running federation: %+v", next.SPIFFE.Federation)
+	}
+}
+
+func slicesContainsPrefix(list []string, prefix string) bool {
+	for _, s := range list {
+		if strings.HasPrefix(s, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+func TestValidate_SPIFFEFederation(t *testing.T) {
+	web := func() SPIFFEFederation {
+		return SPIFFEFederation{TrustDomain: "spire.example", BundleEndpointURL: "https://spire.example/bundle", Profile: ProfileHTTPSWeb, Orgs: []string{"acme"}}
+	}
+	spf := func() SPIFFEFederation {
+		return SPIFFEFederation{TrustDomain: "spire.example", BundleEndpointURL: "https://spire.example/bundle", Profile: ProfileHTTPSSPIFFE,
+			EndpointSPIFFEID: "spiffe://spire.example/spire/server", BundleFile: "/etc/b.json", Orgs: []string{"acme"}}
+	}
+	tests := []struct {
+		name    string
+		set     func(*SPIFFE)
+		wantErr string // "" = valid
+	}{
+		{"https_web", func(s *SPIFFE) { s.Federation = []SPIFFEFederation{web()} }, ""},
+		{"https_web with ca_file", func(s *SPIFFE) { f := web(); f.CAFile = "/ca.pem"; s.Federation = []SPIFFEFederation{f} }, ""},
+		{"https_spiffe", func(s *SPIFFE) { s.Federation = []SPIFFEFederation{spf()} }, ""},
+		{"two domains", func(s *SPIFFE) {
+			a, b := web(), spf()
+			b.TrustDomain, b.EndpointSPIFFEID = "b.example", "spiffe://b.example/x"
+			s.Federation = []SPIFFEFederation{a, b}
+		}, ""},
+		{"no trust domain", func(s *SPIFFE) { f := web(); f.TrustDomain = ""; s.Federation = []SPIFFEFederation{f} }, "trust_domain is required"},
+		{"trust domain with scheme", func(s *SPIFFE) {
+			f := web()
+			f.TrustDomain = "spiffe://spire.example"
+			s.Federation = []SPIFFEFederation{f}
+		}, "want a trust domain name"},
+		{"trust domain uppercase", func(s *SPIFFE) { f := web(); f.TrustDomain = "Spire.example"; s.Federation = []SPIFFEFederation{f} }, "want a trust domain name"},
+		{"duplicate", func(s *SPIFFE) { s.Federation = []SPIFFEFederation{web(), web()} }, "listed twice"},
+		{"an org's explicit domain", func(s *SPIFFE) {
+			s.TrustDomains = map[string]string{"dev": "spire.example"}
+			s.Federation = []SPIFFEFederation{web()}
+		}, "is org dev's own"},
+		{"a templated wicket domain", func(s *SPIFFE) {
+			f := web()
+			f.TrustDomain = "other.wicket.internal"
+			s.Federation = []SPIFFEFederation{f}
+		}, `names org "other"'s`},
+		{"http endpoint", func(s *SPIFFE) {
+			f := web()
+			f.BundleEndpointURL = "http://spire.example/b"
+			s.Federation = []SPIFFEFederation{f}
+		}, "want an https URL"},
+		{"no endpoint", func(s *SPIFFE) { f := web(); f.BundleEndpointURL = ""; s.Federation = []SPIFFEFederation{f} }, "bundle_endpoint_url is required"},
+		{"endpoint with user info", func(s *SPIFFE) {
+			f := web()
+			f.BundleEndpointURL = "https://u:p@spire.example/"
+			s.Federation = []SPIFFEFederation{f}
+		}, "no user info"},
+		{"no profile", func(s *SPIFFE) { f := web(); f.Profile = ""; s.Federation = []SPIFFEFederation{f} }, "profile is required"},
+		{"unknown profile", func(s *SPIFFE) { f := web(); f.Profile = "https"; s.Federation = []SPIFFEFederation{f} }, `profile "https"`},
+		{"web with endpoint id", func(s *SPIFFE) {
+			f := web()
+			f.EndpointSPIFFEID = "spiffe://spire.example/s"
+			s.Federation = []SPIFFEFederation{f}
+		}, "for profile \"https_spiffe\" only"},
+		{"web relative ca_file", func(s *SPIFFE) { f := web(); f.CAFile = "ca.pem"; s.Federation = []SPIFFEFederation{f} }, "ca_file"},
+		{"spiffe with ca_file", func(s *SPIFFE) { f := spf(); f.CAFile = "/ca.pem"; s.Federation = []SPIFFEFederation{f} }, "ca_file is for profile"},
+		{"spiffe without endpoint id", func(s *SPIFFE) { f := spf(); f.EndpointSPIFFEID = ""; s.Federation = []SPIFFEFederation{f} }, "endpoint_spiffe_id"},
+		{"spiffe endpoint id of another domain", func(s *SPIFFE) {
+			f := spf()
+			f.EndpointSPIFFEID = "spiffe://x.example/s"
+			s.Federation = []SPIFFEFederation{f}
+		}, "endpoint_spiffe_id"},
+		{"spiffe without bundle file", func(s *SPIFFE) { f := spf(); f.BundleFile = ""; s.Federation = []SPIFFEFederation{f} }, "bundle_file"},
+		{"no orgs", func(s *SPIFFE) { f := web(); f.Orgs = nil; s.Federation = []SPIFFEFederation{f} }, "no wildcard"},
+		{"invalid org", func(s *SPIFFE) { f := web(); f.Orgs = []string{"*"}; s.Federation = []SPIFFEFederation{f} }, "not a valid org name"},
+		{"org twice", func(s *SPIFFE) { f := web(); f.Orgs = []string{"acme", "acme"}; s.Federation = []SPIFFEFederation{f} }, `"acme" is listed twice`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := DefaultIssuer()
+			tt.set(&c.SPIFFE)
+			err := c.Validate()
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Fatalf("error %v, want one containing %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+// TestSPIFFEDoc_FederationTOML: every issuer snippet of docs/spiffe.md
+// with [[spiffe.federation]] is a valid config.
+func TestSPIFFEDoc_FederationTOML(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/spiffe.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for i, b := range strings.Split(string(doc), "```toml\n")[1:] {
+		b, _, _ = strings.Cut(b, "```")
+		if !strings.Contains(b, "[[spiffe.federation]]") {
+			continue
+		}
+		n++
+		c, err := LoadIssuer(writeIssuerFile(t, b))
+		if err != nil {
+			t.Errorf("snippet %d:\n%s\n%v", i, b, err)
+			continue
+		}
+		if len(c.SPIFFE.Federation) == 0 {
+			t.Errorf("snippet %d: no federation read", i)
+		}
+	}
+	if n < 2 {
+		t.Fatalf("%d federation snippets in docs/spiffe.md, want the reference one and the SPIRE test's", n)
+	}
+}

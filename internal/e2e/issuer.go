@@ -51,6 +51,14 @@ func StartIssuer(t testing.TB) *Issuer {
 // (a gateway upstream, say); nil changes nothing.
 func StartIssuerWith(t testing.TB, extra func(*config.Issuer)) *Issuer {
 	t.Helper()
+	return StartIssuerOpts(t, extra, nil)
+}
+
+// StartIssuerOpts is StartIssuerWith with opt adjusting the issuer's
+// Options too (nil changes nothing). When extra sets server.tls_cert the
+// issuer serves TLS and URL is https.
+func StartIssuerOpts(t testing.TB, extra func(*config.Issuer), opt func(*issuer.Options)) *Issuer {
+	t.Helper()
 	dir := ShortDir(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -64,12 +72,19 @@ func StartIssuerWith(t testing.TB, extra func(*config.Issuer)) *Issuer {
 		if extra != nil {
 			extra(c)
 		}
+		if c.Server.TLSCert != "" && c.Server.PublicURL == url {
+			c.Server.PublicURL = "https://" + ln.Addr().String()
+		}
 	}}
 	logs := &sockettest.Buffer{}
-	r, err := issuer.Start(context.Background(), issuer.StartOptions{Init: true, Options: issuer.Options{
+	opts := issuer.Options{
 		Overrides: ov, Listener: ln,
 		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-	}})
+	}
+	if opt != nil {
+		opt(&opts)
+	}
+	r, err := issuer.Start(context.Background(), issuer.StartOptions{Init: true, Options: opts})
 	if err != nil {
 		t.Fatalf("issuer: %v\n%s", err, logs)
 	}
@@ -88,7 +103,7 @@ func StartIssuerWith(t testing.TB, extra func(*config.Issuer)) *Issuer {
 			t.Logf("issuer log:\n%s", logs)
 		}
 	})
-	return &Issuer{Issuer: r.Issuer, URL: url, logs: logs}
+	return &Issuer{Issuer: r.Issuer, URL: r.Issuer.PublicURL(), logs: logs}
 }
 
 // Logs returns the issuer's log so far.

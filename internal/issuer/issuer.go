@@ -45,6 +45,11 @@ type Options struct {
 	// listening on server.listen (tests, dev mode on a port chosen by the OS).
 	Listener net.Listener
 
+	// FederationRefreshMin and FederationRefreshMax replace the bounds
+	// of the wait between fetches of a foreign SPIFFE bundle (30 s and
+	// 1 h), whatever its refresh hint says; tests shorten them.
+	FederationRefreshMin, FederationRefreshMax time.Duration
+
 	allowNoMintKey bool                          // Init creates the first key
 	maintainEvery  time.Duration                 // key maintenance period; 0 = a minute (tests shorten it)
 	wrapStore      func(store.Store) store.Store // tests: interpose on the opened store
@@ -72,6 +77,7 @@ type Issuer struct {
 	keyMu    sync.Mutex // serializes key ring loads
 	rotateMu sync.Mutex // serializes key creation and rotation
 	verified verifyCache
+	fed      *federation // [[spiffe.federation]]: static
 
 	adm      *unixsock.Listener
 	admin    *admin.Server
@@ -106,6 +112,9 @@ func New(ctx context.Context, opts Options) (*Issuer, error) {
 	rt.generation = 1
 	s.rt.Store(rt)
 	s.applyLogLevel(rt.cfg)
+	if s.fed, err = newFederation(rt.cfg.SPIFFE); err != nil {
+		return nil, err
+	}
 
 	key, err := loadSealKey(rt.cfg.State)
 	if err != nil {
@@ -244,6 +253,7 @@ func (s *Issuer) Run(ctx context.Context) error {
 	defer stopBG()
 	bgDone.Go(func() { s.watchKeys(bg) })
 	bgDone.Go(func() { s.keyMaintenance(bg) })
+	bgDone.Go(func() { s.runFederation(bg) })
 
 	errc := make(chan error, 3)
 	go func() { errc <- ignoreClosed(admSrv.Serve(s.adm)) }()
@@ -440,6 +450,7 @@ func (s *Issuer) Status() any {
 		"long_polls":        s.longPolls.Load(),
 		"state":             s.stateStatus(rt.cfg.State),
 		"remote_admin":      s.remoteStatus(),
+		"spiffe_federation": s.federationStatus(),
 	}
 }
 
@@ -447,7 +458,7 @@ func (s *Issuer) Status() any {
 // under its key, /metrics as its sample, so the two cannot drift.
 func (s *Issuer) counters() metrics.CounterSet {
 	reloads := "Config reloads."
-	return metrics.CounterSet{
+	return append(metrics.CounterSet{
 		{Key: "oidc_tokens_issued", Name: "wicket_oidc_tokens_issued_total", Help: "OIDC tokens signed.", Value: s.tokensIssued.Load},
 		{Key: "machine_tokens_minted", Name: "wicket_machine_tokens_minted_total", Help: "Machine tokens minted.", Value: s.machineTokensMinted.Load},
 		{Key: "auth_failures", Name: "wicket_auth_failures_total", Help: "Requests refused with 401.", Value: s.authFailed.Load},
@@ -456,7 +467,7 @@ func (s *Issuer) counters() metrics.CounterSet {
 		{Key: "svids_refused", Name: "wicket_svids_refused_total", Help: "SVID requests refused for their CSR or SPIFFE ID (after the token passed).", Value: s.svidsRefused.Load},
 		{Key: "reloads_ok", Name: "wicket_reloads_total", Help: reloads, Labels: map[string]string{"outcome": "ok"}, Value: s.reloadsOK.Load},
 		{Key: "reloads_failed", Name: "wicket_reloads_total", Help: reloads, Labels: map[string]string{"outcome": "failed"}, Value: s.reloadsKO.Load},
-	}
+	}, s.federationCounters()...)
 }
 
 // Metrics implements admin.Service.
@@ -469,6 +480,7 @@ func (s *Issuer) Metrics() []metrics.Sample {
 	out = append(out, s.counters().Samples()...)
 	out = append(out, unixsock.Metrics(s.adm)...)
 	out = append(out, s.remoteMetrics()...)
+	out = append(out, s.federationGauges()...)
 	return out
 }
 

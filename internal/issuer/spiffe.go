@@ -298,8 +298,8 @@ func (s *Issuer) handleJWTSVID(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// handleSVIDBundle tells the machine its trust domain, its own SPIFFE ID
-// and the trust domain's bundle.
+// handleSVIDBundle tells the machine its trust domain, its own SPIFFE ID,
+// the trust domain's bundle and the foreign bundles its org trusts.
 func (s *Issuer) handleSVIDBundle(w http.ResponseWriter, r *http.Request) error {
 	m, _, ok := s.authenticateFor(w, r, machinetoken.Request{Feature: machinetoken.FeatureSVID, SVIDKind: machinetoken.SVIDBundle})
 	if !ok {
@@ -320,7 +320,8 @@ func (s *Issuer) handleSVIDBundle(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return httpapi.InternalError(err)
 	}
-	writeJSON(w, http.StatusOK, api.SVIDBundleReply{TrustDomain: td.Name(), SPIFFEID: id.String(), Bundle: doc})
+	writeJSON(w, http.StatusOK, api.SVIDBundleReply{TrustDomain: td.Name(), SPIFFEID: id.String(), Bundle: doc,
+		FederatedBundles: s.fed.bundlesFor(m.Org)})
 	return nil
 }
 

@@ -42,6 +42,11 @@ func Main(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// IsHelper reports whether this test binary was started as one of
+// sockettest's helpers (RequestAs, HoldAs): a TestMain that prepares
+// something for the tests skips that and calls Main.
+func IsHelper() bool { return os.Getenv(helperEnv) != "" || os.Getenv(holdEnv) != "" }
+
 type request struct {
 	Socket, Method, Path, Body string
 	Header                     map[string]string

@@ -113,6 +113,11 @@ func TestTemplateOrg(t *testing.T) {
 		{"{org}.{org}.example", "x.y.example", "", false},
 		{"{org}", "beta", "beta", true},
 		{"", "beta.wicket.internal", "beta", true}, // the default template
+		{"", "spire.test", "", false},
+		{"{org}.corp.example", "a-b.corp.example", "a-b", true},
+		{"td-{org}.{org}.example", "td-x.x.example", "x", true},
+		{"td-{org}.{org}.example", "td-x.y.example", "", false},
+		{"td-{org}.{org}.example", "td-xy.example", "", false},
 	} {
 		org, ok := TemplateOrg(tc.template, tc.name)
 		if ok != tc.ok || org != tc.org {

@@ -37,7 +37,22 @@ func TestMain(m *testing.M) {
 	if spec := os.Getenv(helperEnv); spec != "" {
 		os.Exit(runHelper(spec))
 	}
-	sockettest.Main(m)
+	if sockettest.IsHelper() {
+		sockettest.Main(m)
+	}
+	// The web PKI of the tests whose issuer serves TLS (the SPIRE
+	// federation test): its CA is the process's only system root, set
+	// before anything could load the system roots.
+	var err error
+	if webPKI, err = newTestPKI(); err != nil {
+		fmt.Fprintln(os.Stderr, "test pki:", err)
+		os.Exit(2)
+	}
+	os.Setenv("SSL_CERT_FILE", webPKI.caFile)
+	os.Unsetenv("SSL_CERT_DIR")
+	code := m.Run()
+	os.RemoveAll(webPKI.dir)
+	os.Exit(code)
 }
 
 func clientOpt(socket string) workloadapi.ClientOption {

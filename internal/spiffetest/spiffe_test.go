@@ -61,7 +61,12 @@ type env struct {
 // has no rule. The socket is in gid 65534.
 func setup(t testing.TB) *env {
 	t.Helper()
-	iss := e2e.StartIssuer(t)
+	return setupWith(t, e2e.StartIssuer(t))
+}
+
+// setupWith is setup with an issuer of the caller's (federation, TLS).
+func setupWith(t testing.TB, iss *e2e.Issuer) *env {
+	t.Helper()
 	tok := iss.MachineToken(t, "dev", "web", "m1")
 	dir := e2e.ShortDir(t)
 	// Other uids must reach the socket's directory (unixsock makes it

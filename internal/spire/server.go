@@ -32,6 +32,10 @@ type ServerOptions struct {
 	ServerHCL string
 	// LogLevel is SPIRE's log level (default "INFO").
 	LogLevel string
+	// Env is added to the server's environment, which is otherwise PATH
+	// alone: SSL_CERT_FILE, say, for the roots its https_web federation
+	// client trusts.
+	Env []string
 }
 
 // Server is a running spire-server.
@@ -78,7 +82,7 @@ func StartServer(ctx context.Context, dir string, o ServerOptions) (*Server, err
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		return nil, err
 	}
-	s.proc, err = startProcess("spire-server", filepath.Join(dir, "server.log"), s.redact, o.Bins.Server, "run", "-config", confPath)
+	s.proc, err = startProcessEnv("spire-server", filepath.Join(dir, "server.log"), o.Env, s.redact, o.Bins.Server, "run", "-config", confPath)
 	if err != nil {
 		return nil, err
 	}

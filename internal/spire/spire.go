@@ -100,6 +100,12 @@ type process struct {
 }
 
 func startProcess(name, logPath string, redact func(string) string, bin string, args ...string) (*process, error) {
+	return startProcessEnv(name, logPath, nil, redact, bin, args...)
+}
+
+// startProcessEnv is startProcess with env added to the child's
+// environment (PATH only otherwise).
+func startProcessEnv(name, logPath string, env []string, redact func(string) string, bin string, args ...string) (*process, error) {
 	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, err
@@ -107,7 +113,7 @@ func startProcess(name, logPath string, redact func(string) string, bin string, 
 	defer lf.Close() // the child holds its own descriptor
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = lf, lf
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
 	// Its own process group, so Close reaches every child it forks; and
 	// killed with this process, so a crashed test leaves nothing behind.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

@@ -230,8 +230,8 @@ func (f *Feature) Gauges() []metrics.Sample {
 }
 
 // Status implements feature.Status: under "spiffe", whether the Workload
-// API is served, the cached X.509-SVIDs and the soonest expiry, never a
-// key or a certificate.
+// API is served, the cached X.509-SVIDs, the soonest expiry and the
+// federated trust domains held, never a key or a certificate.
 func (f *Feature) Status() map[string]any {
 	if f.srv == nil {
 		return map[string]any{"spiffe": map[string]any{"enabled": false}}
@@ -240,6 +240,9 @@ func (f *Feature) Status() map[string]any {
 	out := map[string]any{"enabled": true, "x509_svids_cached": st.X509SVIDs}
 	if !st.SoonestExpiry.IsZero() {
 		out["soonest_x509_expiry"] = st.SoonestExpiry.UTC().Format(time.RFC3339)
+	}
+	if len(st.Federated) > 0 {
+		out["federated_trust_domains"] = st.Federated
 	}
 	return map[string]any{"spiffe": out}
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/big"
@@ -41,7 +42,8 @@ type jwtEntry struct {
 }
 
 // trust is what the agent knows of its trust domain: its name, the
-// machine's own ID and the bundle.
+// machine's own ID and the bundle, and the bundles of the foreign trust
+// domains its org federates with.
 type trust struct {
 	td        spiffeid.TrustDomain
 	machineID spiffeid.ID
@@ -49,7 +51,14 @@ type trust struct {
 	raw       []byte
 	x509DER   []byte // the X.509 authorities joined, as the Workload API sends them
 	refreshAt time.Time
+	// federated holds the foreign trust domains' bundles, never one of
+	// td: they add trust anchors for their own domain only.
+	federated map[spiffeid.TrustDomain]*spiffebundle.Bundle
+	fedDER    map[string][]byte // federatedDER(federated)
 }
+
+// maxFederated bounds the foreign bundles taken from one reply.
+const maxFederated = 256
 
 // maxJWTEntries bounds the JWT-SVID cache: one entry per identity and
 // audience set asked for.
@@ -170,6 +179,11 @@ func (c *cache) refreshTrust(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("issuer bundle: %w", err)
 	}
+	fed, err := parseFederated(td, rep.FederatedBundles)
+	if err != nil {
+		c.count(&c.failures)
+		return err
+	}
 	hint, ok := b.RefreshHint()
 	if !ok || hint <= 0 {
 		hint = 5 * time.Minute
@@ -178,8 +192,8 @@ func (c *cache) refreshTrust(ctx context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	old := c.trust
-	c.trust = &trust{td: td, machineID: id, bundle: b, raw: canon, x509DER: concat(rawCerts(b)), refreshAt: c.now().Add(hint)}
-	if old == nil || !sameAuthorities(old.bundle, b) {
+	c.trust = &trust{td: td, machineID: id, bundle: b, raw: canon, x509DER: authoritiesDER(b), refreshAt: c.now().Add(hint), federated: fed, fedDER: federatedDER(fed)}
+	if old == nil || !sameAuthorities(old.bundle, b) || !sameFederated(old.federated, fed) {
 		c.notifyLocked()
 	}
 	return nil
@@ -193,6 +207,44 @@ func rawCerts(b *spiffebundle.Bundle) [][]byte {
 		out = append(out, c.Raw)
 	}
 	return out
+}
+
+// parseFederated reads the foreign bundles of the issuer's reply. The
+// whole reply is refused (the old bundles stay) if one is not a bundle,
+// names no valid trust domain, or claims the machine's own domain: a
+// foreign bundle must never add anchors for the agent's own IDs.
+func parseFederated(own spiffeid.TrustDomain, docs map[string]json.RawMessage) (map[spiffeid.TrustDomain]*spiffebundle.Bundle, error) {
+	if len(docs) > maxFederated {
+		return nil, fmt.Errorf("issuer named %d federated trust domains, more than %d", len(docs), maxFederated)
+	}
+	out := make(map[spiffeid.TrustDomain]*spiffebundle.Bundle, len(docs))
+	for name, doc := range docs {
+		ftd, err := spiffeid.TrustDomainFromString(name)
+		if err != nil || ftd.Name() != name {
+			return nil, errors.New("issuer named an invalid federated trust domain")
+		}
+		if ftd == own {
+			return nil, errors.New("issuer named the machine's own trust domain as federated")
+		}
+		b, err := spiffebundle.Parse(ftd, doc)
+		if err != nil {
+			return nil, fmt.Errorf("federated bundle of %s: %w", ftd, err)
+		}
+		out[ftd] = b
+	}
+	return out, nil
+}
+
+func sameFederated(a, b map[spiffeid.TrustDomain]*spiffebundle.Bundle) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for td, ab := range a {
+		if bb, ok := b[td]; !ok || !sameAuthorities(ab, bb) {
+			return false
+		}
+	}
+	return true
 }
 
 // sameAuthorities compares what a relying party trusts, not the sequence
@@ -367,12 +419,21 @@ type Stats struct {
 	// SoonestExpiry is the earliest end of a cached X.509-SVID (zero
 	// when there is none).
 	SoonestExpiry time.Time
+	// Federated names the foreign trust domains whose bundles are held,
+	// sorted.
+	Federated []string
 }
 
 func (c *cache) stats() Stats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s := Stats{Issued: c.issued, Rotations: c.rotations, Failures: c.failures, X509SVIDs: len(c.x509)}
+	if c.trust != nil {
+		for td := range c.trust.federated {
+			s.Federated = append(s.Federated, td.Name())
+		}
+		slices.Sort(s.Federated)
+	}
 	for _, e := range c.x509 {
 		if s.SoonestExpiry.IsZero() || e.expires.Before(s.SoonestExpiry) {
 			s.SoonestExpiry = e.expires

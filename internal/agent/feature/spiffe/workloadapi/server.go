@@ -316,7 +316,7 @@ func (h *handler) x509Response(ctx context.Context, p unixsock.Peer, id spiffeid
 		X509Svid:    e.chainDER,
 		X509SvidKey: e.keyDER,
 		Bundle:      t.x509DER,
-	}}}, nil
+	}}, FederatedBundles: t.federatedX509()}, nil
 }
 
 // stream sends make()'s answer now and again after every change of the
@@ -362,7 +362,8 @@ func (h *handler) FetchX509SVID(_ *workload.X509SVIDRequest, ss grpc.ServerStrea
 	}, ss.Send,
 		func(a, b *workload.X509SVIDResponse) bool {
 			return a.Svids[0].SpiffeId == b.Svids[0].SpiffeId &&
-				bytes.Equal(a.Svids[0].X509Svid, b.Svids[0].X509Svid) && bytes.Equal(a.Svids[0].Bundle, b.Svids[0].Bundle)
+				bytes.Equal(a.Svids[0].X509Svid, b.Svids[0].X509Svid) && bytes.Equal(a.Svids[0].Bundle, b.Svids[0].Bundle) &&
+				sameMap(a.FederatedBundles, b.FederatedBundles)
 		})
 }
 
@@ -373,7 +374,7 @@ func (h *handler) FetchX509Bundles(_ *workload.X509BundlesRequest, ss grpc.Serve
 		if err != nil {
 			return nil, err
 		}
-		return &workload.X509BundlesResponse{Bundles: map[string][]byte{t.td.IDString(): t.x509DER}}, nil
+		return &workload.X509BundlesResponse{Bundles: t.x509Bundles()}, nil
 	}, ss.Send, func(a, b *workload.X509BundlesResponse) bool { return sameMap(a.Bundles, b.Bundles) })
 }
 
@@ -441,15 +442,15 @@ func (h *handler) FetchJWTBundles(_ *workload.JWTBundlesRequest, ss grpc.ServerS
 		if _, _, _, err := h.s.identify(ctx, KindJWT); err != nil {
 			return nil, err
 		}
-		b, t, err := h.jwtBundles(ctx)
+		_, t, err := h.jwtBundles(ctx)
 		if err != nil {
 			return nil, err
 		}
-		doc, err := b.Marshal()
+		docs, err := t.jwtBundleDocs()
 		if err != nil {
 			return nil, status.Error(codes.Internal, "internal error")
 		}
-		return &workload.JWTBundlesResponse{Bundles: map[string][]byte{t.td.IDString(): doc}}, nil
+		return &workload.JWTBundlesResponse{Bundles: docs}, nil
 	}, ss.Send, func(a, b *workload.JWTBundlesResponse) bool { return sameMap(a.Bundles, b.Bundles) })
 }
 
@@ -463,16 +464,21 @@ func (h *handler) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWT
 	if _, _, _, err := h.s.identify(ctx, KindJWT); err != nil {
 		return nil, err
 	}
-	b, _, err := h.jwtBundles(ctx)
+	_, t, err := h.jwtBundles(ctx)
 	if err != nil {
 		return nil, err
 	}
-	sv, err := jwtsvid.ParseAndValidate(req.Svid, b, []string{req.Audience})
+	// The machine's own trust domain's keys and the federated domains'.
+	sv, err := jwtsvid.ParseAndValidate(req.Svid, t.jwtSet(), []string{req.Audience})
 	if err != nil {
 		// The token is the caller's input: not echoed, not logged.
 		return nil, status.Error(codes.InvalidArgument, "invalid JWT-SVID")
 	}
-	claims, err := structpb.NewStruct(sv.Claims)
+	c := sv.Claims
+	if !sv.ID.MemberOf(t.td) {
+		c = foreignClaims(c)
+	}
+	claims, err := structpb.NewStruct(c)
 	if err != nil {
 		return nil, status.Error(codes.Internal, "internal error")
 	}
