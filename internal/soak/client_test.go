@@ -50,6 +50,10 @@ func (r reply) String() string {
 	if r.err != nil {
 		return "error: " + r.err.Error()
 	}
+	if r.status == 200 && bytes.HasPrefix(r.body, []byte("eyJ")) {
+		// A token: a failure message names its size, never its bytes.
+		return fmt.Sprintf("%d (a %d-byte token)", r.status, len(r.body))
+	}
 	return fmt.Sprintf("%d %.200q", r.status, r.body)
 }
 
