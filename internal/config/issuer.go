@@ -225,11 +225,25 @@ func (c *SPIFFE) validate() []error {
 		errs = append(errs, errors.New("spiffe.bundle_refresh_hint: want at least 1s and shorter than ca_prepublish, or federated systems may not see a new CA before it signs"))
 	}
 	seenFed := map[string]bool{}
+	perOrg := map[string]int{}
 	for i, f := range c.Federation {
 		errs = append(errs, c.validateFederation(i, f, seenFed)...)
+		for _, org := range f.Orgs {
+			perOrg[org]++
+		}
+	}
+	for org, n := range perOrg {
+		if n > MaxFederatedPerOrg {
+			errs = append(errs, fmt.Errorf("spiffe.federation: org %s trusts %d foreign trust domains, more than %d", org, n, MaxFederatedPerOrg))
+		}
 	}
 	return errs
 }
+
+// MaxFederatedPerOrg bounds the foreign trust domains one org trusts:
+// each bundle is at most 64 KiB, and an agent reads at most 1 MiB of a
+// reply, so the foreign bundles can never crowd out the org's own.
+const MaxFederatedPerOrg = 8
 
 // validateFederation checks one [[spiffe.federation]] entry: a valid
 // foreign name that no org of ours has or could get, listed once; an

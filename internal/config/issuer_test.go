@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -358,5 +359,27 @@ func TestSPIFFEDoc_FederationTOML(t *testing.T) {
 	}
 	if n < 2 {
 		t.Fatalf("%d federation snippets in docs/spiffe.md, want the reference one and the SPIRE test's", n)
+	}
+}
+
+// An org trusts at most MaxFederatedPerOrg foreign trust domains, so
+// their bundles (64 KiB each at most) always fit beside its own in the
+// reply an agent reads.
+func TestValidate_SPIFFEFederationPerOrgBound(t *testing.T) {
+	c := DefaultIssuer()
+	for i := range MaxFederatedPerOrg + 1 {
+		c.SPIFFE.Federation = append(c.SPIFFE.Federation, SPIFFEFederation{TrustDomain: fmt.Sprintf("f%d.example", i),
+			BundleEndpointURL: "https://f.example/bundle", Profile: ProfileHTTPSWeb, Orgs: []string{"acme", fmt.Sprintf("o%d", i)}})
+	}
+	err := c.Validate()
+	if err == nil || !strings.Contains(err.Error(), "org acme trusts 9 foreign trust domains") {
+		t.Fatalf("Validate = %v, want acme's 9 domains refused", err)
+	}
+	if strings.Contains(err.Error(), "org o0") {
+		t.Errorf("an org with one foreign domain was refused: %v", err)
+	}
+	c.SPIFFE.Federation = c.SPIFFE.Federation[:MaxFederatedPerOrg]
+	if err := c.Validate(); err != nil && strings.Contains(err.Error(), "foreign trust domains") {
+		t.Errorf("%d domains refused: %v", MaxFederatedPerOrg, err)
 	}
 }

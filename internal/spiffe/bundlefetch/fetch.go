@@ -23,8 +23,11 @@ import (
 )
 
 // MaxBytes bounds a foreign bundle document: a JWK set of a few CAs
-// and keys is a few KiB.
-const MaxBytes = 1 << 20
+// and keys is a few KiB. With at most MaxPerOrg domains per org
+// (internal/config) the foreign part of an agent's bundle reply stays
+// well under the agent's 1 MiB limit on an issuer reply, so a foreign
+// domain can never make its agents' own bundle unreadable.
+const MaxBytes = 64 << 10
 
 // DefaultTimeout bounds one fetch of a foreign bundle, connection,
 // TLS and body included.

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"net/url"
 	"slices"
@@ -69,6 +70,7 @@ const maxJWTEntries = 4096
 type cache struct {
 	issuer Issuer
 	now    func() time.Time
+	log    *slog.Logger
 
 	mu      sync.Mutex
 	trust   *trust
@@ -85,8 +87,8 @@ type call struct {
 	err  error
 }
 
-func newCache(iss Issuer, now func() time.Time) *cache {
-	return &cache{issuer: iss, now: now, x509: map[spiffeid.ID]*x509Entry{}, jwt: map[string]*jwtEntry{},
+func newCache(iss Issuer, now func() time.Time, log *slog.Logger) *cache {
+	return &cache{issuer: iss, now: now, log: log, x509: map[spiffeid.ID]*x509Entry{}, jwt: map[string]*jwtEntry{},
 		changed: make(chan struct{}), flight: map[string]*call{}}
 }
 
@@ -181,8 +183,18 @@ func (c *cache) refreshTrust(ctx context.Context) error {
 	}
 	fed, err := parseFederated(td, rep.FederatedBundles)
 	if err != nil {
+		// The foreign part never decides whether the machine's own trust
+		// domain's bundle is renewed: keep the foreign bundles held
+		// (none before the first good reply) and take the own one.
 		c.count(&c.failures)
-		return err
+		c.log.Warn("federated bundles refused; keeping the ones held", "err", err)
+		c.mu.Lock()
+		if c.trust != nil && c.trust.td == td {
+			fed = c.trust.federated
+		} else {
+			fed = nil
+		}
+		c.mu.Unlock()
 	}
 	hint, ok := b.RefreshHint()
 	if !ok || hint <= 0 {

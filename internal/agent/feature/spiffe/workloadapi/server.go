@@ -143,7 +143,7 @@ func New(opts Options) *Server {
 	if opts.Tick <= 0 {
 		opts.Tick = time.Second
 	}
-	s := &Server{opts: opts, log: opts.Logger, cache: newCache(opts.Issuer, opts.Now), policy: make(chan struct{}), served: map[auditKey]struct{}{}}
+	s := &Server{opts: opts, log: opts.Logger, cache: newCache(opts.Issuer, opts.Now, opts.Logger), policy: make(chan struct{}), served: map[auditKey]struct{}{}}
 	s.stop, s.stopFunc = context.WithCancel(context.Background())
 	s.grpc = grpc.NewServer(
 		grpc.Creds(peerCreds{}),
