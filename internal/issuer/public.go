@@ -120,6 +120,9 @@ func (s *Issuer) authenticateFor(w http.ResponseWriter, r *http.Request, q machi
 	} else if _, revoked := kr.revoked[ver.TokenID]; revoked {
 		return fail(errors.New("token revoked"))
 	}
+	if err := svidCopyBound(q, ver); err != nil {
+		return fail(err)
+	}
 	m, err := s.store.GetMachine(r.Context(), ver.MachineID)
 	if unavailable(err) {
 		// Not the caller's fault: the state store is out of reach past its
@@ -428,4 +431,19 @@ func (s *Issuer) handleGateway(w http.ResponseWriter, r *http.Request) {
 		},
 	}
 	rp.ServeHTTP(w, r.WithContext(ctx))
+}
+
+// svidCopyBound refuses an SVID request made with a token that is not a
+// copy bound to SVID kinds, as every agent sends them (the bundle read
+// bound to "bundle", an X.509-SVID's copy to "x509" and its ID, a
+// JWT-SVID's to "jwt", its ID and audiences). Without this rule an
+// unbound token (the machine token itself, or a copy from an agent that
+// predates the caveat) would buy SVIDs of any kind for any ID of the
+// machine's namespace: the binding is the issuer's rule, not the
+// agent's habit.
+func svidCopyBound(q machinetoken.Request, ver *machinetoken.Verified) error {
+	if q.Feature == machinetoken.FeatureSVID && ver.SVIDKinds == nil {
+		return errors.New("svid request with a token not bound to svid kinds")
+	}
+	return nil
 }

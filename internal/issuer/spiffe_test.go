@@ -42,6 +42,21 @@ func svidCopy(t *testing.T, tok string, now time.Time, ttl time.Duration, id str
 	return c
 }
 
+// kindCopy binds tok to one kind of SVID request and nothing more: the
+// issuer takes no SVID request from a token that is not bound to kinds
+// (the machine token itself included), so tests that mean "only the
+// namespace rule stands in the way" use this.
+func kindCopy(t *testing.T, tok string, kind machinetoken.SVIDKind) string {
+	t.Helper()
+	// Valid for days around now: tests move the issuer's clock.
+	c, err := machinetoken.RestrictScope(tok, time.Now().Add(-24*time.Hour), 7*24*time.Hour, machinetoken.Scope{
+		Features: []machinetoken.Feature{machinetoken.FeatureSVID}, SVIDKinds: []machinetoken.SVIDKind{kind}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 func csrFor(t *testing.T, uris ...string) []byte {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -67,7 +82,7 @@ func x509Body(csr []byte) string {
 
 func (ti *testIssuer) svidBundle(t *testing.T, tok string) (api.SVIDBundleReply, *spiffebundle.Bundle) {
 	t.Helper()
-	r := ti.call(t, "GET", "/v1/svids/bundle", tok, "")
+	r := ti.call(t, "GET", "/v1/svids/bundle", kindCopy(t, tok, machinetoken.SVIDBundle), "")
 	if r.status != 200 {
 		t.Fatalf("bundle: %d %s", r.status, r.body)
 	}
@@ -160,19 +175,20 @@ func TestX509SVID_OutOfNamespaceAndExtraSANsRefused(t *testing.T) {
 		"no id":                 csrFor(t),
 		"extra uri of a scheme": csrFor(t, td+"/app/dev-app/machine/m1", "https://web.example"),
 	} {
-		// The root token: only the namespace rule stands in the way.
-		if r := ti.call(t, "POST", "/v1/svids/x509", tok, x509Body(csr)); r.status != 400 || !strings.Contains(r.body, api.CodeBadRequest) {
+		// A copy bound only to the kind: only the namespace rule stands in
+		// the way.
+		if r := ti.call(t, "POST", "/v1/svids/x509", kindCopy(t, tok, machinetoken.SVIDX509), x509Body(csr)); r.status != 400 || !strings.Contains(r.body, api.CodeBadRequest) {
 			t.Errorf("%s: %d %s, want 400", name, r.status, r.body)
 		}
 	}
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	u, _ := url.Parse(td + "/app/dev-app/machine/m1")
 	dns, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}, DNSNames: []string{"m1.example"}}, key)
-	if r := ti.call(t, "POST", "/v1/svids/x509", tok, x509Body(dns)); r.status != 400 {
+	if r := ti.call(t, "POST", "/v1/svids/x509", kindCopy(t, tok, machinetoken.SVIDX509), x509Body(dns)); r.status != 400 {
 		t.Errorf("CSR with a DNS SAN: %d %s, want 400", r.status, r.body)
 	}
 	// A workload of the machine's own app is in its namespace.
-	leaf := x509Reply(t, ti.call(t, "POST", "/v1/svids/x509", tok, x509Body(csrFor(t, td+"/app/dev-app/workload/frontend"))))
+	leaf := x509Reply(t, ti.call(t, "POST", "/v1/svids/x509", kindCopy(t, tok, machinetoken.SVIDX509), x509Body(csrFor(t, td+"/app/dev-app/workload/frontend"))))
 	if leaf.URIs[0].String() != td+"/app/dev-app/workload/frontend" {
 		t.Errorf("workload svid for %s", leaf.URIs[0])
 	}
@@ -261,15 +277,23 @@ func TestSVID_CapturedCopyBoundToKind(t *testing.T) {
 			t.Errorf("%s: %d %s, want 401", name, r.status, r.body)
 		}
 	}
-	// Each copy still does what it was made for, and the token itself
-	// (no kinds caveat) every kind.
+	// Each copy still does what it was made for; the token itself (no
+	// kinds caveat: what an agent that predates the caveat would send)
+	// gets no SVID request of any kind.
 	x509Reply(t, ti.call(t, "POST", "/v1/svids/x509", x509Copy, x509Body(csrFor(t, wl))))
-	for name, c := range map[string]string{"jwt copy": jwtCopy, "machine token": tok} {
-		if r := ti.call(t, "POST", "/v1/svids/jwt", c, jwt(wl, "db")); r.status != 200 {
-			t.Errorf("%s, jwt svid: %d %s", name, r.status, r.body)
+	if r := ti.call(t, "POST", "/v1/svids/jwt", jwtCopy, jwt(wl, "db")); r.status != 200 {
+		t.Errorf("jwt copy, jwt svid: %d %s", r.status, r.body)
+	}
+	for name, req := range map[string][3]string{
+		"bundle": {"GET", "/v1/svids/bundle", ""},
+		"x509":   {"POST", "/v1/svids/x509", x509Body(csrFor(t, wl))},
+		"jwt":    {"POST", "/v1/svids/jwt", jwt(wl, "db")},
+	} {
+		if r := ti.call(t, req[0], req[1], tok, req[2]); r.status != 401 {
+			t.Errorf("machine token, %s: %d %s, want 401", name, r.status, r.body)
 		}
 	}
-	x509Reply(t, ti.call(t, "POST", "/v1/svids/x509", tok, x509Body(csrFor(t, wl))))
+	x509Reply(t, ti.call(t, "POST", "/v1/svids/x509", kindCopy(t, tok, machinetoken.SVIDX509), x509Body(csrFor(t, wl))))
 }
 
 // A JWT-SVID validates with go-spiffe against the issuer's bundle: sub is
@@ -278,7 +302,7 @@ func TestJWTSVID_ValidatesWithGoSPIFFE(t *testing.T) {
 	ti := startIssuer(t, shortDir(t), nil)
 	_, tok := ti.addMachine(t, devSpec)
 	info, bundle := ti.svidBundle(t, tok)
-	r := ti.call(t, "POST", "/v1/svids/jwt", tok, `{"spiffe_id":"`+info.SPIFFEID+`","aud":["db","cache"]}`)
+	r := ti.call(t, "POST", "/v1/svids/jwt", kindCopy(t, tok, machinetoken.SVIDJWT), `{"spiffe_id":"`+info.SPIFFEID+`","aud":["db","cache"]}`)
 	if r.status != 200 {
 		t.Fatalf("jwt svid: %d %s", r.status, r.body)
 	}
@@ -295,7 +319,7 @@ func TestJWTSVID_ValidatesWithGoSPIFFE(t *testing.T) {
 		t.Error("validated for an audience it was not issued for")
 	}
 	for _, body := range []string{`{"spiffe_id":"` + info.SPIFFEID + `"}`, `{"spiffe_id":"` + info.SPIFFEID + `","aud":[]}`} {
-		if r := ti.call(t, "POST", "/v1/svids/jwt", tok, body); r.status != 400 {
+		if r := ti.call(t, "POST", "/v1/svids/jwt", kindCopy(t, tok, machinetoken.SVIDJWT), body); r.status != 400 {
 			t.Errorf("%s: %d, want 400 (aud required)", body, r.status)
 		}
 	}
@@ -310,7 +334,7 @@ func TestSPIFFECA_RotationPrepublishes(t *testing.T) {
 	ti := startIssuer(t, shortDir(t), nil)
 	_, tok := ti.addMachine(t, devSpec)
 	info, _ := ti.svidBundle(t, tok)
-	before := x509Reply(t, ti.call(t, "POST", "/v1/svids/x509", tok, x509Body(csrFor(t, info.SPIFFEID))))
+	before := x509Reply(t, ti.call(t, "POST", "/v1/svids/x509", kindCopy(t, tok, machinetoken.SVIDX509), x509Body(csrFor(t, info.SPIFFEID))))
 	next, err := ti.RotateOrgCA(t.Context(), "dev")
 	if err != nil {
 		t.Fatal(err)
@@ -322,12 +346,12 @@ func TestSPIFFECA_RotationPrepublishes(t *testing.T) {
 	if n := len(b.X509Authorities()); n != 2 {
 		t.Fatalf("bundle has %d CAs during prepublish, want 2", n)
 	}
-	during := x509Reply(t, ti.call(t, "POST", "/v1/svids/x509", tok, x509Body(csrFor(t, info.SPIFFEID))))
+	during := x509Reply(t, ti.call(t, "POST", "/v1/svids/x509", kindCopy(t, tok, machinetoken.SVIDX509), x509Body(csrFor(t, info.SPIFFEID))))
 	if string(during.AuthorityKeyId) != string(before.AuthorityKeyId) {
 		t.Error("the pending CA signed before its prepublish delay")
 	}
 	ti.clock.Advance(time.Hour + time.Minute)
-	after := x509Reply(t, ti.call(t, "POST", "/v1/svids/x509", tok, x509Body(csrFor(t, info.SPIFFEID))))
+	after := x509Reply(t, ti.call(t, "POST", "/v1/svids/x509", kindCopy(t, tok, machinetoken.SVIDX509), x509Body(csrFor(t, info.SPIFFEID))))
 	if string(after.AuthorityKeyId) == string(before.AuthorityKeyId) {
 		t.Error("the old CA still signs after the new one activated")
 	}
@@ -353,7 +377,7 @@ func TestSPIFFECA_RotationPrepublishes(t *testing.T) {
 
 func (ti *testIssuer) jwtSVID(t *testing.T, tok, id, aud string) string {
 	t.Helper()
-	r := ti.call(t, "POST", "/v1/svids/jwt", tok, `{"spiffe_id":"`+id+`","aud":["`+aud+`"]}`)
+	r := ti.call(t, "POST", "/v1/svids/jwt", kindCopy(t, tok, machinetoken.SVIDJWT), `{"spiffe_id":"`+id+`","aud":["`+aud+`"]}`)
 	if r.status != 200 {
 		t.Fatalf("jwt svid: %d %s", r.status, r.body)
 	}

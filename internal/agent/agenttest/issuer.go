@@ -318,6 +318,10 @@ func (is *Issuer) verify(w http.ResponseWriter, r *http.Request, body []byte, re
 	if err == nil && (v.MachineID != m.MachineID || removed) {
 		err = errors.New("machine not registered")
 	}
+	if err == nil && req.Feature == machinetoken.FeatureSVID && v.SVIDKinds == nil {
+		// As the issuer: SVID endpoints take only copies bound to kinds.
+		err = errors.New("svid request with a token not bound to svid kinds")
+	}
 	if err != nil {
 		is.Unauthorized.Add(1)
 		writeError(w, http.StatusUnauthorized, api.CodeUnauthorized, "unauthorized")

@@ -27,10 +27,28 @@ import (
 // only on a copy for the svid feature bound to that ID (and a JWT-SVID's
 // audiences), and never outlive the copy.
 
-// svidScope is the copy the agent sends for one SVID request.
+// svidScope is the copy the agent sends for one SVID request: bound to
+// the X.509 kind and the ID, or (with audiences) to the JWT kind, the ID
+// and the audiences.
 func svidScope(id string, aud ...string) machinetoken.Scope {
-	return machinetoken.Scope{Features: []machinetoken.Feature{machinetoken.FeatureSVID}, SPIFFEIDs: []string{id}, Audiences: aud}
+	kind := machinetoken.SVIDX509
+	if len(aud) > 0 {
+		kind = machinetoken.SVIDJWT
+	}
+	return machinetoken.Scope{Features: []machinetoken.Feature{machinetoken.FeatureSVID}, SVIDKinds: []machinetoken.SVIDKind{kind},
+		SPIFFEIDs: []string{id}, Audiences: aud}
 }
+
+// kindScope is a copy bound to one kind of SVID request and nothing
+// more: the issuer takes none from a token not bound to kinds, so the
+// cases where only the namespace and request rules stand in the way use
+// it (an agent that asks for what it must not).
+func kindScope(kind machinetoken.SVIDKind) machinetoken.Scope {
+	return machinetoken.Scope{Features: []machinetoken.Feature{machinetoken.FeatureSVID}, SVIDKinds: []machinetoken.SVIDKind{kind}}
+}
+
+// bundleScope is the copy the agent reads the bundle with.
+var bundleScope = machinetoken.Scope{Features: []machinetoken.Feature{machinetoken.FeatureSVID}, SVIDKinds: []machinetoken.SVIDKind{machinetoken.SVIDBundle}}
 
 // svidTrust is what GET /v1/svids/bundle says.
 type svidTrust struct {
@@ -109,7 +127,7 @@ func jwtSVID(t *testing.T, tg *Target, token, id string, aud ...string) reply {
 // testSVIDBundle: the bundle names the machine's own ID, in its trust
 // domain, with X.509 and JWT authorities; other features' copies get 401.
 func testSVIDBundle(t *testing.T, tg *Target) {
-	s := svidBundle(t, tg, restrict(t, tg.Token, time.Minute, features(machinetoken.FeatureSVID)))
+	s := svidBundle(t, tg, restrict(t, tg.Token, time.Minute, bundleScope))
 	want := "/app/" + tg.App + "/machine/" + tg.Name
 	if !s.machineID.MemberOf(s.td) || s.machineID.Path() != want {
 		t.Errorf("machine id %s, want spiffe://%s%s", s.machineID, s.td.Name(), want)
@@ -120,6 +138,15 @@ func testSVIDBundle(t *testing.T, tg *Target) {
 	md := restrict(t, tg.Token, time.Minute, features(machinetoken.FeatureMetadata))
 	expect(t, "bundle with a metadata copy", do(t, "GET", tg.URL+"/v1/svids/bundle", md, "", nil), 401, "unauthorized")
 	expect(t, "bundle without a token", do(t, "GET", tg.URL+"/v1/svids/bundle", "", "", nil), 401, "unauthorized")
+	// No SVID endpoint takes a token that is not bound to SVID kinds:
+	// neither a copy for the svid feature alone nor the machine token.
+	unbound := restrict(t, tg.Token, time.Minute, features(machinetoken.FeatureSVID))
+	for name, tok := range map[string]string{"svid copy without kinds": unbound, "the machine token": tg.Token} {
+		expect(t, "bundle with "+name, do(t, "GET", tg.URL+"/v1/svids/bundle", tok, "", nil), 401, "unauthorized")
+		csr, _ := csrFor(t, s.machineID.String())
+		expect(t, "x509 svid with "+name, x509SVID(t, tg, tok, csr), 401, "unauthorized")
+		expect(t, "jwt svid with "+name, jwtSVID(t, tg, tok, s.machineID.String(), "db"), 401, "unauthorized")
+	}
 }
 
 // testX509SVID: a CSR for the machine's ID or one of its workloads, on a
@@ -127,7 +154,7 @@ func testSVIDBundle(t *testing.T, tg *Target) {
 // only SAN the ID, it chains to the bundle and ends no later than the
 // copy. Anything else is refused.
 func testX509SVID(t *testing.T, tg *Target) {
-	s := svidBundle(t, tg, tg.Token)
+	s := svidBundle(t, tg, restrict(t, tg.Token, time.Minute, bundleScope))
 	for _, id := range []spiffeid.ID{s.machineID, s.workload(t, "backend")} {
 		start := time.Now()
 		copy := restrict(t, tg.Token, 3*time.Minute, svidScope(id.String()))
@@ -171,14 +198,15 @@ func testX509SVID(t *testing.T, tg *Target) {
 		"spiffe://other.example/app/" + tg.App + "/workload/x",
 		"spiffe://" + s.td.Name() + "/something/else",
 	}
+	anyX509 := restrict(t, tg.Token, time.Minute, kindScope(machinetoken.SVIDX509))
 	for _, id := range outside {
 		csr, _ := csrFor(t, id)
-		expect(t, "x509 for "+id, x509SVID(t, tg, tg.Token, csr), 400, "bad_request")
+		expect(t, "x509 for "+id, x509SVID(t, tg, anyX509, csr), 400, "bad_request")
 	}
 	two, _ := csrFor(t, backend, s.machineID.String())
-	expect(t, "x509, two URI SANs", x509SVID(t, tg, tg.Token, two), 400, "bad_request")
-	expect(t, "x509, no csr", do(t, "POST", tg.URL+"/v1/svids/x509", tg.Token, `{}`, nil), 400, "bad_request")
-	expect(t, "x509, unknown field", do(t, "POST", tg.URL+"/v1/svids/x509", tg.Token, `{"csr":"","x":1}`, nil), 400, "bad_request")
+	expect(t, "x509, two URI SANs", x509SVID(t, tg, anyX509, two), 400, "bad_request")
+	expect(t, "x509, no csr", do(t, "POST", tg.URL+"/v1/svids/x509", anyX509, `{}`, nil), 400, "bad_request")
+	expect(t, "x509, unknown field", do(t, "POST", tg.URL+"/v1/svids/x509", anyX509, `{"csr":"","x":1}`, nil), 400, "bad_request")
 }
 
 // testJWTSVID: a JWT-SVID for an ID of the machine, on a copy bound to it
@@ -186,7 +214,7 @@ func testX509SVID(t *testing.T, tg *Target) {
 // verifies against the bundle's JWT authorities and ends no later than
 // the copy; other audiences, IDs or features are refused.
 func testJWTSVID(t *testing.T, tg *Target) {
-	s := svidBundle(t, tg, tg.Token)
+	s := svidBundle(t, tg, restrict(t, tg.Token, time.Minute, bundleScope))
 	id := s.workload(t, "backend").String()
 	start := time.Now()
 	copy := restrict(t, tg.Token, 2*time.Minute, svidScope(id, "db", "cache"))
@@ -212,7 +240,8 @@ func testJWTSVID(t *testing.T, tg *Target) {
 	expect(t, "jwt, other id", jwtSVID(t, tg, copy, s.workload(t, "frontend").String(), "db"), 401, "unauthorized")
 	md := restrict(t, tg.Token, time.Minute, features(machinetoken.FeatureMetadata))
 	expect(t, "jwt, metadata copy", jwtSVID(t, tg, md, id, "db"), 401, "unauthorized")
-	expect(t, "jwt, no audience", jwtSVID(t, tg, tg.Token, id), 400, "bad_request")
-	expect(t, "jwt, outside the namespace", jwtSVID(t, tg, tg.Token, "spiffe://"+s.td.Name()+"/app/not-"+tg.App+"/workload/x", "db"), 400, "bad_request")
-	expect(t, "jwt, not an id", jwtSVID(t, tg, tg.Token, "not an id", "db"), 400, "bad_request")
+	anyJWT := restrict(t, tg.Token, time.Minute, kindScope(machinetoken.SVIDJWT))
+	expect(t, "jwt, no audience", jwtSVID(t, tg, anyJWT, id), 400, "bad_request")
+	expect(t, "jwt, outside the namespace", jwtSVID(t, tg, anyJWT, "spiffe://"+s.td.Name()+"/app/not-"+tg.App+"/workload/x", "db"), 400, "bad_request")
+	expect(t, "jwt, not an id", jwtSVID(t, tg, anyJWT, "not an id", "db"), 400, "bad_request")
 }
