@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/wicket-sh/wicket/internal/agent/feature"
 	"github.com/wicket-sh/wicket/internal/agent/feature/spiffe/workloadapi"
 	"github.com/wicket-sh/wicket/internal/metrics"
@@ -383,9 +385,12 @@ func (w *fileWriter) notify(ctx context.Context) {
 	s := w.spec
 	ok := true
 	if s.signal != 0 {
-		pid, err := readPID(s.pidFile)
+		var pid int
+		target, err := readPID(s.pidFile)
 		if err == nil {
-			err = syscall.Kill(pid, s.signal)
+			pid = target.pid
+			err = target.signal(s.signal)
+			target.close()
 		}
 		if err != nil {
 			ok = false
@@ -445,48 +450,84 @@ func (w *fileWriter) runCommand(ctx context.Context, args []string) error {
 }
 
 // readPID reads the pid a pid file names, refusing what the signal must
-// not reach: the file must be a regular file reached without a symlink; a
-// pid file written by neither root nor the agent can only direct the
-// signal at a process of the user who owns it (as that user's own kill(1)
-// could), and never at pid 1 or below.
-func readPID(path string) (int, error) {
-	// No symlink on the way either: a workload that may replace a
-	// directory of the path must not point it at another daemon's pid
-	// file (which root or the agent owns).
-	if real, err := filepath.EvalSymlinks(path); err != nil || real != path {
-		return 0, errors.New("pid file path is missing or goes through a symlink")
+// not reach: the file must be a regular file reached without a symlink
+// anywhere on its path (one openat2 with RESOLVE_NO_SYMLINKS, so nothing
+// can be swapped between a check and the open); the signal goes where
+// the file's owner could send it with kill(1), never to pid 1 or below.
+// A pid file of root or the agent may name any process, so it is taken
+// only from a directory chain no other user can change (internal/
+// safedir's rule): in a directory the workload may write, a hard link
+// could put a root daemon's pid file there. Any other user's pid file
+// must name a process of that user.
+// pidTarget is the process a pid file named, held by a pidfd from before
+// the checks on it, so the signal reaches the process checked even if
+// the pid is reused meanwhile.
+type pidTarget struct {
+	pid, fd int
+}
+
+func (p pidTarget) signal(sig syscall.Signal) error {
+	return unix.PidfdSendSignal(p.fd, sig, nil, 0)
+}
+
+func (p pidTarget) close() { unix.Close(p.fd) }
+
+func readPID(path string) (pidTarget, error) {
+	if !filepath.IsAbs(path) || filepath.Clean(path) != path {
+		return pidTarget{}, errors.New("pid file path must be absolute and clean")
 	}
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	fd, err := unix.Openat2(unix.AT_FDCWD, path, &unix.OpenHow{
+		Flags:   unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_NONBLOCK | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	})
 	if err != nil {
-		return 0, err
+		if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.EXDEV) {
+			return pidTarget{}, errors.New("pid file path is missing or goes through a symlink")
+		}
+		return pidTarget{}, fmt.Errorf("pid file path is missing or goes through a symlink: %w", err)
 	}
+	f := os.NewFile(uintptr(fd), path)
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return 0, err
+		return pidTarget{}, err
 	}
 	if !fi.Mode().IsRegular() {
-		return 0, errors.New("pid file is not a regular file")
+		return pidTarget{}, errors.New("pid file is not a regular file")
 	}
 	b, err := io.ReadAll(io.LimitReader(f, 32))
 	if err != nil {
-		return 0, err
+		return pidTarget{}, err
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
 	if err != nil || pid <= 1 {
-		return 0, errors.New("pid file does not hold a pid above 1")
+		return pidTarget{}, errors.New("pid file does not hold a pid above 1")
 	}
 	owner, _ := safedir.UID(fi)
-	if owner != 0 && owner != uint32(os.Geteuid()) {
-		puid, err := processUID(pid)
-		if err != nil {
-			return 0, err
-		}
-		if puid != owner {
-			return 0, fmt.Errorf("pid file of uid %d names pid %d of uid %d", owner, pid, puid)
-		}
+	pfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return pidTarget{}, fmt.Errorf("pid %d: %w", pid, err)
 	}
-	return pid, nil
+	target := pidTarget{pid: pid, fd: pfd}
+	if owner == 0 || owner == uint32(os.Geteuid()) {
+		d, err := safedir.Open(filepath.Dir(path), safedir.Options{})
+		if err != nil {
+			target.close()
+			return pidTarget{}, fmt.Errorf("pid file of root or the agent in a directory another user can change: %w", err)
+		}
+		d.Close()
+		return target, nil
+	}
+	// Read after the pidfd is held: the uid is the held process's.
+	puid, err := processUID(pid)
+	if err == nil && puid != owner {
+		err = fmt.Errorf("pid file of uid %d names pid %d of uid %d", owner, pid, puid)
+	}
+	if err != nil {
+		target.close()
+		return pidTarget{}, err
+	}
+	return target, nil
 }
 
 // processUID is pid's real uid, from /proc.

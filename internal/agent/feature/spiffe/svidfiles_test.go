@@ -35,12 +35,30 @@ func TestReadPID_WhoMayAimTheSignal(t *testing.T) {
 		os.Chown(p, uid, uid)
 		return p
 	}
-	if pid, err := readPID(write("root.pid", self, 0)); err != nil || strconv.Itoa(pid) != self {
-		t.Errorf("root's pid file: %d, %v", pid, err)
+	if p, err := readPID(write("root.pid", self, 0)); err != nil || strconv.Itoa(p.pid) != self {
+		t.Errorf("root's pid file: %d, %v", p.pid, err)
+	} else {
+		p.close()
 	}
-	if pid, err := readPID(write("their-own.pid", strconv.Itoa(theirs.Process.Pid), 65534)); err != nil || pid != theirs.Process.Pid {
-		t.Errorf("uid 65534's pid file naming its own process: %d, %v", pid, err)
+	if p, err := readPID(write("their-own.pid", strconv.Itoa(theirs.Process.Pid), 65534)); err != nil || p.pid != theirs.Process.Pid {
+		t.Errorf("uid 65534's pid file naming its own process: %d, %v", p.pid, err)
+	} else {
+		// The held process gets the signal.
+		if err := p.signal(syscall.SIGTERM); err != nil {
+			t.Errorf("signal through the pidfd: %v", err)
+		}
+		p.close()
+		if err := theirs.Wait(); err == nil {
+			t.Error("their process did not get the signal")
+		}
 	}
+	// A directory the workload's uid may write: a root-owned pid file
+	// there (a hard link to a root daemon's, say) aims at nothing.
+	theirDir := filepath.Join(dir, "theirs")
+	os.Mkdir(theirDir, 0o755)
+	os.Chown(theirDir, 65534, 65534)
+	rootInTheirs := filepath.Join(theirDir, "daemon.pid")
+	os.WriteFile(rootInTheirs, []byte(self+"\n"), 0o644)
 	link := filepath.Join(dir, "link.pid")
 	os.Symlink(filepath.Join(dir, "root.pid"), link)
 	linkedDir := filepath.Join(t.TempDir(), "d")
@@ -52,6 +70,8 @@ func TestReadPID_WhoMayAimTheSignal(t *testing.T) {
 		"symlink":                 {link, "symlink"},
 		"through a symlinked dir": {filepath.Join(linkedDir, "root.pid"), "symlink"},
 		"missing":                 {filepath.Join(dir, "none.pid"), "missing"},
+		"root's in their dir":     {rootInTheirs, "directory another user can change"},
+		"relative":                {"root.pid", "absolute"},
 	} {
 		if _, err := readPID(tc.path); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want a refusal with %q", name, err, tc.want)
