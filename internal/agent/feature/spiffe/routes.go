@@ -25,10 +25,13 @@ import (
 // guard has decided the policy for the route before the handler runs
 // (the very routes the Workload API's calls are decided as), so a caller
 // without identity got the 403 every denied route gets. The handler asks
-// the same policy once more for the admitting rule's svid_name (the
-// guard's decision is not handed on; a reload in between can only make
-// it refuse) and takes the SVID from the Workload API's cache: both
-// surfaces hand out the same SVID for an identity.
+// the policy once more for the admitting rule's svid_name (the guard's
+// decision is not handed on: a request context per request would cost
+// every route an allocation). Both answers come from the running policy;
+// a reload between them means the handler's, the newer, decides: it may
+// refuse, or admit under another rule with another svid_name, never more
+// than the policy in force allows. The SVID comes from the Workload API's
+// cache: both surfaces hand out the same SVID for an identity.
 
 // Routes implements feature.Routes: nothing when the Workload API is not
 // served ([spiffe] enabled = false, or no issuer), so the paths answer
