@@ -463,6 +463,7 @@ func (s *Issuer) Metrics() []metrics.Sample {
 		{Name: "wicket_long_polls", Help: "Metadata long polls in progress.", Type: metrics.Gauge, Value: float64(s.longPolls.Load())},
 	}
 	out = append(out, s.counters().Samples()...)
+	out = append(out, s.stateMetrics()...)
 	out = append(out, unixsock.Metrics(s.adm)...)
 	out = append(out, s.remoteMetrics()...)
 	return out

@@ -63,6 +63,19 @@ type Health interface {
 	Reachable() bool
 }
 
+// ReadStats counts machine reads (GetMachine, a watch's first state) by
+// where a backend answered them: a clustered one from its watch-fed copy
+// (Mirror) or with a round trip (Backend), for status pages and for
+// measuring what the copy saves. The counts only grow.
+type ReadStats interface {
+	MachineReads() MachineReads
+}
+
+// MachineReads is what ReadStats reports.
+type MachineReads struct {
+	Mirror, Backend uint64
+}
+
 // ErrNoElector means a store is shared between processes but cannot elect
 // one of them, so work that must run once would run on every replica.
 var ErrNoElector = errors.New("store: shared between replicas but cannot elect a leader")
