@@ -74,7 +74,7 @@ var (
 	fleetCluster = flag.Bool("fleet-cluster", false, "run three issuer replicas on one etcd member (a helper process) instead of one issuer on bbolt")
 	fleetReps    = flag.Int("fleet-replicas", 3, "issuer replicas in cluster mode")
 	fleetBase    = flag.String("fleet-baseline", "", "git revision: also run each storm against the issuer built from it (A/B in one run)")
-	fleetProfile = flag.String("fleet-profile", "", "build the issuer with the bench-only pprof socket and write a CPU profile of replica 0 under the first RS256 storm to this directory")
+	fleetProfile = flag.String("fleet-profile", "", "build the issuer with the bench-only pprof socket and write a CPU profile of replica 0 under the first RS256 and ES256 storms to this directory")
 )
 
 const (
@@ -331,8 +331,7 @@ func runFleet(out string) error {
 	}
 
 	// Cold start on the same state, every machine registered: the issuer
-	// (bbolt), or one replica while the others serve (etcd). Under alg
-	// ES256, so the fleet-es org's first key is an ES256 key.
+	// (bbolt), or one replica while the others serve (etcd).
 	what := "the issuer"
 	if *fleetCluster {
 		what = "replica 0, the others serving"
@@ -349,12 +348,16 @@ func runFleet(out string) error {
 	if err := f.prime(ctx, f.esMachine[0]); err != nil {
 		return fmt.Errorf("fleet: first ES256 token: %w", err)
 	}
-	storm("ES256", "current", f.esMachine, false)
+	storm("ES256", "current", f.esMachine, *fleetProfile != "")
 	if f.baseBin != "" {
 		if err := restartAll(f.baseBin, "ES256"); err != nil {
 			return err
 		}
 		storm("ES256", baseName, f.esMachine, false)
+		if err := restartAll(f.bin, "ES256"); err != nil {
+			return err
+		}
+		storm("ES256", "current", f.esMachine, false)
 	}
 	f.stopAll()
 
@@ -436,8 +439,21 @@ func raiseNoFile(want uint64) {
 // register creates the state and n machines of org fleet (apps of
 // fleetAppSize) plus es machines of org fleet-es, each with a real machine
 // token, through an in-process issuer on the same state (faster than n
-// admin requests), then creates org fleet's first (RS256) signing key.
+// admin requests). An org's first signing key is made with its first
+// machine under the issuer's alg, so each org is registered by an issuer
+// of its own alg: fleet's keys are RS256, fleet-es's ES256.
 func (f *fleet) register(ctx context.Context, n, es int) error {
+	f.machines, f.esMachine = make([]fleetMachine, n), make([]fleetMachine, es)
+	if err := f.registerRange(ctx, "RS256", 0, n); err != nil {
+		return err
+	}
+	return f.registerRange(ctx, "ES256", n, n+es)
+}
+
+// registerRange registers machines from..to-1 of register's numbering
+// through an in-process issuer with alg.
+func (f *fleet) registerRange(ctx context.Context, alg string, from, to int) error {
+	n := len(f.machines)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -448,7 +464,7 @@ func (f *fleet) register(ctx context.Context, n, es int) error {
 			c.State.Backend, c.State.Endpoints, c.State.SealKeyFile = "etcd", []string{f.etcdURL}, f.sealKeyFile()
 		}
 		c.Server.Listen, c.Server.PublicURL = ln.Addr().String(), f.publicURL()
-		c.OIDC.Alg = "RS256"
+		c.OIDC.Alg = alg
 		c.Log.Level = "error"
 	}}
 	r, err := issuer.Start(ctx, issuer.StartOptions{Init: true, Options: issuer.Options{Overrides: ov, Listener: ln, Logger: slog.New(slog.DiscardHandler)}})
@@ -456,7 +472,6 @@ func (f *fleet) register(ctx context.Context, n, es int) error {
 		return err
 	}
 	defer r.Stop()
-	f.machines, f.esMachine = make([]fleetMachine, n), make([]fleetMachine, es)
 	jobs := make(chan int)
 	errc := make(chan error, 4)
 	var wg sync.WaitGroup
@@ -491,7 +506,7 @@ func (f *fleet) register(ctx context.Context, n, es int) error {
 			}
 		}()
 	}
-	for i := range n + es {
+	for i := from; i < to; i++ {
 		jobs <- i
 	}
 	close(jobs)
@@ -501,9 +516,16 @@ func (f *fleet) register(ctx context.Context, n, es int) error {
 		return fmt.Errorf("fleet: registering: %w", err)
 	default:
 	}
-	// Org fleet's first key, made under RS256.
+	// One token, so the org's key is in use before the replicas start.
+	if from >= to {
+		return nil
+	}
+	first := f.machines[min(from, n-1)]
+	if from >= n {
+		first = f.esMachine[from-n]
+	}
 	h := r.PublicHandler()
-	cp, err := copyFor(f.machines[0].token, machinetoken.FeatureOIDC)
+	cp, err := copyFor(first.token, machinetoken.FeatureOIDC)
 	if err != nil {
 		return err
 	}
@@ -513,7 +535,7 @@ func (f *fleet) register(ctx context.Context, n, es int) error {
 	w := &nullWriter{h: http.Header{}}
 	h.ServeHTTP(w, req)
 	if w.status != 0 && w.status != http.StatusOK {
-		return fmt.Errorf("fleet: first RS256 token: status %d", w.status)
+		return fmt.Errorf("fleet: first %s token: status %d", alg, w.status)
 	}
 	return nil
 }
