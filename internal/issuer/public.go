@@ -120,7 +120,7 @@ func (s *Issuer) authenticateFor(w http.ResponseWriter, r *http.Request, q machi
 	} else if _, revoked := kr.revoked[ver.TokenID]; revoked {
 		return fail(errors.New("token revoked"))
 	}
-	m, err := s.store.GetMachine(r.Context(), ver.MachineID)
+	m, err := s.requestMachine(r.Context(), ver.MachineID)
 	if unavailable(err) {
 		// Not the caller's fault: the state store is out of reach past its
 		// cache grace. 503 tells agents to keep their cached answers.

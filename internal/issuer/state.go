@@ -136,6 +136,17 @@ func EtcdConfig(st config.State, log *slog.Logger) etcd.Config {
 // reached, which callers see as 503 rather than 500: retrying later helps.
 func unavailable(err error) bool { return errors.Is(err, store.ErrUnavailable) }
 
+// requestMachine is a request's read of its caller's machine (the token
+// check): from a clustered store's watch-fed copy when it keeps one
+// (store.RecentReader: no round trip per request; a change made through
+// another replica applies once the watch delivers it), else GetMachine.
+func (s *Issuer) requestMachine(ctx context.Context, id string) (*store.Machine, error) {
+	if rr, ok := s.store.(store.RecentReader); ok {
+		return rr.GetMachineRecent(ctx, id)
+	}
+	return s.store.GetMachine(ctx, id)
+}
+
 func (s *Issuer) stateStatus(st config.State) map[string]any {
 	out := map[string]any{"backend": st.Backend}
 	if r, ok := s.store.(store.Health); ok {

@@ -18,9 +18,9 @@
 // otherwise, so writers on different replicas never overwrite each other.
 // One watch on the prefix feeds long polls and key reloads on every replica
 // and keeps an in-memory mirror of the machines. The mirror answers the
-// per-request machine reads (GetMachine, a watch's first state) without a
-// round trip while the watch is current, and every read while etcd is
-// unreachable, for at most Config.CacheGrace.
+// per-request machine reads (GetMachineRecent, a watch's first state)
+// without a round trip while the watch is current, and every read while
+// etcd is unreachable, for at most Config.CacheGrace.
 package etcd
 
 import (
@@ -123,8 +123,8 @@ type Store struct {
 	okAt, failedAt atomic.Int64
 	watching       atomic.Bool
 	kick           chan struct{}
-	// reads counts machine reads (GetMachine, a watch's first state) by
-	// where they were answered.
+	// reads counts per-request machine reads (GetMachineRecent, a
+	// watch's first state) by where they were answered.
 	reads struct{ mirror, etcd atomic.Uint64 }
 	// beforeWatch, when set by a test, runs before each (re)start of the
 	// watch.
@@ -265,12 +265,13 @@ func (s *Store) initSchema(ctx context.Context) error {
 
 // The capabilities the issuer relies on: leader election for key
 // maintenance, migration from bolt, reachability and read counts for
-// status.
+// status, machine reads from the mirror for token checks.
 var (
-	_ store.Elector   = (*Store)(nil)
-	_ store.Importer  = (*Store)(nil)
-	_ store.Health    = (*Store)(nil)
-	_ store.ReadStats = (*Store)(nil)
+	_ store.Elector      = (*Store)(nil)
+	_ store.Importer     = (*Store)(nil)
+	_ store.Health       = (*Store)(nil)
+	_ store.ReadStats    = (*Store)(nil)
+	_ store.RecentReader = (*Store)(nil)
 )
 
 // Shared implements store.Store: every replica on the same endpoints and
@@ -433,15 +434,9 @@ func (s *Store) published(id string, m *store.Machine, rev int64) {
 	s.hub.PublishMachine(id, m, uint64(rev))
 }
 
-// GetMachine implements store.Store. While the watch keeps the mirror
-// current it answers from the mirror, without a round trip: the state as
-// of the watch delay ago, so a change made through another replica
-// (removal, narrower source addresses) applies here once the watch
-// delivers it, typically milliseconds later, at most currentFor if the
-// watch stalls. A machine the mirror lacks is read from etcd, so one
-// created through another replica is found at once. While etcd is
-// unreachable it answers from the mirror, for at most the cache grace.
-// Writes never read the mirror: UpdateMachine and DeleteMachine read etcd.
+// GetMachine implements store.Store: the machine as etcd has it. While
+// etcd is unreachable it answers from the mirror, for at most the cache
+// grace.
 func (s *Store) GetMachine(ctx context.Context, id string) (*store.Machine, error) {
 	if err := s.check(ctx); err != nil {
 		return nil, err
@@ -449,15 +444,6 @@ func (s *Store) GetMachine(ctx context.Context, id string) (*store.Machine, erro
 	if s.useMirror() {
 		return s.mirrorMachine(id)
 	}
-	if s.mirrorCurrent() {
-		if m, _, ok := s.mirror.get(id); ok {
-			s.reads.mirror.Add(1)
-			return m, nil
-		}
-		// Not there: perhaps created on another replica a moment ago,
-		// before the watch brought it here. etcd knows.
-	}
-	s.reads.etcd.Add(1)
 	octx, cancel := s.reqCtx(ctx)
 	defer cancel()
 	resp, err := s.cli.Get(octx, s.machineKey(id))
@@ -477,6 +463,29 @@ func (s *Store) GetMachine(ctx context.Context, id string) (*store.Machine, erro
 		return nil, fmt.Errorf("etcd: get machine %q: %w", id, err)
 	}
 	return m, nil
+}
+
+// GetMachineRecent implements store.RecentReader. While the watch keeps
+// the mirror current it answers from the mirror, without a round trip:
+// the state as of the watch delay ago, so a change made through another
+// replica (removal, narrower source addresses) applies here once the
+// watch delivers it, typically milliseconds later, at most currentFor if
+// the watch stalls. A machine the mirror lacks is read from etcd, so one
+// created through another replica is found at once.
+func (s *Store) GetMachineRecent(ctx context.Context, id string) (*store.Machine, error) {
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	if s.mirrorCurrent() {
+		if m, _, ok := s.mirror.get(id); ok {
+			s.reads.mirror.Add(1)
+			return m, nil
+		}
+		// Not there: perhaps created on another replica a moment ago,
+		// before the watch brought it here. etcd knows.
+	}
+	s.reads.etcd.Add(1)
+	return s.GetMachine(ctx, id)
 }
 
 // GetMachineByName implements store.NameIndex from the names keys. While
@@ -839,7 +848,7 @@ func (s *Store) WatchMachine(ctx context.Context, id string) (<-chan store.Event
 }
 
 // currentEvent is the machine's state now: from the mirror while it is
-// current (GetMachine's rule), else from etcd or, while etcd is
+// current (GetMachineRecent's rule), else from etcd or, while etcd is
 // unreachable, from the mirror.
 func (s *Store) currentEvent(ctx context.Context, id string) (store.Event, error) {
 	fromMirror := func() (store.Event, error) {
@@ -853,8 +862,8 @@ func (s *Store) currentEvent(ctx context.Context, id string) (store.Event, error
 		return fromMirror()
 	}
 	if s.mirrorCurrent() {
-		// As GetMachine: the subscription is already registered, so a
-		// change the watch applies after this read is offered next.
+		// As GetMachineRecent: the subscription is already registered, so
+		// a change the watch applies after this read is offered next.
 		if ev, err := fromMirror(); err == nil {
 			s.reads.mirror.Add(1)
 			return ev, nil

@@ -64,7 +64,8 @@ func inMirror(t *testing.T, s *Store, id string) {
 }
 
 // TestGetMachine_ServedFromMirror: while the watch keeps the mirror
-// current, GetMachine and a watch's first state cost etcd no get.
+// current, GetMachineRecent and a watch's first state cost etcd no get;
+// GetMachine and writes still read etcd.
 func TestGetMachine_ServedFromMirror(t *testing.T) {
 	c := etcdtest.Start(t, 1)
 	writer, reader, gets := replicas(t, c)
@@ -76,9 +77,9 @@ func TestGetMachine_ServedFromMirror(t *testing.T) {
 	before, reads := gets.count(), reader.MachineReads()
 	const n = 100
 	for range n {
-		m, err := reader.GetMachine(ctx, "m1")
+		m, err := reader.GetMachineRecent(ctx, "m1")
 		if err != nil || m.Name != "a" {
-			t.Fatalf("GetMachine = %+v, %v", m, err)
+			t.Fatalf("GetMachineRecent = %+v, %v", m, err)
 		}
 	}
 	wctx, cancel := context.WithCancel(ctx)
@@ -101,8 +102,15 @@ func TestGetMachine_ServedFromMirror(t *testing.T) {
 		t.Errorf("MachineReads counted %d etcd reads, want 0", after.Backend-reads.Backend)
 	}
 
-	// Writes keep reading etcd: an update is a read-modify-write of what
-	// etcd holds, not of the mirror.
+	// GetMachine is etcd's answer, and writes keep reading etcd: an update
+	// is a read-modify-write of what etcd holds, not of the mirror.
+	before = gets.count()
+	if _, err := reader.GetMachine(ctx, "m1"); err != nil {
+		t.Fatal(err)
+	}
+	if gets.count() != before+1 {
+		t.Errorf("GetMachine sent %d gets, want 1", gets.count()-before)
+	}
 	before = gets.count()
 	if _, err := reader.UpdateMachine(ctx, "m1", 1, setRegion("x")); err != nil {
 		t.Fatal(err)
@@ -132,8 +140,8 @@ func TestGetMachine_CreatedElsewhereAtOnce(t *testing.T) {
 		if err := writer.CreateMachine(ctx, newMachine(id, id)); err != nil {
 			t.Fatal(err)
 		}
-		if m, err := reader.GetMachine(ctx, id); err != nil || m.ID != id {
-			t.Fatalf("GetMachine(%s) on the other replica right after its create = %+v, %v", id, m, err)
+		if m, err := reader.GetMachineRecent(ctx, id); err != nil || m.ID != id {
+			t.Fatalf("GetMachineRecent(%s) on the other replica right after its create = %+v, %v", id, m, err)
 		}
 	}
 
@@ -151,8 +159,8 @@ func TestGetMachine_CreatedElsewhereAtOnce(t *testing.T) {
 		t.Fatal("mirror not current")
 	}
 	before := gets.count()
-	if m, err := reader.GetMachine(ctx, "late"); err != nil || m.ID != "late" {
-		t.Fatalf("GetMachine on a mirror miss = %+v, %v, want a read through to etcd", m, err)
+	if m, err := reader.GetMachineRecent(ctx, "late"); err != nil || m.ID != "late" {
+		t.Fatalf("GetMachineRecent on a mirror miss = %+v, %v, want a read through to etcd", m, err)
 	}
 	if gets.count() != before+1 {
 		t.Errorf("mirror miss sent %d gets, want 1", gets.count()-before)
@@ -164,8 +172,8 @@ func TestGetMachine_CreatedElsewhereAtOnce(t *testing.T) {
 	if ev := recv(t, ch); ev.Machine == nil || ev.Machine.ID != "late" {
 		t.Fatalf("first watch state on a mirror miss = %+v", ev)
 	}
-	if _, err := reader.GetMachine(ctx, "never"); !errors.Is(err, store.ErrNotFound) {
-		t.Errorf("GetMachine(never) = %v, want ErrNotFound", err)
+	if _, err := reader.GetMachineRecent(ctx, "never"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("GetMachineRecent(never) = %v, want ErrNotFound", err)
 	}
 }
 
@@ -185,7 +193,7 @@ func TestGetMachine_DeletedElsewhereWithinWatchDelay(t *testing.T) {
 			t.Fatal(err)
 		}
 		d := wait.Eventually(t, waitTimeout, func() bool {
-			_, err := reader.GetMachine(ctx, "m1")
+			_, err := reader.GetMachineRecent(ctx, "m1")
 			return errors.Is(err, store.ErrNotFound)
 		}, "removal seen by the other replica")
 		t.Logf("removal refused by the other replica %v after the delete returned", d)
@@ -211,8 +219,8 @@ func TestGetMachine_StalledWatchReadsEtcd(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := gets.count()
-	if _, err := reader.GetMachine(ctx, "m1"); !errors.Is(err, store.ErrNotFound) {
-		t.Errorf("GetMachine with the watch stopped = %v, want ErrNotFound from etcd", err)
+	if _, err := reader.GetMachineRecent(ctx, "m1"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("GetMachineRecent with the watch stopped = %v, want ErrNotFound from etcd", err)
 	}
 	if gets.count() != before+1 {
 		t.Errorf("read with the watch stopped sent %d gets, want 1", gets.count()-before)
