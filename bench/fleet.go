@@ -74,6 +74,7 @@ var (
 	fleetCluster = flag.Bool("fleet-cluster", false, "run three issuer replicas on one etcd member (a helper process) instead of one issuer on bbolt")
 	fleetReps    = flag.Int("fleet-replicas", 3, "issuer replicas in cluster mode")
 	fleetBase    = flag.String("fleet-baseline", "", "git revision: also run each storm against the issuer built from it (A/B in one run)")
+	fleetProcs   = flag.Int("fleet-agent-procs", 0, "hold the long polls from this many child processes (each under its own RLIMIT_NOFILE) instead of this one; 0: in this process")
 	fleetProfile = flag.String("fleet-profile", "", "build the issuer with the bench-only pprof socket and write a CPU profile of replica 0 under the first RS256 and ES256 storms to this directory")
 )
 
@@ -204,6 +205,7 @@ type fleet struct {
 	reps      []*replica
 	etcd      *exec.Cmd // cluster mode: the etcd member's process
 	etcdURL   string
+	agents    []*agentProc // -fleet-agent-procs: the waiters' processes
 	sources   []net.IP
 	machines  []fleetMachine // org fleet, app-N
 	esMachine []fleetMachine // org fleet-es
@@ -282,10 +284,23 @@ func runFleet(out string) error {
 		return err
 	}
 	defer f.stopAll()
-	waitCtx, stopWaiters := context.WithCancel(ctx)
+	waitCtx, cancelWaiters := context.WithCancel(ctx)
+	defer cancelWaiters()
 	var wg sync.WaitGroup
+	if *fleetProcs > 1 {
+		if err := f.startAgents(*fleetProcs); err != nil {
+			return err
+		}
+		defer f.stopAgents()
+	}
 	held := 0
 	for _, size := range sizes {
+		if f.agents != nil {
+			if _, err := f.agentsCall("hold " + strconv.Itoa(size)); err != nil {
+				return err
+			}
+			held = size
+		}
 		for ; held < size; held++ {
 			wg.Add(1)
 			go func(i int) { defer wg.Done(); f.waiter(waitCtx, i) }(held)
@@ -303,8 +318,9 @@ func runFleet(out string) error {
 	// A fleet-wide restart closes the agents' long polls too; it also
 	// keeps both processes under RLIMIT_NOFILE with the storm's
 	// connections.
-	stopWaiters()
+	cancelWaiters()
 	wg.Wait()
+	f.stopAgents()
 	storm := func(alg, binary string, ms []fleetMachine, profile bool) {
 		st := f.storm(ctx, alg, ms, profile)
 		st.Binary = binary
@@ -876,19 +892,39 @@ func cpuTicks(pid int) int64 {
 	return u + s
 }
 
+// waitingTotal is how many waiters have a long poll sent, here and in the
+// agent processes.
+func (f *fleet) waitingTotal() int64 {
+	w := f.waiting.Load()
+	if f.agents != nil {
+		r, _ := f.agentsCall("status")
+		w += r.Waiting
+	}
+	return w
+}
+
+func (f *fleet) waiterErrsTotal() int64 {
+	e := f.waiterErrs.Load()
+	if f.agents != nil {
+		r, _ := f.agentsCall("status")
+		e += r.Errors
+	}
+	return e
+}
+
 // measureHold waits (bounded) for size long polls to be held, then
 // measures the issuer's memory and CPU over the hold while the held
 // machines refresh their tokens at the configured period.
 func (f *fleet) measureHold(ctx context.Context, size int) holdFigure {
 	deadline := time.Now().Add(time.Duration(size/100+30) * time.Second)
-	for f.waiting.Load() < int64(size) && time.Now().Before(deadline) {
+	for f.waitingTotal() < int64(size) && time.Now().Before(deadline) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	for lp, _ := f.longPolls(); lp < int64(size) && time.Now().Before(deadline); lp, _ = f.longPolls() {
 		time.Sleep(100 * time.Millisecond)
 	}
 	time.Sleep(time.Second) // settle: the last requests' garbage
-	errs0 := f.waiterErrs.Load()
+	errs0 := f.waiterErrsTotal()
 	t0 := time.Now()
 	c0, e0 := f.cpuAll()
 	// Refreshes: size machines every period, over 16 keep-alive
@@ -902,7 +938,11 @@ func (f *fleet) measureHold(ctx context.Context, size int) holdFigure {
 	h := holdFigure{Machines: size, LongPolls: lp,
 		Refreshes:     int64(len(lat)),
 		RefreshErrors: errsR,
-		WaiterErrors:  f.waiterErrs.Load() - errs0, ClientRSSKiB: rssKiB(os.Getpid())}
+		WaiterErrors:  f.waiterErrsTotal() - errs0, ClientRSSKiB: rssKiB(os.Getpid())}
+	if f.agents != nil {
+		r, _ := f.agentsCall("status")
+		h.ClientRSSKiB += r.RSSKiB
+	}
 	for i, r := range f.reps {
 		rf := replicaFigure{Replica: r.i, LongPolls: each[i], RSSKiB: rssKiB(r.pid()),
 			CPUPercent: float64(c1[i]-c0[i]) / el.Seconds()} // ticks/s at 100 Hz = % of a core
@@ -1036,6 +1076,11 @@ func (f *fleet) measureFanout(ctx context.Context, n int) fanoutFigure {
 		f.writeAt[i].Store(0)
 		f.answerAt[i].Store(0)
 	}
+	if f.agents != nil {
+		if _, err := f.agentsCall("arm"); err != nil {
+			fmt.Fprintf(os.Stderr, "fleet: arming the agents: %v\n", err)
+		}
+	}
 	// The writers spread over the replicas' admin sockets: in cluster
 	// mode most waiters hear of their write through etcd's watch.
 	clients := make([]*http.Client, len(f.reps))
@@ -1081,6 +1126,10 @@ func (f *fleet) measureFanout(ctx context.Context, n int) fanoutFigure {
 	writesDone := time.Since(start)
 	deadline := time.Now().Add(60 * time.Second)
 	answered := func() int {
+		if f.agents != nil {
+			r, _ := f.agentsCall("status")
+			return r.Answered
+		}
 		k := 0
 		for i := range n {
 			if f.answerAt[i].Load() != 0 {
@@ -1091,6 +1140,14 @@ func (f *fleet) measureFanout(ctx context.Context, n int) fanoutFigure {
 	}
 	for answered() < n && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
+	}
+	if f.agents != nil {
+		r, _ := f.agentsCall("report")
+		for i, a := range r.Answers {
+			if i < n {
+				f.answerAt[i].Store(a)
+			}
+		}
 	}
 	var lat []float64
 	byMachine := make([]float64, n)
