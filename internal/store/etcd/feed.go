@@ -25,7 +25,9 @@ import (
 //
 // Every probeEvery a probe asks the watch for a progress report (any
 // answer proves the mirror current at that moment; the cache grace counts
-// from the last one) and reads one key, which tells whether etcd answers.
+// from the last one) and reads one key, which tells whether etcd answers
+// and, when the mirror is already at that read's revision, proves it
+// complete (etcd sends no progress report while nothing is written).
 const (
 	probeEvery = time.Second
 	// staleAfter without any watch answer means the watch is stuck (a
@@ -62,9 +64,10 @@ type mirror struct {
 	rev        int64            // the watch has applied every change up to this revision
 	synced     atomic.Int64
 	// current is when (unix ns) the mirror was last proven to hold every
-	// change etcd had committed: a full read, or a progress report (etcd
-	// sends one only to a watch that has been sent every change). Any
-	// watch answer updates synced; only these update current.
+	// change etcd had committed: a full read, a progress report (etcd
+	// sends one only to a watch that has been sent every change), or a
+	// quorum read whose revision the mirror has reached. Any watch answer
+	// updates synced; only these update current.
 	current atomic.Int64
 }
 
@@ -358,13 +361,20 @@ func (s *Store) probeLoop() {
 			cancel()
 		}
 		ctx, cancel := context.WithTimeout(s.ctx, probeEvery)
-		_, err := s.cli.Get(ctx, s.prefix+keySchema)
+		resp, err := s.cli.Get(ctx, s.prefix+keySchema)
 		cancel()
 		switch {
 		case s.ctx.Err() != nil:
 			return
 		case err == nil:
 			s.ok()
+			// A quorum read's revision is etcd's as of the read: a mirror
+			// already past it holds every change up to now. This is the
+			// proof while nothing is written, when etcd sends no progress
+			// report to a watch waiting for a revision not yet made.
+			if resp.Header.Revision <= s.mirror.revision() {
+				s.mirror.proven()
+			}
 		case unavailable(err):
 			s.failedAt.Store(time.Now().UnixNano())
 		}

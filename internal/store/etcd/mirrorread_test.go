@@ -244,3 +244,18 @@ func TestMirror_ProvenOnlyByProgress(t *testing.T) {
 		t.Error("a full read did not make the mirror current")
 	}
 }
+
+// TestMirror_ProbeKeepsItCurrentWhenIdle: with nothing written after
+// Open (so etcd sends the watch no progress report), the probe still
+// proves the mirror complete, so reads stay on the mirror past currentFor
+// after the full read at Open.
+func TestMirror_ProbeKeepsItCurrentWhenIdle(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	s := open(t, c, nil)
+	opened := s.mirror.current.Load()
+	wait.Eventually(t, waitTimeout, func() bool { return s.mirror.current.Load() > opened },
+		"a probe proving the mirror current")
+	if !s.mirrorCurrent() {
+		t.Error("mirror not current after the probe proved it")
+	}
+}
