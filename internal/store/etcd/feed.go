@@ -372,7 +372,10 @@ func (s *Store) probeLoop() {
 			// already past it holds every change up to now. This is the
 			// proof while nothing is written, when etcd sends no progress
 			// report to a watch waiting for a revision not yet made.
+			// It is as good as a watch answer for the cache grace, and
+			// keeps a quiet watch from being restarted as stuck.
 			if resp.Header.Revision <= s.mirror.revision() {
+				s.mirror.touch()
 				s.mirror.proven()
 			}
 		case unavailable(err):

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc"
@@ -252,10 +253,44 @@ func TestMirror_ProvenOnlyByProgress(t *testing.T) {
 func TestMirror_ProbeKeepsItCurrentWhenIdle(t *testing.T) {
 	c := etcdtest.Start(t, 1)
 	s := open(t, c, nil)
-	opened := s.mirror.current.Load()
+	opened, synced := s.mirror.current.Load(), s.mirror.syncedAt()
 	wait.Eventually(t, waitTimeout, func() bool { return s.mirror.current.Load() > opened },
 		"a probe proving the mirror current")
+	// The cache grace counts from the same proof: a quiet cluster's
+	// mirror does not age into the grace while etcd answers.
+	if s.mirror.syncedAt() <= synced {
+		t.Error("the probe's proof did not renew the mirror's sync time")
+	}
 	if !s.mirrorCurrent() {
 		t.Error("mirror not current after the probe proved it")
+	}
+}
+
+// TestUnavailable_QuietClusterKeepsItsGrace: the cache grace counts from
+// when etcd last vouched for the mirror, not from the last write: a
+// cluster nobody wrote to for longer than the grace still serves reads
+// from the mirror when etcd then goes away.
+func TestUnavailable_QuietClusterKeepsItsGrace(t *testing.T) {
+	if testing.Short() {
+		t.Skip("stays idle for longer than a real cache grace: skipped in -short mode")
+	}
+	c := etcdtest.Start(t, 1)
+	const grace = 2 * time.Second
+	writer := open(t, c, nil)
+	ctx := t.Context()
+	if err := writer.CreateMachine(ctx, newMachine("m1", "a")); err != nil {
+		t.Fatal(err)
+	}
+	written := time.Now()
+	// Opened after the last write: its watch waits for a revision etcd
+	// has not made yet, so etcd sends it no progress report.
+	s := open(t, c, func(cfg *Config) {
+		cfg.Prefix, cfg.CacheGrace, cfg.RequestTimeout = writer.prefix, grace, 500*time.Millisecond
+	})
+	// Quiet for longer than the grace (and the probe's period).
+	time.Sleep(time.Until(written.Add(grace + 2*probeEvery)))
+	c.StopAll()
+	if m, err := s.GetMachine(ctx, "m1"); err != nil || m.Name != "a" {
+		t.Errorf("GetMachine with etcd gone, %v after the last write = %+v, %v, want it from the mirror", time.Since(written).Round(time.Millisecond), m, err)
 	}
 }
