@@ -36,8 +36,9 @@ const (
 	// maxWatchBackoff caps the pause between failed watch restarts.
 	maxWatchBackoff = 2 * time.Second
 	// currentFor is how long a proof that the mirror holds every change
-	// (a progress report, or a full read) lets it answer machine reads
-	// while etcd answers. Two probe periods: one missed report does not
+	// (a progress report, a full read, or the probe's read at a revision
+	// the mirror has reached) lets it answer machine reads while etcd
+	// answers. Two probe periods: one missed report does not
 	// send every read to etcd. It is the bound on how stale a mirror read
 	// can be when the watch stalls without breaking; while the watch
 	// runs, a mirror read misses only what the watch has not delivered
@@ -369,7 +370,7 @@ func (s *Store) probeLoop() {
 		case err == nil:
 			s.ok()
 			// A quorum read's revision is etcd's as of the read: a mirror
-			// already past it holds every change up to now. This is the
+			// at or past it holds every change up to then. This is the
 			// proof while nothing is written, when etcd sends no progress
 			// report to a watch waiting for a revision not yet made.
 			// It is as good as a watch answer for the cache grace, and

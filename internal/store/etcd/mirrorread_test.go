@@ -228,10 +228,11 @@ func TestGetMachine_StalledWatchReadsEtcd(t *testing.T) {
 	}
 }
 
-// TestMirror_ProvenOnlyByProgress: an event alone does not prove the
-// mirror complete (more may be queued behind it); a full read or a
-// progress report does, and the proof lapses after currentFor.
-func TestMirror_ProvenOnlyByProgress(t *testing.T) {
+// TestMirror_WatchAnswerAloneProvesNothing: an event alone does not
+// prove the mirror complete (more may be queued behind it); a full read
+// does (as do a progress report and the probe's read, in apply and
+// probeLoop).
+func TestMirror_WatchAnswerAloneProvesNothing(t *testing.T) {
 	var m mirror
 	if m.provenAge() <= currentFor {
 		t.Fatal("a mirror never read is current")
