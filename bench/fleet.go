@@ -163,7 +163,8 @@ type fanoutFigure struct {
 
 type stormFigure struct {
 	Alg string `json:"alg"`
-	// Binary is "current", or "baseline <rev>" with -fleet-baseline.
+	// Binary is "current", "baseline <rev>" with -fleet-baseline, or
+	// "warm-up" (the first storm of an A/B series, not compared).
 	Binary   string  `json:"binary"`
 	Requests int     `json:"requests"`
 	WindowS  float64 `json:"window_s"`
@@ -334,6 +335,16 @@ func runFleet(out string) error {
 		return f.startAll(ctx, bin, alg)
 	}
 	baseName := "baseline " + *fleetBase
+	if f.baseBin != "" {
+		// Every storm of an A/B series starts on freshly started replicas,
+		// after one warm-up storm (recorded as such): the first storm of a
+		// run is slower whatever the binary (the simulator's own first
+		// burst of connections and goroutines).
+		storm("RS256", "warm-up", f.machines[:*fleetStorm], false)
+		if err := restartAll(f.bin, "RS256"); err != nil {
+			return err
+		}
+	}
 	storm("RS256", "current", f.machines[:*fleetStorm], *fleetProfile != "")
 	if f.baseBin != "" {
 		if err := restartAll(f.baseBin, "RS256"); err != nil {

@@ -71,6 +71,7 @@ type Issuer struct {
 	keyMu    sync.Mutex // serializes key ring loads
 	rotateMu sync.Mutex // serializes key creation and rotation
 	verified verifyCache
+	signing  *mintGate // minting's CPU-bound part, a few at a time, in order
 
 	adm      *unixsock.Listener
 	admin    *admin.Server
@@ -97,7 +98,7 @@ func New(ctx context.Context, opts Options) (*Issuer, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	s := &Issuer{opts: opts, log: opts.Logger, selfUID: uint32(os.Geteuid()), started: time.Now(), ready: make(chan struct{})}
+	s := &Issuer{opts: opts, log: opts.Logger, selfUID: uint32(os.Geteuid()), started: time.Now(), ready: make(chan struct{}), signing: newMintGate()}
 	rt, err := s.load()
 	if err != nil {
 		return nil, err

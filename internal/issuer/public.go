@@ -186,6 +186,10 @@ func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) error {
 	if reqErr == nil {
 		aud, reqErr = parseAud(req.Aud)
 	}
+	if !s.signing.enter(r.Context()) {
+		return nil // the caller went away while queued
+	}
+	defer s.signing.leave()
 	m, ver, ok := s.authenticateFor(w, r, machinetoken.Request{Feature: machinetoken.FeatureOIDC, Audience: aud})
 	if !ok {
 		return nil // answered
