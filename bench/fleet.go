@@ -1096,7 +1096,7 @@ func (f *fleet) measureFanout(ctx context.Context, n int) fanoutFigure {
 	// mode most waiters hear of their write through etcd's watch.
 	clients := make([]*http.Client, len(f.reps))
 	for k, r := range f.reps {
-		clients[k] = f.adminClient(r, max(1, *fleetWriters/len(f.reps)+1))
+		clients[k] = f.adminClient(r, max(1, (*fleetWriters+len(f.reps)-1)/len(f.reps)))
 		defer clients[k].CloseIdleConnections()
 	}
 	var werrs atomic.Int64
