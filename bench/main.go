@@ -49,6 +49,8 @@ type options struct {
 func main() {
 	var o options
 	ref := flag.String("serve-reference", "", "internal: serve the reference server on this socket")
+	etcdSpec := flag.String("serve-etcd", "", "internal: run the fleet's etcd member (dir,client,peer)")
+	agentsChild := flag.Bool("fleet-agents-child", false, "internal: run simulated agents for the fleet simulator, told what to do on stdin")
 	flag.DurationVar(&o.duration, "duration", 10*time.Second, "measurement time per run")
 	flag.DurationVar(&o.warmup, "warmup", time.Second, "warm-up time per run (not measured)")
 	flag.IntVar(&o.conns, "conns", 64, "concurrent keep-alive connections")
@@ -57,6 +59,20 @@ func main() {
 	flag.StringVar(&o.out, "out", "bench/results", "directory for latest.json and latest.md")
 	flag.StringVar(&o.profile, "profile", "", "build the agent with the bench-only pprof socket and write CPU profiles of it under h2load to this directory")
 	flag.Parse()
+	if *agentsChild {
+		if err := runAgentsChild(); err != nil {
+			fmt.Fprintln(os.Stderr, "agents:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if *etcdSpec != "" {
+		if err := serveEtcd(*etcdSpec); err != nil {
+			fmt.Fprintln(os.Stderr, "etcd:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	o.peer, o.peerOnly = *peerFlag, *peerOnlyFlag
 	if o.peer != "" && o.peer != "spire" {
 		fmt.Fprintf(os.Stderr, "bench: -peer %q: the only peer is spire\n", o.peer)

@@ -176,13 +176,100 @@ func TestCluster_TwoReplicasShareState(t *testing.T) {
 		t.Errorf("unrevoked token refused on B: %d", r.status)
 	}
 
-	// A machine removed through B stops working on A.
+	// A machine removed through B stops working on A as soon as A's
+	// watch delivers the removal (A reads machines from its mirror).
 	if res := b.admin(t, "DELETE", "/v1/machines/"+m.MachineID, ""); res.Status != 200 {
 		t.Fatalf("remove on B: %+v", res)
 	}
-	if r := a.call(t, "GET", "/v1/machines/self", tok, ""); r.status != 401 {
-		t.Errorf("A accepted a token of a machine removed on B: %d", r.status)
+	d = wait.Eventually(t, propagation, func() bool {
+		return a.call(t, "GET", "/v1/machines/self", tok, "").status == 401
+	}, "machine removed on B refused by A")
+	t.Logf("A refused the removed machine's token %v after the removal on B", d.Round(time.Millisecond))
+}
+
+// machineReads is ti's count of machine reads answered by the etcd
+// store's mirror and by etcd.
+func (ti *testIssuer) machineReads(t *testing.T) (mirror, backend uint64) {
+	t.Helper()
+	st := ti.Status().(map[string]any)["state"].(map[string]any)
+	n, ok := st["machine_reads"].(map[string]uint64)
+	if !ok {
+		t.Fatalf("status state has no machine_reads: %v", st)
 	}
+	return n["mirror"], n["backend"]
+}
+
+// TestCluster_MachineReadsFromMirror: in cluster mode the per-request
+// machine read (token check, long poll) comes from the watch-fed mirror,
+// not from etcd; a machine added on another replica works at once; a
+// removal or revocation there is refused here once the watch delivers it.
+func TestCluster_MachineReadsFromMirror(t *testing.T) {
+	cl := newCluster(t, 1)
+	a := cl.replica(t, nil, nil)
+	b := cl.replica(t, nil, nil)
+
+	// Added on A, used on B at once: a mirror miss reads etcd.
+	m, tok := a.addMachine(t, devSpec)
+	r := b.call(t, "GET", "/v1/machines/self", tok, "")
+	if r.status != 200 || !strings.Contains(r.body, m.MachineID) {
+		t.Fatalf("B refused a machine just added on A: %d %s", r.status, r.body)
+	}
+
+	// Once B's watch has it, B's reads cost etcd nothing.
+	wait.Eventually(t, propagation, func() bool {
+		mirror, _ := b.machineReads(t)
+		b.call(t, "GET", "/v1/machines/self", tok, "")
+		after, _ := b.machineReads(t)
+		return after > mirror
+	}, "B serving the machine from its mirror")
+	mirror0, backend0 := b.machineReads(t)
+	const n = 50
+	for range n {
+		if r := b.call(t, "GET", "/v1/machines/self", tok, ""); r.status != 200 {
+			t.Fatalf("B: %d %s", r.status, r.body)
+		}
+	}
+	jwt := b.oidcToken(t, tok, `{"aud":"x"}`)
+	if jwt == "" {
+		t.Fatal("no OIDC token from B")
+	}
+	done := b.longPoll(t, tok, r.header.Get("ETag"))
+	if res := a.admin(t, "PATCH", "/v1/machines/"+m.MachineID, `{"set_tags":{"color":"blue"}}`); res.Status != 200 {
+		t.Fatalf("update on A: %+v", res)
+	}
+	awaitPoll(t, done, `"color":"blue"`)
+	mirror1, backend1 := b.machineReads(t)
+	if backend1 != backend0 {
+		t.Errorf("%d requests on B sent %d machine reads to etcd, want 0", n+2, backend1-backend0)
+	}
+	// Each metadata request reads once, the long poll twice (its token
+	// check and its watch's first state), the OIDC request once.
+	if got, want := mirror1-mirror0, uint64(n+1+2); got != want {
+		t.Errorf("B answered %d machine reads from its mirror, want %d", got, want)
+	}
+	t.Logf("B: %d machine reads from the mirror, %d from etcd since start", mirror1, backend1)
+
+	// A revocation and a removal on A are refused by B within the watch
+	// delay (the revocation through B's key ring, the removal through
+	// its mirror).
+	tok2 := a.mintToken(t, m.MachineID)
+	if r := b.call(t, "GET", "/v1/machines/self", tok2.Token, ""); r.status != 200 {
+		t.Fatalf("B refused a fresh token: %d", r.status)
+	}
+	if res := a.admin(t, "POST", "/v1/revocations", `{"token_id":"`+tok2.TokenID+`"}`); res.Status != 200 {
+		t.Fatalf("revoke on A: %+v", res)
+	}
+	d := wait.Eventually(t, propagation, func() bool {
+		return b.call(t, "GET", "/v1/machines/self", tok2.Token, "").status == 401
+	}, "revocation on A refused by B")
+	t.Logf("B refused the revoked token %v after the revocation on A", d.Round(time.Millisecond))
+	if res := a.admin(t, "DELETE", "/v1/machines/"+m.MachineID, ""); res.Status != 200 {
+		t.Fatalf("remove on A: %+v", res)
+	}
+	d = wait.Eventually(t, propagation, func() bool {
+		return b.call(t, "GET", "/v1/machines/self", tok, "").status == 401
+	}, "machine removed on A refused by B")
+	t.Logf("B refused the removed machine's token %v after the removal on A", d.Round(time.Millisecond))
 }
 
 // TestCluster_ConcurrentUpdatesNoLostUpdate: admin updates of one machine

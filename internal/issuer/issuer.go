@@ -78,6 +78,7 @@ type Issuer struct {
 	rotateMu sync.Mutex // serializes key creation and rotation
 	verified verifyCache
 	fed      *federation // [[spiffe.federation]]: static
+	signing  *mintGate   // minting's CPU-bound part, a few at a time, in order
 
 	adm      *unixsock.Listener
 	admin    *admin.Server
@@ -104,7 +105,7 @@ func New(ctx context.Context, opts Options) (*Issuer, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	s := &Issuer{opts: opts, log: opts.Logger, selfUID: uint32(os.Geteuid()), started: time.Now(), ready: make(chan struct{})}
+	s := &Issuer{opts: opts, log: opts.Logger, selfUID: uint32(os.Geteuid()), started: time.Now(), ready: make(chan struct{}), signing: newMintGate()}
 	rt, err := s.load()
 	if err != nil {
 		return nil, err
@@ -478,6 +479,7 @@ func (s *Issuer) Metrics() []metrics.Sample {
 		{Name: "wicket_long_polls", Help: "Metadata long polls in progress.", Type: metrics.Gauge, Value: float64(s.longPolls.Load())},
 	}
 	out = append(out, s.counters().Samples()...)
+	out = append(out, s.stateMetrics()...)
 	out = append(out, unixsock.Metrics(s.adm)...)
 	out = append(out, s.remoteMetrics()...)
 	out = append(out, s.federationGauges()...)

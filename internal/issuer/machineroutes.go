@@ -1,6 +1,7 @@
 package issuer
 
 import (
+	"fmt"
 	"log/slog"
 	"net/http"
 	"time"
@@ -281,8 +282,13 @@ const mintAttempts = 3
 // the new record (and revoked, so not even its bytes in this process's
 // memory are worth anything). So a token is handed out only for a
 // machine that was in scope, unchanged, from the check until after the
-// mint.
+// mint. Both reads must be the store's own: a clustered store that
+// cannot reach its backend answers reads from its last copy, which would
+// prove nothing, so a mint is refused (503) while it is out of reach.
 func (s *Issuer) mintInScope(r *http.Request, c caller, find func(*http.Request, caller, string) (*store.Machine, error), ref string, ttl time.Duration) (*store.Machine, *api.MintedToken, error) {
+	if h, ok := s.store.(store.Health); ok && !h.Reachable() {
+		return nil, nil, fmt.Errorf("token mint: %w (its cached copy cannot prove the machine unchanged)", store.ErrUnavailable)
+	}
 	for range mintAttempts {
 		m, err := find(r, c, ref)
 		if err != nil {

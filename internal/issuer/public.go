@@ -123,7 +123,7 @@ func (s *Issuer) authenticateFor(w http.ResponseWriter, r *http.Request, q machi
 	if err := svidCopyBound(q, ver); err != nil {
 		return fail(err)
 	}
-	m, err := s.store.GetMachine(r.Context(), ver.MachineID)
+	m, err := s.requestMachine(r.Context(), ver.MachineID)
 	if unavailable(err) {
 		// Not the caller's fault: the state store is out of reach past its
 		// cache grace. 503 tells agents to keep their cached answers.
@@ -189,6 +189,10 @@ func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) error {
 	if reqErr == nil {
 		aud, reqErr = parseAud(req.Aud)
 	}
+	if !s.signing.enter(r.Context()) {
+		return nil // the caller went away while queued
+	}
+	defer s.signing.leave()
 	m, ver, ok := s.authenticateFor(w, r, machinetoken.Request{Feature: machinetoken.FeatureOIDC, Audience: aud})
 	if !ok {
 		return nil // answered

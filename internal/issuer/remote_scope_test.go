@@ -133,3 +133,36 @@ func TestRemoteStatus_CapZeroShownExactly(t *testing.T) {
 		t.Errorf("24h cap: %+v", st.Scope)
 	}
 }
+
+// unreachableStore is a clustered store that has lost its backend: its
+// reads come from its last copy.
+type unreachableStore struct {
+	store.Store
+	down atomic.Bool
+}
+
+func (s *unreachableStore) Reachable() bool { return !s.down.Load() }
+
+// A remote token mint is refused (503) while the state store is out of
+// reach: the re-read that proves the machine unchanged since the scope
+// check would come from the store's cached copy and prove nothing.
+func TestRemoteMint_RefusedWhileStoreUnreachable(t *testing.T) {
+	us := &unreachableStore{}
+	ti := startIssuerWith(t, shortDir(t), withRemote(nil), func(o *Options) {
+		o.wrapStore = func(s store.Store) store.Store { us.Store = s; return us }
+	})
+	root := ti.mintAdmin(t, api.AdminTokenRequest{Label: "root"})
+	r := ti.admin(t, "POST", "/v1/machines", spec("acme", "fra", "m1"))
+	var added api.MachineAdded
+	json.Unmarshal([]byte(r.Body), &added)
+	path := "/v1/machines/" + added.Machine.MachineID + "/tokens"
+	us.down.Store(true)
+	// The reply is not printed: on failure it would hold a machine token.
+	if r := ti.remote(t, "POST", path, root.Token, `{"ttl":"1h"}`); r.status != 503 || strings.Contains(r.body, "fm2_") {
+		t.Errorf("mint while the store is out of reach: %d (token in the reply: %v), want 503", r.status, strings.Contains(r.body, "fm2_"))
+	}
+	us.down.Store(false)
+	if r := ti.remote(t, "POST", path, root.Token, `{"ttl":"1h"}`); r.status != 201 {
+		t.Errorf("mint once it is back: %d", r.status)
+	}
+}

@@ -227,6 +227,10 @@ func (s *Issuer) handleX509SVID(w http.ResponseWriter, r *http.Request) error {
 	if reqErr == nil {
 		reqErr = csrErr
 	}
+	if !s.signing.enter(r.Context()) {
+		return nil // the caller went away while queued
+	}
+	defer s.signing.leave()
 	m, ver, err := s.authorizeSVID(w, r, machinetoken.SVIDX509, id, nil, reqErr)
 	if err != nil {
 		return answered(err)
@@ -266,6 +270,10 @@ func (s *Issuer) handleJWTSVID(w http.ResponseWriter, r *http.Request) error {
 		// An audience caveat must not read "none asked" as the default.
 		aud = []string{""}
 	}
+	if !s.signing.enter(r.Context()) {
+		return nil // the caller went away while queued
+	}
+	defer s.signing.leave()
 	m, ver, err := s.authorizeSVID(w, r, machinetoken.SVIDJWT, id, aud, reqErr)
 	if err != nil {
 		return answered(err)

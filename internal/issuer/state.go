@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 
 	"github.com/wicket-sh/wicket/internal/config"
+	"github.com/wicket-sh/wicket/internal/metrics"
 	"github.com/wicket-sh/wicket/internal/safedir"
 	"github.com/wicket-sh/wicket/internal/store"
 	"github.com/wicket-sh/wicket/internal/store/bolt"
@@ -135,10 +136,41 @@ func EtcdConfig(st config.State, log *slog.Logger) etcd.Config {
 // reached, which callers see as 503 rather than 500: retrying later helps.
 func unavailable(err error) bool { return errors.Is(err, store.ErrUnavailable) }
 
+// requestMachine is a request's read of its caller's machine (the token
+// check): from a clustered store's watch-fed copy when it keeps one
+// (store.RecentReader: no round trip per request; a change made through
+// another replica applies once the watch delivers it), else GetMachine.
+func (s *Issuer) requestMachine(ctx context.Context, id string) (*store.Machine, error) {
+	if rr, ok := s.store.(store.RecentReader); ok {
+		return rr.GetMachineRecent(ctx, id)
+	}
+	return s.store.GetMachine(ctx, id)
+}
+
 func (s *Issuer) stateStatus(st config.State) map[string]any {
 	out := map[string]any{"backend": st.Backend}
 	if r, ok := s.store.(store.Health); ok {
 		out["reachable"] = r.Reachable()
 	}
+	if rs, ok := s.store.(store.ReadStats); ok {
+		n := rs.MachineReads()
+		out["machine_reads"] = map[string]uint64{"mirror": n.Mirror, "backend": n.Backend}
+	}
 	return out
+}
+
+// stateMetrics are the state store's read counts, for a backend that
+// keeps them (etcd: how many per-request machine reads its watch-fed
+// mirror answered, how many went to etcd).
+func (s *Issuer) stateMetrics() []metrics.Sample {
+	rs, ok := s.store.(store.ReadStats)
+	if !ok {
+		return nil
+	}
+	n := rs.MachineReads()
+	const help = "Machine reads (token checks, long polls) by where the state store answered them."
+	return []metrics.Sample{
+		{Name: "wicket_state_machine_reads_total", Help: help, Type: metrics.Counter, Labels: map[string]string{"source": "mirror"}, Value: float64(n.Mirror)},
+		{Name: "wicket_state_machine_reads_total", Help: help, Type: metrics.Counter, Labels: map[string]string{"source": "backend"}, Value: float64(n.Backend)},
+	}
 }

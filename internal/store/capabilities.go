@@ -63,6 +63,36 @@ type Health interface {
 	Reachable() bool
 }
 
+// RecentReader reads a machine from a clustered backend's watch-fed copy
+// of the machines, without a round trip: the machine as the backend's
+// watch last reported it, which lags the backend's own state by at most a
+// bound the backend documents (etcd: the watch delay, and 2 s if the
+// watch stalls). When the copy cannot answer (it lacks the machine,
+// perhaps created elsewhere a moment ago, or is not known current) it
+// reads the backend as GetMachine does, so a machine is never reported
+// missing that GetMachine would find. This process's own writes are in
+// the copy as soon as they commit. It is for the per-request read of a
+// token check, where a change made through another replica may take
+// effect after that bound; never for a read-modify-write or an admin's
+// answer, which use GetMachine.
+type RecentReader interface {
+	GetMachineRecent(ctx context.Context, id string) (*Machine, error)
+}
+
+// ReadStats counts the per-request machine reads (GetMachineRecent, a
+// watch's first state) by where a backend answered them: a clustered one
+// from its watch-fed copy (Mirror) or with a round trip (Backend), for
+// status pages and for measuring what the copy saves. The counts only
+// grow.
+type ReadStats interface {
+	MachineReads() MachineReads
+}
+
+// MachineReads is what ReadStats reports.
+type MachineReads struct {
+	Mirror, Backend uint64
+}
+
 // ErrNoElector means a store is shared between processes but cannot elect
 // one of them, so work that must run once would run on every replica.
 var ErrNoElector = errors.New("store: shared between replicas but cannot elect a leader")

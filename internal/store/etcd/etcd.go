@@ -17,7 +17,9 @@
 // the machine and commit only if its mod revision is unchanged, retrying
 // otherwise, so writers on different replicas never overwrite each other.
 // One watch on the prefix feeds long polls and key reloads on every replica
-// and keeps an in-memory mirror of the machines, which answers reads while
+// and keeps an in-memory mirror of the machines. The mirror answers the
+// per-request machine reads (GetMachineRecent, a watch's first state)
+// without a round trip while the watch is current, and every read while
 // etcd is unreachable, for at most Config.CacheGrace.
 package etcd
 
@@ -101,6 +103,9 @@ type Config struct {
 	// Logger receives state changes (etcd unreachable, reachable again,
 	// watch resynced); default slog.Default().
 	Logger *slog.Logger
+
+	// dialOptions are added to the client's (tests count requests).
+	dialOptions []grpc.DialOption
 }
 
 // Store is a store.Store backed by etcd.
@@ -118,6 +123,9 @@ type Store struct {
 	okAt, failedAt atomic.Int64
 	watching       atomic.Bool
 	kick           chan struct{}
+	// reads counts per-request machine reads (GetMachineRecent, a
+	// watch's first state) by where they were answered.
+	reads struct{ mirror, etcd atomic.Uint64 }
 	// beforeWatch, when set by a test, runs before each (re)start of the
 	// watch.
 	beforeWatch atomic.Pointer[func()]
@@ -163,12 +171,12 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		// The client's own log would go to stderr as JSON; the store
 		// reports what matters (unreachable, reachable again) through slog.
 		Logger: zap.NewNop(),
-		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+		DialOptions: append([]grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
 			// gRPC's default reconnect backoff grows to two minutes; a
 			// restarted member should be used again within seconds.
 			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
 			MinConnectTimeout: cfg.DialTimeout,
-		})},
+		})}, cfg.dialOptions...),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("etcd: client: %w", err)
@@ -256,11 +264,14 @@ func (s *Store) initSchema(ctx context.Context) error {
 }
 
 // The capabilities the issuer relies on: leader election for key
-// maintenance, migration from bolt, reachability for status.
+// maintenance, migration from bolt, reachability and read counts for
+// status, machine reads from the mirror for token checks.
 var (
-	_ store.Elector  = (*Store)(nil)
-	_ store.Importer = (*Store)(nil)
-	_ store.Health   = (*Store)(nil)
+	_ store.Elector      = (*Store)(nil)
+	_ store.Importer     = (*Store)(nil)
+	_ store.Health       = (*Store)(nil)
+	_ store.ReadStats    = (*Store)(nil)
+	_ store.RecentReader = (*Store)(nil)
 )
 
 // Shared implements store.Store: every replica on the same endpoints and
@@ -423,8 +434,9 @@ func (s *Store) published(id string, m *store.Machine, rev int64) {
 	s.hub.PublishMachine(id, m, uint64(rev))
 }
 
-// GetMachine implements store.Store. While etcd is unreachable it answers
-// from the mirror, for at most the cache grace.
+// GetMachine implements store.Store: the machine as etcd has it. While
+// etcd is unreachable it answers from the mirror, for at most the cache
+// grace.
 func (s *Store) GetMachine(ctx context.Context, id string) (*store.Machine, error) {
 	if err := s.check(ctx); err != nil {
 		return nil, err
@@ -451,6 +463,29 @@ func (s *Store) GetMachine(ctx context.Context, id string) (*store.Machine, erro
 		return nil, fmt.Errorf("etcd: get machine %q: %w", id, err)
 	}
 	return m, nil
+}
+
+// GetMachineRecent implements store.RecentReader. While the watch keeps
+// the mirror current it answers from the mirror, without a round trip:
+// the state as of the watch delay ago, so a change made through another
+// replica (removal, narrower source addresses) applies here once the
+// watch delivers it, typically milliseconds later, at most currentFor if
+// the watch stalls. A machine the mirror lacks is read from etcd, so one
+// created through another replica is found at once.
+func (s *Store) GetMachineRecent(ctx context.Context, id string) (*store.Machine, error) {
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	if s.mirrorCurrent() {
+		if m, _, ok := s.mirror.get(id); ok {
+			s.reads.mirror.Add(1)
+			return m, nil
+		}
+		// Not there: perhaps created on another replica a moment ago,
+		// before the watch brought it here. etcd knows.
+	}
+	s.reads.etcd.Add(1)
+	return s.GetMachine(ctx, id)
 }
 
 // GetMachineByName implements store.NameIndex from the names keys. While
@@ -819,7 +854,8 @@ func (s *Store) WatchMachine(ctx context.Context, id string) (<-chan store.Event
 	return sub.Events(), nil
 }
 
-// currentEvent is the machine's state now, from etcd or, while etcd is
+// currentEvent is the machine's state now: from the mirror while it is
+// current (GetMachineRecent's rule), else from etcd or, while etcd is
 // unreachable, from the mirror.
 func (s *Store) currentEvent(ctx context.Context, id string) (store.Event, error) {
 	fromMirror := func() (store.Event, error) {
@@ -832,6 +868,15 @@ func (s *Store) currentEvent(ctx context.Context, id string) (store.Event, error
 	if s.useMirror() {
 		return fromMirror()
 	}
+	if s.mirrorCurrent() {
+		// As GetMachineRecent: the subscription is already registered, so
+		// a change the watch applies after this read is offered next.
+		if ev, err := fromMirror(); err == nil {
+			s.reads.mirror.Add(1)
+			return ev, nil
+		}
+	}
+	s.reads.etcd.Add(1)
 	octx, cancel := s.reqCtx(ctx)
 	defer cancel()
 	resp, err := s.cli.Get(octx, s.machineKey(id))
@@ -865,6 +910,11 @@ func (s *Store) WatchKeys(ctx context.Context) (<-chan struct{}, error) {
 	}
 	context.AfterFunc(ctx, func() { s.hub.UnsubscribeKeys(ch) })
 	return ch, nil
+}
+
+// MachineReads implements store.ReadStats.
+func (s *Store) MachineReads() store.MachineReads {
+	return store.MachineReads{Mirror: s.reads.mirror.Load(), Backend: s.reads.etcd.Load()}
 }
 
 // Reachable implements store.Health: whether the last request or probe

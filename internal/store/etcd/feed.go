@@ -25,7 +25,9 @@ import (
 //
 // Every probeEvery a probe asks the watch for a progress report (any
 // answer proves the mirror current at that moment; the cache grace counts
-// from the last one) and reads one key, which tells whether etcd answers.
+// from the last one) and reads one key, which tells whether etcd answers
+// and, when the mirror is already at that read's revision, proves it
+// complete (etcd sends no progress report while nothing is written).
 const (
 	probeEvery = time.Second
 	// staleAfter without any watch answer means the watch is stuck (a
@@ -33,6 +35,15 @@ const (
 	staleAfter = 3 * probeEvery
 	// maxWatchBackoff caps the pause between failed watch restarts.
 	maxWatchBackoff = 2 * time.Second
+	// currentFor is how long a proof that the mirror holds every change
+	// (a progress report, a full read, or the probe's read at a revision
+	// the mirror has reached) lets it answer machine reads while etcd
+	// answers. Two probe periods: one missed report does not
+	// send every read to etcd. It is the bound on how stale a mirror read
+	// can be when the watch stalls without breaking; while the watch
+	// runs, a mirror read misses only what the watch has not delivered
+	// yet (the watch delay, milliseconds).
+	currentFor = 2 * probeEvery
 )
 
 var (
@@ -53,6 +64,12 @@ type mirror struct {
 	tombstones map[string]int64 // id → revision of deletion
 	rev        int64            // the watch has applied every change up to this revision
 	synced     atomic.Int64
+	// current is when (unix ns) the mirror was last proven to hold every
+	// change etcd had committed: a full read, a progress report (etcd
+	// sends one only to a watch that has been sent every change), or a
+	// quorum read whose revision the mirror has reached. Any watch answer
+	// updates synced; only these update current.
+	current atomic.Int64
 }
 
 type mirrored struct {
@@ -66,6 +83,7 @@ func (m *mirror) replace(ms map[string]mirrored, rev int64) {
 	m.machines, m.tombstones, m.rev = ms, map[string]int64{}, rev
 	m.mu.Unlock()
 	m.touch()
+	m.proven()
 }
 
 // apply records machine id's state (nil: deleted) at revision rev, unless
@@ -132,6 +150,12 @@ func (m *mirror) touch() { m.synced.Store(time.Now().UnixNano()) }
 
 func (m *mirror) syncedAt() int64 { return m.synced.Load() }
 
+// proven records that the mirror holds every change committed until now.
+func (m *mirror) proven() { m.current.Store(time.Now().UnixNano()) }
+
+// provenAge is how long ago the mirror was last proven to hold every change.
+func (m *mirror) provenAge() time.Duration { return time.Since(time.Unix(0, m.current.Load())) }
+
 // age is how long ago the mirror was last known current.
 func (m *mirror) age() time.Duration { return time.Since(time.Unix(0, m.synced.Load())) }
 
@@ -146,6 +170,16 @@ func (s *Store) ok() { s.okAt.Store(time.Now().UnixNano()) }
 // less than the cache grace ago.
 func (s *Store) mirrorFresh() bool {
 	return s.cfg.CacheGrace > 0 && s.mirror.age() <= s.cfg.CacheGrace
+}
+
+// mirrorCurrent reports whether the mirror may answer a machine read
+// while etcd answers: the watch runs and was proven complete less than
+// currentFor ago. A machine in the mirror is then its state as of the
+// watch delay ago; one not in it is read from etcd, since it may have
+// been created on another replica a moment ago (read-your-writes across
+// replicas).
+func (s *Store) mirrorCurrent() bool {
+	return s.watching.Load() && !s.degraded() && s.mirror.provenAge() <= currentFor
 }
 
 // useMirror reports whether reads should not even try etcd: it is known
@@ -288,6 +322,7 @@ func (s *Store) apply(resp *clientv3.WatchResponse) {
 	// A progress report means every change up to its revision was sent.
 	if resp.IsProgressNotify() {
 		s.mirror.advance(resp.Header.Revision)
+		s.mirror.proven()
 	}
 	s.mirror.touch()
 	if keys {
@@ -327,13 +362,23 @@ func (s *Store) probeLoop() {
 			cancel()
 		}
 		ctx, cancel := context.WithTimeout(s.ctx, probeEvery)
-		_, err := s.cli.Get(ctx, s.prefix+keySchema)
+		resp, err := s.cli.Get(ctx, s.prefix+keySchema)
 		cancel()
 		switch {
 		case s.ctx.Err() != nil:
 			return
 		case err == nil:
 			s.ok()
+			// A quorum read's revision is etcd's as of the read: a mirror
+			// at or past it holds every change up to then. This is the
+			// proof while nothing is written, when etcd sends no progress
+			// report to a watch waiting for a revision not yet made.
+			// It is as good as a watch answer for the cache grace, and
+			// keeps a quiet watch from being restarted as stuck.
+			if resp.Header.Revision <= s.mirror.revision() {
+				s.mirror.touch()
+				s.mirror.proven()
+			}
 		case unavailable(err):
 			s.failedAt.Store(time.Now().UnixNano())
 		}

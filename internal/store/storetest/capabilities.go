@@ -3,12 +3,14 @@ package storetest
 import (
 	"context"
 	"errors"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/wicket-sh/wicket/internal/store"
+	"github.com/wicket-sh/wicket/internal/wait"
 )
 
 // notElected bounds the wait that shows a second campaign is not elected
@@ -34,6 +36,7 @@ var capabilityTests = []struct {
 	{"Health/ReachableWhenOpen", testHealthReachable},
 	{"NameIndex/FindsByName", testNameIndexFinds},
 	{"NameIndex/NotFound", testNameIndexNotFound},
+	{"RecentReader/OwnWritesAtOnce", testRecentOwnWrites},
 }
 
 // testSharedElects: a store shared between processes can elect one, or
@@ -336,6 +339,47 @@ func testNameIndexNotFound(t *testing.T, s store.Store) {
 	}
 }
 
+// testRecentOwnWrites: this process's creates, updates and deletes are
+// in what GetMachineRecent answers as soon as they return, and it finds
+// what GetMachine finds.
+func testRecentOwnWrites(t *testing.T, s store.Store) {
+	rr := recentReader(t, s)
+	ctx := t.Context()
+	recent := func(id string) (*store.Machine, error) { return rr.GetMachineRecent(ctx, id) }
+	if _, err := recent("m1"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("GetMachineRecent(missing) = %v, want ErrNotFound", err)
+	}
+	mustCreate(t, s, newMachine("m1", "acme", "web", "a"))
+	got, err := recent("m1")
+	if err != nil {
+		t.Fatalf("GetMachineRecent after create: %v", err)
+	}
+	if d := cmp.Diff(mustGet(t, s, "m1"), got); d != "" {
+		t.Errorf("GetMachineRecent differs from GetMachine (-want +got):\n%s", d)
+	}
+	if _, err := s.UpdateMachine(ctx, "m1", 0, setTag("k", "v")); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := recent("m1"); err != nil || got.Tags["k"] != "v" || got.Version != 2 {
+		t.Errorf("GetMachineRecent after update = %+v, %v, want version 2 with k=v", got, err)
+	}
+	if err := s.DeleteMachine(ctx, "m1", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := recent("m1"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("GetMachineRecent after delete = %v, want ErrNotFound", err)
+	}
+}
+
+func recentReader(t *testing.T, s store.Store) store.RecentReader {
+	t.Helper()
+	rr, ok := s.(store.RecentReader)
+	if !ok {
+		t.Skipf("%T does not implement store.RecentReader", s)
+	}
+	return rr
+}
+
 func nameIndex(t *testing.T, s store.Store) store.NameIndex {
 	t.Helper()
 	ni, ok := s.(store.NameIndex)
@@ -366,6 +410,7 @@ func RunShared(t *testing.T, open func(t *testing.T) (a, b store.Store)) {
 		{"WritesSeenByOther", testSharedWrites},
 		{"WatchesWokenByOther", testSharedWatches},
 		{"OneLeaderAcross", testSharedLead},
+		{"RecentReader/CreatedByOtherAtOnce", testSharedRecent},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -429,6 +474,27 @@ func testSharedWatches(t *testing.T, a, b store.Store) {
 			break
 		}
 	}
+}
+
+// testSharedRecent: a machine another replica just created is found at
+// once by GetMachineRecent here (read-your-writes across replicas), and
+// one it removed is gone here within the backend's bound.
+func testSharedRecent(t *testing.T, a, b store.Store) {
+	rr := recentReader(t, b)
+	for i := range 10 {
+		id := "m" + strconv.Itoa(i)
+		mustCreate(t, a, newMachine(id, "acme", "web", id))
+		if m, err := rr.GetMachineRecent(t.Context(), id); err != nil || m.ID != id {
+			t.Fatalf("GetMachineRecent(%s) right after the other replica created it = %+v, %v", id, m, err)
+		}
+	}
+	if err := a.DeleteMachine(t.Context(), "m0", nil); err != nil {
+		t.Fatal(err)
+	}
+	wait.Eventually(t, waitTimeout, func() bool {
+		_, err := rr.GetMachineRecent(t.Context(), "m0")
+		return errors.Is(err, store.ErrNotFound)
+	}, "machine removed by the other replica gone here")
 }
 
 // testSharedLead: while one replica leads a name, the other's campaign
