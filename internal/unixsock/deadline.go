@@ -1,0 +1,109 @@
+package unixsock
+
+import (
+	"errors"
+	"os"
+	"sync"
+	"time"
+)
+
+// lazyDeadline is one direction's deadline of a Conn, set on the socket
+// only when that makes it earlier.
+//
+// net/http sets five deadlines per keep-alive request (the header timeout,
+// then none, the write timeout, then none, the idle timeout), and the body
+// limit two more; each is a runtime timer update under the socket's lock,
+// together a tenth of a small request's cost. A deadline later than the
+// one already on the socket changes nothing until that one fires: the
+// socket keeps the earlier one, and when it fires before the deadline
+// asked for (or when none is asked for any more), the read or write it
+// interrupted is resumed with the deadline asked for (Conn.Read,
+// Conn.Write). So every deadline fires exactly when it was asked to, never
+// later, and a connection busy with short requests touches its timers a
+// few times per header timeout instead of several times per request.
+//
+// The invariant: when want is set, set is set too and no later than want.
+type lazyDeadline struct {
+	mu   sync.Mutex
+	want time.Time // the deadline asked for; zero: none
+	set  time.Time // the deadline on the socket; zero: none
+}
+
+// update records t as the deadline asked for and sets it on the socket
+// (apply) when the socket's own would fire later, or not at all.
+func (d *lazyDeadline) update(t time.Time, apply func(time.Time) error) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.want = t
+	if t.IsZero() || !d.set.IsZero() && !t.Before(d.set) {
+		return nil // the socket's deadline comes first; see resume
+	}
+	if err := apply(t); err != nil {
+		return err
+	}
+	d.set = t
+	return nil
+}
+
+// resume is called when the socket's deadline fired: if the deadline
+// asked for has not passed (or none is asked for), it goes on the socket
+// and resume reports true, for the caller to retry; otherwise the timeout
+// is real.
+func (d *lazyDeadline) resume(err error, apply func(time.Time) error) bool {
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		return false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.want.IsZero() && !time.Now().Before(d.want) {
+		return false
+	}
+	if apply(d.want) != nil {
+		return false
+	}
+	d.set = d.want
+	return true
+}
+
+// Read reads from the connection; a timeout of a deadline set earlier
+// than the one asked for now is not reported (lazyDeadline).
+func (c *Conn) Read(b []byte) (int, error) {
+	for {
+		n, err := c.UnixConn.Read(b)
+		if err == nil || n > 0 || !c.rd.resume(err, c.UnixConn.SetReadDeadline) {
+			return n, err
+		}
+	}
+}
+
+// Write writes to the connection; a timeout of a deadline set earlier
+// than the one asked for now is not reported, and the rest of b is
+// written (lazyDeadline).
+func (c *Conn) Write(b []byte) (int, error) {
+	done := 0
+	for {
+		n, err := c.UnixConn.Write(b[done:])
+		done += n
+		if err == nil || !c.wd.resume(err, c.UnixConn.SetWriteDeadline) {
+			return done, err
+		}
+	}
+}
+
+// SetReadDeadline implements net.Conn (lazyDeadline).
+func (c *Conn) SetReadDeadline(t time.Time) error {
+	return c.rd.update(t, c.UnixConn.SetReadDeadline)
+}
+
+// SetWriteDeadline implements net.Conn (lazyDeadline).
+func (c *Conn) SetWriteDeadline(t time.Time) error {
+	return c.wd.update(t, c.UnixConn.SetWriteDeadline)
+}
+
+// SetDeadline implements net.Conn (lazyDeadline).
+func (c *Conn) SetDeadline(t time.Time) error {
+	if err := c.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return c.SetWriteDeadline(t)
+}
