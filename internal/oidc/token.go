@@ -1,7 +1,6 @@
 package oidc
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -75,7 +74,7 @@ func Sign(k *Key, c Claims) (string, error) {
 	if c.NotBefore.IsZero() {
 		c.NotBefore = c.IssuedAt
 	}
-	payload, err := json.Marshal(wireClaims{
+	w := wireClaims{
 		Issuer:      c.Issuer,
 		Subject:     c.Subject,
 		Audience:    jwt.Audience(c.Audience),
@@ -90,19 +89,18 @@ func Sign(k *Key, c Claims) (string, error) {
 		Region:      c.Region,
 		Image:       c.Image,
 		ImageDigest: c.ImageDigest,
-	})
-	if err != nil {
-		return "", fmt.Errorf("oidc: sign: %w", err)
 	}
-	s, err := k.joseSigner()
+	s, err := k.jws()
 	if err != nil {
 		return "", err
 	}
-	jws, err := s.Sign(payload)
+	// Claims are a few hundred bytes: this buffer usually stays on the stack.
+	var buf [512]byte
+	tok, err := s.sign(appendClaims(buf[:0], &w))
 	if err != nil {
 		return "", fmt.Errorf("oidc: sign with key %s: %w", k.ID, err)
 	}
-	return jws.CompactSerialize()
+	return tok, nil
 }
 
 // IssuerURL returns the issuer of org: one issuer per org, so a cloud trust
