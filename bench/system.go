@@ -252,10 +252,9 @@ func measureMinting(ctx context.Context, o options) ([]comparison, error) {
 			subs = append(subs, loop(ctx, c.Name, endpoint, o.warmup/2, o.duration/2))
 		}
 		c.Reference, c.Subject, c.Runs = median(refs), median(subs), append(refs, subs...)
-		if c.Reference.RPS > 0 {
-			c.Ratio = c.Subject.RPS / c.Reference.RPS
-		}
-		fmt.Fprintf(os.Stderr, "%s: %.0f/s vs bare %.0f/s → %.2f\n", c.Name, c.Subject.RPS, c.Reference.RPS, c.Ratio)
+		c.ratios()
+		fmt.Fprintf(os.Stderr, "%s: %.0f/s vs bare %.0f/s → %.2f, CPU/token %.1f vs %.1f µs → %.2f\n", c.Name, c.Subject.RPS, c.Reference.RPS, c.Ratio,
+			c.Subject.CPUusPerReq, c.Reference.CPUusPerReq, c.CPURatio)
 		out = append(out, c)
 		cancel()
 		<-done
@@ -323,13 +322,19 @@ func loop(ctx context.Context, name string, f func() error, warmup, d time.Durat
 	}
 	sleepCtx(ctx, warmup)
 	measuring.Store(true)
-	start := time.Now()
+	start, cpu0 := time.Now(), procCPU(os.Getpid())
 	sleepCtx(ctx, d)
 	measuring.Store(false)
-	el := time.Since(start)
+	el, cpu1 := time.Since(start), procCPU(os.Getpid())
 	stop.Store(true)
 	wg.Wait()
-	return loadResult{Name: name, Conns: cpus(), Seconds: el.Seconds(), Requests: n.Load(), Errors: errs.Load(), RPS: float64(n.Load()) / el.Seconds()}
+	r := loadResult{Name: name, Conns: cpus(), Seconds: el.Seconds(), Requests: n.Load(), Errors: errs.Load(), RPS: float64(n.Load()) / el.Seconds()}
+	if r.Requests > 0 {
+		// This process's CPU per call: on a shared machine, what the
+		// other processes take changes the rate, not this.
+		r.CPUusPerReq = (cpu1 - cpu0).Seconds() * 1e6 / float64(r.Requests)
+	}
+	return r
 }
 
 func connScale(ctx context.Context, t target, sys *system, o options) []loadResult {
