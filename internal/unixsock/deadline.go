@@ -22,11 +22,23 @@ import (
 // later, and a connection busy with short requests touches its timers a
 // few times per header timeout instead of several times per request.
 //
+// One deadline is in the past on purpose: net/http ends its background
+// read after every request by setting one (abortPendingRead), then none.
+// That one goes on the socket at once (it must interrupt the read), and
+// the deadline it replaced is put back with the next one asked for, so
+// the socket's laziness survives it: two timer updates per request
+// instead of five, and no read that fails at once on a stale past
+// deadline.
+//
 // The invariant: when want is set, set is set too and no later than want.
 type lazyDeadline struct {
 	mu   sync.Mutex
 	want time.Time // the deadline asked for; zero: none
 	set  time.Time // the deadline on the socket; zero: none
+	// past: set is in the past, so the socket fails every call at once;
+	// prev is the deadline it replaced (zero: none).
+	past bool
+	prev time.Time
 }
 
 // update records t as the deadline asked for and sets it on the socket
@@ -35,13 +47,38 @@ func (d *lazyDeadline) update(t time.Time, apply func(time.Time) error) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.want = t
+	if d.past {
+		if !t.IsZero() && t.Before(time.Now()) {
+			return apply(t) // still interrupted; prev stays the one to put back
+		}
+		// Leave the interruption: put back the deadline it replaced when
+		// that is still ahead and no later than t, else t itself.
+		next := t
+		if !d.prev.IsZero() && (t.IsZero() || d.prev.Before(t)) && time.Now().Before(d.prev) {
+			next = d.prev
+		}
+		return d.applyLocked(next, apply)
+	}
 	if t.IsZero() || !d.set.IsZero() && !t.Before(d.set) {
 		return nil // the socket's deadline comes first; see resume
 	}
+	if t.Before(time.Now()) {
+		prev := d.set
+		if err := d.applyLocked(t, apply); err != nil {
+			return err
+		}
+		d.past, d.prev = true, prev
+		return nil
+	}
+	return d.applyLocked(t, apply)
+}
+
+// applyLocked puts t on the socket.
+func (d *lazyDeadline) applyLocked(t time.Time, apply func(time.Time) error) error {
 	if err := apply(t); err != nil {
 		return err
 	}
-	d.set = t
+	d.set, d.past, d.prev = t, false, time.Time{}
 	return nil
 }
 
@@ -58,11 +95,7 @@ func (d *lazyDeadline) resume(err error, apply func(time.Time) error) bool {
 	if !d.want.IsZero() && !time.Now().Before(d.want) {
 		return false
 	}
-	if apply(d.want) != nil {
-		return false
-	}
-	d.set = d.want
-	return true
+	return d.applyLocked(d.want, apply) == nil
 }
 
 // Read reads from the connection; a timeout of a deadline set earlier

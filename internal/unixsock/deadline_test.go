@@ -173,7 +173,8 @@ func TestLazyDeadline_WriteResumesWhole(t *testing.T) {
 // socket had a later deadline.
 func TestLazyDeadline_PastDeadlineInterruptsRead(t *testing.T) {
 	c, _ := connPair(t)
-	c.SetReadDeadline(time.Now().Add(time.Hour))
+	far := time.Now().Add(time.Hour)
+	c.SetReadDeadline(far)
 	got := make(chan result, 1)
 	go func() {
 		n, err := c.Read(make([]byte, 1))
@@ -189,8 +190,12 @@ func TestLazyDeadline_PastDeadlineInterruptsRead(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("read not interrupted")
 	}
-	// Cleared again, the connection reads normally.
+	// Cleared again (as net/http does next), the socket gets back the
+	// deadline the interruption replaced, and reads normally.
 	c.SetReadDeadline(time.Time{})
+	if !c.rd.set.Equal(far) || c.rd.past {
+		t.Errorf("after the interruption: socket has %v (past %v), want %v back", c.rd.set, c.rd.past, far)
+	}
 	go func() {
 		n, err := c.Read(make([]byte, 1))
 		got <- result{n, err}
