@@ -48,13 +48,14 @@ func (d *lazyDeadline) update(t time.Time, apply func(time.Time) error) error {
 	defer d.mu.Unlock()
 	d.want = t
 	if d.past {
-		if !t.IsZero() && t.Before(time.Now()) {
+		if interruption(t) {
 			return apply(t) // still interrupted; prev stays the one to put back
 		}
 		// Leave the interruption: put back the deadline it replaced when
-		// that is still ahead and no later than t, else t itself.
+		// that is no later than t, else t itself. (If it has passed
+		// meanwhile, the next read fails at once and resume applies t.)
 		next := t
-		if !d.prev.IsZero() && (t.IsZero() || d.prev.Before(t)) && time.Now().Before(d.prev) {
+		if !d.prev.IsZero() && (t.IsZero() || d.prev.Before(t)) {
 			next = d.prev
 		}
 		return d.applyLocked(next, apply)
@@ -62,7 +63,7 @@ func (d *lazyDeadline) update(t time.Time, apply func(time.Time) error) error {
 	if t.IsZero() || !d.set.IsZero() && !t.Before(d.set) {
 		return nil // the socket's deadline comes first; see resume
 	}
-	if t.Before(time.Now()) {
+	if interruption(t) {
 		prev := d.set
 		if err := d.applyLocked(t, apply); err != nil {
 			return err
@@ -72,6 +73,15 @@ func (d *lazyDeadline) update(t time.Time, apply func(time.Time) error) error {
 	}
 	return d.applyLocked(t, apply)
 }
+
+// interruption reports whether t is a deadline set to fail calls at once
+// rather than a time to wait for: net/http's aLongTimeAgo and
+// CloseAfterReply's are 1970. Telling them by the value spares a clock
+// read per request; a deadline just past that is not told apart is still
+// correct, only not lazy (resume handles it).
+func interruption(t time.Time) bool { return !t.IsZero() && t.Before(interruptionBefore) }
+
+var interruptionBefore = time.Unix(1e9, 0) // 2001
 
 // applyLocked puts t on the socket.
 func (d *lazyDeadline) applyLocked(t time.Time, apply func(time.Time) error) error {
