@@ -10,10 +10,12 @@ import (
 // lazyDeadline is one direction's deadline of a Conn, set on the socket
 // only when that makes it earlier.
 //
-// net/http sets five deadlines per keep-alive request (the header timeout,
-// then none, the write timeout, then none, the idle timeout), and the body
-// limit two more; each is a runtime timer update under the socket's lock,
-// together a tenth of a small request's cost. A deadline later than the
+// net/http sets a deadline eight times per keep-alive request (the write
+// timeout and none again, no read deadline for the body, its background
+// read's none, interruption and none again, the idle and the header
+// timeout), and the body limit twice more; each is a runtime timer update
+// under the socket's lock, together up to a tenth of a small request's
+// cost. A deadline later than the
 // one already on the socket changes nothing until that one fires: the
 // socket keeps the earlier one, and when it fires before the deadline
 // asked for (or when none is asked for any more), the read or write it
@@ -27,7 +29,7 @@ import (
 // That one goes on the socket at once (it must interrupt the read), and
 // the deadline it replaced is put back with the next one asked for, so
 // the socket's laziness survives it: two timer updates per request
-// instead of five, and no read that fails at once on a stale past
+// instead of five or more, and no read that fails at once on a stale past
 // deadline.
 //
 // The invariant: when want is set, set is set too and no later than want.
