@@ -368,9 +368,14 @@ func renderMarkdown(rep *Report) string {
 		for _, a := range rep.Allocs {
 			fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f |\n", a.Name, a.NsPerOp, a.BytesPerOp, a.AllocsPerOp)
 		}
-		b.WriteString("\n| minting | tokens/s | bare signing tokens/s | ratio | target |\n|---|---|---|---|---|\n")
+		b.WriteString("\n| minting | tokens/s | bare signing tokens/s | ratio | CPU µs/token | bare CPU µs/token | bare/minting CPU | target |\n|---|---|---|---|---|---|---|---|\n")
 		for _, c := range rep.Minting {
-			fmt.Fprintf(&b, "| %s | %.0f | %.0f | **%.2f** | %s |\n", c.Name, c.Subject.RPS, c.Reference.RPS, c.Ratio, c.Target)
+			inv := 0.0
+			if c.CPURatio > 0 {
+				inv = 1 / c.CPURatio
+			}
+			fmt.Fprintf(&b, "| %s | %.0f | %.0f | **%.2f** | %.1f | %.1f | **%.2f** | %s |\n", c.Name, c.Subject.RPS, c.Reference.RPS, c.Ratio,
+				c.Subject.CPUusPerReq, c.Reference.CPUusPerReq, inv, c.Target)
 		}
 		b.WriteString("\n| memory | RSS | of which anonymous | target (RSS) |\n|---|---|---|---|\n")
 		for _, m := range rep.Memory {

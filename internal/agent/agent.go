@@ -354,6 +354,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	// Admin bodies are read only once the caller is authorized.
 	a.admin.LimitBodies(a.bodyLimits, httpapi.WriteBodyError)
 	apiSrv := unixsock.NewHTTPServer(a.apiHandler(), lim, a.log)
+	apiSrv.ConnContext = withPolicyMemo(apiSrv.ConnContext)
 	admSrv := unixsock.NewHTTPServer(a.admin, lim, a.log)
 
 	listeners, err := a.listenFeatures()

@@ -47,7 +47,7 @@ func (a *Agent) apiHandler() http.Handler {
 		rt := a.rt.Load()
 		var d peer.Decision
 		if ok {
-			d = rt.policy.Decide(p, r.Method, r.URL.Path)
+			d = decide(r.Context(), rt.policy, p, r.Method, r.URL.Path)
 		}
 		if !d.Allowed {
 			a.deny(w, r, p, ok, d)
@@ -56,10 +56,15 @@ func (a *Agent) apiHandler() http.Handler {
 		if !unixsock.ReadBody(w, r, a.bodyLimits(), httpapi.WriteBodyError) {
 			return
 		}
-		// Dispatch through the mux itself: only ServeMux.ServeHTTP fills in
-		// the request's path values.
-		if httpapi.MuxPattern(mux, r) != "" {
-			mux.ServeHTTP(w, r)
+		// One lookup: a route without wildcards is served by its handler
+		// directly; one with them through the mux itself, as only
+		// ServeMux.ServeHTTP fills in the request's path values.
+		if h, pattern := httpapi.MuxHandler(mux, r); pattern != "" {
+			if strings.IndexByte(pattern, '{') < 0 {
+				h.ServeHTTP(w, r)
+			} else {
+				mux.ServeHTTP(w, r)
+			}
 			return
 		}
 		if reservedPath(r.URL.Path) {

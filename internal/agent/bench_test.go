@@ -46,7 +46,10 @@ func newBenchRequest(method, path, body string) *benchRequest {
 	if body != "" {
 		r.ContentLength = int64(len(body))
 	}
-	r = r.WithContext(unixsock.WithPeer(context.Background(), unixsock.Peer{UID: uint32(os.Geteuid()), GID: uint32(os.Getegid()), PID: int32(os.Getpid())}))
+	// The connection's context as the server builds it: the peer, then
+	// the connection's policy memo.
+	ctx := unixsock.WithPeer(context.Background(), unixsock.Peer{UID: uint32(os.Geteuid()), GID: uint32(os.Getegid()), PID: int32(os.Getpid())})
+	r = r.WithContext(withPolicyMemo(nil)(ctx, nil))
 	br.r = r
 	return br
 }

@@ -69,11 +69,21 @@ var redirectType = reflect.TypeOf(http.RedirectHandler("/", http.StatusTemporary
 // redirects. A handler registered as an http.RedirectHandler is therefore
 // never reached either: wicket registers none.
 func MuxPattern(mux *http.ServeMux, r *http.Request) string {
-	h, pattern := mux.Handler(r)
-	if reflect.TypeOf(h) == redirectType {
-		return ""
-	}
+	_, pattern := MuxHandler(mux, r)
 	return pattern
+}
+
+// MuxHandler is MuxPattern with the handler of that pattern (nil when
+// none would serve r). A pattern without wildcards needs no path values,
+// so its handler may be called directly, sparing the mux's second lookup;
+// one with wildcards must be reached through mux.ServeHTTP, which fills
+// them in.
+func MuxHandler(mux *http.ServeMux, r *http.Request) (http.Handler, string) {
+	h, pattern := mux.Handler(r)
+	if pattern == "" || reflect.TypeOf(h) == redirectType {
+		return nil, ""
+	}
+	return h, pattern
 }
 
 // ValidMethod reports whether m is one of the methods a wicket route or

@@ -8,7 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -177,17 +177,21 @@ func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) error {
 	// body is still answered only once the token passes.
 	var req api.IssuerTokenRequest
 	var reqErr error
-	body, err := io.ReadAll(io.LimitReader(r.Body, 64<<10))
-	if err != nil {
-		reqErr = err
-	} else if len(strings.TrimSpace(string(body))) > 0 {
-		dec := json.NewDecoder(strings.NewReader(string(body)))
-		dec.DisallowUnknownFields()
-		reqErr = dec.Decode(&req)
-	}
 	var aud []string
-	if reqErr == nil {
-		aud, reqErr = parseAud(req.Aud)
+	body, err := readRequestBody(r, 64<<10)
+	if one, ok := fastTokenRequest(body); err == nil && ok {
+		aud = []string{one}
+	} else {
+		if err != nil {
+			reqErr = err
+		} else if len(strings.TrimSpace(string(body))) > 0 {
+			dec := json.NewDecoder(strings.NewReader(string(body)))
+			dec.DisallowUnknownFields()
+			reqErr = dec.Decode(&req)
+		}
+		if reqErr == nil {
+			aud, reqErr = parseAud(req.Aud)
+		}
 	}
 	if !s.signing.enter(r.Context()) {
 		return nil // the caller went away while queued
@@ -240,10 +244,18 @@ func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) error {
 		return httpapi.InternalError(fmt.Errorf("sign for org %s: %w", m.Org, err))
 	}
 	s.tokensIssued.Add(1)
-	s.log.Info("oidc token issued", "machine_id", m.ID, "org", m.Org, "app", m.App, "aud", strings.Join(aud, ","),
-		"kid", key.ID, "jti", claims.ID, "token_id", ver.TokenID, "expires_at", claims.Expiry.UTC().Format(time.RFC3339),
-		"capped_at_token_end", capped)
-	writeJSON(w, http.StatusOK, api.TokenReply{Token: tok, ExpiresAt: claims.Expiry.UTC().Truncate(time.Second)})
+	// The audit line; its fields are built only when it is written.
+	if s.log.Enabled(r.Context(), slog.LevelInfo) {
+		s.log.Info("oidc token issued", "machine_id", m.ID, "org", m.Org, "app", m.App, "aud", strings.Join(aud, ","),
+			"kid", key.ID, "jti", claims.ID, "token_id", ver.TokenID, "expires_at", claims.Expiry.UTC().Format(time.RFC3339),
+			"capped_at_token_end", capped)
+	}
+	exp = claims.Expiry.UTC().Truncate(time.Second)
+	if !jwsSafe(tok) {
+		writeJSON(w, http.StatusOK, api.TokenReply{Token: tok, ExpiresAt: exp})
+		return nil
+	}
+	writeTokenReply(w, tok, exp)
 	return nil
 }
 

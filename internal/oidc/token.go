@@ -75,7 +75,7 @@ func Sign(k *Key, c Claims) (string, error) {
 	if c.NotBefore.IsZero() {
 		c.NotBefore = c.IssuedAt
 	}
-	payload, err := json.Marshal(wireClaims{
+	w := wireClaims{
 		Issuer:      c.Issuer,
 		Subject:     c.Subject,
 		Audience:    jwt.Audience(c.Audience),
@@ -90,11 +90,18 @@ func Sign(k *Key, c Claims) (string, error) {
 		Region:      c.Region,
 		Image:       c.Image,
 		ImageDigest: c.ImageDigest,
-	})
-	if err != nil {
-		return "", fmt.Errorf("oidc: sign: %w", err)
 	}
-	return signPayload(k, payload)
+	s, err := k.jws()
+	if err != nil {
+		return "", err
+	}
+	// Claims are a few hundred bytes: this buffer usually stays on the stack.
+	var buf [512]byte
+	tok, err := s.sign(appendClaims(buf[:0], &w))
+	if err != nil {
+		return "", fmt.Errorf("oidc: sign with key %s: %w", k.ID, err)
+	}
+	return tok, nil
 }
 
 // JWTSVIDClaims are the claims of a JWT-SVID: the SPIFFE ID as sub, its
@@ -135,19 +142,15 @@ func SignJWTSVID(k *Key, c JWTSVIDClaims) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("oidc: sign jwt-svid: %w", err)
 	}
-	return signPayload(k, payload)
-}
-
-func signPayload(k *Key, payload []byte) (string, error) {
-	s, err := k.joseSigner()
+	s, err := k.jws()
 	if err != nil {
 		return "", err
 	}
-	jws, err := s.Sign(payload)
+	tok, err := s.sign(payload)
 	if err != nil {
-		return "", fmt.Errorf("oidc: sign with key %s: %w", k.ID, err)
+		return "", fmt.Errorf("oidc: sign jwt-svid with key %s: %w", k.ID, err)
 	}
-	return jws.CompactSerialize()
+	return tok, nil
 }
 
 // IssuerURL returns the issuer of org: one issuer per org, so a cloud trust

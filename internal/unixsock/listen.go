@@ -302,12 +302,13 @@ func (l *Listener) Stats() Stats {
 }
 
 // Conn is an accepted connection with its peer's credentials, read once at
-// accept time.
+// accept time. Its deadlines are set on the socket lazily (lazyDeadline).
 type Conn struct {
 	*net.UnixConn
 	peer   Peer
 	l      *Listener
 	closed atomic.Bool
+	rd, wd lazyDeadline
 }
 
 // Peer returns the credentials of the process that connected.

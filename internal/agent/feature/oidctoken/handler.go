@@ -83,13 +83,29 @@ func fastAud(body []byte) (string, bool) {
 }
 
 // wantsJSON reports whether the Accept header asks for application/json.
+// A value without "json" in it (*/*, application/jwt: nearly every one)
+// cannot, and is not parsed.
 func wantsJSON(r *http.Request) bool {
 	for _, v := range r.Header.Values("Accept") {
+		if !containsFoldJSON(v) {
+			continue
+		}
 		for _, part := range strings.Split(v, ",") {
 			mt, _, err := mime.ParseMediaType(strings.TrimSpace(part))
 			if err == nil && mt == "application/json" {
 				return true
 			}
+		}
+	}
+	return false
+}
+
+// containsFoldJSON reports whether s contains "json" in any case: a media
+// type ParseMediaType reads as application/json has it.
+func containsFoldJSON(s string) bool {
+	for i := 0; i+4 <= len(s); i++ {
+		if (s[i]|0x20) == 'j' && (s[i+1]|0x20) == 's' && (s[i+2]|0x20) == 'o' && (s[i+3]|0x20) == 'n' {
+			return true
 		}
 	}
 	return false
