@@ -31,6 +31,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	goruntime "runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -41,6 +42,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
@@ -51,6 +53,7 @@ import (
 var (
 	peerFlag     = flag.String("peer", "", `"spire": also measure wicket's SPIFFE Workload API against SPIRE's agent (builds SPIRE with .ci/spire.sh when missing)`)
 	peerOnlyFlag = flag.Bool("peer-only", false, "with -peer: measure only the peer comparison, not the guest API figures")
+	peerPinFlag  = flag.Bool("peer-pin", true, "with -peer: run both agents on CPU 0 and the load client on the other CPUs, so the client's work does not come out of the agents' (needs 2 CPUs)")
 )
 
 // The SPIRE side: its trust domain and the one workload entry, selecting
@@ -286,6 +289,16 @@ func measureSPIRE(ctx context.Context, sys *system, work string, o options) ([]p
 	}
 	defer d.Close()
 	wpid := sys.agent.Process.Pid
+	pinned := false
+	if *peerPinFlag && goruntime.NumCPU() >= 2 {
+		agents := []int{wpid, d.Agent.PID(), d.Server.PID()}
+		restore, err := pinApart(agents)
+		if err != nil {
+			return nil, nil, fmt.Errorf("-peer-pin: %w", err)
+		}
+		defer restore()
+		pinned = true
+	}
 	wicket := func(kind, client string) wlTarget {
 		return wlTarget{name: "wicket " + callName[kind], addr: "unix://" + sys.spiffe, pid: wpid, kind: kind, client: client}
 	}
@@ -332,7 +345,12 @@ func measureSPIRE(ctx context.Context, sys *system, work string, o options) ([]p
 			return nil, nil, err
 		}
 	}
+	placement := "the load client shares the cores with both agents (-peer-pin=false)"
+	if pinned {
+		placement = "both agents (and SPIRE's server) run on CPU 0, the load client on the other CPUs (-peer-pin): each agent has one core to itself while it is measured, and the client's work does not come out of it"
+	}
 	notes := []string{
+		"Placement: " + placement + ".",
 		fmt.Sprintf("SPIRE %s (spire-server + spire-agent, join_token and unix workload attestors, sqlite3 datastore, memory key manager, log level INFO, its default) against wicket's agent ([spiffe] enabled, default policy, log level info, its default); both through go-spiffe v2.9.0's workloadapi client and, at %d callers, through the generated gRPC client alone (no SVID parsing); one client and connection per caller.", spire.Version, o.conns),
 		"Workload API CPU/fetch: user+system time of each agent process (/proc/PID/stat) over the measured period / fetches served; the load client shares the cores with both agents, so where the client costs more than the agent (go-spiffe against wicket) throughput measures the client too: the grpc rows and the CPU ratios are the agents'.",
 	}
@@ -350,4 +368,51 @@ func profileWorkload(ctx context.Context, sys *system, ts []wlTarget, o options)
 		}
 	}
 	return nil
+}
+
+// pinApart runs every thread of the agents' processes on CPU 0 and this
+// process (the load client) on the other CPUs; restore puts all of them
+// back on every CPU. Threads made later inherit their creator's set.
+func pinApart(agents []int) (restore func(), err error) {
+	n := goruntime.NumCPU()
+	var zero, rest, all unix.CPUSet
+	zero.Set(0)
+	for c := range n {
+		all.Set(c)
+		if c > 0 {
+			rest.Set(c)
+		}
+	}
+	set := func(pid int, cpus *unix.CPUSet) error {
+		tids, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		if err != nil {
+			return err
+		}
+		for _, t := range tids {
+			tid, err := strconv.Atoi(t.Name())
+			if err != nil {
+				continue
+			}
+			if err := unix.SchedSetaffinity(tid, cpus); err != nil && !errors.Is(err, unix.ESRCH) {
+				return fmt.Errorf("pid %d thread %d: %w", pid, tid, err)
+			}
+		}
+		return nil
+	}
+	restore = func() {
+		for _, pid := range append(agents, os.Getpid()) {
+			set(pid, &all)
+		}
+	}
+	for _, pid := range agents {
+		if err := set(pid, &zero); err != nil {
+			restore()
+			return nil, err
+		}
+	}
+	if err := set(os.Getpid(), &rest); err != nil {
+		restore()
+		return nil, err
+	}
+	return restore, nil
 }
