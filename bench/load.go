@@ -59,6 +59,9 @@ type loadResult struct {
 	// ClientCPUusPerReq is the same for the load client's process (this
 	// one: the harness's client or go-spiffe's), not measured for h2load.
 	ClientCPUusPerReq float64 `json:"client_cpu_us_per_req,omitempty"`
+
+	serverCPU, clientCPU time.Duration // over the measured window (measure)
+	hasPID               bool
 }
 
 // runLoad keeps conns keep-alive connections busy with t's request: a
@@ -123,30 +126,46 @@ func runLoad(ctx context.Context, t target, conns int, warmup, dur time.Duration
 			mu.Unlock()
 		}()
 	}
+	r := loadResult{Name: t.name, Client: "harness", Conns: conns}
+	r.measure(ctx, t.pid, warmup, dur, &measuring, &stop, &wg)
+	r.Requests, r.Errors = reqs.Load(), errs.Load()
+	r.summarize(lat)
+	return r
+}
+
+// measure is the timing every load loop shares: the warm-up (callers
+// already running, not counted), then dur with measuring set and the
+// server's (pid) and this process's CPU sampled around it; then it stops
+// the callers and waits for them.
+func (r *loadResult) measure(ctx context.Context, pid int, warmup, dur time.Duration, measuring, stop *atomic.Bool, wg *sync.WaitGroup) {
 	sleepCtx(ctx, warmup)
 	self := os.Getpid()
-	cpu0, ccpu0 := procCPU(t.pid), procCPU(self)
+	cpu0, ccpu0 := procCPU(pid), procCPU(self)
 	measuring.Store(true)
 	start := time.Now()
 	sleepCtx(ctx, dur)
 	measuring.Store(false)
 	elapsed := time.Since(start)
-	cpu1, ccpu1 := procCPU(t.pid), procCPU(self)
+	cpu1, ccpu1 := procCPU(pid), procCPU(self)
 	stop.Store(true)
 	wg.Wait()
+	r.Seconds = elapsed.Seconds()
+	r.serverCPU, r.clientCPU, r.hasPID = cpu1-cpu0, ccpu1-ccpu0, pid > 0
+}
 
-	r := loadResult{Name: t.name, Client: "harness", Conns: conns, Seconds: elapsed.Seconds(), Requests: reqs.Load(), Errors: errs.Load()}
-	r.RPS = float64(r.Requests) / elapsed.Seconds()
-	if r.Requests > 0 && t.pid > 0 {
-		r.CPUusPerReq = (cpu1 - cpu0).Seconds() * 1e6 / float64(r.Requests)
-		r.ClientCPUusPerReq = (ccpu1 - ccpu0).Seconds() * 1e6 / float64(r.Requests)
+// summarize turns the counts measure left and the callers' latencies
+// into rates, CPU per request and quantiles.
+func (r *loadResult) summarize(lat []time.Duration) {
+	r.RPS = float64(r.Requests) / r.Seconds
+	if r.Requests > 0 && r.hasPID {
+		r.CPUusPerReq = r.serverCPU.Seconds() * 1e6 / float64(r.Requests)
+		r.ClientCPUusPerReq = r.clientCPU.Seconds() * 1e6 / float64(r.Requests)
 	}
 	if len(lat) > 0 {
 		slices.Sort(lat)
 		q := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))].Nanoseconds()) / 1e3 }
 		r.P50us, r.P90us, r.P99us = q(0.50), q(0.90), q(0.99)
 	}
-	return r
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) {

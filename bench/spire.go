@@ -32,7 +32,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	goruntime "runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -214,28 +213,10 @@ func runWorkload(ctx context.Context, t wlTarget, callers int, warmup, dur time.
 			mu.Unlock()
 		}()
 	}
-	sleepCtx(ctx, warmup)
-	self := os.Getpid()
-	cpu0, ccpu0 := procCPU(t.pid), procCPU(self)
-	measuring.Store(true)
-	start := time.Now()
-	sleepCtx(ctx, dur)
-	measuring.Store(false)
-	elapsed := time.Since(start)
-	cpu1, ccpu1 := procCPU(t.pid), procCPU(self)
-	stop.Store(true)
-	wg.Wait()
-	r := loadResult{Name: t.name, Client: t.client, Conns: callers, Seconds: elapsed.Seconds(), Requests: reqs.Load(), Errors: errs.Load()}
-	r.RPS = float64(r.Requests) / elapsed.Seconds()
-	if r.Requests > 0 && t.pid > 0 {
-		r.CPUusPerReq = (cpu1 - cpu0).Seconds() * 1e6 / float64(r.Requests)
-		r.ClientCPUusPerReq = (ccpu1 - ccpu0).Seconds() * 1e6 / float64(r.Requests)
-	}
-	if len(lat) > 0 {
-		slices.Sort(lat)
-		q := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))].Nanoseconds()) / 1e3 }
-		r.P50us, r.P90us, r.P99us = q(0.50), q(0.90), q(0.99)
-	}
+	r := loadResult{Name: t.name, Client: t.client, Conns: callers}
+	r.measure(ctx, t.pid, warmup, dur, &measuring, &stop, &wg)
+	r.Requests, r.Errors = reqs.Load(), errs.Load()
+	r.summarize(lat)
 	if e, ok := firstErr.Load().(error); ok {
 		fmt.Fprintf(os.Stderr, "%s: %d errors, the first: %v\n", t.name, r.Errors, e)
 	}
