@@ -345,3 +345,51 @@ func TestSDS_PrivateKeyNotInLogs(t *testing.T) {
 		t.Error("the private key appears in the logs")
 	}
 }
+
+// With a federated domain, "ALL" is a SPIFFE validator config that keeps
+// each domain's CAs to that domain, the foreign domain's ID names its
+// bundle alone, and ROOTCA stays the machine's own domain's CAs.
+func TestSDS_FederatedBundles(t *testing.T) {
+	f := newForeignDomain(t)
+	ca1 := newCA(t, foreignTD)
+	f.serve(t, 1, ca1)
+	e := setupWith(t, federatingIssuer(t, f))
+	c := secretv3.NewSecretDiscoveryServiceClient(sdsConn(t, e.sock))
+	ctx := ctxT(t)
+	var secs map[string]*tlsv3.Secret
+	// The agent learns the federated bundle with its trust; ask until it
+	// is there.
+	wait.Eventually(t, 30*time.Second, func() bool {
+		resp, err := c.FetchSecrets(ctx, sdsRequest("ALL", "ROOTCA", foreignTD.IDString()))
+		if err != nil {
+			return false
+		}
+		secs = secretsOf(t, resp)
+		return len(secs) == 3
+	}, "ALL, ROOTCA and spire.test's bundle over SDS")
+	own := spiffeid.RequireTrustDomainFromString(td)
+	if b := bundleOf(t, secs["ROOTCA"], own); b.HasX509Authority(ca1.Cert) {
+		t.Error("ROOTCA holds the federated domain's CA")
+	}
+	if b := bundleOf(t, secs[foreignTD.IDString()], foreignTD); !b.HasX509Authority(ca1.Cert) || len(b.X509Authorities()) != 1 {
+		t.Errorf("%s's secret: %d CAs, want only its CA", foreignTD, len(b.X509Authorities()))
+	}
+	var cfg tlsv3.SPIFFECertValidatorConfig
+	if err := secs["ALL"].GetValidationContext().GetCustomValidatorConfig().GetTypedConfig().UnmarshalTo(&cfg); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]*x509bundle.Bundle{}
+	for _, d := range cfg.TrustDomains {
+		b, err := x509bundle.Parse(spiffeid.RequireTrustDomainFromString(d.Name), d.GetTrustBundle().GetInlineBytes())
+		if err != nil {
+			t.Fatalf("ALL, %s: %v", d.Name, err)
+		}
+		got[d.Name] = b
+	}
+	if len(got) != 2 || got[td] == nil || got[foreignTD.Name()] == nil {
+		t.Fatalf("ALL's trust domains: %d, want %s and %s", len(got), td, foreignTD.Name())
+	}
+	if got[td].HasX509Authority(ca1.Cert) || !got[foreignTD.Name()].HasX509Authority(ca1.Cert) {
+		t.Error("ALL does not keep spire.test's CA to spire.test")
+	}
+}
