@@ -13,10 +13,15 @@ import (
 	"testing"
 	"time"
 
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/wicket-sh/wicket/internal/sockettest"
@@ -27,7 +32,7 @@ import (
 const helperEnv = "WICKET_SPIFFETEST_HELPER"
 
 type helperSpec struct {
-	Mode      string // "fetch", "serve" or "dial"
+	Mode      string // "fetch", "sds", "serve" or "dial"
 	Socket    string
 	Addr      string // dial: the server
 	Authorize string // serve, dial: the only peer ID accepted
@@ -85,6 +90,8 @@ func runHelper(raw string) int {
 			return 0
 		}
 		out.Encode(map[string]string{"id": svid.ID.String()})
+	case "sds":
+		out.Encode(sdsFetch(ctx, sp.Socket))
 	case "serve":
 		id := spiffeid.RequireFromString(sp.Authorize)
 		ln, err := spiffetls.ListenWithMode(ctx, "tcp", "127.0.0.1:0",
@@ -226,4 +233,32 @@ func serveAs(t *testing.T, uid, gid uint32, socket, authorize string) *server {
 		t.Fatalf("server helper did not start in 30s\n%s", stderr.String())
 	}
 	return s
+}
+
+// sdsFetch asks the agent's SDS, as Envoy would (no security header), for
+// all of the caller's Secrets and returns its SVID's ID or the error.
+func sdsFetch(ctx context.Context, socket string) map[string]string {
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return map[string]string{"err": err.Error()}
+	}
+	defer conn.Close()
+	resp, err := secretv3.NewSecretDiscoveryServiceClient(conn).FetchSecrets(ctx, sdsRequest())
+	if err != nil {
+		return map[string]string{"err": err.Error(), "code": status.Code(err).String()}
+	}
+	for _, a := range resp.Resources {
+		var s tlsv3.Secret
+		if err := a.UnmarshalTo(&s); err != nil {
+			return map[string]string{"err": err.Error()}
+		}
+		if tc := s.GetTlsCertificate(); tc != nil {
+			svid, err := x509svid.Parse(tc.GetCertificateChain().GetInlineBytes(), tc.GetPrivateKey().GetInlineBytes())
+			if err != nil {
+				return map[string]string{"err": err.Error()}
+			}
+			return map[string]string{"id": svid.ID.String(), "name": s.Name}
+		}
+	}
+	return map[string]string{"err": "no tls_certificate"}
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
@@ -24,7 +25,8 @@ import (
 // Open Workload API streams follow a reload of the agent's policy: a
 // caller whose rule now names another workload gets that workload's SVID
 // on the stream it holds, and a caller the policy no longer admits gets
-// PermissionDenied on every stream, which ends them.
+// PermissionDenied on every stream, which ends them. Envoy's SDS stream
+// follows the same way.
 func TestWorkloadAPI_StreamsFollowPolicyReload(t *testing.T) {
 	iss := e2e.StartIssuer(t)
 	tok := iss.MachineToken(t, "dev", "web", "m1")
@@ -71,6 +73,31 @@ func TestWorkloadAPI_StreamsFollowPolicyReload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Envoy's SDS stream, all of the caller's Secrets (no header: SDS).
+	sds, err := secretv3.NewSecretDiscoveryServiceClient(conn).StreamSecrets(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sds.Send(sdsRequest()); err != nil {
+		t.Fatal(err)
+	}
+	sdsID := func(t *testing.T) string {
+		t.Helper()
+		m, err := sds.Recv()
+		if err != nil {
+			t.Fatalf("StreamSecrets: %v", err)
+		}
+		for name, sec := range secretsOf(t, m) {
+			if sec.GetTlsCertificate() != nil {
+				if id := svidOf(t, sec).ID.String(); id != name {
+					t.Fatalf("svid for %s named %s", id, name)
+				}
+				return name
+			}
+		}
+		t.Fatal("no tls_certificate on the SDS stream")
+		return ""
+	}
 	idOf := func(t *testing.T) string {
 		t.Helper()
 		m, err := x509s.Recv()
@@ -95,11 +122,17 @@ func TestWorkloadAPI_StreamsFollowPolicyReload(t *testing.T) {
 	if _, err := jwtb.Recv(); err != nil {
 		t.Fatal(err)
 	}
+	if id := sdsID(t); id != "spiffe://"+td+"/app/web/workload/a" {
+		t.Fatalf("first SDS svid for %s", id)
+	}
 
 	// Renamed: the open stream gets the new identity's SVID.
 	reload(me, "b")
 	if id := idOf(t); id != "spiffe://"+td+"/app/web/workload/b" {
 		t.Fatalf("after the rule was renamed, the stream sent an svid for %s", id)
+	}
+	if id := sdsID(t); id != "spiffe://"+td+"/app/web/workload/b" {
+		t.Fatalf("after the rule was renamed, the SDS stream sent an svid for %s", id)
 	}
 
 	// No longer admitted: every stream ends with PermissionDenied.
@@ -110,6 +143,7 @@ func TestWorkloadAPI_StreamsFollowPolicyReload(t *testing.T) {
 	for name, recv := range map[string]func() error{
 		"FetchX509Bundles": func() error { _, err := x509b.Recv(); return err },
 		"FetchJWTBundles":  func() error { _, err := jwtb.Recv(); return err },
+		"StreamSecrets":    func() error { _, err := sds.Recv(); return err },
 	} {
 		if err := recv(); status.Code(err) != codes.PermissionDenied {
 			t.Errorf("%s after the caller's rule went: %v, want PermissionDenied", name, err)

@@ -1,8 +1,10 @@
 // Package workloadapi is the agent's SPIFFE Workload API: the standard
 // gRPC service (github.com/spiffe/go-spiffe/v2/proto/spiffe/workload) on
-// a Unix socket made by internal/unixsock, so go-spiffe, SPIRE's CLI,
-// Envoy and every other SPIFFE-aware program get X.509- and JWT-SVIDs
-// and trust bundles from the agent unchanged.
+// a Unix socket made by internal/unixsock, so go-spiffe, SPIRE's CLI
+// and every other SPIFFE-aware program get X.509- and JWT-SVIDs and
+// trust bundles from the agent unchanged; and, on the same socket,
+// Envoy's Secret Discovery Service as SPIRE's agent serves it (sds.go),
+// so Envoy does too.
 //
 // Who the caller is comes from the kernel (SO_PEERCRED, read by unixsock
 // when the connection was accepted) and the agent's policy (Options.
@@ -22,6 +24,7 @@ import (
 	"sync"
 	"time"
 
+	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
@@ -125,12 +128,16 @@ func (s *Server) firstHandOut(k auditKey) bool {
 }
 
 // securityHeader is the metadata every Workload API call must carry
-// (SPIFFE Workload Endpoint spec): a browser or SSRF cannot set it.
+// (SPIFFE Workload Endpoint spec): a browser or SSRF cannot set it. The
+// SDS methods are exempt, as in SPIRE's agent: Envoy does not send it,
+// and the header guards against something no client of this socket can
+// do (see SECURITY.md).
 const securityHeader = "workload.spiffe.io"
 
-// maxRecvMsg bounds a request: the largest one (ValidateJWTSVID) holds a
-// JWT and an audience.
-const maxRecvMsg = 64 << 10
+// maxRecvMsg bounds a request. The largest Workload API one
+// (ValidateJWTSVID) holds a JWT and an audience; an SDS DiscoveryRequest
+// carries Envoy's node, whose list of extensions runs to tens of KiB.
+const maxRecvMsg = 256 << 10
 
 // New makes a server; Serve starts it.
 func New(opts Options) *Server {
@@ -149,20 +156,23 @@ func New(opts Options) *Server {
 		grpc.Creds(peerCreds{}),
 		grpc.MaxRecvMsgSize(maxRecvMsg),
 		grpc.MaxConcurrentStreams(64),
-		grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-			if err := checkHeader(ctx); err != nil {
+		grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			if err := checkHeader(ctx, info.FullMethod); err != nil {
 				return nil, err
 			}
 			return h(ctx, req)
 		}),
-		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-			if err := checkHeader(ss.Context()); err != nil {
+		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			if err := checkHeader(ss.Context(), info.FullMethod); err != nil {
 				return err
 			}
 			return h(srv, ss)
 		}),
 	)
-	workload.RegisterSpiffeWorkloadAPIServer(s.grpc, &handler{s: s})
+	h := &handler{s: s}
+	workload.RegisterSpiffeWorkloadAPIServer(s.grpc, h)
+	// Envoy's SDS on the same socket, as SPIRE's agent serves it.
+	secretv3.RegisterSecretDiscoveryServiceServer(s.grpc, &sdsHandler{h: h})
 	return s
 }
 
@@ -217,9 +227,13 @@ func (s *Server) policyWatch() <-chan struct{} {
 // Stats reports the cache's counters.
 func (s *Server) Stats() Stats { return s.cache.stats() }
 
-// checkHeader reads the one key (FromIncomingContext would copy the
+// checkHeader requires the security header on every method but the SDS
+// service's. It reads the one key (FromIncomingContext would copy the
 // whole metadata map on every call).
-func checkHeader(ctx context.Context) error {
+func checkHeader(ctx context.Context, method string) error {
+	if isSDSMethod(method) {
+		return nil
+	}
 	if v := metadata.ValueFromIncomingContext(ctx, securityHeader); len(v) != 1 || v[0] != "true" {
 		return status.Error(codes.InvalidArgument, "security header missing from request")
 	}
