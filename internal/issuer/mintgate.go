@@ -6,9 +6,12 @@ import (
 	"sync/atomic"
 )
 
-// mintGate admits the CPU-bound part of minting (verifying the caller's
-// copy, reading its machine, signing) a few requests at a time, in
-// arrival order.
+// mintGate admits the CPU-bound part of minting (the signature, entered
+// once the request is authenticated and its signing key found) a few
+// requests at a time, in arrival order. A request that is refused, or
+// waits on the store (a machine read through to etcd, an org's first
+// key), never holds a slot: unauthenticated callers cannot queue ahead of
+// machines, and a slow store does not stall signing.
 //
 // A refresh storm (a fleet restarting: thousands of machines asking for
 // a token within seconds) brings more requests than the cores can sign.
@@ -20,9 +23,7 @@ import (
 // senders are woken first in, first out). Slots are 4 × GOMAXPROCS: few
 // enough that the crowd waits parked, enough that a slot holder the
 // operating system preempts (a shared machine) does not leave a core
-// idle. The gate never holds a request that waits on the network: bodies
-// are read before it, and the reply is buffered by net/http until the
-// handler returns. docs/performance.md has the storms with and without.
+// idle. The reply is buffered by net/http until the handler returns. docs/performance.md has the storms with and without.
 type mintGate struct {
 	slots   chan struct{}
 	waiting atomic.Int64 // in enter, not yet admitted

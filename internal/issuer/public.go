@@ -193,10 +193,6 @@ func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) error {
 			aud, reqErr = parseAud(req.Aud)
 		}
 	}
-	if !s.signing.enter(r.Context()) {
-		return nil // the caller went away while queued
-	}
-	defer s.signing.leave()
 	m, ver, ok := s.authenticateFor(w, r, machinetoken.Request{Feature: machinetoken.FeatureOIDC, Audience: aud})
 	if !ok {
 		return nil // answered
@@ -228,6 +224,10 @@ func (s *Issuer) handleOIDCToken(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return httpapi.InternalError(fmt.Errorf("subject of machine %s: %w", m.ID, err))
 	}
+	if !s.signing.enter(r.Context()) {
+		return nil // the caller went away while queued
+	}
+	defer s.signing.leave()
 	now := s.now()
 	exp, capped, ok := s.capAtToken(w, r, ver, now, ttl)
 	if !ok {

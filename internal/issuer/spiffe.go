@@ -227,14 +227,14 @@ func (s *Issuer) handleX509SVID(w http.ResponseWriter, r *http.Request) error {
 	if reqErr == nil {
 		reqErr = csrErr
 	}
-	if !s.signing.enter(r.Context()) {
-		return nil // the caller went away while queued
-	}
-	defer s.signing.leave()
 	m, ver, err := s.authorizeSVID(w, r, machinetoken.SVIDX509, id, nil, reqErr)
 	if err != nil {
 		return answered(err)
 	}
+	if !s.signing.enter(r.Context()) {
+		return nil // the caller went away while queued
+	}
+	defer s.signing.leave()
 	now := s.now()
 	exp, capped, ok := s.capAtToken(w, r, ver, now, s.cfg().SPIFFE.X509SVIDTTL.Duration)
 	if !ok {
@@ -270,10 +270,6 @@ func (s *Issuer) handleJWTSVID(w http.ResponseWriter, r *http.Request) error {
 		// An audience caveat must not read "none asked" as the default.
 		aud = []string{""}
 	}
-	if !s.signing.enter(r.Context()) {
-		return nil // the caller went away while queued
-	}
-	defer s.signing.leave()
 	m, ver, err := s.authorizeSVID(w, r, machinetoken.SVIDJWT, id, aud, reqErr)
 	if err != nil {
 		return answered(err)
@@ -282,6 +278,10 @@ func (s *Issuer) handleJWTSVID(w http.ResponseWriter, r *http.Request) error {
 	if herr != nil {
 		return herr
 	}
+	if !s.signing.enter(r.Context()) {
+		return nil // the caller went away while queued
+	}
+	defer s.signing.leave()
 	now := s.now()
 	// Never longer than an OIDC token: JWT-SVID keys stay in the bundle
 	// for oidc.grace (≥ oidc.max_ttl) after they retire, as OIDC keys do.

@@ -22,6 +22,7 @@ import (
 	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/config"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
+	"github.com/wicket-sh/wicket/internal/issuer/issuertest"
 	"github.com/wicket-sh/wicket/internal/sockettest"
 )
 
@@ -59,19 +60,7 @@ func kindCopy(t *testing.T, tok string, kind machinetoken.SVIDKind) string {
 
 func csrFor(t *testing.T, uris ...string) []byte {
 	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.CertificateRequest{}
-	for _, u := range uris {
-		p, err := url.Parse(u)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tmpl.URIs = append(tmpl.URIs, p)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	der, _ := issuertest.CSR(t, uris...)
 	return der
 }
 

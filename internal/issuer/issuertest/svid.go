@@ -94,7 +94,9 @@ func svidBundle(t *testing.T, tg *Target, token string) svidTrust {
 	return svidTrust{td: td, machineID: id, bundle: b}
 }
 
-func csrFor(t *testing.T, ids ...string) ([]byte, *ecdsa.PrivateKey) {
+// CSR is a certificate request for the URI SANs ids (none, one, or more:
+// the malformed cases), with a new P-256 key.
+func CSR(t *testing.T, ids ...string) ([]byte, *ecdsa.PrivateKey) {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.CertificateRequest{}
@@ -143,7 +145,7 @@ func testSVIDBundle(t *testing.T, tg *Target) {
 	unbound := restrict(t, tg.Token, time.Minute, features(machinetoken.FeatureSVID))
 	for name, tok := range map[string]string{"svid copy without kinds": unbound, "the machine token": tg.Token} {
 		expect(t, "bundle with "+name, do(t, "GET", tg.URL+"/v1/svids/bundle", tok, "", nil), 401, "unauthorized")
-		csr, _ := csrFor(t, s.machineID.String())
+		csr, _ := CSR(t, s.machineID.String())
 		expect(t, "x509 svid with "+name, x509SVID(t, tg, tok, csr), 401, "unauthorized")
 		expect(t, "jwt svid with "+name, jwtSVID(t, tg, tok, s.machineID.String(), "db"), 401, "unauthorized")
 	}
@@ -158,7 +160,7 @@ func testX509SVID(t *testing.T, tg *Target) {
 	for _, id := range []spiffeid.ID{s.machineID, s.workload(t, "backend")} {
 		start := time.Now()
 		copy := restrict(t, tg.Token, 3*time.Minute, svidScope(id.String()))
-		csr, key := csrFor(t, id.String())
+		csr, key := CSR(t, id.String())
 		r := x509SVID(t, tg, copy, csr)
 		expect(t, "x509 svid for "+id.String(), r, 200, "")
 		if r.status != 200 {
@@ -187,10 +189,10 @@ func testX509SVID(t *testing.T, tg *Target) {
 	}
 	backend := s.workload(t, "backend").String()
 	bound := restrict(t, tg.Token, time.Minute, svidScope(backend))
-	other, _ := csrFor(t, s.workload(t, "frontend").String())
+	other, _ := CSR(t, s.workload(t, "frontend").String())
 	expect(t, "x509, copy bound to another id", x509SVID(t, tg, bound, other), 401, "unauthorized")
 	md := restrict(t, tg.Token, time.Minute, features(machinetoken.FeatureMetadata))
-	mine, _ := csrFor(t, backend)
+	mine, _ := CSR(t, backend)
 	expect(t, "x509, metadata copy", x509SVID(t, tg, md, mine), 401, "unauthorized")
 	outside := []string{
 		"spiffe://" + s.td.Name() + "/app/not-" + tg.App + "/workload/x",
@@ -200,10 +202,10 @@ func testX509SVID(t *testing.T, tg *Target) {
 	}
 	anyX509 := restrict(t, tg.Token, time.Minute, kindScope(machinetoken.SVIDX509))
 	for _, id := range outside {
-		csr, _ := csrFor(t, id)
+		csr, _ := CSR(t, id)
 		expect(t, "x509 for "+id, x509SVID(t, tg, anyX509, csr), 400, "bad_request")
 	}
-	two, _ := csrFor(t, backend, s.machineID.String())
+	two, _ := CSR(t, backend, s.machineID.String())
 	expect(t, "x509, two URI SANs", x509SVID(t, tg, anyX509, two), 400, "bad_request")
 	expect(t, "x509, no csr", do(t, "POST", tg.URL+"/v1/svids/x509", anyX509, `{}`, nil), 400, "bad_request")
 	expect(t, "x509, unknown field", do(t, "POST", tg.URL+"/v1/svids/x509", anyX509, `{"csr":"","x":1}`, nil), 400, "bad_request")
