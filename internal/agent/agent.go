@@ -20,6 +20,7 @@ import (
 	"github.com/wicket-sh/wicket/internal/agent/builtin"
 	"github.com/wicket-sh/wicket/internal/agent/feature"
 	"github.com/wicket-sh/wicket/internal/config"
+	"github.com/wicket-sh/wicket/internal/fastlane"
 	"github.com/wicket-sh/wicket/internal/httpapi"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/metrics"
@@ -375,8 +376,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 
+	lane := a.fastLane(apiSrv)
 	errc := make(chan error, 2+len(listeners))
-	go func() { errc <- serve(apiSrv, a.api) }()
+	go func() { errc <- serveLane(lane, a.api) }()
 	go func() { errc <- serve(admSrv, a.adm) }()
 	for _, fl := range listeners {
 		served.Add(1)
@@ -401,10 +403,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	shCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	// Shutdown waits for in-flight requests; long polls end with ctx.
-	for _, s := range []*http.Server{apiSrv, admSrv} {
-		if err := s.Shutdown(shCtx); err != nil {
-			s.Close()
-		}
+	if err := lane.Shutdown(shCtx); err != nil {
+		lane.Close()
+	}
+	if err := admSrv.Shutdown(shCtx); err != nil {
+		admSrv.Close()
 	}
 	// The counts still waiting for their summary line go to the log now.
 	a.denials.Flush()
@@ -459,6 +462,14 @@ func (a *Agent) listenFeatures() ([]featureListener, error) {
 
 func serve(s *http.Server, l *unixsock.Listener) error {
 	if err := s.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("%s socket: %w", l.Name(), err)
+	}
+	return nil
+}
+
+// serveLane is serve for the guest API, through its fast lane.
+func serveLane(s *fastlane.Server, l *unixsock.Listener) error {
+	if err := s.Serve(l); err != nil && !errors.Is(err, fastlane.ErrServerClosed) {
 		return fmt.Errorf("%s socket: %w", l.Name(), err)
 	}
 	return nil
@@ -576,6 +587,16 @@ func (h runHost) Issuer() feature.Issuer {
 
 func (h runHost) RateLimited(w http.ResponseWriter, p unixsock.Peer) bool {
 	return h.rateLimited(w, h.rt.Load(), p)
+}
+
+func (h runHost) TakeRate(p unixsock.Peer) bool {
+	l := h.rt.Load().cfg.Limits
+	ok, _ := h.limiter.Allow(p.UID, l.TokenRate, l.TokenBurst, h.now())
+	return ok
+}
+
+func (h runHost) ReturnRate(p unixsock.Peer) {
+	h.limiter.Return(p.UID, h.rt.Load().cfg.Limits.TokenBurst)
 }
 
 // TokenSource returns the OIDC token feature's instance, a nil interface

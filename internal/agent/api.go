@@ -5,12 +5,14 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/agent/feature"
 	"github.com/wicket-sh/wicket/internal/config"
+	"github.com/wicket-sh/wicket/internal/fastlane"
 	"github.com/wicket-sh/wicket/internal/httpapi"
 	"github.com/wicket-sh/wicket/internal/peer"
 	"github.com/wicket-sh/wicket/internal/unixsock"
@@ -83,6 +85,58 @@ func (a *Agent) apiHandler() http.Handler {
 		httpapi.NotFound(w)
 	})
 	return guard
+}
+
+// fastLane puts the features' FastRoutes in front of srv, the guest API's
+// server. The lane runs the guard's checks that apply to its requests
+// (their paths are exact and canonical, their bodies within its buffer):
+// the body limit and the policy, through the connection's memo as the
+// guard's. Whatever it declines, a denial included, takes srv and the
+// guard, which refuse, count and log it as they always do.
+func (a *Agent) fastLane(srv *http.Server) *fastlane.Server {
+	var routes []feature.FastRoute
+	var paths []string
+	for _, b := range a.built {
+		fr, ok := b.inst.(feature.FastRoutes)
+		if !ok {
+			continue
+		}
+		for _, r := range fr.FastRoutes() {
+			routes = append(routes, r)
+			if !slices.Contains(paths, r.Path) {
+				paths = append(paths, r.Path)
+			}
+		}
+	}
+	return &fastlane.Server{
+		Paths:    paths,
+		Fallback: srv,
+		Handler: func(c *fastlane.Conn, r *fastlane.Request) (fastlane.Reply, bool) {
+			uc, ok := unixsock.ConnOf(c.NetConn())
+			if !ok {
+				return fastlane.Reply{}, false
+			}
+			rt := a.rt.Load()
+			if max := rt.cfg.Limits.MaxBodyBytes; max > 0 && int64(len(r.Body)) > max {
+				return fastlane.Reply{}, false
+			}
+			memo, _ := c.State.(*policyMemo)
+			if memo == nil {
+				memo = &policyMemo{}
+				c.State = memo
+			}
+			p := uc.Peer()
+			if !memo.decide(rt.policy, p, r.Method, r.Path).Allowed {
+				return fastlane.Reply{}, false
+			}
+			for i := range routes {
+				if routes[i].Method == r.Method && routes[i].Path == r.Path {
+					return routes[i].Serve(p, r)
+				}
+			}
+			return fastlane.Reply{}, false
+		},
+	}
 }
 
 // deny answers 403 and closes the connection, so a refused caller holds no

@@ -54,6 +54,16 @@ func (l *Limiter[K]) Allow(key K, rate float64, burst int, now time.Time) (bool,
 	return false, wait
 }
 
+// Return gives back one token Allow took from key's bucket (no more than
+// burst), for a request that was not served after all.
+func (l *Limiter[K]) Return(key K, burst int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if b := l.buckets[key]; b != nil {
+		b.tokens = math.Min(float64(burst), b.tokens+1)
+	}
+}
+
 // pruneLocked forgets buckets that have refilled: forgetting them changes
 // nothing. If every bucket is in use, the whole map is reset rather than
 // grow without bound.

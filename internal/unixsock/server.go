@@ -53,7 +53,7 @@ func NewHTTPServer(h http.Handler, lim HTTPLimits, logger *slog.Logger) *http.Se
 		// of net/http's own empty 200.
 		DisableGeneralOptionsHandler: true,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			if pc, ok := c.(*Conn); ok {
+			if pc, ok := ConnOf(c); ok {
 				return WithPeer(ctx, pc.Peer())
 			}
 			return ctx
@@ -64,6 +64,23 @@ func NewHTTPServer(h http.Handler, lim HTTPLimits, logger *slog.Logger) *http.Se
 		// HTTP/2 is not offered on these sockets.
 		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
 	}
+}
+
+// ConnOf returns the accepted *Conn c is or wraps: a wrapper says what it
+// wraps with an Unwrap method (as a connection a front end handed to
+// net/http with the bytes it had read, see package fastlane).
+func ConnOf(c net.Conn) (*Conn, bool) {
+	for range 4 {
+		switch t := c.(type) {
+		case *Conn:
+			return t, true
+		case interface{ Unwrap() net.Conn }:
+			c = t.Unwrap()
+		default:
+			return nil, false
+		}
+	}
+	return nil, false
 }
 
 // BodyLimits caps request bodies (S-limits).

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/wicket-sh/wicket/internal/config"
+	"github.com/wicket-sh/wicket/internal/fastlane"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/metrics"
 	"github.com/wicket-sh/wicket/internal/peer"
@@ -87,6 +88,13 @@ type RunHost interface {
 	// token_rate, token_burst); when it refuses, it has answered 429 with
 	// Retry-After and returns true.
 	RateLimited(w http.ResponseWriter, p unixsock.Peer) bool
+	// TakeRate takes one token from the caller's bucket without
+	// answering, for a FastRoute; false when none is left (the route then
+	// declines, and its handler's RateLimited answers the refusal).
+	// ReturnRate gives back a token TakeRate took, for a request the
+	// route declines after all: either way the request costs one token.
+	TakeRate(p unixsock.Peer) bool
+	ReturnRate(p unixsock.Peer)
 	// UpstreamError counts one failed call to the issuer or an upstream
 	// (upstream_errors, shared by every feature).
 	UpstreamError()
@@ -158,6 +166,25 @@ func (r *IssuerReply) Code() string {
 // so that no proxy route can shadow them.
 type Routes interface {
 	Routes(mux *http.ServeMux)
+}
+
+// FastRoutes is implemented by features with routes the guest API's fast
+// lane serves (package fastlane): the lane parses a request of its strict
+// form, the core's guard decides the policy as for Routes (a denial is
+// declined, for the guard to refuse and log), and Serve answers from
+// bytes built beforehand. A route that declines (ok false) must not have
+// done anything yet: the request then takes the route's handler, which
+// answers it as Serve would have, byte for byte but for Date (the tests
+// hold both to it).
+type FastRoutes interface {
+	FastRoutes() []FastRoute
+}
+
+// FastRoute is one method and exact path of a Routes pattern, served by
+// the fast lane when it can.
+type FastRoute struct {
+	Method, Path string
+	Serve        func(p unixsock.Peer, r *fastlane.Request) (rep fastlane.Reply, ok bool)
 }
 
 // Fallback is implemented by the one instance that serves the guest API

@@ -22,6 +22,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -29,10 +30,12 @@ import (
 
 	"github.com/wicket-sh/wicket/api"
 	"github.com/wicket-sh/wicket/internal/agent/feature"
+	"github.com/wicket-sh/wicket/internal/fastlane"
 	"github.com/wicket-sh/wicket/internal/httpapi"
 	"github.com/wicket-sh/wicket/internal/machinetoken"
 	"github.com/wicket-sh/wicket/internal/metrics"
 	"github.com/wicket-sh/wicket/internal/proxy"
+	"github.com/wicket-sh/wicket/internal/unixsock"
 )
 
 // Key names the feature; it owns no config section.
@@ -207,6 +210,10 @@ type metaSnapshot struct {
 	// etagHdr is etag as a header value, built once per snapshot so a
 	// request does not allocate it (see writeSnapshotHeaders).
 	etagHdr []string
+	// rawLen is raw's Content-Length, and rawReply the whole header of
+	// raw's reply as net/http writes it, for the fast lane.
+	rawLen   []string
+	rawReply []byte
 }
 
 // parseMetadata checks the issuer's reply and indexes its fields: string
@@ -248,6 +255,10 @@ func parseMetadata(raw []byte, etag string) (*metaSnapshot, error) {
 		s.etag = `"` + hex.EncodeToString(sum[:12]) + `"`
 	}
 	s.etagHdr = []string{s.etag}
+	s.rawLen = []string{strconv.Itoa(len(raw))}
+	h := http.Header{}
+	writeRawHeaders(h, s)
+	s.rawReply = fastlane.HeaderBytes(h)
 	return s, nil
 }
 
@@ -486,13 +497,38 @@ func writeSnapshotHeaders(w http.ResponseWriter, s *metaSnapshot, contentType []
 	h["Etag"] = s.etagHdr
 }
 
+// writeRawHeaders sets the headers of the whole metadata's reply. Its
+// length is set, not left to net/http, so a reply of any size has the
+// same header from the handler and the fast lane.
+func writeRawHeaders(h http.Header, s *metaSnapshot) {
+	h["Content-Type"] = hdrJSON
+	httpapi.SetPrivateReply(h)
+	h["Etag"] = s.etagHdr
+	h["Content-Length"] = s.rawLen
+}
+
 func (f *Feature) handleMetadata(w http.ResponseWriter, r *http.Request) {
 	s, ok := f.snapshotFor(w, r)
 	if !ok {
 		return
 	}
-	writeSnapshotHeaders(w, s, hdrJSON)
+	writeRawHeaders(w.Header(), s)
 	w.Write(s.raw)
+}
+
+// FastRoutes implements feature.FastRoutes: GET /v1/metadata without a
+// query (a long poll has one) is served by the fast lane once a snapshot
+// is there.
+func (f *Feature) FastRoutes() []feature.FastRoute {
+	return []feature.FastRoute{{Method: http.MethodGet, Path: "/v1/metadata", Serve: f.fastMetadata}}
+}
+
+func (f *Feature) fastMetadata(_ unixsock.Peer, _ *fastlane.Request) (fastlane.Reply, bool) {
+	s := f.meta.cur.Load()
+	if s == nil {
+		return fastlane.Reply{}, false // starting up: the handler waits for the first fetch
+	}
+	return fastlane.Reply{Header: s.rawReply, Body: s.raw}, true
 }
 
 // handleMetadataKey serves one field as text/plain, or the tags as JSON.

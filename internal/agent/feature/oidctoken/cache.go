@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -63,8 +64,11 @@ type tokenEntry struct {
 	timer *time.Timer
 	elem  *list.Element
 	// body is tok.JWT as the reply's bytes, built once per token so a
-	// cache hit copies nothing.
-	body []byte
+	// cache hit copies nothing; bodyLen is its Content-Length and reply
+	// the whole header of its reply, for the fast lane (jwtReply).
+	body    []byte
+	bodyLen []string
+	reply   []byte
 	// servedTo: the processes this token was handed to from the cache,
 	// so the audit log has one line per process and token (see serve).
 	// It starts empty with each new token.
@@ -144,14 +148,16 @@ func (c *tokenCache) get(ctx context.Context, aud string) (issued, string, error
 	return h.tok, h.src, err
 }
 
-// hit is what lookup found: the token, its reply bytes (nil from a fetch)
-// and, for a cache hit with a caller, whether this is the token's first
-// serve to that process.
+// hit is what lookup found: the token, its reply bytes, length and header
+// (nil from a fetch) and, for a cache hit with a caller, whether this is
+// the token's first serve to that process.
 type hit struct {
-	tok   issued
-	body  []byte
-	src   string
-	first bool
+	tok     issued
+	body    []byte
+	bodyLen []string
+	reply   []byte
+	src     string
+	first   bool
 }
 
 // serve is get for a guest API caller: the token, its pre-built reply
@@ -164,14 +170,7 @@ func (c *tokenCache) lookup(ctx context.Context, aud string, p *servedProc) (hit
 	now := c.now()
 	c.mu.Lock()
 	if e := c.entries[aud]; e != nil && now.Before(e.usableTil) {
-		e.used = true
-		if !now.Before(e.refreshAt) {
-			c.startFlightLocked(aud, true)
-		}
-		h := hit{tok: e.tok, body: e.body, src: SourceCache}
-		if p != nil {
-			h.first = c.firstServeLocked(e, *p)
-		}
+		h := c.hitLocked(e, now, p)
 		c.mu.Unlock()
 		c.hits.Add(1)
 		return h, nil
@@ -188,6 +187,38 @@ func (c *tokenCache) lookup(ctx context.Context, aud string, p *servedProc) (hit
 		return hit{}, f.err
 	}
 	return hit{tok: f.tok, src: SourceIssuer}, nil
+}
+
+// hitLocked is a lookup's answer from e, a usable entry: it marks e used,
+// starts its refresh once past the refresh point, and tells whether p
+// (when given) is handed this token for the first time.
+func (c *tokenCache) hitLocked(e *tokenEntry, now time.Time, p *servedProc) hit {
+	e.used = true
+	if !now.Before(e.refreshAt) {
+		c.startFlightLocked(e.aud, true)
+	}
+	h := hit{tok: e.tok, body: e.body, bodyLen: e.bodyLen, reply: e.reply, src: SourceCache}
+	if p != nil {
+		h.first = c.firstServeLocked(e, *p)
+	}
+	return h
+}
+
+// serveCached is serve for the fast lane: a cache hit only, for an
+// audience given as the request's bytes; ok is false, and nothing
+// changed, when aud has no usable token (the handler then fetches one).
+func (c *tokenCache) serveCached(aud []byte, p servedProc) (h hit, ok bool) {
+	now := c.now()
+	c.mu.Lock()
+	e := c.entries[string(aud)]
+	if e == nil || !now.Before(e.usableTil) {
+		c.mu.Unlock()
+		return hit{}, false
+	}
+	h = c.hitLocked(e, now, &p)
+	c.mu.Unlock()
+	c.hits.Add(1)
+	return h, true
 }
 
 // firstServeLocked reports whether e's token is handed to p for the
@@ -268,6 +299,8 @@ func (c *tokenCache) storeLocked(aud string, tok issued, requested bool, cfg tok
 		c.served -= len(e.servedTo)
 		e.servedTo = nil
 		e.body = []byte(tok.JWT)
+		e.bodyLen = []string{strconv.Itoa(len(e.body))}
+		e.reply = jwtReply(e.bodyLen)
 	}
 	e.tok, e.fetched, e.used = tok, now, requested
 	e.refreshAt = now.Add(time.Duration(float64(life) * cfg.refreshAt))

@@ -1,0 +1,336 @@
+// Package fastlane serves a socket's hottest requests ahead of net/http.
+//
+// A Server accepts every connection of a listener and reads its requests
+// itself. A request of the strict form parse describes, for one of the
+// server's Paths, goes to the Handler, which answers it from bytes built
+// beforehand, or declines it before doing anything. Anything else, and
+// every later request of that connection, goes to net/http: the
+// connection, with the bytes the lane read and did not use, is handed to
+// Fallback, which serves it from there as if it had accepted it itself.
+// So net/http still parses, limits and answers everything unusual
+// (refusals, malformed requests, slow senders, long polls), and the lane
+// only spares the work net/http does for every request (its request and
+// header maps, context, background read goroutine, response buffers and
+// header sorting) on the requests that need none of it.
+//
+// The lane keeps net/http's limits for what it serves: the header timeout
+// on a connection's first request, the idle timeout between requests,
+// the write timeout on each reply, and no request head or body larger
+// than its buffer (larger ones go to net/http, which has the limits for
+// them).
+package fastlane
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// bufSize is a connection's read buffer: the largest request head and
+// body the lane serves.
+const bufSize = 4096
+
+// Reply is a handler's answer: 200 OK with Header and Body.
+type Reply struct {
+	// Header is the reply's header lines, "Name: value\r\n" each, in the
+	// order net/http writes a handler's headers (sorted by name), with
+	// Content-Length among them. The lane adds Date (and Connection:
+	// close when it closes), after them, as net/http does.
+	Header []byte
+	Body   []byte
+}
+
+// Handler answers a request, or declines it (ok false) without having
+// done anything, for net/http to serve.
+type Handler func(c *Conn, r *Request) (rep Reply, ok bool)
+
+// Server is a lane in front of an http.Server.
+type Server struct {
+	// Paths are the request targets the lane parses requests for.
+	Paths []string
+	// Handler answers them.
+	Handler Handler
+	// Fallback serves every connection the lane hands over; Serve runs
+	// it. Its ReadHeaderTimeout, IdleTimeout and WriteTimeout are the
+	// lane's too.
+	Fallback *http.Server
+
+	handoff *handoffListener
+
+	mu       sync.Mutex
+	conns    map[*Conn]struct{}
+	listener net.Listener
+	closing  atomic.Bool
+	wg       sync.WaitGroup // the lane's connection goroutines
+
+	served, handed atomic.Uint64
+}
+
+// Stats counts the requests the lane answered and the connections it
+// handed to net/http.
+type Stats struct {
+	Served uint64 `json:"served"`
+	Handed uint64 `json:"handed_off"`
+}
+
+// Stats returns the counters.
+func (s *Server) Stats() Stats {
+	return Stats{Served: s.served.Load(), Handed: s.handed.Load()}
+}
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = http.ErrServerClosed
+
+// Serve accepts connections on l until Shutdown or Close, and serves
+// them; it runs Fallback on the connections handed over. It returns
+// ErrServerClosed after Shutdown or Close.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.closing.Load() {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	s.listener = l
+	s.conns = map[*Conn]struct{}{}
+	s.handoff = newHandoffListener(l.Addr())
+	s.mu.Unlock()
+
+	go s.Fallback.Serve(s.handoff) // returns when Shutdown or Close closes s.handoff
+
+	var backoff time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			if s.closing.Load() {
+				return ErrServerClosed
+			}
+			var te interface{ Temporary() bool }
+			if errors.As(err, &te) && te.Temporary() {
+				// As net/http: back off on transient errors (out of
+				// descriptors) instead of spinning.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				time.Sleep(backoff)
+				continue
+			}
+			s.handoff.Close()
+			return err
+		}
+		backoff = 0
+		c := &Conn{nc: nc, s: s}
+		if !s.track(c) {
+			nc.Close()
+			continue
+		}
+		go c.serve()
+	}
+}
+
+// track adds c to the open connections, unless the server is closing.
+func (s *Server) track(c *Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing.Load() {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	return true
+}
+
+func (s *Server) untrack(c *Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.wg.Done()
+}
+
+// Shutdown stops accepting, closes the lane's idle connections, waits for
+// the replies under way to be written, then shuts Fallback down (which
+// waits for its own, see http.Server.Shutdown), all within ctx.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.stop()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.closeConns()
+		return ctx.Err()
+	}
+	return s.Fallback.Shutdown(ctx)
+}
+
+// Close closes the listener and every connection, the lane's and
+// Fallback's, at once.
+func (s *Server) Close() error {
+	s.stop()
+	s.closeConns()
+	return s.Fallback.Close()
+}
+
+// stop closes the listener and wakes the lane's idle connections, which
+// then close.
+func (s *Server) stop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.closing.CompareAndSwap(false, true) {
+		return
+	}
+	if s.listener != nil {
+		s.listener.Close()
+		// A connection handed over from now on is closed instead:
+		// Fallback may never serve again.
+		s.handoff.Close()
+	}
+	for c := range s.conns {
+		if c.idle.Load() {
+			// Interrupts the wait for a request: the connection sees the
+			// server closing and closes.
+			c.nc.SetReadDeadline(time.Unix(1, 0))
+		}
+	}
+}
+
+func (s *Server) closeConns() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		c.nc.Close()
+	}
+}
+
+// Conn is one connection the lane serves.
+type Conn struct {
+	nc   net.Conn
+	s    *Server
+	idle atomic.Bool
+	buf  [bufSize]byte
+	r, w int // buf[r:w] is read and not yet used
+	out  []byte
+	// State is the handler's, for this connection (nil at first).
+	State any
+}
+
+// NetConn returns the accepted connection.
+func (c *Conn) NetConn() net.Conn { return c.nc }
+
+// serve reads and answers requests until the connection ends or is
+// handed over.
+func (c *Conn) serve() {
+	defer c.s.untrack(c)
+	srv := c.s.Fallback
+	// net/http's first read of a connection is bounded by the header
+	// timeout; the waits between requests by the idle timeout.
+	wait := srv.ReadHeaderTimeout
+	for {
+		if c.r == c.w {
+			c.r, c.w = 0, 0
+			if !c.fill(wait) {
+				c.nc.Close()
+				return
+			}
+		}
+		req, n, ok := parse(c.buf[c.r:c.w], c.s.Paths)
+		if !ok {
+			c.handOver()
+			return
+		}
+		rep, ok := c.s.Handler(c, &req)
+		if !ok {
+			c.handOver()
+			return
+		}
+		c.r += n
+		closing := req.Close || c.s.closing.Load()
+		if !c.reply(rep, closing) || closing {
+			c.nc.Close()
+			return
+		}
+		c.s.served.Add(1)
+		wait = srv.IdleTimeout
+	}
+}
+
+// fill waits up to d for the next request's bytes. It reports false when
+// the connection ended, timed out or the server is closing.
+func (c *Conn) fill(d time.Duration) bool {
+	if d > 0 {
+		c.nc.SetReadDeadline(time.Now().Add(d))
+	}
+	c.idle.Store(true)
+	if c.s.closing.Load() {
+		return false
+	}
+	n, _ := c.nc.Read(c.buf[:])
+	c.idle.Store(false)
+	c.w = n
+	// Bytes read are served (or handed over) even if an error came with
+	// them; the next read reports it again.
+	return n > 0
+}
+
+// reply writes rep; closing adds Connection: close.
+func (c *Conn) reply(rep Reply, closing bool) bool {
+	now := time.Now()
+	if d := c.s.Fallback.WriteTimeout; d > 0 {
+		c.nc.SetWriteDeadline(now.Add(d))
+	}
+	b := append(c.out[:0], "HTTP/1.1 200 OK\r\n"...)
+	b = append(b, rep.Header...)
+	b = append(b, "Date: "...)
+	b = appendDate(b, now)
+	b = append(b, "\r\n"...)
+	if closing {
+		b = append(b, "Connection: close\r\n"...)
+	}
+	b = append(b, "\r\n"...)
+	b = append(b, rep.Body...)
+	c.out = b
+	_, err := c.nc.Write(b)
+	return err == nil
+}
+
+// handOver gives the connection to Fallback, with what was read of it and
+// not used, and lets the read deadline be net/http's again.
+func (c *Conn) handOver() {
+	c.s.handed.Add(1)
+	c.nc.SetReadDeadline(time.Time{})
+	var pending []byte
+	if c.r < c.w {
+		pending = append([]byte(nil), c.buf[c.r:c.w]...)
+	}
+	if !c.s.handoff.deliver(&replayConn{Conn: c.nc, pending: pending}) {
+		c.nc.Close()
+	}
+}
+
+// HeaderBytes is h as a Reply's Header: net/http's own encoding of a
+// handler's headers (http.Header.Write: sorted by name, CRLF after each).
+func HeaderBytes(h http.Header) []byte {
+	var b bytes.Buffer
+	h.Write(&b)
+	return b.Bytes()
+}
+
+// dates holds the current second's Date value, formatted once a second.
+var dates atomic.Pointer[dateValue]
+
+type dateValue struct {
+	sec int64
+	b   []byte
+}
+
+func appendDate(b []byte, now time.Time) []byte {
+	sec := now.Unix()
+	d := dates.Load()
+	if d == nil || d.sec != sec {
+		d = &dateValue{sec: sec, b: now.UTC().AppendFormat(nil, http.TimeFormat)}
+		dates.Store(d)
+	}
+	return append(b, d.b...)
+}
