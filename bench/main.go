@@ -49,6 +49,7 @@ type options struct {
 func main() {
 	var o options
 	ref := flag.String("serve-reference", "", "internal: serve the reference server on this socket")
+	rawRef := flag.String("serve-raw-reference", "", "internal: serve the raw-loop reference on this socket")
 	etcdSpec := flag.String("serve-etcd", "", "internal: run the fleet's etcd member (dir,client,peer)")
 	agentsChild := flag.Bool("fleet-agents-child", false, "internal: run simulated agents for the fleet simulator, told what to do on stdin")
 	flag.DurationVar(&o.duration, "duration", 10*time.Second, "measurement time per run")
@@ -82,8 +83,11 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench: -peer-only needs -peer spire")
 		os.Exit(2)
 	}
-	if *ref != "" {
-		if err := serveReference(*ref); err != nil {
+	for sock, serve := range map[string]func(string) error{*ref: serveReference, *rawRef: serveRawReference} {
+		if sock == "" {
+			continue
+		}
+		if err := serve(sock); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
@@ -207,11 +211,17 @@ func run(o options) error {
 		}
 	}
 	refSock := filepath.Join(work, "ref.sock")
-	refProc, err := startReference(refSock)
+	refProc, err := startReference("-serve-reference", refSock)
 	if err != nil {
 		return err
 	}
 	defer refProc.Process.Kill()
+	rawSock := filepath.Join(work, "raw.sock")
+	rawProc, err := startReference("-serve-raw-reference", rawSock)
+	if err != nil {
+		return err
+	}
+	defer rawProc.Process.Kill()
 
 	rep.Memory = append(rep.Memory, memOf("agent idle", sys.agent.Process.Pid, "< 20 MiB"))
 
@@ -255,6 +265,21 @@ func run(o options) error {
 	shaped.Name = "agent POST /v1/tokens/oidc (cached) vs token-shaped reference"
 	shaped.Target = "informational"
 	rep.Throughput = append(rep.Throughput, shaped)
+	// And against the floor under net/http (serveRawReference): how far
+	// the agent is from the socket's own cost.
+	for _, pair := range []struct {
+		ref  target
+		subj target
+	}{
+		{newTarget("raw-loop reference", rawSock, "GET", "/", nil), metadata},
+		{newTarget("raw-loop reference POST (token-shaped)", rawSock, "POST", "/", []byte(`{"aud":"bench"}`)), token},
+	} {
+		pair.ref.pid = rawProc.Process.Pid
+		c := compare(ctx, one, pair.ref, pair.subj, o.conns, o)
+		c.Name = pair.subj.name + " vs a raw-loop reference"
+		c.Target = "informational"
+		rep.Throughput = append(rep.Throughput, c)
+	}
 	if o.profile != "" && o.h2load != "" {
 		if err := profileAgent(ctx, sys, []target{metadata, token}, o); err != nil {
 			return err

@@ -70,12 +70,15 @@ func cpuProfile(ctx context.Context, sys *system, name string, load func(time.Du
 
 func slug(p string) string { return strings.Trim(strings.ReplaceAll(p, "/", "-"), "-") }
 
-var benchLine = regexp.MustCompile(`^(BenchmarkGuestAPI_\w+)(?:-\d+)?\s+\d+\s+([\d.]+) ns/op\s+([\d.]+) B/op\s+([\d.]+) allocs/op`)
+var benchLine = regexp.MustCompile(`^(Benchmark(?:GuestAPI|FastLane|Lane)_\w+)(?:-\d+)?\s+\d+\s+([\d.]+) ns/op\s+([\d.]+) B/op\s+([\d.]+) allocs/op`)
 
-// measureAllocs runs the Go benchmarks of the guest API handler
-// (internal/agent/bench_test.go) for their allocations per request.
+// measureAllocs runs the Go benchmarks of the guest API's handlers
+// (internal/agent/bench_test.go: net/http's handler and the fast lane's)
+// and of the fast lane's parsing and replies (internal/fastlane) for
+// their allocations per request.
 func measureAllocs() ([]allocFigure, error) {
-	out, err := exec.Command("go", "test", "./internal/agent/", "-run", "^$", "-bench", "^BenchmarkGuestAPI_", "-benchmem", "-benchtime", "200000x", "-count", "1").CombinedOutput()
+	out, err := exec.Command("go", "test", "./internal/agent/", "./internal/fastlane/", "-run", "^$",
+		"-bench", "^Benchmark(GuestAPI|FastLane|Lane)_", "-benchmem", "-benchtime", "200000x", "-count", "1").CombinedOutput()
 	if err != nil {
 		return nil, fmt.Errorf("guest API benchmarks: %v\n%s", err, out)
 	}

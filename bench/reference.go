@@ -1,10 +1,13 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 )
 
@@ -36,4 +39,71 @@ func serveReference(socket string) error {
 		w.Header().Set("Content-Type", "application/json")
 		w.Write(referenceBody)
 	}))
+}
+
+// serveRawReference is the floor under net/http: a loop that reads a
+// request's head (and a POST's Content-Length body) and writes a fixed
+// reply, the reference's bodies with the reply's headers prebuilt. It
+// parses nothing else and checks nothing: no HTTP server can do less per
+// request, so the agent's ratio against it says how far it is from the
+// socket's own cost, not from net/http's.
+func serveRawReference(socket string) error {
+	os.Remove(socket)
+	ln, err := net.Listen("unix", socket)
+	if err != nil {
+		return err
+	}
+	getReply := rawReply("application/json", referenceBody)
+	postReply := rawReply("application/jwt", referenceJWT)
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			defer c.Close()
+			br := bufio.NewReaderSize(c, 4096)
+			for {
+				post, length, err := readRawHead(br)
+				if err != nil {
+					return
+				}
+				if _, err := br.Discard(length); err != nil {
+					return
+				}
+				reply := getReply
+				if post {
+					reply = postReply
+				}
+				if _, err := c.Write(reply); err != nil {
+					return
+				}
+			}
+		}()
+	}
+}
+
+func rawReply(contentType string, body []byte) []byte {
+	return []byte("HTTP/1.1 200 OK\r\nContent-Type: " + contentType + "\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + string(body))
+}
+
+// readRawHead reads one request head: whether it is a POST, and its
+// Content-Length.
+func readRawHead(br *bufio.Reader) (post bool, length int, err error) {
+	for first := true; ; first = false {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			return false, 0, err
+		}
+		if first {
+			post = bytes.HasPrefix(line, []byte("POST "))
+			continue
+		}
+		if len(line) <= 2 {
+			return post, length, nil
+		}
+		if v, ok := bytes.CutPrefix(bytes.ToLower(line), []byte("content-length:")); ok {
+			length, _ = strconv.Atoi(string(bytes.TrimSpace(v)))
+		}
+	}
 }

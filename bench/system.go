@@ -179,12 +179,14 @@ level = "info"
 	return s, nil
 }
 
-func startReference(sock string) (*exec.Cmd, error) {
+// startReference runs this binary with flag (-serve-reference or
+// -serve-raw-reference) on sock, in a process of its own.
+func startReference(flag, sock string) (*exec.Cmd, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	c := exec.Command(self, "-serve-reference", sock)
+	c := exec.Command(self, flag, sock)
 	c.Stderr = os.Stderr
 	if err := c.Start(); err != nil {
 		return nil, err

@@ -85,6 +85,7 @@ type Agent struct {
 
 	api, adm  *unixsock.Listener
 	admin     *admin.Server
+	lane      atomic.Pointer[fastlane.Server] // the guest API's, while Run serves it
 	denied    atomic.Uint64
 	denials   *unixsock.DenialLog // the API socket's denials, summarized per uid
 	reloadsOK atomic.Uint64
@@ -377,6 +378,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 
 	lane := a.fastLane(apiSrv)
+	a.lane.Store(lane)
 	errc := make(chan error, 2+len(listeners))
 	go func() { errc <- serveLane(lane, a.api) }()
 	go func() { errc <- serve(admSrv, a.adm) }()
@@ -524,6 +526,10 @@ func (a *Agent) counters() metrics.CounterSet {
 		{Key: "reloads_failed", Name: "wicket_reloads_total", Help: reloads, Labels: map[string]string{"outcome": "failed"}, Value: a.reloadsKO.Load},
 		{Key: "rate_limited", Name: "wicket_rate_limited_total", Help: "Guest API requests refused by the per-uid rate limit.", Value: a.rateLimitedN.Load},
 		{Key: "upstream_errors", Name: "wicket_upstream_errors_total", Help: "Failed calls to the issuer or a proxy upstream.", Value: a.upstreamErrors.Load},
+		{Key: "api_fast_lane", Name: "wicket_api_fast_lane_total", Help: "Guest API requests answered by the fast lane (package fastlane) rather than net/http.",
+			Value: func() uint64 { return a.laneStats().Served }},
+		{Key: "api_fast_lane_handoffs", Name: "wicket_api_fast_lane_handoffs_total", Help: "Guest API connections the fast lane handed to net/http.",
+			Value: func() uint64 { return a.laneStats().Handed }},
 	}
 	for _, b := range a.built {
 		if c, ok := b.inst.(feature.Counters); ok {
@@ -531,6 +537,14 @@ func (a *Agent) counters() metrics.CounterSet {
 		}
 	}
 	return set
+}
+
+// laneStats are the guest API fast lane's counters, zero before Run.
+func (a *Agent) laneStats() fastlane.Stats {
+	if l := a.lane.Load(); l != nil {
+		return l.Stats()
+	}
+	return fastlane.Stats{}
 }
 
 // upstreamStatus describes the issuer connection; it never includes the

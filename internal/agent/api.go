@@ -94,8 +94,27 @@ func (a *Agent) apiHandler() http.Handler {
 // guard's. Whatever it declines, a denial included, takes srv and the
 // guard, which refuse, count and log it as they always do.
 func (a *Agent) fastLane(srv *http.Server) *fastlane.Server {
-	var routes []feature.FastRoute
-	var paths []string
+	routes, paths := a.fastRoutes()
+	return &fastlane.Server{
+		Paths:    paths,
+		Fallback: srv,
+		Handler: func(c *fastlane.Conn, r *fastlane.Request) (fastlane.Reply, bool) {
+			uc, ok := unixsock.ConnOf(c.NetConn())
+			if !ok {
+				return fastlane.Reply{}, false
+			}
+			memo, _ := c.State.(*policyMemo)
+			if memo == nil {
+				memo = &policyMemo{}
+				c.State = memo
+			}
+			return a.serveFast(routes, memo, uc.Peer(), r)
+		},
+	}
+}
+
+// fastRoutes are the features' FastRoutes and their paths.
+func (a *Agent) fastRoutes() (routes []feature.FastRoute, paths []string) {
 	for _, b := range a.built {
 		fr, ok := b.inst.(feature.FastRoutes)
 		if !ok {
@@ -108,35 +127,25 @@ func (a *Agent) fastLane(srv *http.Server) *fastlane.Server {
 			}
 		}
 	}
-	return &fastlane.Server{
-		Paths:    paths,
-		Fallback: srv,
-		Handler: func(c *fastlane.Conn, r *fastlane.Request) (fastlane.Reply, bool) {
-			uc, ok := unixsock.ConnOf(c.NetConn())
-			if !ok {
-				return fastlane.Reply{}, false
-			}
-			rt := a.rt.Load()
-			if max := rt.cfg.Limits.MaxBodyBytes; max > 0 && int64(len(r.Body)) > max {
-				return fastlane.Reply{}, false
-			}
-			memo, _ := c.State.(*policyMemo)
-			if memo == nil {
-				memo = &policyMemo{}
-				c.State = memo
-			}
-			p := uc.Peer()
-			if !memo.decide(rt.policy, p, r.Method, r.Path).Allowed {
-				return fastlane.Reply{}, false
-			}
-			for i := range routes {
-				if routes[i].Method == r.Method && routes[i].Path == r.Path {
-					return routes[i].Serve(p, r)
-				}
-			}
-			return fastlane.Reply{}, false
-		},
+	return routes, paths
+}
+
+// serveFast is the lane's handler for p's request r on a connection whose
+// policy memo is memo.
+func (a *Agent) serveFast(routes []feature.FastRoute, memo *policyMemo, p unixsock.Peer, r *fastlane.Request) (fastlane.Reply, bool) {
+	rt := a.rt.Load()
+	if max := rt.cfg.Limits.MaxBodyBytes; max > 0 && int64(len(r.Body)) > max {
+		return fastlane.Reply{}, false
 	}
+	if !memo.decide(rt.policy, p, r.Method, r.Path).Allowed {
+		return fastlane.Reply{}, false
+	}
+	for i := range routes {
+		if routes[i].Method == r.Method && routes[i].Path == r.Path {
+			return routes[i].Serve(p, r)
+		}
+	}
+	return fastlane.Reply{}, false
 }
 
 // deny answers 403 and closes the connection, so a refused caller holds no

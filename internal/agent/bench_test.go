@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wicket-sh/wicket/internal/fastlane"
 	"github.com/wicket-sh/wicket/internal/unixsock"
 )
 
@@ -114,4 +115,49 @@ func BenchmarkGuestAPI_Metadata(b *testing.B) {
 // the whole guest API handler, rate limit and audit included.
 func BenchmarkGuestAPI_CachedToken(b *testing.B) {
 	benchGuestAPI(b, "POST", "/v1/tokens/oidc", `{"aud":"bench"}`, 40)
+}
+
+// benchFastLane runs the fast lane's handler (body limit, policy through
+// the connection's memo, the route's Serve: rate limit, cache, audit) on
+// one parsed request, and reports allocations per request. The lane's own
+// parsing and reply writing are fastlane's BenchmarkLane_Request.
+func benchFastLane(b *testing.B, method, path, body string, want int) {
+	a, _ := bubbleAgent(b, "[limits]\ntoken_rate = 1000000\ntoken_burst = 1000000\n", &fakeIssuer{life: time.Hour})
+	if err := metaFeature(a).Install([]byte(fuzzMetadata), `"e1"`); err != nil {
+		b.Fatal(err)
+	}
+	// The first token request fills the cache through the handler, as a
+	// miss the lane declines would.
+	if method == "POST" {
+		w := &benchWriter{h: http.Header{}}
+		a.apiHandler().ServeHTTP(w, newBenchRequest(method, path, body).next())
+	}
+	routes, _ := a.fastRoutes()
+	memo := &policyMemo{}
+	p := unixsock.Peer{UID: uint32(os.Geteuid()), GID: uint32(os.Getegid()), PID: int32(os.Getpid())}
+	req := &fastlane.Request{Method: method, Path: path, Body: []byte(body)}
+	for range 2 { // the first serve of a token to this process is logged
+		if rep, ok := a.serveFast(routes, memo, p, req); !ok || len(rep.Body) < want {
+			b.Fatalf("%s %s: declined or short (%d bytes)", method, path, len(rep.Body))
+		}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, ok := a.serveFast(routes, memo, p, req); !ok {
+			b.Fatal("declined")
+		}
+	}
+}
+
+// BenchmarkFastLane_Metadata is GET /v1/metadata through the fast lane's
+// handler.
+func BenchmarkFastLane_Metadata(b *testing.B) {
+	benchFastLane(b, "GET", "/v1/metadata", "", len(fuzzMetadata)/2)
+}
+
+// BenchmarkFastLane_CachedToken is a cached POST /v1/tokens/oidc through
+// the fast lane's handler, rate limit and audit included.
+func BenchmarkFastLane_CachedToken(b *testing.B) {
+	benchFastLane(b, "POST", "/v1/tokens/oidc", `{"aud":"bench"}`, 40)
 }

@@ -74,6 +74,13 @@ func startGuest(t *testing.T, is *agenttest.Issuer, extra string) *guest {
 // startGuestWith is startGuest with more options.
 func startGuestWith(t *testing.T, is *agenttest.Issuer, extra string, opts Options) *guest {
 	t.Helper()
+	return startGuestBefore(t, is, extra, opts, nil)
+}
+
+// startGuestBefore is startGuestWith, with before called on the agent
+// before it runs.
+func startGuestBefore(t *testing.T, is *agenttest.Issuer, extra string, opts Options, before func(*Agent)) *guest {
+	t.Helper()
 	tok := is.MachineToken(t)
 	mt, err := ParseMachineToken(tok)
 	if err != nil {
@@ -81,7 +88,7 @@ func startGuestWith(t *testing.T, is *agenttest.Issuer, extra string, opts Optio
 	}
 	cfg := baseCfg + fmt.Sprintf("[issuer]\nurl = %q\n", is.URL) + extra
 	opts.MachineToken = mt
-	h := startAgentWith(t, cfg, fastRetries(opts), nil)
+	h := startAgentWith(t, cfg, fastRetries(opts), before)
 	g := &guest{harness: h, is: is, token: tok}
 	g.hc = &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{
 		MaxIdleConnsPerHost: 512,

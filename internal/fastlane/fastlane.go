@@ -247,11 +247,11 @@ func (c *Conn) serve() {
 		}
 		c.r += n
 		closing := req.Close || c.s.closing.Load()
+		c.s.served.Add(1)
 		if !c.reply(rep, closing) || closing {
 			c.nc.Close()
 			return
 		}
-		c.s.served.Add(1)
 		wait = srv.IdleTimeout
 	}
 }
