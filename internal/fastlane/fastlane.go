@@ -247,11 +247,15 @@ func (c *Conn) serve() {
 		}
 		c.r += n
 		closing := req.Close || c.s.closing.Load()
-		if !c.reply(rep, closing) || closing {
+		if !c.reply(rep, closing) {
 			c.nc.Close()
 			return
 		}
 		c.s.served.Add(1)
+		if closing {
+			c.nc.Close()
+			return
+		}
 		wait = srv.IdleTimeout
 	}
 }
