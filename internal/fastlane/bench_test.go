@@ -70,3 +70,30 @@ func BenchmarkLane_Request(b *testing.B) {
 		b.Fatalf("%d bytes written for %d requests", nc.written, b.N)
 	}
 }
+
+// TestLane_RequestAllocatesNothing: serving requests allocates nothing per
+// request (what BenchmarkLane_Request shows), only per connection and
+// per second (the Date).
+func TestLane_RequestAllocatesNothing(t *testing.T) {
+	const requests = 1000
+	s := &Server{
+		Paths:    []string{"/v1/meta"},
+		Handler:  func(*Conn, *Request) (Reply, bool) { return laneReply, true },
+		Fallback: &http.Server{ReadHeaderTimeout: time.Minute, IdleTimeout: time.Minute, WriteTimeout: time.Minute},
+		conns:    map[*Conn]struct{}{},
+	}
+	req := []byte("GET /v1/meta HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n\r\n")
+	allocs := testing.AllocsPerRun(1, func() {
+		c := &Conn{nc: &benchConn{req: req, reads: requests}, s: s}
+		if !s.track(c) {
+			t.Fatal("not tracked")
+		}
+		c.serve()
+	})
+	if allocs >= requests/10 {
+		t.Fatalf("%v allocations for %d requests", allocs, requests)
+	}
+	if st := s.Stats(); st.Served != 2*requests {
+		t.Fatalf("stats %+v, want %d served", st, 2*requests)
+	}
+}
