@@ -274,6 +274,9 @@ func FuzzParse(f *testing.F) {
 		head("X: a", " b"),
 		head("Accept : x"),
 		"GET /v1/meta HTTP/1.1\r\nHost: [::1]:80\r\nAccept:\t a \t\r\n\r\n",
+		"POST /v1/token HTTP/1.1\r\nhost:\r\ncontent-length: 0003\r\nCONNECTION: CLOSE\r\n\r\nabcdef",
+		"POST /v1/token HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\na",
+		"GET /v1/token HTTP/1.1\r\nX-!#$%&'*+-.^_`|~: \t\r\nHost: h\r\n\r\n\r\n",
 	}
 	for _, s := range seeds {
 		f.Add([]byte(s))
@@ -285,6 +288,16 @@ func FuzzParse(f *testing.F) {
 		}
 		if n <= 0 || n > len(in) {
 			t.Fatalf("n = %d of %d bytes", n, len(in))
+		}
+		if cap(req.Body) != len(req.Body) {
+			t.Fatalf("%q: body capacity %d, length %d", in, cap(req.Body), len(req.Body))
+		}
+		// The request is its n bytes, whatever follows, and none fewer.
+		if again, m, ok := parse(in[:n], testPaths); !ok || m != n || !sameRequest(again, req) {
+			t.Fatalf("%q: its first %d bytes parse as %+v, %d, %v; all of it %+v", in, n, again, m, ok, req)
+		}
+		if _, _, ok := parse(in[:n-1], testPaths); ok {
+			t.Fatalf("%q: accepted without its last byte", in[:n])
 		}
 		br := bufio.NewReader(bytes.NewReader(in))
 		r, err := http.ReadRequest(br)
@@ -298,6 +311,11 @@ func FuzzParse(f *testing.F) {
 		rest, _ := io.ReadAll(br)
 		checkSameRequest(t, in, req, n, r, body, rest)
 	})
+}
+
+func sameRequest(a, b Request) bool {
+	return a.Method == b.Method && a.Path == b.Path && bytes.Equal(a.Body, b.Body) &&
+		bytes.Equal(a.Accept, b.Accept) && a.Accepts == b.Accepts && a.Close == b.Close
 }
 
 // checkSameRequest fails t when net/http's reading of in (r, its body and
