@@ -211,7 +211,10 @@ type Conn struct {
 	idle atomic.Bool
 	buf  [bufSize]byte
 	r, w int // buf[r:w] is read and not yet used
-	out  []byte
+	// req is the request being served: the Handler gets a pointer to it,
+	// which would put a local one on the heap on every request.
+	req Request
+	out []byte
 	// State is the handler's, for this connection (nil at first).
 	State any
 }
@@ -235,20 +238,26 @@ func (c *Conn) serve() {
 				return
 			}
 		}
-		req, n, ok := parse(c.buf[c.r:c.w], c.s.Paths)
+		var n int
+		var ok bool
+		c.req, n, ok = parse(c.buf[c.r:c.w], c.s.Paths)
 		if !ok {
 			c.handOver()
 			return
 		}
-		rep, ok := c.s.Handler(c, &req)
+		rep, ok := c.s.Handler(c, &c.req)
 		if !ok {
 			c.handOver()
 			return
 		}
 		c.r += n
-		closing := req.Close || c.s.closing.Load()
+		closing := c.req.Close || c.s.closing.Load()
+		if !c.reply(rep, closing) {
+			c.nc.Close()
+			return
+		}
 		c.s.served.Add(1)
-		if !c.reply(rep, closing) || closing {
+		if closing {
 			c.nc.Close()
 			return
 		}
