@@ -22,6 +22,7 @@ package fastlane
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"net"
@@ -56,8 +57,8 @@ type Server struct {
 	// Handler answers them.
 	Handler Handler
 	// Fallback serves every connection the lane hands over; Serve runs
-	// it. Its ReadHeaderTimeout, IdleTimeout and WriteTimeout are the
-	// lane's too.
+	// it. Its ReadHeaderTimeout, IdleTimeout (ReadTimeout for either
+	// when unset, as net/http) and WriteTimeout are the lane's too.
 	Fallback *http.Server
 
 	handoff *handoffListener
@@ -228,8 +229,9 @@ func (c *Conn) serve() {
 	defer c.s.untrack(c)
 	srv := c.s.Fallback
 	// net/http's first read of a connection is bounded by the header
-	// timeout; the waits between requests by the idle timeout.
-	wait := srv.ReadHeaderTimeout
+	// timeout; the waits between requests by the idle timeout; either,
+	// when not set, by the read timeout.
+	wait := cmp.Or(srv.ReadHeaderTimeout, srv.ReadTimeout)
 	for {
 		if c.r == c.w {
 			c.r, c.w = 0, 0
@@ -261,7 +263,7 @@ func (c *Conn) serve() {
 			c.nc.Close()
 			return
 		}
-		wait = srv.IdleTimeout
+		wait = cmp.Or(srv.IdleTimeout, srv.ReadTimeout)
 	}
 }
 
