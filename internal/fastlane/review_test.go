@@ -1,0 +1,131 @@
+package fastlane
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// listenUnix returns a listener on a fresh short socket path and that path.
+func listenUnix(t *testing.T) (net.Listener, string) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "fl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	p := filepath.Join(dir, "s")
+	l, err := net.Listen("unix", p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l, p
+}
+
+// fallback is a net/http server with the agent's kind of limits that
+// answers "from net/http".
+func fallback() *http.Server {
+	return &http.Server{
+		ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "from net/http") }),
+	}
+}
+
+// A connection waiting for its next request holds no copy of the last
+// reply: net/http writes a large body from the handler's slice, so an idle
+// connection costs its buffers only; the lane must not make every idle
+// connection hold the largest reply it was sent (the metadata can be up
+// to 1 MiB, times max_conns).
+func TestServe_IdleConnKeepsNoCopyOfLargeReply(t *testing.T) {
+	l, p := listenUnix(t)
+	big := make([]byte, 1<<20)
+	bigHdr := []byte("Content-Length: " + strconv.Itoa(len(big)) + "\r\n")
+	small := []byte("ok")
+	smallHdr := []byte("Content-Length: 2\r\n")
+	held := make(chan int, 2)
+	n := 0
+	s := &Server{Paths: []string{"/m"}, Fallback: fallback(), Handler: func(c *Conn, _ *Request) (Reply, bool) {
+		n++
+		held <- cap(c.out)
+		if n == 1 {
+			return Reply{Header: bigHdr, Body: big}, true
+		}
+		return Reply{Header: smallHdr, Body: small}, true
+	}}
+	go s.Serve(l)
+	t.Cleanup(func() { s.Close() })
+
+	c, err := net.Dial("unix", p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second)) // the test's own bound
+	br := bufio.NewReader(c)
+	for range 2 {
+		io.WriteString(c, "GET /m HTTP/1.1\r\nHost: x\r\n\r\n")
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	<-held
+	if kept := <-held; kept > 64<<10 {
+		t.Errorf("an idle connection kept %d bytes of its last reply (a 1 MiB body)", kept)
+	}
+}
+
+// A request the lane has read when Shutdown begins, and declines, is
+// still answered by net/http: Shutdown waits for requests under way, as
+// http.Server.Shutdown does, rather than drop a connection whose request
+// was already taken.
+func TestShutdown_AnswersRequestReadBeforeIt(t *testing.T) {
+	l, p := listenUnix(t)
+	entered, release := make(chan struct{}), make(chan struct{})
+	s := &Server{Paths: []string{"/m"}, Fallback: fallback(), Handler: func(*Conn, *Request) (Reply, bool) {
+		close(entered)
+		<-release
+		return Reply{}, false // for net/http to answer
+	}}
+	go s.Serve(l)
+	t.Cleanup(func() { s.Close() })
+
+	c, err := net.Dial("unix", p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second)) // the test's own bound
+	io.WriteString(c, "GET /m HTTP/1.1\r\nHost: x\r\n\r\n")
+	<-entered
+	shut := make(chan error, 1)
+	go func() { shut <- s.Shutdown(context.Background()) }()
+	for i := 0; i < 5000 && !s.closing.Load(); i++ {
+		time.Sleep(time.Millisecond)
+	}
+	if !s.closing.Load() {
+		t.Fatal("Shutdown did not begin")
+	}
+	close(release)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("request read before Shutdown: no reply (%v)", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if string(b) != "from net/http" {
+		t.Errorf("reply %d %q, want net/http's", resp.StatusCode, b)
+	}
+	if err := <-shut; err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+}
