@@ -98,6 +98,7 @@ func (a *Agent) fastLane(srv *http.Server) *fastlane.Server {
 	return &fastlane.Server{
 		Paths:    paths,
 		Fallback: srv,
+		Logger:   a.log,
 		Handler: func(c *fastlane.Conn, r *fastlane.Request) (fastlane.Reply, bool) {
 			uc, ok := unixsock.ConnOf(c.NetConn())
 			if !ok {

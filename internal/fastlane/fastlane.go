@@ -25,8 +25,11 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,6 +59,8 @@ type Server struct {
 	Paths []string
 	// Handler answers them.
 	Handler Handler
+	// Logger gets a panic the lane recovered from (nil: slog.Default()).
+	Logger *slog.Logger
 	// Fallback serves every connection the lane hands over; Serve runs
 	// it. Its ReadHeaderTimeout, IdleTimeout (ReadTimeout for either
 	// when unset, as net/http) and WriteTimeout are the lane's too.
@@ -68,8 +73,16 @@ type Server struct {
 	listener net.Listener
 	closing  atomic.Bool
 	wg       sync.WaitGroup // the lane's connection goroutines
+	draining sync.WaitGroup // connections handed over during Shutdown, until closed
 
 	served, handed atomic.Uint64
+}
+
+func (s *Server) logger() *slog.Logger {
+	if s.Logger != nil {
+		return s.Logger
+	}
+	return slog.Default()
 }
 
 // Stats counts the requests the lane answered and the connections it
@@ -123,6 +136,7 @@ func (s *Server) Serve(l net.Listener) error {
 		}
 		backoff = 0
 		c := &Conn{nc: nc, s: s}
+		c.idle.Store(true) // waiting for its first request
 		if !s.track(c) {
 			nc.Close()
 			continue
@@ -151,18 +165,21 @@ func (s *Server) untrack(c *Conn) {
 }
 
 // Shutdown stops accepting, closes the lane's idle connections, waits for
-// the replies under way to be written, then shuts Fallback down (which
+// the replies under way to be written and for net/http to answer the
+// requests the lane hands it meanwhile, then shuts Fallback down (which
 // waits for its own, see http.Server.Shutdown), all within ctx.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.stop()
 	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
+	go func() { s.wg.Wait(); s.draining.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-ctx.Done():
 		s.closeConns()
 		return ctx.Err()
 	}
+	// Closes the hand-off listener too: no lane connection is left to
+	// hand one over.
 	return s.Fallback.Shutdown(ctx)
 }
 
@@ -171,6 +188,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) Close() error {
 	s.stop()
 	s.closeConns()
+	if s.handoff != nil {
+		s.handoff.Close()
+	}
 	return s.Fallback.Close()
 }
 
@@ -184,10 +204,12 @@ func (s *Server) stop() {
 	}
 	if s.listener != nil {
 		s.listener.Close()
-		// A connection handed over from now on is closed instead:
-		// Fallback may never serve again.
-		s.handoff.Close()
 	}
+	// Fallback closes its idle connections and ends the others after
+	// their reply, as its Shutdown would; its listener stays open until
+	// the lane's connections are done, so a request the lane read and
+	// hands over is still answered.
+	s.Fallback.SetKeepAlivesEnabled(false)
 	for c := range s.conns {
 		if c.idle.Load() {
 			// Interrupts the wait for a request: the connection sees the
@@ -226,30 +248,57 @@ func (c *Conn) NetConn() net.Conn { return c.nc }
 // serve reads and answers requests until the connection ends or is
 // handed over.
 func (c *Conn) serve() {
-	defer c.s.untrack(c)
+	defer func() {
+		if err := recover(); err != nil {
+			// As net/http: a panic costs its connection, not the process.
+			stack := make([]byte, 16<<10)
+			stack = stack[:runtime.Stack(stack, false)]
+			c.s.logger().Error("fastlane: panic serving a connection", "panic", fmt.Sprint(err), "stack", string(stack))
+			c.nc.Close()
+		}
+		c.s.untrack(c)
+	}()
 	srv := c.s.Fallback
-	// net/http's first read of a connection is bounded by the header
-	// timeout; the waits between requests by the idle timeout; either,
-	// when not set, by the read timeout.
-	wait := cmp.Or(srv.ReadHeaderTimeout, srv.ReadTimeout)
+	// As net/http: a connection's first request has the header timeout
+	// from the accept; a later one waits for its first bytes up to the
+	// idle timeout, then has the header timeout from there. Either, when
+	// not set, is the read timeout.
+	headerTimeout := cmp.Or(srv.ReadHeaderTimeout, srv.ReadTimeout)
+	idleTimeout := cmp.Or(srv.IdleTimeout, srv.ReadTimeout)
+	var headDeadline time.Time
+	if headerTimeout > 0 {
+		headDeadline = time.Now().Add(headerTimeout)
+	}
+	wait := headDeadline
 	for {
 		if c.r == c.w {
 			c.r, c.w = 0, 0
-			if !c.fill(wait) {
+			if !c.fill(wait, true) {
 				c.nc.Close()
 				return
 			}
+			if !wait.Equal(headDeadline) && headerTimeout > 0 {
+				// A later request's first bytes: its header timeout
+				// starts now.
+				headDeadline = time.Now().Add(headerTimeout)
+			}
 		}
-		var n int
-		var ok bool
-		c.req, n, ok = parse(c.buf[c.r:c.w], c.s.Paths)
-		if !ok {
-			c.handOver()
+		var n, st int
+		c.req, n, st = scan(c.buf[c.r:c.w], c.s.Paths)
+		for st == scanMore && c.compact() {
+			if !c.fill(headDeadline, false) {
+				c.nc.Close()
+				return
+			}
+			c.req, n, st = scan(c.buf[c.r:c.w], c.s.Paths)
+		}
+		if st != scanned {
+			c.handOver(headDeadline)
 			return
 		}
 		rep, ok := c.s.Handler(c, &c.req)
 		if !ok {
-			c.handOver()
+			c.handOver(headDeadline)
 			return
 		}
 		c.r += n
@@ -263,27 +312,48 @@ func (c *Conn) serve() {
 			c.nc.Close()
 			return
 		}
-		wait = cmp.Or(srv.IdleTimeout, srv.ReadTimeout)
+		wait = time.Time{}
+		if idleTimeout > 0 {
+			wait = time.Now().Add(idleTimeout)
+		}
 	}
 }
 
-// fill waits up to d for the next request's bytes. It reports false when
-// the connection ended, timed out or the server is closing.
-func (c *Conn) fill(d time.Duration) bool {
-	if d > 0 {
-		c.nc.SetReadDeadline(time.Now().Add(d))
+// compact moves the unread bytes to the front of the buffer, and reports
+// whether there is room to read more.
+func (c *Conn) compact() bool {
+	if c.r > 0 {
+		c.w = copy(c.buf[:], c.buf[c.r:c.w])
+		c.r = 0
 	}
-	c.idle.Store(true)
-	if c.s.closing.Load() {
-		return false
+	return c.w < len(c.buf)
+}
+
+// fill reads more of a request into the buffer, waiting until deadline
+// (zero: none). idle says the connection is between requests, so that
+// Shutdown may interrupt the wait. It reports false when the connection
+// ended, timed out or, idle, the server is closing.
+func (c *Conn) fill(deadline time.Time, idle bool) bool {
+	c.nc.SetReadDeadline(deadline)
+	if idle {
+		c.idle.Store(true)
+		if c.s.closing.Load() {
+			c.idle.Store(false)
+			return false
+		}
 	}
-	n, _ := c.nc.Read(c.buf[:])
+	n, _ := c.nc.Read(c.buf[c.w:])
 	c.idle.Store(false)
-	c.w = n
+	c.w += n
 	// Bytes read are served (or handed over) even if an error came with
 	// them; the next read reports it again.
 	return n > 0
 }
+
+// inlineBody is the largest body a reply copies after its header, for one
+// write; a larger one is written from the handler's slice, so an idle
+// connection holds no copy of a large reply.
+const inlineBody = 4096
 
 // reply writes rep; closing adds Connection: close.
 func (c *Conn) reply(rep Reply, closing bool) bool {
@@ -300,24 +370,47 @@ func (c *Conn) reply(rep Reply, closing bool) bool {
 		b = append(b, "Connection: close\r\n"...)
 	}
 	b = append(b, "\r\n"...)
-	b = append(b, rep.Body...)
-	c.out = b
-	_, err := c.nc.Write(b)
-	return err == nil
+	inline := len(rep.Body) <= inlineBody
+	if inline {
+		b = append(b, rep.Body...)
+	}
+	if cap(b) <= 2*inlineBody {
+		c.out = b
+	}
+	if _, err := c.nc.Write(b); err != nil {
+		return false
+	}
+	if !inline {
+		if _, err := c.nc.Write(rep.Body); err != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // handOver gives the connection to Fallback, with what was read of it and
-// not used, and lets the read deadline be net/http's again.
-func (c *Conn) handOver() {
-	c.s.handed.Add(1)
+// not used. net/http's header timeout for it ends no later than the
+// lane's for the request it holds (headDeadline), so a slow sender does
+// not get a second one.
+func (c *Conn) handOver(headDeadline time.Time) {
 	c.nc.SetReadDeadline(time.Time{})
 	var pending []byte
 	if c.r < c.w {
 		pending = append([]byte(nil), c.buf[c.r:c.w]...)
 	}
-	if !c.s.handoff.deliver(&replayConn{Conn: c.nc, pending: pending}) {
-		c.nc.Close()
+	rc := &replayConn{Conn: c.nc, pending: pending, headDeadline: headDeadline}
+	if c.s.closing.Load() {
+		// Shutdown waits for net/http to answer it and close it (its
+		// keep-alives are off by now) before shutting net/http down,
+		// which would drop a request it had not finished reading.
+		c.s.draining.Add(1)
+		rc.onClose = c.s.draining.Done
 	}
+	if !c.s.handoff.deliver(rc) {
+		rc.Close()
+		return
+	}
+	c.s.handed.Add(1)
 }
 
 // HeaderBytes is h as a Reply's Header: net/http's own encoding of a

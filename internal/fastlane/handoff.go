@@ -3,6 +3,7 @@ package fastlane
 import (
 	"net"
 	"sync"
+	"time"
 )
 
 // handoffListener is what Fallback serves: the connections the lane hands
@@ -54,10 +55,49 @@ func (h *handoffListener) Close() error {
 func (h *handoffListener) Addr() net.Addr { return h.addr }
 
 // replayConn is a handed-over connection: its reads return first the
-// bytes the lane read and did not use.
+// bytes the lane read and did not use, and the first read deadline
+// net/http sets (its header timeout) is no later than headDeadline, the
+// lane's for the request those bytes begin.
 type replayConn struct {
 	net.Conn
-	pending []byte
+	pending      []byte
+	headDeadline time.Time
+
+	mu     sync.Mutex
+	capped bool // the first deadline was set
+
+	onClose   func() // called once, at the first Close
+	closeOnce sync.Once
+}
+
+// Close implements net.Conn.
+func (c *replayConn) Close() error {
+	err := c.Conn.Close()
+	if c.onClose != nil {
+		c.closeOnce.Do(c.onClose)
+	}
+	return err
+}
+
+// SetReadDeadline implements net.Conn.
+func (c *replayConn) SetReadDeadline(t time.Time) error {
+	c.mu.Lock()
+	if !c.capped {
+		c.capped = true
+		if !c.headDeadline.IsZero() && (t.IsZero() || t.After(c.headDeadline)) {
+			t = c.headDeadline
+		}
+	}
+	c.mu.Unlock()
+	return c.Conn.SetReadDeadline(t)
+}
+
+// SetDeadline implements net.Conn.
+func (c *replayConn) SetDeadline(t time.Time) error {
+	if err := c.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return c.Conn.SetWriteDeadline(t)
 }
 
 func (c *replayConn) Read(b []byte) (int, error) {

@@ -39,19 +39,34 @@ const maxContentLength = 4096
 // Upgrade or Trailer. Other headers are ignored, as the handlers behind
 // the lane ignore them.
 func parse(b []byte, paths []string) (req Request, n int, ok bool) {
+	req, n, st := scan(b, paths)
+	return req, n, st == scanned
+}
+
+// scan results.
+const (
+	scanned     = iota // a request of the strict form, all in b
+	scanMore           // so far of the strict form, its head or body not all in b
+	scanDecline        // not of the strict form
+)
+
+// scan is parse, telling apart a request b holds only part of (its header
+// lines or its body), which more bytes may complete, from one of another
+// form.
+func scan(b []byte, paths []string) (req Request, n int, st int) {
 	i, ok := parseRequestLine(b, &req, paths)
 	if !ok {
-		return Request{}, 0, false
+		return Request{}, 0, scanDecline
 	}
 	hosts, lengths, conns := 0, 0, 0
 	contentLength := 0
 	for {
 		if i+1 >= len(b) {
-			return Request{}, 0, false // incomplete
+			return Request{}, 0, scanMore
 		}
 		if b[i] == '\r' {
 			if b[i+1] != '\n' {
-				return Request{}, 0, false
+				return Request{}, 0, scanDecline
 			}
 			i += 2
 			break // end of the header
@@ -62,7 +77,7 @@ func parse(b []byte, paths []string) (req Request, n int, ok bool) {
 			i++
 		}
 		if i == start || i >= len(b) || b[i] != ':' {
-			return Request{}, 0, false
+			return Request{}, 0, scanDecline
 		}
 		name := b[start:i]
 		i++
@@ -72,15 +87,15 @@ func parse(b []byte, paths []string) (req Request, n int, ok bool) {
 		for i < len(b) && b[i] != '\r' {
 			c := b[i]
 			if c != '\t' && (c < ' ' || c > '~') {
-				return Request{}, 0, false
+				return Request{}, 0, scanDecline
 			}
 			i++
 		}
 		if i+1 >= len(b) {
-			return Request{}, 0, false // incomplete
+			return Request{}, 0, scanMore
 		}
 		if b[i+1] != '\n' {
-			return Request{}, 0, false
+			return Request{}, 0, scanDecline
 		}
 		value := trimOWS(b[vstart:i])
 		i += 2
@@ -89,13 +104,13 @@ func parse(b []byte, paths []string) (req Request, n int, ok bool) {
 		case equalFold(name, "host"):
 			hosts++
 			if !validHost(value) {
-				return Request{}, 0, false
+				return Request{}, 0, scanDecline
 			}
 		case equalFold(name, "content-length"):
 			lengths++
 			v, ok := parseLength(value)
 			if !ok {
-				return Request{}, 0, false
+				return Request{}, 0, scanDecline
 			}
 			contentLength = v
 		case equalFold(name, "connection"):
@@ -105,7 +120,7 @@ func parse(b []byte, paths []string) (req Request, n int, ok bool) {
 				req.Close = true
 			case equalFold(value, "keep-alive"):
 			default:
-				return Request{}, 0, false
+				return Request{}, 0, scanDecline
 			}
 		case equalFold(name, "accept"):
 			if req.Accepts == 0 {
@@ -114,22 +129,22 @@ func parse(b []byte, paths []string) (req Request, n int, ok bool) {
 			req.Accepts++
 		case equalFold(name, "transfer-encoding"), equalFold(name, "expect"),
 			equalFold(name, "upgrade"), equalFold(name, "trailer"):
-			return Request{}, 0, false
+			return Request{}, 0, scanDecline
 		}
 	}
 	if hosts != 1 || lengths > 1 || conns > 1 {
-		return Request{}, 0, false
+		return Request{}, 0, scanDecline
 	}
 	if lengths == 1 && req.Method != "POST" {
-		return Request{}, 0, false
+		return Request{}, 0, scanDecline
 	}
 	if len(b)-i < contentLength {
-		return Request{}, 0, false // the body is not all here
+		return Request{}, 0, scanMore // the body is not all here
 	}
 	if contentLength > 0 {
 		req.Body = b[i : i+contentLength : i+contentLength]
 	}
-	return req, i + contentLength, true
+	return req, i + contentLength, scanned
 }
 
 // parseRequestLine reads "METHOD SP target SP HTTP/1.1 CRLF" and returns

@@ -424,28 +424,89 @@ func TestLane_Pipelined(t *testing.T) {
 	ln.waitStats(t, Stats{Served: 2, Handed: 1})
 }
 
-// TestLane_SplitRequest: a request the lane's read got only part of goes
-// to net/http, which reads the rest.
+// TestLane_SplitRequest: a request that arrives in parts (its head, or
+// its body, in a second write) is read whole by the lane and served by it
+// when it is of the lane's form; one that is not goes to net/http with
+// every byte. The second part is written only once the lane has read the
+// first and is waiting for more (its connection is not idle, nothing was
+// served or handed over).
 func TestLane_SplitRequest(t *testing.T) {
 	for _, tt := range []struct {
-		name, req, want string
-		at              int // the first write's length
+		name, req string
+		at        int    // the first write's length
+		fallback  string // net/http's reply; "": the lane's
 	}{
-		{"head", fastGet("Accept: z"), fallbackReply("GET", "/v1/meta", "z", 0, ""), len(fastGet()) - 4},
-		{"body", post("/v1/token", "0123456789"), fallbackReply("POST", "/v1/token", "", 0, "0123456789"), len(post("/v1/token", "0123456789")) - 4},
+		{"head", fastGet("Accept: z"), len(fastGet()) - 4, ""},
+		{"body", post("/v1/token", "0123456789"), len(post("/v1/token", "0123456789")) - 4, ""},
+		{"declined", fastGet("Accept: " + acceptDecline), len(fastGet()) - 4, fallbackReply("GET", "/v1/meta", acceptDecline, 0, "")},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			ln := startLane(t, generous)
 			c, br := ln.dial(t)
 			write(t, c, tt.req[:tt.at])
-			// The lane has read the first part when it hands over; the
-			// rest follows only then, so the lane cannot have read it.
-			ln.waitStats(t, Stats{Handed: 1})
+			ln.waitReading(t)
 			write(t, c, tt.req[tt.at:])
-			expectFallback(t, br, tt.want)
+			if tt.fallback == "" {
+				expectLane(t, br)
+				ln.waitStats(t, Stats{Served: 1})
+				return
+			}
+			expectFallback(t, br, tt.fallback)
+			ln.waitStats(t, Stats{Handed: 1})
 		})
 	}
 }
+
+// waitReading waits until the lane's only connection has read part of a
+// request and waits for the rest.
+func (ln *lane) waitReading(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(testWait)
+	for time.Now().Before(deadline) {
+		ln.s.mu.Lock()
+		reading := false
+		for c := range ln.s.conns {
+			reading = !c.idle.Load() // idle from the accept until the first read returns
+		}
+		ln.s.mu.Unlock()
+		if reading {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatal("the lane never read the first part")
+}
+
+// A connection handed over with part of a request keeps the lane's
+// header timeout for it: net/http's first read deadline (its own header
+// timeout) is no later than the lane's, and the deadlines after it are
+// net/http's own.
+func TestReplayConn_HeaderDeadlineCapped(t *testing.T) {
+	head := time.Now().Add(time.Second)
+	rc := &replayConn{Conn: &deadlineConn{}, headDeadline: head}
+	rc.SetReadDeadline(head.Add(time.Hour))
+	if got := rc.Conn.(*deadlineConn).read; !got.Equal(head) {
+		t.Errorf("net/http's header deadline %v, want the lane's %v", got, head)
+	}
+	rc.SetReadDeadline(time.Time{})
+	if got := rc.Conn.(*deadlineConn).read; !got.IsZero() {
+		t.Errorf("a later deadline (none) became %v", got)
+	}
+	rc = &replayConn{Conn: &deadlineConn{}, headDeadline: head}
+	earlier := head.Add(-time.Millisecond)
+	rc.SetReadDeadline(earlier)
+	if got := rc.Conn.(*deadlineConn).read; !got.Equal(earlier) {
+		t.Errorf("an earlier deadline became %v", got)
+	}
+}
+
+// deadlineConn records the read deadline set on it.
+type deadlineConn struct {
+	net.Conn
+	read time.Time
+}
+
+func (c *deadlineConn) SetReadDeadline(t time.Time) error { c.read = t; return nil }
 
 // TestLane_Stats: Served counts every request the lane answered, the last
 // of a connection (Connection: close) too; Handed the connections handed

@@ -2,13 +2,17 @@ package fastlane
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -128,4 +132,61 @@ func TestShutdown_AnswersRequestReadBeforeIt(t *testing.T) {
 	if err := <-shut; err != nil {
 		t.Errorf("Shutdown: %v", err)
 	}
+}
+
+// A panic while serving costs its connection, as in net/http, not the
+// process: the next connection is served, and the panic is logged.
+func TestServe_PanicCostsOnlyItsConnection(t *testing.T) {
+	l, p := listenUnix(t)
+	var logs safeBuffer
+	s := &Server{Paths: []string{"/m"}, Fallback: fallback(), Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+		Handler: func(_ *Conn, r *Request) (Reply, bool) {
+			if r.Accepts > 0 {
+				panic("handler bug")
+			}
+			return Reply{Header: []byte("Content-Length: 2\r\n"), Body: []byte("ok")}, true
+		}}
+	go s.Serve(l)
+	t.Cleanup(func() { s.Close() })
+	dial := func() (net.Conn, *bufio.Reader) {
+		c, err := net.Dial("unix", p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		return c, bufio.NewReader(c)
+	}
+	c, br := dial()
+	io.WriteString(c, "GET /m HTTP/1.1\r\nHost: x\r\nAccept: boom\r\n\r\n")
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("the panicking connection: %v, want EOF", err)
+	}
+	c, br = dial()
+	io.WriteString(c, "GET /m HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("the next connection: %v %v", resp, err)
+	}
+	if !strings.Contains(logs.String(), "handler bug") {
+		t.Errorf("the panic was not logged: %q", logs.String())
+	}
+}
+
+// safeBuffer is a bytes.Buffer a logger may write while the test reads.
+type safeBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *safeBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *safeBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
