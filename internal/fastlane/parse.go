@@ -46,13 +46,15 @@ func parse(b []byte, paths []string) (req Request, n int, ok bool) {
 // scan results.
 const (
 	scanned     = iota // a request of the strict form, all in b
-	scanMore           // so far of the strict form, its head or body not all in b
+	scanMore           // so far of the strict form, its head not all in b
 	scanDecline        // not of the strict form
 )
 
-// scan is parse, telling apart a request b holds only part of (its header
-// lines or its body), which more bytes may complete, from one of another
-// form.
+// scan is parse, telling apart a request b holds only part of the head
+// of, which more bytes may complete, from one of another form. A head
+// whose body is not all in b is declined: the lane never waits for a
+// body, which net/http reads only once the guard admitted the caller, in
+// the body's own time.
 func scan(b []byte, paths []string) (req Request, n int, st int) {
 	i, ok := parseRequestLine(b, &req, paths)
 	if !ok {
@@ -139,7 +141,9 @@ func scan(b []byte, paths []string) (req Request, n int, st int) {
 		return Request{}, 0, scanDecline
 	}
 	if len(b)-i < contentLength {
-		return Request{}, 0, scanMore // the body is not all here
+		// The body is not all here: net/http reads it, after the
+		// policy and under the body's own limits.
+		return Request{}, 0, scanDecline
 	}
 	if contentLength > 0 {
 		req.Body = b[i : i+contentLength : i+contentLength]
