@@ -67,12 +67,7 @@ func TestServe_IdleConnKeepsNoCopyOfLargeReply(t *testing.T) {
 	go s.Serve(l)
 	t.Cleanup(func() { s.Close() })
 
-	c, err := net.Dial("unix", p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second)) // the test's own bound
+	c := dialUnix(t, p)
 	br := bufio.NewReader(c)
 	for range 2 {
 		io.WriteString(c, "GET /m HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -104,12 +99,7 @@ func TestShutdown_AnswersRequestReadBeforeIt(t *testing.T) {
 	go s.Serve(l)
 	t.Cleanup(func() { s.Close() })
 
-	c, err := net.Dial("unix", p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second)) // the test's own bound
+	c := dialUnix(t, p)
 	io.WriteString(c, "GET /m HTTP/1.1\r\nHost: x\r\n\r\n")
 	<-entered
 	shut := make(chan error, 1)
@@ -149,12 +139,7 @@ func TestServe_PanicCostsOnlyItsConnection(t *testing.T) {
 	go s.Serve(l)
 	t.Cleanup(func() { s.Close() })
 	dial := func() (net.Conn, *bufio.Reader) {
-		c, err := net.Dial("unix", p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c := dialUnix(t, p)
 		return c, bufio.NewReader(c)
 	}
 	c, br := dial()
@@ -189,4 +174,17 @@ func (s *safeBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// dialUnix connects to the socket at p; every read and write fails after
+// 10 s, the test's own bound.
+func dialUnix(t *testing.T, p string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("unix", p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c
 }

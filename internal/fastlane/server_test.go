@@ -563,14 +563,7 @@ func TestLane_Shutdown(t *testing.T) {
 	}()
 	expectEOF(t, silentBR)
 	expectEOF(t, servedBR)
-	select {
-	case err := <-ln.serveErr:
-		if !errors.Is(err, ErrServerClosed) {
-			t.Fatalf("Serve: %v, want ErrServerClosed", err)
-		}
-	case <-time.After(testWait):
-		t.Fatal("Serve did not return")
-	}
+	ln.waitServeClosed(t)
 	if c, err := net.Dial("unix", ln.path); err == nil {
 		c.Close()
 		t.Fatal("a connection accepted after Shutdown")
@@ -611,14 +604,7 @@ func TestLane_Close(t *testing.T) {
 	}
 	expectEOF(t, servedBR)
 	expectEOF(t, blockedBR)
-	select {
-	case err := <-ln.serveErr:
-		if !errors.Is(err, ErrServerClosed) {
-			t.Fatalf("Serve: %v, want ErrServerClosed", err)
-		}
-	case <-time.After(testWait):
-		t.Fatal("Serve did not return")
-	}
+	ln.waitServeClosed(t)
 }
 
 // TestLane_HeaderTimeout: a connection that sends nothing is closed by the
@@ -651,5 +637,18 @@ func waitChan(t *testing.T, c <-chan struct{}, what string) {
 	case <-c:
 	case <-time.After(testWait):
 		t.Fatalf("waiting for %s", what)
+	}
+}
+
+// waitServeClosed waits for Serve to return ErrServerClosed.
+func (ln *lane) waitServeClosed(t *testing.T) {
+	t.Helper()
+	select {
+	case err := <-ln.serveErr:
+		if !errors.Is(err, ErrServerClosed) {
+			t.Fatalf("Serve: %v, want ErrServerClosed", err)
+		}
+	case <-time.After(testWait):
+		t.Fatal("Serve did not return")
 	}
 }
