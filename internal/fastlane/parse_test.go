@@ -364,3 +364,21 @@ func checkSameRequest(t *testing.T, in []byte, req Request, n int, r *http.Reque
 		t.Errorf("%q: after the request %q, net/http %q", in, in[n:], rest)
 	}
 }
+
+// TestScan_EveryPrefixOfAHeadIsMore: every proper prefix of a head of the
+// lane's form is scanMore, wherever the sender's writes split it (in the
+// request line, in a header name), so that the lane reads the rest under
+// its header timeout and serves it, as it does for a split in a value;
+// scanDecline would hand a request of its own form to net/http.
+func TestScan_EveryPrefixOfAHeadIsMore(t *testing.T) {
+	for _, full := range []string{head("Accept: y"), post("/v1/token", "")} {
+		if _, _, st := scan([]byte(full), testPaths); st != scanned {
+			t.Fatalf("%q: st %d, want scanned", full, st)
+		}
+		for i := 1; i < len(full); i++ {
+			if _, _, st := scan([]byte(full[:i]), testPaths); st != scanMore {
+				t.Errorf("%q | %q: st %d, want scanMore", full[:i], full[i:], st)
+			}
+		}
+	}
+}
