@@ -402,15 +402,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.log.Info("agent shutting down")
 	// Ends local long polls and upstream calls, so Shutdown need not wait.
 	a.stopFunc()
-	shCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	// Shutdown waits for in-flight requests; long polls end with ctx.
-	if err := lane.Shutdown(shCtx); err != nil {
-		lane.Close()
-	}
-	if err := admSrv.Shutdown(shCtx); err != nil {
-		admSrv.Close()
-	}
+	// Shutdown waits for in-flight requests, each socket for at most 5 s
+	// of its own (a guest API client cannot spend the admin socket's);
+	// long polls end with ctx.
+	shutdown(lane, 5*time.Second)
+	shutdown(admSrv, 5*time.Second)
 	// The counts still waiting for their summary line go to the log now.
 	a.denials.Flush()
 	a.admin.FlushDenials()
@@ -467,6 +463,18 @@ func serve(s *http.Server, l *unixsock.Listener) error {
 		return fmt.Errorf("%s socket: %w", l.Name(), err)
 	}
 	return nil
+}
+
+// shutdown shuts s down gracefully within d, then closes what is left.
+func shutdown(s interface {
+	Shutdown(context.Context) error
+	Close() error
+}, d time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		s.Close()
+	}
 }
 
 // serveLane is serve for the guest API, through its fast lane.

@@ -136,7 +136,7 @@ func (s *Server) Serve(l net.Listener) error {
 		}
 		backoff = 0
 		c := &Conn{nc: nc, s: s}
-		c.idle.Store(true) // waiting for its first request
+		c.idle = true // waiting for its first request
 		if !s.track(c) {
 			nc.Close()
 			continue
@@ -211,11 +211,7 @@ func (s *Server) stop() {
 	// hands over is still answered.
 	s.Fallback.SetKeepAlivesEnabled(false)
 	for c := range s.conns {
-		if c.idle.Load() {
-			// Interrupts the wait for a request: the connection sees the
-			// server closing and closes.
-			c.nc.SetReadDeadline(time.Unix(1, 0))
-		}
+		c.interruptIfIdle()
 	}
 }
 
@@ -231,7 +227,12 @@ func (s *Server) closeConns() {
 type Conn struct {
 	nc   net.Conn
 	s    *Server
-	idle atomic.Bool
+	// idle: waiting for a request, the one wait Shutdown interrupts
+	// (under idleMu, so that it never interrupts a read that has
+	// returned a request: fill's next read deadline, or the hand-over's,
+	// replaces one set too late).
+	idleMu sync.Mutex
+	idle   bool
 	buf  [bufSize]byte
 	r, w int // buf[r:w] is read and not yet used
 	// req is the request being served: the Handler gets a pointer to it,
@@ -265,11 +266,14 @@ func (c *Conn) serve() {
 	// not set, is the read timeout.
 	headerTimeout := cmp.Or(srv.ReadHeaderTimeout, srv.ReadTimeout)
 	idleTimeout := cmp.Or(srv.IdleTimeout, srv.ReadTimeout)
-	var headDeadline time.Time
-	if headerTimeout > 0 {
-		headDeadline = time.Now().Add(headerTimeout)
+	after := func(d time.Duration) time.Time {
+		if d <= 0 {
+			return time.Time{}
+		}
+		return time.Now().Add(d)
 	}
-	wait := headDeadline
+	headDeadline := after(headerTimeout)
+	wait, first := headDeadline, true
 	for {
 		if c.r == c.w {
 			c.r, c.w = 0, 0
@@ -277,12 +281,13 @@ func (c *Conn) serve() {
 				c.nc.Close()
 				return
 			}
-			if !wait.Equal(headDeadline) && headerTimeout > 0 {
-				// A later request's first bytes: its header timeout
-				// starts now.
-				headDeadline = time.Now().Add(headerTimeout)
+			// A later request's first bytes: its header timeout starts
+			// now (the first request's started at the accept).
+			if !first {
+				headDeadline = after(headerTimeout)
 			}
 		}
+		first = false
 		var n, st int
 		c.req, n, st = scan(c.buf[c.r:c.w], c.s.Paths)
 		for st == scanMore && c.compact() {
@@ -312,10 +317,10 @@ func (c *Conn) serve() {
 			c.nc.Close()
 			return
 		}
-		wait = time.Time{}
-		if idleTimeout > 0 {
-			wait = time.Now().Add(idleTimeout)
-		}
+		wait = after(idleTimeout)
+		// A request pipelined behind this one has its own header
+		// timeout, from now, as in net/http.
+		headDeadline = after(headerTimeout)
 	}
 }
 
@@ -336,18 +341,40 @@ func (c *Conn) compact() bool {
 func (c *Conn) fill(deadline time.Time, idle bool) bool {
 	c.nc.SetReadDeadline(deadline)
 	if idle {
-		c.idle.Store(true)
+		c.setIdle(true)
 		if c.s.closing.Load() {
-			c.idle.Store(false)
+			c.setIdle(false)
 			return false
 		}
 	}
 	n, _ := c.nc.Read(c.buf[c.w:])
-	c.idle.Store(false)
+	c.setIdle(false)
 	c.w += n
 	// Bytes read are served (or handed over) even if an error came with
 	// them; the next read reports it again.
 	return n > 0
+}
+
+func (c *Conn) setIdle(v bool) {
+	c.idleMu.Lock()
+	c.idle = v
+	c.idleMu.Unlock()
+}
+
+func (c *Conn) isIdle() bool {
+	c.idleMu.Lock()
+	defer c.idleMu.Unlock()
+	return c.idle
+}
+
+// interruptIfIdle ends the connection's wait for a request, if it is
+// waiting: it then sees the server closing and closes.
+func (c *Conn) interruptIfIdle() {
+	c.idleMu.Lock()
+	defer c.idleMu.Unlock()
+	if c.idle {
+		c.nc.SetReadDeadline(time.Unix(1, 0))
+	}
 }
 
 // inlineBody is the largest body a reply copies after its header, for one

@@ -1,5 +1,7 @@
 package fastlane
 
+import "slices"
+
 // Request is one request the lane parsed. Its byte slices point into the
 // connection's buffer and are valid only until the handler returns.
 type Request struct {
@@ -56,9 +58,9 @@ const (
 // body, which net/http reads only once the guard admitted the caller, in
 // the body's own time.
 func scan(b []byte, paths []string) (req Request, n int, st int) {
-	i, ok := parseRequestLine(b, &req, paths)
-	if !ok {
-		return Request{}, 0, scanDecline
+	i, st := parseRequestLine(b, &req, paths)
+	if st != scanned {
+		return Request{}, 0, st
 	}
 	hosts, lengths, conns := 0, 0, 0
 	contentLength := 0
@@ -78,7 +80,10 @@ func scan(b []byte, paths []string) (req Request, n int, st int) {
 		for i < len(b) && isTokenChar(b[i]) {
 			i++
 		}
-		if i == start || i >= len(b) || b[i] != ':' {
+		if i == len(b) {
+			return Request{}, 0, scanMore // a name running to the end
+		}
+		if i == start || b[i] != ':' {
 			return Request{}, 0, scanDecline
 		}
 		name := b[start:i]
@@ -152,16 +157,19 @@ func scan(b []byte, paths []string) (req Request, n int, st int) {
 }
 
 // parseRequestLine reads "METHOD SP target SP HTTP/1.1 CRLF" and returns
-// the offset after it.
-func parseRequestLine(b []byte, req *Request, paths []string) (int, bool) {
+// the offset after it; scanMore when b ends inside a line that may still
+// become one.
+func parseRequestLine(b []byte, req *Request, paths []string) (int, int) {
 	var i int
 	switch {
 	case hasPrefix(b, "GET "):
 		req.Method, i = "GET", 4
 	case hasPrefix(b, "POST "):
 		req.Method, i = "POST", 5
+	case isPrefix(b, "GET ") || isPrefix(b, "POST "):
+		return 0, scanMore
 	default:
-		return 0, false
+		return 0, scanDecline
 	}
 	end := i
 	for end < len(b) && b[end] != ' ' {
@@ -175,13 +183,25 @@ func parseRequestLine(b []byte, req *Request, paths []string) (int, bool) {
 		}
 	}
 	if req.Path == "" {
-		return 0, false
+		if end == len(b) && slices.ContainsFunc(paths, func(p string) bool { return isPrefix(target, p) }) {
+			return 0, scanMore
+		}
+		return 0, scanDecline
 	}
 	const version = " HTTP/1.1\r\n"
 	if !hasPrefix(b[end:], version) {
-		return 0, false
+		if isPrefix(b[end:], version) {
+			return 0, scanMore
+		}
+		return 0, scanDecline
 	}
-	return end + len(version), true
+	return end + len(version), scanned
+}
+
+// isPrefix reports whether b is a proper prefix of s: more bytes may make
+// it s.
+func isPrefix(b []byte, s string) bool {
+	return len(b) < len(s) && string(b) == s[:len(b)]
 }
 
 func hasPrefix(b []byte, s string) bool {

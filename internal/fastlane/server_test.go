@@ -472,7 +472,7 @@ func (ln *lane) waitReading(t *testing.T) {
 		ln.s.mu.Lock()
 		reading := false
 		for c := range ln.s.conns {
-			reading = !c.idle.Load() // idle from the accept until the first read returns
+			reading = !c.isIdle() // idle from the accept until the first read returns
 		}
 		ln.s.mu.Unlock()
 		if reading {
