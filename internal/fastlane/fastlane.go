@@ -225,16 +225,16 @@ func (s *Server) closeConns() {
 
 // Conn is one connection the lane serves.
 type Conn struct {
-	nc   net.Conn
-	s    *Server
+	nc net.Conn
+	s  *Server
 	// idle: waiting for a request, the one wait Shutdown interrupts
 	// (under idleMu, so that it never interrupts a read that has
 	// returned a request: fill's next read deadline, or the hand-over's,
 	// replaces one set too late).
 	idleMu sync.Mutex
 	idle   bool
-	buf  [bufSize]byte
-	r, w int // buf[r:w] is read and not yet used
+	buf    [bufSize]byte
+	r, w   int // buf[r:w] is read and not yet used
 	// req is the request being served: the Handler gets a pointer to it,
 	// which would put a local one on the heap on every request.
 	req Request
