@@ -90,8 +90,10 @@ type Config struct {
 	// Prefix is prepended to every key, so several deployments can share a
 	// cluster; default DefaultPrefix. A "/" is appended if missing.
 	Prefix string
-	// DialTimeout bounds connecting at Open; RequestTimeout bounds every
-	// later request. Defaults DefaultDialTimeout and DefaultRequestTimeout.
+	// DialTimeout bounds connecting and the layout check at Open;
+	// RequestTimeout bounds every later request, each page of the machine
+	// listing at Open included. Defaults DefaultDialTimeout and
+	// DefaultRequestTimeout.
 	DialTimeout, RequestTimeout time.Duration
 	// CacheGrace is how long after etcd was last known reachable the mirror
 	// may still answer reads; 0 means never.
@@ -106,6 +108,11 @@ type Config struct {
 
 	// dialOptions are added to the client's (tests count requests).
 	dialOptions []grpc.DialOption
+	// relistPage, when set by a test, replaces relistPageSize.
+	relistPage int
+	// betweenPages, when set by a test, runs in relist after each page
+	// that another follows, with the revision the listing reads at.
+	betweenPages func(rev int64)
 }
 
 // Store is a store.Store backed by etcd.
@@ -141,7 +148,8 @@ var _ store.Store = (*Store)(nil)
 
 // Open connects to etcd, checks the layout version (writing it into an
 // empty prefix), loads the machine mirror and starts watching. It fails if
-// no quorum answers within the dial timeout.
+// no quorum answers within the dial timeout, or a page of machines within
+// the request timeout.
 func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if len(cfg.Endpoints) == 0 {
 		return nil, errors.New("etcd: no endpoints")
@@ -198,7 +206,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		cli.Close()
 		return nil, fmt.Errorf("etcd: %s (prefix %s): %w", strings.Join(cfg.Endpoints, ","), cfg.Prefix, err)
 	}
-	if err := s.relist(octx); err != nil {
+	// Not under the dial timeout: the listing grows with the registry, and
+	// each of its pages has the request timeout.
+	if err := s.relist(ctx); err != nil {
 		s.cancel()
 		cli.Close()
 		return nil, fmt.Errorf("etcd: loading machines: %w", err)

@@ -1,6 +1,7 @@
 package etcd
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"net/url"
@@ -9,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -187,14 +189,65 @@ func (s *Store) mirrorCurrent() bool {
 // trying, so reads return to etcd within probeEvery of its recovery.
 func (s *Store) useMirror() bool { return s.degraded() && s.mirrorFresh() }
 
-// relist makes every machine in etcd the mirror, as of the read's revision.
+// relistPageSize is how many machines relist reads per request.
+const relistPageSize = 5000
+
+// relist makes every machine in etcd the mirror, as of one revision.
+//
+// It reads in pages, each under its own request timeout: one read of the
+// whole prefix takes about 19 µs a machine and returns every record in one
+// response, so a large registry would outgrow any single timeout (a
+// replica could not start) and need hundreds of MB at once. Every page
+// after the first is read at the first page's revision, so the mirror is
+// one snapshot, never half of a change made during the listing; the
+// watch, starting from that revision, then brings the change. If that
+// revision is compacted before the last page, the listing starts over
+// once, at the current revision; a second compaction fails it.
 func (s *Store) relist(ctx context.Context) error {
-	resp, err := s.cli.Get(ctx, s.prefix+dirMachines, clientv3.WithPrefix())
+	ms, rev, err := s.listMachines(ctx)
+	if errors.Is(err, rpctypes.ErrCompacted) {
+		s.log.Warn("state: machines compacted while listing them; listing again", "err", err)
+		ms, rev, err = s.listMachines(ctx)
+	}
 	if err != nil {
 		return err
 	}
-	ms := make(map[string]mirrored, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
+	s.mirror.replace(ms, rev)
+	return nil
+}
+
+// listMachines reads every machine record, page by page at one revision,
+// and returns them with that revision.
+func (s *Store) listMachines(ctx context.Context) (map[string]mirrored, int64, error) {
+	prefix := s.prefix + dirMachines
+	from, end := prefix, clientv3.GetPrefixRangeEnd(prefix)
+	limit := int64(cmp.Or(s.cfg.relistPage, relistPageSize))
+	ms := map[string]mirrored{}
+	var rev int64 // 0 until the first page: read at the current revision
+	for {
+		octx, cancel := s.reqCtx(ctx)
+		resp, err := s.cli.Get(octx, from, clientv3.WithRange(end), clientv3.WithRev(rev), clientv3.WithLimit(limit))
+		cancel()
+		if err != nil {
+			return nil, 0, err
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		s.addMachines(ms, resp.Kvs)
+		if !resp.More || len(resp.Kvs) == 0 {
+			return ms, rev, nil
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00" // the next key after the last
+		if s.cfg.betweenPages != nil {
+			s.cfg.betweenPages(rev)
+		}
+	}
+}
+
+// addMachines decodes machine records into ms, with their mod revisions.
+func (s *Store) addMachines(ms map[string]mirrored, kvs []*mvccpb.KeyValue) {
+	for _, kv := range kvs {
 		m, err := decodeMachine(kv.Value)
 		if err != nil {
 			// One bad record must not take every machine's cache down.
@@ -203,17 +256,13 @@ func (s *Store) relist(ctx context.Context) error {
 		}
 		ms[m.ID] = mirrored{m, kv.ModRevision}
 	}
-	s.mirror.replace(ms, resp.Header.Revision)
-	return nil
 }
 
 // resync follows a compaction that outran the watch: re-read everything,
 // then tell every subscriber the current state, since changes in between
 // are lost.
 func (s *Store) resync() error {
-	ctx, cancel := s.reqCtx(s.ctx)
-	defer cancel()
-	if err := s.relist(ctx); err != nil {
+	if err := s.relist(s.ctx); err != nil { // each page has the request timeout
 		return err
 	}
 	for _, id := range s.hub.MachineIDs() {
