@@ -266,13 +266,23 @@ func (c *Conn) serve() {
 	// not set, is the read timeout.
 	headerTimeout := cmp.Or(srv.ReadHeaderTimeout, srv.ReadTimeout)
 	idleTimeout := cmp.Or(srv.IdleTimeout, srv.ReadTimeout)
-	after := func(d time.Duration) time.Time {
+	after := func(now time.Time, d time.Duration) time.Time {
 		if d <= 0 {
 			return time.Time{}
 		}
-		return time.Now().Add(d)
+		return now.Add(d)
 	}
-	headDeadline := after(headerTimeout)
+	// The header deadline of the request being read. After a later
+	// request's first bytes it is "from now", taken when first needed
+	// (more bytes to wait for, a hand-over): a request served from its
+	// first read reads the clock once, for its reply.
+	headDeadline, headFromNow := after(time.Now(), headerTimeout), false
+	head := func() time.Time {
+		if headFromNow {
+			headDeadline, headFromNow = after(time.Now(), headerTimeout), false
+		}
+		return headDeadline
+	}
 	wait, first := headDeadline, true
 	for {
 		if c.r == c.w {
@@ -283,32 +293,31 @@ func (c *Conn) serve() {
 			}
 			// A later request's first bytes: its header timeout starts
 			// now (the first request's started at the accept).
-			if !first {
-				headDeadline = after(headerTimeout)
-			}
+			headFromNow = !first
 		}
 		first = false
 		var n, st int
 		c.req, n, st = scan(c.buf[c.r:c.w], c.s.Paths)
 		for st == scanMore && c.compact() {
-			if !c.fill(headDeadline, false) {
+			if !c.fill(head(), false) {
 				c.nc.Close()
 				return
 			}
 			c.req, n, st = scan(c.buf[c.r:c.w], c.s.Paths)
 		}
 		if st != scanned {
-			c.handOver(headDeadline)
+			c.handOver(head())
 			return
 		}
 		rep, ok := c.s.Handler(c, &c.req)
 		if !ok {
-			c.handOver(headDeadline)
+			c.handOver(head())
 			return
 		}
 		c.r += n
 		closing := c.req.Close || c.s.closing.Load()
-		if !c.reply(rep, closing) {
+		now, ok := c.reply(rep, closing)
+		if !ok {
 			c.nc.Close()
 			return
 		}
@@ -317,10 +326,10 @@ func (c *Conn) serve() {
 			c.nc.Close()
 			return
 		}
-		wait = after(idleTimeout)
+		wait = after(now, idleTimeout)
 		// A request pipelined behind this one has its own header
-		// timeout, from now, as in net/http.
-		headDeadline = after(headerTimeout)
+		// timeout, from its reply, as in net/http.
+		headDeadline, headFromNow = after(now, headerTimeout), false
 	}
 }
 
@@ -382,8 +391,9 @@ func (c *Conn) interruptIfIdle() {
 // connection holds no copy of a large reply.
 const inlineBody = 4096
 
-// reply writes rep; closing adds Connection: close.
-func (c *Conn) reply(rep Reply, closing bool) bool {
+// reply writes rep; closing adds Connection: close. It returns the time
+// it read for the reply's Date.
+func (c *Conn) reply(rep Reply, closing bool) (time.Time, bool) {
 	now := time.Now()
 	if d := c.s.Fallback.WriteTimeout; d > 0 {
 		c.nc.SetWriteDeadline(now.Add(d))
@@ -405,14 +415,14 @@ func (c *Conn) reply(rep Reply, closing bool) bool {
 		c.out = b
 	}
 	if _, err := c.nc.Write(b); err != nil {
-		return false
+		return now, false
 	}
 	if !inline {
 		if _, err := c.nc.Write(rep.Body); err != nil {
-			return false
+			return now, false
 		}
 	}
-	return true
+	return now, true
 }
 
 // handOver gives the connection to Fallback, with what was read of it and
