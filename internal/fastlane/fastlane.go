@@ -14,10 +14,14 @@
 // header sorting) on the requests that need none of it.
 //
 // The lane keeps net/http's limits for what it serves: the header timeout
-// on a connection's first request, the idle timeout between requests,
-// the write timeout on each reply, and no request head or body larger
-// than its buffer (larger ones go to net/http, which has the limits for
-// them).
+// from the accept on a connection's first request, the idle timeout
+// between requests and then the header timeout from a request's first
+// byte, the write timeout on each reply, and no request head or body
+// larger than its buffer (larger ones go to net/http, which has the
+// limits for them). It never waits for a body: a head whose body has not
+// all arrived goes to net/http, which reads it after the caller's policy
+// and under the body's own timeout. A connection handed over keeps the
+// lane's header deadline for the request it holds.
 package fastlane
 
 import (
