@@ -38,3 +38,31 @@ func TestLimiter_MemoryBounded(t *testing.T) {
 		t.Fatalf("%d buckets, want at most %d", n, maxBuckets)
 	}
 }
+
+// Return gives back the token Allow took, and never fills a bucket past
+// its burst.
+func TestLimiter_ReturnGivesBackOneToken(t *testing.T) {
+	l := New[string]()
+	t0 := time.Unix(1000, 0)
+	for range 2 {
+		l.Allow("a", 0.001, 2, t0)
+	}
+	if ok, _ := l.Allow("a", 0.001, 2, t0); ok {
+		t.Fatal("a burst of 2 allowed a third")
+	}
+	l.Return("a", 2)
+	if ok, _ := l.Allow("a", 0.001, 2, t0); !ok {
+		t.Fatal("the token given back was not there")
+	}
+	// A full bucket stays at its burst.
+	l.Return("b", 2) // no bucket yet: nothing to give back to
+	l.Allow("c", 0.001, 1, t0)
+	l.Return("c", 1)
+	l.Return("c", 1)
+	if ok, _ := l.Allow("c", 0.001, 1, t0); !ok {
+		t.Fatal("the returned token is missing")
+	}
+	if ok, _ := l.Allow("c", 0.001, 1, t0); ok {
+		t.Fatal("Return filled the bucket past its burst of 1")
+	}
+}
