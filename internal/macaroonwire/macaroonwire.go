@@ -76,14 +76,31 @@ func Decode(token string) (*macaroon.Macaroon, error) {
 	if err != nil || !WellFormed(raw) {
 		return nil, ErrMalformed
 	}
-	m, err := macaroon.Decode(raw)
+	m, err := decodeCanonical(raw)
 	if err != nil {
 		return nil, ErrMalformed
 	}
-	// The library signs the values it decoded, re-encoded, not the bytes it
-	// was given, so other encodings of the same values (a key id as str8
-	// instead of bin8, say) would verify too. Accept only the canonical one:
-	// a token then has exactly one spelling.
+	return m, nil
+}
+
+// decodeCanonical is the library's decoding of raw, kept only if it is
+// raw's canonical encoding. The library signs the values it decoded,
+// re-encoded, not the bytes it was given, so other encodings of the same
+// values (a key id as str8 instead of bin8, say) would verify too; only
+// the canonical one is accepted, so a token has exactly one spelling. A
+// panic in the library's decoder is a malformed token too: its msgpack
+// decoder panics on a map keyed by an array inside an unregistered
+// caveat (found by FuzzVerify), and a caller's bytes must never crash a
+// request.
+func decodeCanonical(raw []byte) (m *macaroon.Macaroon, err error) {
+	defer func() {
+		if recover() != nil {
+			m, err = nil, ErrMalformed
+		}
+	}()
+	if m, err = macaroon.Decode(raw); err != nil {
+		return nil, err
+	}
 	if enc, err := m.Encode(); err != nil || !bytes.Equal(enc, raw) {
 		return nil, ErrMalformed
 	}

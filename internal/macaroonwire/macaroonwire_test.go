@@ -105,3 +105,13 @@ func TestWellFormed(t *testing.T) {
 		}
 	}
 }
+
+// A token whose caveat holds a map keyed by an array makes the library's
+// msgpack decoder panic; Decode refuses it as malformed instead (the
+// input FuzzVerify found, internal/machinetoken/testdata/fuzz/FuzzVerify).
+func TestDecode_LibraryPanicIsMalformed(t *testing.T) {
+	const tok = "fm2_lJPEEEqCPH4gjb5nqgS8h5UjAy7EEH38BbL3drHvj5T8Ny18mdrCumh0dHBzOi8vaXNzdWVyLndpY2tldC50ZXN03AAUzwABAAAAVxwApGFjbWXPAAEAAABXHAGjd2VizwABAAAAVxwCpm0tZnV6es8AAQAAAFccA5SobWV0YWRhdGGkb2lkY6Vwcm94eaRzdmlkBJIAzvSGVwAEks5w3VUgznDdVW0070007ZSC702RpA00007P00000000002Rom00000000000000kdkk000000000000000000000000000000000000000000000000000000000000kZN0707ZIA000000000000000000000000000000000000000000"
+	if _, err := Decode(tok); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("Decode = %v, want ErrMalformed", err)
+	}
+}
