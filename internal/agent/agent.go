@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -380,7 +381,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	lane := a.fastLane(apiSrv)
 	a.lane.Store(lane)
 	errc := make(chan error, 2+len(listeners))
-	go func() { errc <- serveLane(lane, a.api) }()
+	go func() { errc <- serve(lane, a.api) }()
 	go func() { errc <- serve(admSrv, a.adm) }()
 	for _, fl := range listeners {
 		served.Add(1)
@@ -458,7 +459,9 @@ func (a *Agent) listenFeatures() ([]featureListener, error) {
 	return out, nil
 }
 
-func serve(s *http.Server, l *unixsock.Listener) error {
+// serve runs s (an http.Server, or the guest API's fast lane in front of
+// one) on l until it is shut down.
+func serve(s interface{ Serve(net.Listener) error }, l *unixsock.Listener) error {
 	if err := s.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("%s socket: %w", l.Name(), err)
 	}
@@ -475,14 +478,6 @@ func shutdown(s interface {
 	if err := s.Shutdown(ctx); err != nil {
 		s.Close()
 	}
-}
-
-// serveLane is serve for the guest API, through its fast lane.
-func serveLane(s *fastlane.Server, l *unixsock.Listener) error {
-	if err := s.Serve(l); err != nil && !errors.Is(err, fastlane.ErrServerClosed) {
-		return fmt.Errorf("%s socket: %w", l.Name(), err)
-	}
-	return nil
 }
 
 func (a *Agent) bodyLimits() unixsock.BodyLimits {

@@ -9,8 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -103,16 +101,7 @@ var generous = timeouts{header: time.Minute, idle: time.Minute, write: time.Minu
 // a new socket; it is closed when the test ends.
 func startLane(t *testing.T, to timeouts) *lane {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "fl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	path := filepath.Join(dir, "s")
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatalf("listen: %v", err)
-	}
+	l, path := listenUnix(t)
 	fb := &fallbackHandler{entered: make(chan struct{}, 4), release: make(chan struct{})}
 	s := &Server{
 		Paths:   []string{"/v1/meta", "/v1/token"},
