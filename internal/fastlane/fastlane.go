@@ -192,8 +192,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) Close() error {
 	s.stop()
 	s.closeConns()
-	if s.handoff != nil {
-		s.handoff.Close()
+	s.mu.Lock()
+	h := s.handoff // set by Serve, under mu
+	s.mu.Unlock()
+	if h != nil {
+		h.Close()
 	}
 	return s.Fallback.Close()
 }
