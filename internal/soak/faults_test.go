@@ -82,7 +82,7 @@ func TestIssuerKilledAndRestarted(t *testing.T) {
 	// First the issuer hangs (SIGSTOP): it still accepts connections but
 	// never answers. New audiences get the same 503 once the agent's
 	// request_timeout passes; cached ones keep flowing meanwhile.
-	is.cmd.Process.Signal(syscall.SIGSTOP)
+	is.freeze(t)
 	t.Cleanup(func() { is.cmd.Process.Signal(syscall.SIGCONT) })
 	phase.Store(1)
 	var hung sync.WaitGroup

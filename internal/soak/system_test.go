@@ -118,6 +118,51 @@ func (p *proc) kill9(t *testing.T) {
 	}
 }
 
+// freeze sends SIGSTOP and waits until every thread of the process is
+// stopped. kill(2) returns once the signal is queued: the thread that
+// takes it stops the others when it next runs, and until then they keep
+// running, for milliseconds on a loaded machine, answering requests.
+func (p *proc) freeze(t *testing.T) {
+	t.Helper()
+	pid := p.cmd.Process.Pid
+	p.cmd.Process.Signal(syscall.SIGSTOP)
+	var running []string
+	if !wait.Until(10*time.Second, func() bool {
+		running = runningThreads(pid)
+		return len(running) == 0
+	}) {
+		t.Fatalf("pid %d: threads %v not stopped 10s after SIGSTOP", pid, running)
+	}
+}
+
+// runningThreads lists the threads of pid not in the stopped state, each
+// as "tid:state"; one whose stat cannot be read counts as running.
+func runningThreads(pid int) []string {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tids, err := os.ReadDir(dir)
+	if err != nil {
+		return []string{err.Error()}
+	}
+	var out []string
+	for _, tid := range tids {
+		b, err := os.ReadFile(dir + "/" + tid.Name() + "/stat")
+		if err != nil {
+			out = append(out, tid.Name()+":"+err.Error())
+			continue
+		}
+		// The state follows the command name, which is in parentheses and
+		// may hold any byte: read after the last ')'.
+		state := byte('?')
+		if i := bytes.LastIndexByte(b, ')'); i >= 0 && i+2 < len(b) {
+			state = b[i+2]
+		}
+		if state != 'T' {
+			out = append(out, tid.Name()+":"+string(state))
+		}
+	}
+	return out
+}
+
 // stop asks for a clean shutdown, then kills.
 func (p *proc) stop() {
 	if !p.alive() {
