@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 
 	"github.com/wicket-sh/wicket/internal/wait"
@@ -217,6 +218,61 @@ func TestSDS_ResourceNames(t *testing.T) {
 	}
 	if status.Code(err) != codes.Unimplemented {
 		t.Errorf("DeltaSecrets: %v, want Unimplemented", err)
+	}
+}
+
+// rawCodec sends and receives bytes as they are: a client that can say
+// what go-control-plane's would never encode.
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
+	return mem.BufferSlice{mem.SliceBuffer(*v.(*[]byte))}, nil
+}
+
+func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	*v.(*[]byte) = data.Materialize()
+	return nil
+}
+
+func (rawCodec) Name() string { return "proto" }
+
+// A request that is not a DiscoveryRequest is refused with an error, on
+// the unary method and on the stream; the connection serves the next
+// good request.
+func TestSDS_MalformedRequestRefused(t *testing.T) {
+	e := setup(t)
+	conn := sdsConn(t, e.sock)
+	ctx := ctxT(t)
+	raw := grpc.ForceCodecV2(rawCodec{})
+	for name, in := range map[string][]byte{
+		"truncated field":        []byte("\x22\x05ab"),
+		"name not UTF-8":         []byte("\x1a\x02\xc3\x28"),
+		"a lone end-group":       []byte("\x44"),
+		"NACK message not UTF-8": []byte("\x32\x04\x12\x02\xff\xfe"),
+	} {
+		var out []byte
+		err := conn.Invoke(ctx, "/envoy.service.secret.v3.SecretDiscoveryService/FetchSecrets", &in, &out, raw)
+		if status.Code(err) != codes.Internal || len(out) != 0 {
+			t.Errorf("FetchSecrets, %s: %v (%d bytes), want Internal", name, err, len(out))
+		}
+		st, err := conn.NewStream(ctx, &grpc.StreamDesc{ClientStreams: true, ServerStreams: true},
+			"/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets", raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.SendMsg(&in); err != nil {
+			t.Fatal(err)
+		}
+		if err := st.RecvMsg(&out); status.Code(err) != codes.Internal {
+			t.Errorf("StreamSecrets, %s: %v, want Internal", name, err)
+		}
+	}
+	resp, err := secretv3.NewSecretDiscoveryServiceClient(conn).FetchSecrets(ctx, sdsRequest("default"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if secs := secretsOf(t, resp); svidOf(t, secs["default"]).ID.String() != machineID {
+		t.Errorf("good request after the bad ones: %q", keysOf(secs))
 	}
 }
 

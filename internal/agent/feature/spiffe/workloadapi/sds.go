@@ -7,6 +7,7 @@ package workloadapi
 // Envoy configured for SPIRE's agent works against wicket's unchanged.
 
 import (
+	"bytes"
 	"context"
 	"encoding/pem"
 	"errors"
@@ -15,16 +16,13 @@ import (
 	"strconv"
 	"strings"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/wicket-sh/wicket/internal/xdswire"
 )
 
 // The resource names with a meaning of their own: SPIRE's defaults
@@ -39,29 +37,69 @@ const (
 	SDSAllBundles = "ALL"
 )
 
-// secretType is the one resource type SDS serves.
-const secretType = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
-
-// spiffeValidator is Envoy's SPIFFE certificate validator extension.
-const spiffeValidator = "envoy.tls.cert_validator.spiffe"
+// The SDS service and its methods, as envoy/service/secret/v3/sds.proto
+// names them.
+const (
+	sdsService      = "envoy.service.secret.v3.SecretDiscoveryService"
+	sdsStreamMethod = "/" + sdsService + "/StreamSecrets"
+	sdsFetchMethod  = "/" + sdsService + "/FetchSecrets"
+	sdsDeltaMethod  = "/" + sdsService + "/DeltaSecrets"
+)
 
 // isSDSMethod reports whether a full method name is one of the SDS
 // service's: those are exempt from the security header (Envoy does not
 // send it; see checkHeader's callers and SECURITY.md).
 func isSDSMethod(m string) bool {
 	switch m {
-	case secretv3.SecretDiscoveryService_StreamSecrets_FullMethodName,
-		secretv3.SecretDiscoveryService_FetchSecrets_FullMethodName,
-		secretv3.SecretDiscoveryService_DeltaSecrets_FullMethodName:
+	case sdsStreamMethod, sdsFetchMethod, sdsDeltaMethod:
 		return true
 	}
 	return false
 }
 
-type sdsHandler struct {
-	secretv3.UnimplementedSecretDiscoveryServiceServer
-	h *handler
+// sdsServiceDesc registers SDS with the grpc.Server without Envoy's
+// generated code (see package xdswire): its messages are xdswire's,
+// which the server's codec (wireCodec) encodes.
+var sdsServiceDesc = grpc.ServiceDesc{
+	ServiceName: sdsService,
+	HandlerType: (*any)(nil),
+	Methods: []grpc.MethodDesc{{
+		MethodName: "FetchSecrets",
+		Handler: func(srv any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
+			req := new(xdswire.DiscoveryRequest)
+			if err := dec(req); err != nil {
+				return nil, err
+			}
+			fetch := func(ctx context.Context, req any) (any, error) {
+				return srv.(*sdsHandler).FetchSecrets(ctx, req.(*xdswire.DiscoveryRequest))
+			}
+			if icpt == nil {
+				return fetch(ctx, req)
+			}
+			return icpt(ctx, req, &grpc.UnaryServerInfo{Server: srv, FullMethod: sdsFetchMethod}, fetch)
+		},
+	}},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "StreamSecrets",
+			Handler:       func(srv any, ss grpc.ServerStream) error { return srv.(*sdsHandler).StreamSecrets(ss) },
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName: "DeltaSecrets",
+			// Not served, as by SPIRE: Envoy uses StreamSecrets.
+			Handler: func(any, grpc.ServerStream) error {
+				return status.Error(codes.Unimplemented, "DeltaSecrets is not supported")
+			},
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
+	Metadata: "envoy/service/secret/v3/sds.proto",
 }
+
+type sdsHandler struct{ h *handler }
 
 // maxErrorDetail bounds how much of Envoy's NACK message is logged: it
 // is the caller's text.
@@ -70,7 +108,7 @@ const maxErrorDetail = 256
 // secrets builds the Secrets names asks for (all of the caller's when
 // names is empty), deciding the caller's identity first: PermissionDenied
 // without one, InvalidArgument for a name the caller may not have.
-func (sh *sdsHandler) secrets(ctx context.Context, names []string) ([]*tlsv3.Secret, error) {
+func (sh *sdsHandler) secrets(ctx context.Context, names []string) ([]*xdswire.Secret, error) {
 	s := sh.h.s
 	p, id, t, err := s.identify(ctx, KindX509)
 	if err != nil {
@@ -91,7 +129,7 @@ func (sh *sdsHandler) secrets(ctx context.Context, names []string) ([]*tlsv3.Sec
 		delete(want, n)
 		return ok
 	}
-	var out []*tlsv3.Secret
+	var out []*xdswire.Secret
 	// The X.509-SVID first: it is the one that can fail (issuer out of
 	// reach with nothing cached).
 	asID, asDefault := take(id.String()), take(SDSDefaultSVID) && !all
@@ -116,11 +154,7 @@ func (sh *sdsHandler) secrets(ctx context.Context, names []string) ([]*tlsv3.Sec
 		out = append(out, caSecret(SDSDefaultBundle, t.bundle))
 	}
 	if take(SDSAllBundles) && !all {
-		sec, err := allSecret(t)
-		if err != nil {
-			return nil, status.Error(codes.Internal, "internal error")
-		}
-		out = append(out, sec)
+		out = append(out, allSecret(t))
 	}
 	fed := make([]spiffeid.TrustDomain, 0, len(t.federated))
 	for ftd := range t.federated {
@@ -151,27 +185,21 @@ func pemCerts(ders [][]byte) []byte {
 	return out
 }
 
-func inline(b []byte) *corev3.DataSource {
-	return &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: b}}
-}
-
 // tlsSecret is an X.509-SVID as Envoy takes it: the chain and the PKCS#8
 // key in PEM, inline.
-func tlsSecret(name string, e *x509Entry) *tlsv3.Secret {
-	return &tlsv3.Secret{Name: name, Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
-		CertificateChain: inline(pemCerts(e.chain)),
-		PrivateKey:       inline(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: e.keyDER})),
-	}}}
+func tlsSecret(name string, e *x509Entry) *xdswire.Secret {
+	return &xdswire.Secret{Name: name, TLSCertificate: &xdswire.TLSCertificate{
+		CertificateChain: pemCerts(e.chain),
+		PrivateKey:       pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: e.keyDER}),
+	}}
 }
 
 // caSecret is one trust domain's X.509 authorities as a plain trusted_ca
 // validation context (SPIRE's with disable_spiffe_cert_validation): one
 // trust domain's CAs vouch only for their own domain, so nothing binds a
 // CA to a domain here, and every Envoy takes it.
-func caSecret(name string, b *spiffebundle.Bundle) *tlsv3.Secret {
-	return &tlsv3.Secret{Name: name, Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
-		TrustedCa: inline(pemCerts(rawCerts(b))),
-	}}}
+func caSecret(name string, b *spiffebundle.Bundle) *xdswire.Secret {
+	return &xdswire.Secret{Name: name, ValidationContext: &xdswire.ValidationContext{TrustedCA: pemCerts(rawCerts(b))}}
 }
 
 // allSecret is every trust domain's CAs as a SPIFFE validator config
@@ -179,42 +207,24 @@ func caSecret(name string, b *spiffebundle.Bundle) *tlsv3.Secret {
 // domain's CAs would let a foreign domain's CA vouch for IDs of this one
 // (or of a third), which the SPIFFE validator, keeping each domain's CAs
 // to that domain, does not.
-func allSecret(t *trust) (*tlsv3.Secret, error) {
-	tds := []*tlsv3.SPIFFECertValidatorConfig_TrustDomain{{Name: t.td.Name(), TrustBundle: inline(pemCerts(rawCerts(t.bundle)))}}
+func allSecret(t *trust) *xdswire.Secret {
+	tds := []xdswire.TrustDomain{{Name: t.td.Name(), TrustBundle: pemCerts(rawCerts(t.bundle))}}
 	for ftd, b := range t.federated {
-		tds = append(tds, &tlsv3.SPIFFECertValidatorConfig_TrustDomain{Name: ftd.Name(), TrustBundle: inline(pemCerts(rawCerts(b)))})
+		tds = append(tds, xdswire.TrustDomain{Name: ftd.Name(), TrustBundle: pemCerts(rawCerts(b))})
 	}
-	slices.SortFunc(tds, func(a, b *tlsv3.SPIFFECertValidatorConfig_TrustDomain) int { return strings.Compare(a.Name, b.Name) })
-	cfg, err := anypb.New(&tlsv3.SPIFFECertValidatorConfig{TrustDomains: tds})
-	if err != nil {
-		return nil, err
-	}
-	return &tlsv3.Secret{Name: SDSAllBundles, Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
-		CustomValidatorConfig: &corev3.TypedExtensionConfig{Name: spiffeValidator, TypedConfig: cfg},
-	}}}, nil
+	slices.SortFunc(tds, func(a, b xdswire.TrustDomain) int { return strings.Compare(a.Name, b.Name) })
+	return &xdswire.Secret{Name: SDSAllBundles, ValidationContext: &xdswire.ValidationContext{SPIFFE: tds}}
 }
 
-func response(version, nonce string, secs []*tlsv3.Secret) (*discoveryv3.DiscoveryResponse, error) {
-	resp := &discoveryv3.DiscoveryResponse{VersionInfo: version, Nonce: nonce, TypeUrl: secretType}
-	for _, sec := range secs {
-		a, err := anypb.New(sec)
-		if err != nil {
-			return nil, status.Error(codes.Internal, "internal error")
-		}
-		resp.Resources = append(resp.Resources, a)
-	}
-	return resp, nil
-}
-
-func checkType(req *discoveryv3.DiscoveryRequest) error {
-	if req.TypeUrl != "" && req.TypeUrl != secretType {
+func checkType(req *xdswire.DiscoveryRequest) error {
+	if req.TypeURL != "" && req.TypeURL != xdswire.SecretTypeURL {
 		return status.Error(codes.InvalidArgument, "only Secrets are served")
 	}
 	return nil
 }
 
 // FetchSecrets answers once, without a version.
-func (sh *sdsHandler) FetchSecrets(ctx context.Context, req *discoveryv3.DiscoveryRequest) (*discoveryv3.DiscoveryResponse, error) {
+func (sh *sdsHandler) FetchSecrets(ctx context.Context, req *xdswire.DiscoveryRequest) (*xdswire.DiscoveryResponse, error) {
 	if err := checkType(req); err != nil {
 		return nil, err
 	}
@@ -222,12 +232,7 @@ func (sh *sdsHandler) FetchSecrets(ctx context.Context, req *discoveryv3.Discove
 	if err != nil {
 		return nil, err
 	}
-	return response("", "", secs)
-}
-
-// DeltaSecrets is not served, as by SPIRE: Envoy uses StreamSecrets.
-func (sh *sdsHandler) DeltaSecrets(secretv3.SecretDiscoveryService_DeltaSecretsServer) error {
-	return status.Error(codes.Unimplemented, "DeltaSecrets is not supported")
+	return &xdswire.DiscoveryResponse{Resources: secs}, nil
 }
 
 // StreamSecrets is Envoy's SDS stream. The first request, and every
@@ -239,15 +244,15 @@ func (sh *sdsHandler) DeltaSecrets(secretv3.SecretDiscoveryService_DeltaSecretsS
 // is an ACK, or a NACK when it carries error_detail: a NACK is logged and
 // not answered (resending what Envoy just refused would loop); a request
 // with a stale nonce is ignored, as the xDS protocol says.
-func (sh *sdsHandler) StreamSecrets(ss secretv3.SecretDiscoveryService_StreamSecretsServer) error {
+func (sh *sdsHandler) StreamSecrets(ss grpc.ServerStream) error {
 	s := sh.h.s
 	ctx := ss.Context()
-	reqs := make(chan *discoveryv3.DiscoveryRequest, 1)
+	reqs := make(chan *xdswire.DiscoveryRequest, 1)
 	recvErr := make(chan error, 1)
 	go func() {
 		for {
-			req, err := ss.Recv()
-			if err != nil {
+			req := new(xdswire.DiscoveryRequest)
+			if err := ss.RecvMsg(req); err != nil {
 				if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled {
 					err = nil
 				}
@@ -266,7 +271,7 @@ func (sh *sdsHandler) StreamSecrets(ss secretv3.SecretDiscoveryService_StreamSec
 		names     []string // the last request's resource names
 		requested bool
 		lastNonce string
-		last      []*tlsv3.Secret
+		last      [][]byte // the last Secrets sent, encoded
 		version   uint64
 		// Taken before every build, so a change while it runs wakes the
 		// next round; nil (never ready) until the first request.
@@ -293,7 +298,7 @@ func (sh *sdsHandler) StreamSecrets(ss secretv3.SecretDiscoveryService_StreamSec
 				continue // stale: answers an earlier response
 			}
 			if req.ErrorDetail != nil {
-				msg := req.ErrorDetail.GetMessage()
+				msg := req.ErrorDetail.Message
 				if len(msg) > maxErrorDetail {
 					msg = msg[:maxErrorDetail]
 				}
@@ -314,19 +319,19 @@ func (sh *sdsHandler) StreamSecrets(ss secretv3.SecretDiscoveryService_StreamSec
 		if err != nil {
 			return err
 		}
-		if last != nil && sameSecrets(last, secs) {
+		enc := make([][]byte, len(secs))
+		for i, sec := range secs {
+			enc[i] = sec.Marshal()
+		}
+		if last != nil && slices.EqualFunc(last, enc, bytes.Equal) {
 			continue
 		}
 		version++
 		v := strconv.FormatUint(version, 10)
-		resp, err := response(v, v, secs)
-		if err != nil {
+		if err := ss.SendMsg(&xdswire.DiscoveryResponse{VersionInfo: v, Nonce: v, Resources: secs}); err != nil {
 			return err
 		}
-		if err := ss.Send(resp); err != nil {
-			return err
-		}
-		last, lastNonce = secs, v
+		last, lastNonce = enc, v
 	}
 }
 
@@ -341,8 +346,4 @@ func sameNames(a, b []string) bool {
 		}
 	}
 	return true
-}
-
-func sameSecrets(a, b []*tlsv3.Secret) bool {
-	return slices.EqualFunc(a, b, func(x, y *tlsv3.Secret) bool { return proto.Equal(x, y) })
 }

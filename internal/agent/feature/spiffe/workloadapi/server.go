@@ -24,7 +24,6 @@ import (
 	"sync"
 	"time"
 
-	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
@@ -33,6 +32,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/encoding"
+	grpcproto "google.golang.org/grpc/encoding/proto"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	grpcpeer "google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -156,6 +158,7 @@ func New(opts Options) *Server {
 		grpc.Creds(peerCreds{}),
 		grpc.MaxRecvMsgSize(maxRecvMsg),
 		grpc.MaxConcurrentStreams(64),
+		grpc.ForceServerCodecV2(wireCodec{proto: encoding.GetCodecV2(grpcproto.Name)}),
 		grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 			if err := checkHeader(ctx, info.FullMethod); err != nil {
 				return nil, err
@@ -172,9 +175,34 @@ func New(opts Options) *Server {
 	h := &handler{s: s}
 	workload.RegisterSpiffeWorkloadAPIServer(s.grpc, h)
 	// Envoy's SDS on the same socket, as SPIRE's agent serves it.
-	secretv3.RegisterSecretDiscoveryServiceServer(s.grpc, &sdsHandler{h: h})
+	s.grpc.RegisterService(&sdsServiceDesc, &sdsHandler{h: h})
 	return s
 }
+
+// wireCodec is the server's codec: SDS's xdswire messages encode
+// themselves, and every other message (the Workload API's) goes to
+// gRPC's own proto codec.
+type wireCodec struct{ proto encoding.CodecV2 }
+
+type wireMarshaler interface{ Marshal() []byte }
+
+type wireUnmarshaler interface{ Unmarshal([]byte) error }
+
+func (c wireCodec) Marshal(v any) (mem.BufferSlice, error) {
+	if m, ok := v.(wireMarshaler); ok {
+		return mem.BufferSlice{mem.SliceBuffer(m.Marshal())}, nil
+	}
+	return c.proto.Marshal(v)
+}
+
+func (c wireCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	if m, ok := v.(wireUnmarshaler); ok {
+		return m.Unmarshal(data.Materialize())
+	}
+	return c.proto.Unmarshal(data, v)
+}
+
+func (wireCodec) Name() string { return grpcproto.Name }
 
 // Serve serves l (a unixsock listener) until Stop.
 func (s *Server) Serve(l net.Listener) error {
