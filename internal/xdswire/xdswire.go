@@ -89,7 +89,11 @@ type Status struct {
 }
 
 // DiscoveryRequest is what the agent reads of Envoy's request. The node,
-// resource locators and any field a later Envoy adds are skipped.
+// resource locators, error_detail's details and any field a later Envoy
+// adds are skipped unread: a malformed node, which protobuf-go would
+// refuse, is accepted here. Nothing skipped decides a reply (the caller
+// is who the kernel says; the names, type and nonce are read as
+// protobuf-go reads them).
 type DiscoveryRequest struct {
 	VersionInfo   string
 	ResourceNames []string
@@ -203,9 +207,9 @@ type TLSCertificate struct {
 	PrivateKey       []byte
 }
 
-// ValidationContext is either a plain trusted_ca (TrustedCA, PEM) or,
-// when SPIFFE is set, Envoy's SPIFFE validator with each trust domain's
-// CAs kept to that domain.
+// ValidationContext is either a plain trusted_ca (TrustedCA, PEM, sent
+// even when empty) or, when SPIFFE is not nil, Envoy's SPIFFE validator
+// with each trust domain's CAs kept to that domain (TrustedCA unused).
 type ValidationContext struct {
 	TrustedCA []byte
 	SPIFFE    []TrustDomain
@@ -236,10 +240,12 @@ func (s *Secret) append(b []byte) []byte {
 }
 
 func (vc *ValidationContext) append(b []byte) []byte {
-	if vc.TrustedCA != nil {
-		b = appendInline(b, vcTrustedCA, vc.TrustedCA)
+	if vc.SPIFFE == nil {
+		// Even empty (a bundle with no X.509 authorities): the field
+		// says which kind of validation context this is.
+		return appendInline(b, vcTrustedCA, vc.TrustedCA)
 	}
-	if vc.SPIFFE != nil {
+	{
 		b = appendMessage(b, vcCustomValidatorConfig, func(b []byte) []byte {
 			b = appendString(b, extName, SPIFFEValidator)
 			return appendMessage(b, extTypedConfig, func(b []byte) []byte {
@@ -258,11 +264,13 @@ func (vc *ValidationContext) append(b []byte) []byte {
 	return b
 }
 
-// DiscoveryResponse is an SDS response of Secrets.
+// DiscoveryResponse is an SDS response of Secrets, each given encoded
+// (Secret.Marshal): a stream keeps the bytes it sent to compare with the
+// next build, and sends those very bytes.
 type DiscoveryResponse struct {
 	VersionInfo string
 	Nonce       string
-	Resources   []*Secret
+	Resources   [][]byte
 }
 
 // Marshal encodes r, each Secret in an Any, with the Secret type URL.
@@ -271,7 +279,12 @@ func (r *DiscoveryResponse) Marshal() []byte {
 	b = appendString(b, respVersionInfo, r.VersionInfo)
 	for _, s := range r.Resources {
 		b = appendMessage(b, respResources, func(b []byte) []byte {
-			return appendAny(b, SecretTypeURL, s.append)
+			b = appendString(b, anyTypeURL, SecretTypeURL)
+			if len(s) == 0 {
+				return b // proto3 leaves an empty bytes field out
+			}
+			b = protowire.AppendTag(b, anyValue, protowire.BytesType)
+			return protowire.AppendBytes(b, s)
 		})
 	}
 	b = appendString(b, respTypeURL, SecretTypeURL)

@@ -65,6 +65,11 @@ func secretCases(t *testing.T) []secretCase {
 				&tlsv3.SPIFFECertValidatorConfig_TrustDomain{Name: "a.test", TrustBundle: inline(pem(10))},
 				&tlsv3.SPIFFECertValidatorConfig_TrustDomain{Name: "b.test", TrustBundle: inline(pem(20000))},
 				&tlsv3.SPIFFECertValidatorConfig_TrustDomain{Name: "example.org", TrustBundle: inline(pem(130))})},
+		// A bundle with no X.509 authorities (only JWT keys): an empty
+		// trusted_ca, still a trusted_ca.
+		secretCase{"trusted_ca, no authority", &Secret{Name: "spiffe://jwt-only.test", ValidationContext: &ValidationContext{}},
+			&tlsv3.Secret{Name: "spiffe://jwt-only.test", Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+				TrustedCa: inline(nil)}}}},
 		secretCase{"spiffe validator, no domain", &Secret{Name: "ALL", ValidationContext: &ValidationContext{SPIFFE: []TrustDomain{}}}, spiffeCfg()},
 	)
 	return cases
@@ -102,7 +107,7 @@ func TestDiscoveryResponse_AsGoControlPlane(t *testing.T) {
 		r := &DiscoveryResponse{VersionInfo: "7", Nonce: "7"}
 		ref := &discoveryv3.DiscoveryResponse{VersionInfo: "7", Nonce: "7", TypeUrl: SecretTypeURL}
 		for _, c := range cases[:n] {
-			r.Resources = append(r.Resources, c.ours)
+			r.Resources = append(r.Resources, c.ours.Marshal())
 			a, err := anypb.New(c.ref)
 			if err != nil {
 				t.Fatal(err)

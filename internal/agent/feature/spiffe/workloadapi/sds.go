@@ -232,7 +232,7 @@ func (sh *sdsHandler) FetchSecrets(ctx context.Context, req *xdswire.DiscoveryRe
 	if err != nil {
 		return nil, err
 	}
-	return &xdswire.DiscoveryResponse{Resources: secs}, nil
+	return &xdswire.DiscoveryResponse{Resources: encode(secs)}, nil
 }
 
 // StreamSecrets is Envoy's SDS stream. The first request, and every
@@ -319,29 +319,43 @@ func (sh *sdsHandler) StreamSecrets(ss grpc.ServerStream) error {
 		if err != nil {
 			return err
 		}
-		enc := make([][]byte, len(secs))
-		for i, sec := range secs {
-			enc[i] = sec.Marshal()
-		}
+		enc := encode(secs)
 		if last != nil && slices.EqualFunc(last, enc, bytes.Equal) {
 			continue
 		}
 		version++
 		v := strconv.FormatUint(version, 10)
-		if err := ss.SendMsg(&xdswire.DiscoveryResponse{VersionInfo: v, Nonce: v, Resources: secs}); err != nil {
+		if err := ss.SendMsg(&xdswire.DiscoveryResponse{VersionInfo: v, Nonce: v, Resources: enc}); err != nil {
 			return err
 		}
 		last, lastNonce = enc, v
 	}
 }
 
-// sameNames compares two resource name lists as sets.
+// encode is each Secret's bytes, as a response carries them.
+func encode(secs []*xdswire.Secret) [][]byte {
+	enc := make([][]byte, len(secs))
+	for i, sec := range secs {
+		enc[i] = sec.Marshal()
+	}
+	return enc
+}
+
+// sameNames compares two resource name lists as sets, in time linear in
+// their lengths: a request may carry thousands of names.
 func sameNames(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
+	set := make(map[string]bool, len(a))
+	for _, n := range a {
+		set[n] = false
 	}
 	for _, n := range b {
-		if !slices.Contains(a, n) {
+		if _, ok := set[n]; !ok {
+			return false
+		}
+		set[n] = true
+	}
+	for _, seen := range set {
+		if !seen {
 			return false
 		}
 	}
