@@ -15,6 +15,7 @@ import (
 
 	"github.com/wicket-sh/wicket/internal/agent/agenttest"
 	"github.com/wicket-sh/wicket/internal/sockettest"
+	"github.com/wicket-sh/wicket/internal/wait"
 )
 
 // rawConn is one keep-alive connection to a socket, for requests written
@@ -79,6 +80,16 @@ func (g *guest) counter(t *testing.T, key string) uint64 {
 	return v
 }
 
+// counterAt is the counter once it has reached want, or what it is 5 s
+// later: the lane counts a request after its reply is written, so a
+// client that has read the reply can ask before the count is made.
+func (g *guest) counterAt(t *testing.T, key string, want uint64) uint64 {
+	t.Helper()
+	var v uint64
+	wait.Until(5*time.Second, func() bool { v = g.counter(t, key); return v >= want })
+	return v
+}
+
 // The fast lane answers metadata and a cached token with net/http's very
 // bytes but for Date: keep-alive and Connection: close, a metadata reply
 // larger than net/http's chunking threshold (its length is set by both),
@@ -103,11 +114,11 @@ func TestFastLane_RepliesAsNetHTTP(t *testing.T) {
 			t.Run(tc.name+"/"+conn, func(t *testing.T) {
 				served, handed := g.counter(t, "api_fast_lane"), g.counter(t, "api_fast_lane_handoffs")
 				fast := dialRaw(t, g.api).do(t, tc.head+"Connection: "+conn+"\r\n\r\n"+tc.body)
-				if got := g.counter(t, "api_fast_lane"); got != served+1 {
+				if got := g.counterAt(t, "api_fast_lane", served+1); got != served+1 {
 					t.Fatalf("the lane served %v requests, want 1", got-served)
 				}
 				slow := dialRaw(t, g.api).do(t, tc.head+"Connection: "+conn+", x-test\r\n\r\n"+tc.body)
-				if got := g.counter(t, "api_fast_lane_handoffs"); got != handed+1 {
+				if got := g.counterAt(t, "api_fast_lane_handoffs", handed+1); got != handed+1 {
 					t.Fatalf("the lane handed %v connections to net/http, want 1", got-handed)
 				}
 				if f, s := withoutDate(t, fast), withoutDate(t, slow); f != s {
@@ -137,7 +148,7 @@ func TestFastLane_ReloadedPolicyAppliesToOpenConnections(t *testing.T) {
 	if r := rc.do(t, req); !bytes.HasPrefix(r, []byte("HTTP/1.1 200 ")) {
 		t.Fatalf("before the reload: %s", r)
 	}
-	if g.counter(t, "api_fast_lane") != before+1 {
+	if g.counterAt(t, "api_fast_lane", before+1) != before+1 {
 		t.Fatal("the first request was not served by the lane")
 	}
 	g.write(t, baseCfg+fmt.Sprintf("[issuer]\nurl = %q\n", is.URL)+noLimits+
@@ -173,7 +184,7 @@ func TestFastLane_TokenAuditAndRateLimit(t *testing.T) {
 			t.Fatalf("request %d: %s", i, r)
 		}
 	}
-	if got := g.counter(t, "api_fast_lane") - served; got != 2 {
+	if got := g.counterAt(t, "api_fast_lane", served+2) - served; got != 2 {
 		t.Fatalf("the lane served %d of the 3 requests, want the 2 cache hits", got)
 	}
 	if n := lines("issuer"); n != 1 {
